@@ -1,0 +1,262 @@
+package ivshmem
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Backing selects the memory behind a region.
+type Backing int
+
+// Backings. Every one is reachable by a path that QEMU's
+// memory-backend-file and other processes can open.
+const (
+	// BackingAuto uses hugetlbfs when a mount is given or found and has
+	// room, /dev/shm otherwise.
+	BackingAuto Backing = iota
+	// BackingShm is a file on tmpfs (/dev/shm by default).
+	BackingShm
+	// BackingHugetlb is a file on a hugetlbfs mount.
+	BackingHugetlb
+	// BackingMemfd is an anonymous memfd, sealed against resizing, named by
+	// a symlink to /proc/PID/fd/N (it lives as long as the creator).
+	BackingMemfd
+)
+
+func (k Backing) String() string {
+	switch k {
+	case BackingShm:
+		return "shm"
+	case BackingHugetlb:
+		return "hugetlbfs"
+	case BackingMemfd:
+		return "memfd"
+	}
+	return "auto"
+}
+
+// ParseBacking parses "auto", "shm", "hugetlbfs" (or "huge") and "memfd".
+func ParseBacking(s string) (Backing, error) {
+	switch s {
+	case "", "auto":
+		return BackingAuto, nil
+	case "shm":
+		return BackingShm, nil
+	case "huge", "hugetlb", "hugetlbfs":
+		return BackingHugetlb, nil
+	case "memfd":
+		return BackingMemfd, nil
+	}
+	return 0, fmt.Errorf("%w: backing %q (want auto, shm, hugetlbfs or memfd)", ErrConfig, s)
+}
+
+// HugePageSize is the hugetlbfs page size regions are rounded up to.
+const HugePageSize = 2 << 20
+
+// Mapping is a mapped region file.
+type Mapping struct {
+	// Bytes is the whole region, mapped shared.
+	Bytes []byte
+	// Path is the name others open (a file, or a symlink to the file).
+	Path string
+	// File is the real backing file QEMU's mem-path should use.
+	File string
+	// Kind is the backing in use.
+	Kind   Backing
+	f      *os.File
+	tmp    string // set until Publish
+	closer func() error
+}
+
+// FindHugetlbfs returns the first hugetlbfs mount point in /proc/mounts.
+func FindHugetlbfs() (string, error) {
+	f, err := os.Open("/proc/mounts")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) >= 3 && fields[2] == "hugetlbfs" {
+			return fields[1], nil
+		}
+	}
+	return "", errors.New("no hugetlbfs mount in /proc/mounts")
+}
+
+// Create makes a new region file of size bytes for the name path, maps it
+// and returns it unpublished: it lives under a temporary name until
+// Publish renames it to path, so no one attaches to a half-written region.
+// hugeDir names the hugetlbfs mount for BackingHugetlb and BackingAuto
+// ("" finds one).
+func Create(path string, size uint64, kind Backing, hugeDir string) (*Mapping, error) {
+	if !isPow2(size) {
+		return nil, fmt.Errorf("create region %s: size %d is not a power of two", path, size)
+	}
+	if kind == BackingAuto {
+		if m, err := Create(path, size, BackingHugetlb, hugeDir); err == nil {
+			return m, nil
+		}
+		kind = BackingShm
+	}
+	tmp := fmt.Sprintf("%s.tmp-%d", path, os.Getpid())
+	m := &Mapping{Path: path, Kind: kind, tmp: tmp}
+	var err error
+	switch kind {
+	case BackingShm:
+		m.File = path
+		m.f, err = os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o660)
+		if err == nil {
+			err = m.f.Truncate(int64(size))
+		}
+	case BackingHugetlb:
+		if hugeDir == "" {
+			if hugeDir, err = FindHugetlbfs(); err != nil {
+				return nil, fmt.Errorf("create region %s on hugetlbfs: %w", path, err)
+			}
+		}
+		if size%HugePageSize != 0 {
+			return nil, fmt.Errorf("create region %s on hugetlbfs: size %d is not a multiple of %d", path, size, HugePageSize)
+		}
+		m.File = filepath.Join(hugeDir, fmt.Sprintf("%s-%d-%d", filepath.Base(path), os.Getpid(), nextSerial()))
+		m.f, err = os.OpenFile(m.File, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o660)
+		if err == nil {
+			err = m.f.Truncate(int64(size))
+		}
+		if err == nil {
+			err = os.Symlink(m.File, tmp)
+		}
+	case BackingMemfd:
+		var fd int
+		fd, err = unix.MemfdCreate(filepath.Base(path), unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+		if err == nil {
+			m.f = os.NewFile(uintptr(fd), filepath.Base(path))
+			m.File = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), fd)
+			err = m.f.Truncate(int64(size))
+		}
+		if err == nil {
+			_, err = unix.FcntlInt(m.f.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_GROW|unix.F_SEAL_SHRINK|unix.F_SEAL_SEAL)
+		}
+		if err == nil {
+			err = os.Symlink(m.File, tmp)
+		}
+	default:
+		return nil, fmt.Errorf("create region %s: %w: backing %d", path, ErrConfig, kind)
+	}
+	if err == nil {
+		m.Bytes, err = unix.Mmap(int(m.f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	}
+	if err != nil {
+		m.cleanup()
+		return nil, fmt.Errorf("create region %s (%s, %d bytes): %w", path, kind, size, err)
+	}
+	return m, nil
+}
+
+var serial atomic.Uint64
+
+func nextSerial() uint64 { return serial.Add(1) }
+
+func (m *Mapping) cleanup() {
+	if m.Bytes != nil {
+		unix.Munmap(m.Bytes)
+		m.Bytes = nil
+	}
+	if m.f != nil {
+		m.f.Close()
+	}
+	if m.tmp != "" {
+		os.Remove(m.tmp)
+	}
+	if m.Kind == BackingHugetlb && m.File != "" {
+		os.Remove(m.File)
+	}
+}
+
+// Publish renames the region to its name, replacing a stale file there.
+func (m *Mapping) Publish() error {
+	if m.tmp == "" {
+		return nil
+	}
+	if err := os.Rename(m.tmp, m.Path); err != nil {
+		return fmt.Errorf("publish region %s: %w", m.Path, err)
+	}
+	m.tmp = ""
+	if m.Kind == BackingShm {
+		m.File = m.Path
+	}
+	return nil
+}
+
+// Map opens and maps an existing region file (following a symlink).
+func Map(path string) (*Mapping, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("map region %s: %w", path, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("map region %s: %w", path, err)
+	}
+	size := st.Size()
+	if size < HeaderSize || size > MaxRegionSize {
+		f.Close()
+		return nil, fmt.Errorf("map region %s: %w: file of %d bytes", path, ErrBadRegion, size)
+	}
+	b, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("map region %s: %w", path, err)
+	}
+	file, _ := filepath.EvalSymlinks(path)
+	return &Mapping{Bytes: b, Path: path, File: file, f: f}, nil
+}
+
+// FromBytes wraps memory mapped by someone else (a guest's BAR2); Close
+// calls closer.
+func FromBytes(b []byte, path string, closer func() error) *Mapping {
+	return &Mapping{Bytes: b, Path: path, File: path, closer: closer}
+}
+
+// Close unmaps the region and closes its file. The file stays.
+func (m *Mapping) Close() error {
+	var err error
+	if m.closer != nil {
+		err = m.closer()
+		m.closer = nil
+	} else if m.Bytes != nil {
+		err = unix.Munmap(m.Bytes)
+	}
+	m.Bytes = nil
+	if m.f != nil {
+		m.f.Close()
+		m.f = nil
+	}
+	return err
+}
+
+// Remove deletes the region's name and, for hugetlbfs, its file. Mappings
+// that are still open keep the memory until they close.
+func (m *Mapping) Remove() error {
+	var errs []error
+	if m.tmp != "" {
+		errs = append(errs, os.Remove(m.tmp))
+	} else if err := os.Remove(m.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if m.Kind == BackingHugetlb && m.File != "" {
+		if err := os.Remove(m.File); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

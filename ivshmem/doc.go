@@ -1,0 +1,106 @@
+// Package ivshmem defines the zcfabric region: the bytes that a host agent,
+// other host processes and KVM guests share. A region is one file whose
+// size is a power of two (QEMU maps it as BAR2 of an ivshmem-plain PCI
+// device, and BARs are powers of two). The package is pure Go over []byte
+// plus the code that creates and maps region files (tmpfs, hugetlbfs,
+// memfd). It knows nothing of hosts, guests or QEMU.
+//
+// # Layout (version 1, all fields little-endian)
+//
+//	offset        size  field
+//	------------  ----  -----------------------------------------------
+//	header page (4096 bytes at 0)
+//	0             8     magic "ZCFABRIC"
+//	8             4     version (1)
+//	12            4     header size (4096)
+//	16            8     region size (power of two, == mapped size)
+//	24            4     cluster id
+//	28            4     flags (1 hugepages, 2 shared trust domain)
+//	32            8     generation (differs on every re-creation)
+//	40            4     number of queues Q (1..1024)
+//	44            4     queue descriptor size (64)
+//	48            8     queue table offset T (4096)
+//	56            4     buffer size B (power of two, 256..65536)
+//	60            4     number of buffers N
+//	64            4     metadata record size (32)
+//	68            4     engine pool: first buffer
+//	72            4     engine pool: buffer count
+//	76            4     (reserved, 0)
+//	80            8     metadata offset M
+//	88            8     buffer area offset D (page aligned: an AF_XDP UMEM)
+//	96            8     creation time, Unix ns
+//	104           4     creator pid
+//	108           4     CRC-32C (Castagnoli) of bytes [0,108)
+//	112..127            (reserved)
+//	128           4     state, mutable: 0 initialising, 1 ready, 2 closed
+//
+//	queue table (Q descriptors of 64 bytes at T)
+//	+0            4     queue id (== index)
+//	+4            4     ring slots S (power of two)
+//	+8            8     data ring offset (producer -> consumer)
+//	+16           8     return ring offset (consumer -> producer)
+//	+24           4     queue pool: first buffer
+//	+28           4     queue pool: buffer count (for an outside producer)
+//	+32           4     flags
+//	+36           4     (reserved)
+//	+40           8     producer owner, mutable: side<<32 | pid, 0 free
+//	+48           8     consumer owner, mutable
+//	+56           8     (reserved)
+//
+//	rings (2*Q rings from align128(T+64*Q), each 256+4*S bytes rounded to 128)
+//	+0            4     producer index (free running uint32)
+//	+8            8*3   producer's counters: packets, bytes, drops
+//	+128          4     consumer index
+//	+136          8*3   consumer's counters: packets, bytes, bad entries
+//	+256          4*S   slots: buffer handles
+//
+//	metadata (N records of 32 bytes at M, record h describes buffer h)
+//	+0            4     length of the packet
+//	+4            4     offset of the packet inside its buffer
+//	+8            8     timestamp, Unix ns
+//	+16           4     hash
+//	+20           4     flags
+//	+24           4     port (source interface or queue)
+//	+28           4     sequence (free for applications)
+//
+//	buffers (N buffers of B bytes at D; buffer h at D + h*B)
+//	D + N*B ... region size: unused (rounding to a power of two)
+//
+// Immutable fields are covered by the checksum and validated by Parse; the
+// host copies them into a Layout once and never reads them again. Mutable
+// words (state, owners, ring indices, counters) are read with atomics and
+// every value read from them is range-checked before use.
+//
+// # Ownership
+//
+// A buffer handle is the index of a buffer (0..N-1). Every buffer has one
+// owner at a time: a producer's free list, a ring slot, or a consumer.
+// Each queue has two rings, as AF_XDP and virtio do: the data ring carries
+// handles from the queue's producer to its consumer; the return ring
+// carries them back once the consumer has released them. Buffers come from
+// a pool owned by the producer: the creator's engine pool, or the queue's
+// own pool when the producer attaches from outside (a process, a guest).
+// The producer counts the buffers outstanding on each queue (in the data
+// ring, held by the consumer, or in the return ring) and treats a queue
+// with S outstanding as full, so the return ring can never overflow.
+// Returned handles are checked against the producer's private record of
+// what it sent; a handle it does not expect is counted and ignored.
+//
+// # Publication order
+//
+// Producer: write the packet into the buffer, then its metadata record,
+// then the handle into the data ring's slot, then store the producer index
+// (release). Consumer: load the producer index (acquire), read slots,
+// metadata and packet, and when done push the handle on the return ring
+// the same way. On amd64 a release store is a plain MOV in assembly (TSO
+// makes it release; Go's atomic.Store is a full-barrier XCHG that halves
+// ring throughput); elsewhere and under -race it is atomic.Store.
+//
+// # Lifecycle
+//
+// The creator writes the region under a temporary name, sets the state to
+// ready and renames it to its final name. Closing sets the state to closed
+// and removes the name. Re-creating a cluster writes a new generation.
+// Attachers check magic, generation and state when a queue is idle: an
+// unplugged ivshmem BAR reads as zeros, so the magic check catches it.
+package ivshmem
