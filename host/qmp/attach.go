@@ -1,0 +1,170 @@
+package qmp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/bits"
+	"os"
+	"strings"
+	"time"
+)
+
+// AttachSpec says which region file to hot-plug and how.
+type AttachSpec struct {
+	// Path is the region's backing file on the host, e.g. /dev/shm/zc-99
+	// or a file on hugetlbfs. QEMU opens it, so it must be reachable from
+	// QEMU's mount namespace with QEMU's permissions.
+	Path string
+	// Size is the region size in bytes, a power of two. Zero means the
+	// file's current size.
+	Size uint64
+	// Bus is the qdev id of the bus to plug into, e.g. the id of a
+	// pcie-root-port. Empty means: the default bus on pc (i440fx), a free
+	// pcie-root-port on q35.
+	Bus string
+	// Name labels the QEMU object and device ids (e.g. "c99"); optional.
+	Name string
+}
+
+// Attachment is a region plugged into a VM: what [VM.Detach] needs to
+// remove it.
+type Attachment struct {
+	// MemID is the id of the memory-backend-file object.
+	MemID string
+	// DevID is the id of the ivshmem-plain device.
+	DevID string
+	// Bus is the bus the device was plugged into ("" for the default).
+	Bus string
+	// Path and Size are the region file and its size.
+	Path string
+	Size uint64
+}
+
+// DefaultDetachTimeout bounds the wait for DEVICE_DELETED when Detach's
+// context has no deadline. The ACPI unplug of an idle guest takes ~65 ms
+// under TCG.
+const DefaultDetachTimeout = 10 * time.Second
+
+// AttachRegion hot-plugs the region file as an ivshmem-plain device: it adds
+// a shared memory-backend-file object and an ivshmem-plain device using it,
+// both with fresh ids. On q35 without spec.Bus it picks a free
+// pcie-root-port (see [VM.FreeRootPort]). If device_add fails, the memory
+// object is removed again.
+func (vm *VM) AttachRegion(ctx context.Context, spec AttachSpec) (Attachment, error) {
+	a, err := vm.attach(ctx, spec)
+	if err != nil {
+		return Attachment{}, fmt.Errorf("zc: attach region %s to vm %s: %w", spec.Path, vm.name, err)
+	}
+	return a, nil
+}
+
+func (vm *VM) attach(ctx context.Context, spec AttachSpec) (Attachment, error) {
+	size := spec.Size
+	if size == 0 {
+		fi, err := os.Stat(spec.Path)
+		if err != nil {
+			return Attachment{}, err
+		}
+		size = uint64(fi.Size())
+	}
+	if size == 0 || bits.OnesCount64(size) != 1 {
+		return Attachment{}, fmt.Errorf("%w: %d bytes", ErrBadSize, size)
+	}
+	vm.attachMu.Lock()
+	defer vm.attachMu.Unlock()
+	bus := spec.Bus
+	if bus == "" {
+		pcie, err := vm.isPCIe(ctx)
+		if err != nil {
+			return Attachment{}, err
+		}
+		if pcie {
+			if bus, err = vm.FreeRootPort(ctx, size); err != nil {
+				return Attachment{}, err
+			}
+		}
+	}
+	mem, dev := newIDs(spec.Name)
+	err := vm.execute(ctx, "object-add", map[string]any{
+		"qom-type": "memory-backend-file",
+		"id":       mem,
+		"mem-path": spec.Path,
+		"size":     size,
+		"share":    true,
+	}, nil)
+	if err != nil {
+		return Attachment{}, fmt.Errorf("add memory backend %s: %w", mem, err)
+	}
+	args := map[string]any{"driver": "ivshmem-plain", "id": dev, "memdev": mem}
+	if bus != "" {
+		args["bus"] = bus
+	}
+	if err := vm.execute(ctx, "device_add", args, nil); err != nil {
+		err = fmt.Errorf("add device %s: %w", dev, err)
+		if derr := vm.execute(context.WithoutCancel(ctx), "object-del", map[string]any{"id": mem}, nil); derr != nil {
+			err = errors.Join(err, fmt.Errorf("remove memory backend %s: %w", mem, derr))
+		}
+		return Attachment{}, err
+	}
+	return Attachment{MemID: mem, DevID: dev, Bus: bus, Path: spec.Path, Size: size}, nil
+}
+
+// Detach unplugs an attachment: device_del, then a wait for QEMU's
+// DEVICE_DELETED event for the device (the guest must acknowledge the ACPI
+// eject), then object-del of the memory backend. The wait ends with
+// [ErrDetachTimeout] at ctx's deadline, or after [DefaultDetachTimeout] when
+// ctx has none; the attachment then stays and Detach may be retried. A
+// device that is already gone ([ErrDeviceNotFound]) counts as unplugged.
+func (vm *VM) Detach(ctx context.Context, a Attachment) error {
+	if err := vm.detach(ctx, a); err != nil {
+		return fmt.Errorf("zc: detach region %s (%s) from vm %s: %w", a.Path, a.DevID, vm.name, err)
+	}
+	return nil
+}
+
+func (vm *VM) detach(ctx context.Context, a Attachment) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultDetachTimeout)
+		defer cancel()
+	}
+	deleted, unregister := vm.expectDeleted(a.DevID)
+	defer unregister()
+	err := vm.execute(ctx, "device_del", map[string]any{"id": a.DevID}, nil)
+	switch {
+	case err == nil, isUnplugPending(err):
+		if err := vm.waitDeleted(ctx, deleted); err != nil {
+			return err
+		}
+	case errors.Is(err, ErrDeviceNotFound):
+		// Already unplugged, e.g. a retried Detach after a timeout.
+	default:
+		return err
+	}
+	if err := vm.execute(ctx, "object-del", map[string]any{"id": a.MemID}, nil); err != nil {
+		return fmt.Errorf("remove memory backend %s: %w", a.MemID, err)
+	}
+	return nil
+}
+
+// isUnplugPending reports QEMU's refusal of a second device_del while the
+// first is still waiting for the guest.
+func isUnplugPending(err error) bool {
+	var qe *Error
+	return errors.As(err, &qe) && qe.Class == "GenericError" && strings.Contains(qe.Desc, "in the process of unplug")
+}
+
+func (vm *VM) waitDeleted(ctx context.Context, deleted <-chan struct{}) error {
+	select {
+	case <-deleted:
+		return nil
+	case <-vm.evDone:
+		return fmt.Errorf("waiting for DEVICE_DELETED: %w", ErrClosed)
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return ErrDetachTimeout
+		}
+		return ctx.Err()
+	}
+}
