@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"math"
+	"time"
+
+	"github.com/zcfabric/zc/guest"
+)
+
+// deviceInfo is one line of "zcguest list".
+type deviceInfo struct {
+	Addr    string  `json:"addr"`
+	Size    int64   `json:"size"`
+	Cluster *uint32 `json:"cluster,omitempty"`
+	Error   string  `json:"error,omitempty"`
+}
+
+func cmdList(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("list", "list [--sysfs DIR] [--json]", stderr)
+	sysfs := fs.String("sysfs", guest.DefaultSysfs, "sysfs root")
+	asJSON := fs.Bool("json", false, "print a JSON array instead of a table")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	devs, err := guest.Find(*sysfs)
+	if err != nil {
+		return err
+	}
+	infos := make([]deviceInfo, 0, len(devs))
+	for _, d := range devs {
+		info := deviceInfo{Addr: d.Addr, Size: d.Size}
+		if d.Size > 0 {
+			id, ok, err := d.ClusterID()
+			switch {
+			case err != nil:
+				info.Error = err.Error()
+			case ok:
+				info.Cluster = &id
+			}
+		}
+		infos = append(infos, info)
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(infos)
+	}
+	fmt.Fprintf(stdout, "%-14s %12s  %s\n", "ADDRESS", "SIZE", "CLUSTER")
+	for _, i := range infos {
+		cluster := "-"
+		switch {
+		case i.Error != "":
+			cluster = "error: " + i.Error
+		case i.Size == 0:
+			cluster = "(BAR2 not assigned)"
+		case i.Cluster != nil:
+			cluster = fmt.Sprint(*i.Cluster)
+		default:
+			cluster = "(no zcfabric header)"
+		}
+		fmt.Fprintf(stdout, "%-14s %12d  %s\n", i.Addr, i.Size, cluster)
+	}
+	return nil
+}
+
+func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("wait", "wait -c ID [--timeout D] [--gone] [--sysfs DIR]", stderr)
+	cluster := clusterFlag(fs)
+	timeout := fs.Duration("timeout", 0, "give up after this long (0: wait forever)")
+	gone := fs.Bool("gone", false, "wait until no device carries the cluster instead")
+	poll := fs.Duration("poll", guest.DefaultPoll, "sysfs poll interval")
+	sysfs := fs.String("sysfs", guest.DefaultSysfs, "sysfs root")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *cluster < 0 || *cluster > math.MaxUint32 {
+		fmt.Fprintln(stderr, "-c ID is required (0 to 4294967295)")
+		fs.Usage()
+		return errUsage
+	}
+	if *timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *timeout)
+		defer cancel()
+	}
+	id := uint32(*cluster)
+	start := time.Now()
+	if *gone {
+		if err := waitGone(ctx, *sysfs, id, *poll); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "cluster %d gone after %v\n", id, time.Since(start).Round(time.Millisecond))
+		return nil
+	}
+	d, err := guest.Wait(ctx, *sysfs, guest.MatchCluster(id), *poll)
+	if err != nil {
+		return fmt.Errorf("cluster %d: %w", id, err)
+	}
+	fmt.Fprintf(stdout, "cluster %d at %s (%d bytes) after %v\n", id, d.Addr, d.Size, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// waitGone polls until no device under sysfs carries cluster id.
+func waitGone(ctx context.Context, sysfs string, id uint32, poll time.Duration) error {
+	match := guest.MatchCluster(id)
+	for {
+		devs, err := guest.Find(sysfs)
+		if err != nil {
+			return err
+		}
+		present := false
+		for _, d := range devs {
+			if d.Size > 0 && match(d) {
+				present = true
+				break
+			}
+		}
+		if !present {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster %d still plugged: %w", id, ctx.Err())
+		case <-time.After(poll):
+		}
+	}
+}
+
+// sumResult is what "zcguest sum --json" prints.
+type sumResult struct {
+	Cluster uint32 `json:"cluster"`
+	Addr    string `json:"addr"`
+	Len     int    `json:"len"`
+	CRC32   uint32 `json:"crc32"`
+}
+
+func cmdSum(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("sum", "sum -c ID [--len N] [--json] [--sysfs DIR]", stderr)
+	cluster := clusterFlag(fs)
+	n := fs.Int("len", 0, "bytes to sum from the start of the region (0: all)")
+	asJSON := fs.Bool("json", false, "print a JSON object")
+	sysfs := fs.String("sysfs", guest.DefaultSysfs, "sysfs root")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *cluster < 0 || *cluster > math.MaxUint32 || *n < 0 {
+		fmt.Fprintln(stderr, "-c ID is required (0 to 4294967295) and --len must not be negative")
+		fs.Usage()
+		return errUsage
+	}
+	id := uint32(*cluster)
+	devs, err := guest.Find(*sysfs)
+	if err != nil {
+		return err
+	}
+	match := guest.MatchCluster(id)
+	for _, d := range devs {
+		if d.Size == 0 || !match(d) {
+			continue
+		}
+		m, err := d.Map()
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		b := m.Bytes()
+		if *n > len(b) {
+			return fmt.Errorf("cluster %d: --len %d exceeds the region (%d bytes)", id, *n, len(b))
+		}
+		if *n > 0 {
+			b = b[:*n]
+		}
+		res := sumResult{Cluster: id, Addr: d.Addr, Len: len(b), CRC32: crc32.ChecksumIEEE(b)}
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(res)
+		}
+		fmt.Fprintf(stdout, "%08x  cluster %d at %s, %d bytes\n", res.CRC32, id, d.Addr, res.Len)
+		return nil
+	}
+	return fmt.Errorf("cluster %d: no ivshmem device carries it", id)
+}
+
+// clusterFlag defines -c/--cluster; -1 means not given.
+func clusterFlag(fs *flag.FlagSet) *int64 {
+	c := fs.Int64("c", -1, "cluster `ID` (required)")
+	fs.Int64Var(c, "cluster", -1, "same as -c")
+	return c
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// fakeSysfs builds a sysfs tree with one ivshmem device carrying cluster 99
+// and one without a zcfabric header, and returns its root and the region.
+func fakeSysfs(t *testing.T) (string, []byte) {
+	t.Helper()
+	root := t.TempDir()
+	region := make([]byte, 4096)
+	copy(region, "ZCFABRIC")
+	binary.LittleEndian.PutUint32(region[24:], 99)
+	for i := 32; i < len(region); i++ {
+		region[i] = byte(i)
+	}
+	for addr, bar := range map[string][]byte{"0000:00:04.0": region, "0000:00:05.0": make([]byte, 8192)} {
+		dir := filepath.Join(root, "bus", "pci", "devices", addr)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for name, b := range map[string][]byte{"vendor": []byte("0x1af4\n"), "device": []byte("0x1110\n"), "resource2": bar} {
+			if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return root, region
+}
+
+func runCmd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	rc := run(context.Background(), args, &out, &errOut)
+	return rc, out.String(), errOut.String()
+}
+
+func TestListWaitSum(t *testing.T) {
+	root, region := fakeSysfs(t)
+
+	rc, out, stderr := runCmd(t, "list", "--sysfs", root)
+	if rc != 0 || !strings.Contains(out, "0000:00:04.0") || !strings.Contains(out, " 99") || !strings.Contains(out, "(no zcfabric header)") {
+		t.Errorf("list: rc %d, out:\n%s%s", rc, out, stderr)
+	}
+
+	rc, out, stderr = runCmd(t, "wait", "-c", "99", "--timeout", "2s", "--sysfs", root)
+	if rc != 0 || !strings.HasPrefix(out, "cluster 99 at 0000:00:04.0 (4096 bytes)") {
+		t.Errorf("wait: rc %d, out %q, stderr %q", rc, out, stderr)
+	}
+	rc, _, stderr = runCmd(t, "wait", "-c", "7", "--timeout", "30ms", "--sysfs", root)
+	if rc != 1 || !strings.Contains(stderr, "deadline exceeded") {
+		t.Errorf("wait for absent cluster: rc %d, stderr %q; want 1 and a timeout", rc, stderr)
+	}
+	rc, out, _ = runCmd(t, "wait", "-c", "7", "--gone", "--sysfs", root)
+	if rc != 0 || !strings.HasPrefix(out, "cluster 7 gone") {
+		t.Errorf("wait --gone for absent cluster: rc %d, out %q", rc, out)
+	}
+
+	rc, out, stderr = runCmd(t, "sum", "-c", "99", "--len", "1000", "--json", "--sysfs", root)
+	var res sumResult
+	if rc != 0 || json.Unmarshal([]byte(out), &res) != nil {
+		t.Fatalf("sum: rc %d, out %q, stderr %q", rc, out, stderr)
+	}
+	if want := crc32.ChecksumIEEE(region[:1000]); res.CRC32 != want || res.Len != 1000 || res.Cluster != 99 {
+		t.Errorf("sum = %+v, want crc32 %08x over 1000 bytes", res, want)
+	}
+	rc, out, _ = runCmd(t, "sum", "-c", "99", "--sysfs", root)
+	if want := fmt.Sprintf("%08x  cluster 99", crc32.ChecksumIEEE(region)); rc != 0 || !strings.HasPrefix(out, want) {
+		t.Errorf("sum of all: rc %d, out %q, want prefix %q", rc, out, want)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{}, {"bogus"}, {"wait"}, {"sum", "-c", "99", "extra"}, {"wait", "-c", "5000000000"}} {
+		if rc, _, stderr := runCmd(t, args...); rc != 2 || stderr == "" {
+			t.Errorf("zcguest %q: rc %d, stderr %q; want 2 and a message", args, rc, stderr)
+		}
+	}
+	if rc, out, _ := runCmd(t, "help"); rc != 0 || !strings.Contains(out, "zcguest wait -c ID") {
+		t.Errorf("help: rc %d, out %q", rc, out)
+	}
+}
