@@ -1,0 +1,214 @@
+package zc
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/zcfabric/zc/ivshmem"
+)
+
+// Backing selects the memory behind a cluster's region.
+type Backing = ivshmem.Backing
+
+// Backings, re-exported from ivshmem.
+const (
+	BackingAuto    = ivshmem.BackingAuto
+	BackingShm     = ivshmem.BackingShm
+	BackingHugetlb = ivshmem.BackingHugetlb
+	BackingMemfd   = ivshmem.BackingMemfd
+)
+
+// Config describes a cluster to create. Zero fields take the defaults.
+type Config struct {
+	// ID is the cluster id others attach by (zc:ID@Q).
+	ID uint32
+	// Queues is the number of queues (default 1).
+	Queues int
+	// QueueLen is each queue's capacity in packets, a power of two
+	// (default 4096).
+	QueueLen int
+	// BufferSize is the size of a packet buffer, a power of two
+	// (default 2048, which also suits AF_XDP).
+	BufferSize int
+	// Buffers is the size of the creator's pool (default: enough to fill
+	// every queue, plus 1024 for bursts in flight).
+	Buffers int
+	// QueueBuffers gives each queue buffers of its own, for a producer
+	// that attaches from outside (zsend in another process or a guest).
+	// Default 0: the queues are fed by the creator.
+	QueueBuffers int
+	// Backing selects tmpfs, hugetlbfs or memfd (default: hugetlbfs if a
+	// mount with free pages exists, else /dev/shm).
+	Backing Backing
+	// HugetlbDir is the hugetlbfs mount to use ("" finds one).
+	HugetlbDir string
+	// Path overrides the region's name (default RegionPath(ID)).
+	Path string
+	// Shared marks a shared trust domain (several VMs on one region).
+	Shared bool
+}
+
+func (c *Config) defaults() {
+	if c.Queues == 0 {
+		c.Queues = 1
+	}
+	if c.QueueLen == 0 {
+		c.QueueLen = 4096
+	}
+	if c.BufferSize == 0 {
+		c.BufferSize = 2048
+	}
+	if c.Buffers == 0 {
+		c.Buffers = c.Queues*c.QueueLen + 1024
+	}
+	if c.Path == "" {
+		c.Path = RegionPath(c.ID)
+	}
+}
+
+// Cluster is a region created by this process: its queues, and the
+// engine pool the creator produces from.
+type Cluster struct {
+	r      *region
+	pool   *Pool
+	cfg    Config
+	closed sync.Once
+}
+
+// CreateCluster creates cluster cfg.ID and publishes it under its name. A
+// region of the same id left by a dead process is replaced (with a new
+// generation); one whose creator is alive gives ErrExists.
+func CreateCluster(cfg Config) (*Cluster, error) {
+	cfg.defaults()
+	gen := uint64(1)
+	if old, err := ivshmem.Map(cfg.Path); err == nil {
+		l, perr := ivshmem.Parse(old.Bytes)
+		alive := perr == nil && ivshmem.State(old.Bytes) == ivshmem.StateReady && processAlive(l.CreatorPID)
+		if perr == nil {
+			gen = l.Generation + 1
+			if !alive {
+				ivshmem.MarkClosed(old.Bytes) // wake attachers of the dead one
+			}
+		}
+		old.Close()
+		if alive {
+			return nil, fmt.Errorf("zc: create cluster %d: %w (%s, pid %d)", cfg.ID, ErrExists, cfg.Path, l.CreatorPID)
+		}
+	}
+	var flags uint32
+	if cfg.Shared {
+		flags |= ivshmem.FlagShared
+	}
+	icfg := ivshmem.Config{
+		ClusterID: cfg.ID, Queues: uint32(cfg.Queues), Slots: uint32(cfg.QueueLen),
+		BufSize: uint32(cfg.BufferSize), Buffers: uint32(cfg.Buffers), QueueBuffers: uint32(cfg.QueueBuffers),
+		Flags: flags, Generation: gen, Created: time.Now().UnixNano(), CreatorPID: uint32(os.Getpid()),
+	}
+	if cfg.Backing == BackingAuto || cfg.Backing == BackingHugetlb {
+		icfg.MinSize = ivshmem.HugePageSize
+	}
+	if cfg.Queues < 0 || cfg.QueueLen < 0 || cfg.BufferSize < 0 || cfg.Buffers < 0 || cfg.QueueBuffers < 0 {
+		return nil, fmt.Errorf("zc: create cluster %d: %w: negative size", cfg.ID, ivshmem.ErrConfig)
+	}
+	l, err := ivshmem.Plan(icfg)
+	if err != nil {
+		return nil, fmt.Errorf("zc: create cluster %d: %w", cfg.ID, err)
+	}
+	m, err := ivshmem.Create(cfg.Path, l.RegionSize, cfg.Backing, cfg.HugetlbDir)
+	if err != nil {
+		return nil, fmt.Errorf("zc: create cluster %d: %w", cfg.ID, err)
+	}
+	if m.Kind == BackingHugetlb {
+		l.Flags |= ivshmem.FlagHugepages
+	}
+	if err := l.Write(m.Bytes); err != nil {
+		m.Close()
+		m.Remove()
+		return nil, fmt.Errorf("zc: create cluster %d: %w", cfg.ID, err)
+	}
+	ivshmem.Publish(m.Bytes)
+	if err := m.Publish(); err != nil {
+		m.Close()
+		m.Remove()
+		return nil, fmt.Errorf("zc: create cluster %d: %w", cfg.ID, err)
+	}
+	r := newRegion(m, l, ivshmem.SideHost)
+	r.onEnd = func() { ivshmem.MarkClosed(m.Bytes); m.Remove() }
+	return &Cluster{r: r, pool: newPool(r, l.EngineFirst, l.EngineCount), cfg: cfg}, nil
+}
+
+func processAlive(pid uint32) bool {
+	if pid == 0 {
+		return false
+	}
+	err := syscall.Kill(int(pid), 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// ID returns the cluster id.
+func (c *Cluster) ID() uint32 { return c.r.l.ClusterID }
+
+// NumQueues returns the number of queues.
+func (c *Cluster) NumQueues() int { return len(c.r.l.Queues) }
+
+// Pool returns the creator's engine pool.
+func (c *Cluster) Pool() *Pool { return c.pool }
+
+// Path returns the region's name; File the backing file QEMU should map
+// (they differ for hugetlbfs and memfd).
+func (c *Cluster) Path() string { return c.r.m.Path }
+
+// File returns the real backing file of the region.
+func (c *Cluster) File() string { return c.r.m.File }
+
+// Size returns the region's size in bytes (a power of two).
+func (c *Cluster) Size() uint64 { return c.r.l.RegionSize }
+
+// Backing returns the backing in use.
+func (c *Cluster) Backing() Backing { return c.r.m.Kind }
+
+// Generation returns this incarnation's generation.
+func (c *Cluster) Generation() uint64 { return c.r.l.Generation }
+
+// Bytes returns the whole region (for capture engines that use the buffer
+// area as an AF_XDP UMEM).
+func (c *Cluster) Bytes() []byte { return c.r.b }
+
+// BufferArea returns the page-aligned area holding every buffer; buffer h
+// starts at h*BufferSize().
+func (c *Cluster) BufferArea() []byte { return c.r.l.BufferArea(c.r.b) }
+
+// BufferSize returns the size of one buffer.
+func (c *Cluster) BufferSize() int { return int(c.r.l.BufSize) }
+
+// Producer attaches the producer end of queue q for the creator, fed from
+// the engine pool.
+func (c *Cluster) Producer(q int) (*Queue, error) {
+	qu, err := c.r.attach(uint32(q), ivshmem.EndProducer, false)
+	if err != nil {
+		return nil, err
+	}
+	qu.setSource(c.pool)
+	return qu, nil
+}
+
+// Consumer attaches the consumer end of queue q inside the creator.
+func (c *Cluster) Consumer(q int) (*Queue, error) {
+	return c.r.attach(uint32(q), ivshmem.EndConsumer, false)
+}
+
+// Close marks the cluster closed (attachers get ErrClosed), removes its
+// name and unmaps it once every queue attached through it is closed.
+func (c *Cluster) Close() error {
+	var err error
+	c.closed.Do(func() {
+		ivshmem.MarkClosed(c.r.b)
+		c.r.m.Remove()
+		err = c.r.unref()
+	})
+	return err
+}

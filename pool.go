@@ -1,0 +1,113 @@
+package zc
+
+import "fmt"
+
+// source is where a producer's buffers come from and go back to: a Pool
+// (free list) or a worker's relay (buffers borrowed from input queues).
+// Its bookkeeping lives in process memory, never in the region, so a
+// consumer that returns handles it was never given cannot corrupt it.
+type source interface {
+	// owns reports whether h is out on loan and may come back.
+	owns(h uint32) bool
+	// retain adds n references to h (fan-out to n more queues).
+	retain(h uint32, n uint16)
+	// put drops one reference to each handle; at zero it is free again.
+	put(hs []uint32)
+}
+
+// Pool is a producer's supply of buffers: a contiguous range of a
+// cluster's buffers, with a free list and a reference count per buffer in
+// process memory. A Pool is not safe for concurrent use: one producer
+// thread owns it, with every queue it feeds.
+type Pool struct {
+	r      *region
+	first  uint32
+	count  uint32
+	free   []uint32 // stack of free handles
+	ref    []uint16 // references per buffer (index h-first)
+	queues []*Queue // producer queues fed from this pool
+	empty  uint64   // Alloc calls that found no buffer at all
+}
+
+func newPool(r *region, first, count uint32) *Pool {
+	p := &Pool{r: r, first: first, count: count, free: make([]uint32, 0, count), ref: make([]uint16, count)}
+	for h := first + count; h > first; h-- {
+		p.free = append(p.free, h-1)
+	}
+	return p
+}
+
+// Len returns the number of free buffers.
+func (p *Pool) Len() int { return len(p.free) }
+
+// Cap returns the number of buffers in the pool.
+func (p *Pool) Cap() int { return int(p.count) }
+
+// BufferSize returns the size of each buffer.
+func (p *Pool) BufferSize() int { return int(p.r.l.BufSize) }
+
+func (p *Pool) owns(h uint32) bool {
+	return h-p.first < p.count && p.ref[h-p.first] > 0
+}
+
+func (p *Pool) retain(h uint32, n uint16) { p.ref[h-p.first] += n }
+
+func (p *Pool) put(hs []uint32) {
+	for _, h := range hs {
+		i := h - p.first
+		if i >= p.count || p.ref[i] == 0 {
+			continue // not ours: owns() filters these before
+		}
+		p.ref[i]--
+		if p.ref[i] == 0 {
+			p.free = append(p.free, h)
+		}
+	}
+}
+
+// Reclaim takes back the buffers consumers returned on every queue this
+// pool feeds. Alloc calls it when the free list runs short.
+func (p *Pool) Reclaim() {
+	for _, q := range p.queues {
+		q.reclaim()
+	}
+}
+
+// Alloc fills pkts with free buffers, Data spanning each whole buffer, and
+// returns how many it got (0 when every buffer is in flight).
+func (p *Pool) Alloc(pkts []Packet) int {
+	if len(p.free) < len(pkts) {
+		p.Reclaim()
+	}
+	n := min(len(pkts), len(p.free))
+	top := len(p.free)
+	size := p.r.l.BufSize
+	for i := range n {
+		h := p.free[top-1-i]
+		p.ref[h-p.first] = 1
+		pkts[i] = Packet{Data: p.r.buffer(h)[:size], handle: h}
+	}
+	p.free = p.free[:top-n]
+	if n == 0 && len(pkts) > 0 {
+		p.empty++
+	}
+	return n
+}
+
+// Free gives back packets that were allocated and not sent.
+func (p *Pool) Free(pkts []Packet) {
+	for i := range pkts {
+		h := pkts[i].handle
+		if h-p.first < p.count && p.ref[h-p.first] > 0 {
+			p.ref[h-p.first] = 0
+			p.free = append(p.free, h)
+		}
+	}
+}
+
+// Empty returns how many Alloc calls found no free buffer.
+func (p *Pool) Empty() uint64 { return p.empty }
+
+func (p *Pool) String() string {
+	return fmt.Sprintf("pool [%d,+%d) of cluster %d, %d free", p.first, p.count, p.r.l.ClusterID, len(p.free))
+}

@@ -1,0 +1,434 @@
+package zc
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"time"
+
+	"github.com/zcfabric/zc/ivshmem"
+)
+
+// Queue is one attached end of a queue: the consumer end (Recv, Release)
+// or the producer end (Alloc, Send). Its rings are single-producer,
+// single-consumer: a Queue is not safe for concurrent use, and each end is
+// attached by one party at a time.
+type Queue struct {
+	r   *region
+	id  uint32
+	end ivshmem.End
+
+	// consumer end
+	in   *ivshmem.RingConsumer // data ring
+	back *ivshmem.RingProducer // return ring
+
+	// producer end
+	out         *ivshmem.RingProducer // data ring
+	ret         *ivshmem.RingConsumer // return ring
+	src         source
+	pool        *Pool // the queue's own pool, when it has one
+	outstanding uint32
+	slots       uint32
+
+	hs     []uint32 // scratch, one burst
+	idle   uint32   // empty polls since the last liveness check
+	closed bool
+	err    error // sticky: ErrClosed or ErrCorrupt
+}
+
+// MaxBurst is the largest burst a single call moves; longer slices are
+// served in several steps.
+const MaxBurst = 256
+
+func (r *region) attach(q uint32, end ivshmem.End, force bool) (*Queue, error) {
+	if q >= uint32(len(r.l.Queues)) {
+		return nil, fmt.Errorf("zc: attach cluster %d queue %d: %w (cluster has %d queues)", r.l.ClusterID, q, ErrNotFound, len(r.l.Queues))
+	}
+	if err := r.claim(q, end, force); err != nil {
+		return nil, err
+	}
+	ql := r.l.Queues[q]
+	qu := &Queue{r: r, id: q, end: end, slots: ql.Slots, hs: make([]uint32, MaxBurst)}
+	var err error
+	if end == ivshmem.EndConsumer {
+		qu.in, err = ivshmem.NewRingConsumer(r.b, ql.DataRing, ql.Slots)
+		if err == nil {
+			qu.back, err = ivshmem.NewRingProducer(r.b, ql.RetRing, ql.Slots)
+		}
+	} else {
+		qu.out, err = ivshmem.NewRingProducer(r.b, ql.DataRing, ql.Slots)
+		if err == nil {
+			qu.ret, err = ivshmem.NewRingConsumer(r.b, ql.RetRing, ql.Slots)
+		}
+	}
+	if err != nil {
+		r.unclaim(q, end)
+		return nil, fmt.Errorf("zc: attach cluster %d queue %d as %s: %w", r.l.ClusterID, q, end, err)
+	}
+	r.ref()
+	return qu, nil
+}
+
+// setSource makes the producer end q draw buffers from s.
+func (q *Queue) setSource(s source) {
+	q.src = s
+	if p, ok := s.(*Pool); ok {
+		p.queues = append(p.queues, q)
+	}
+}
+
+// ID returns the queue's number in its cluster.
+func (q *Queue) ID() int { return int(q.id) }
+
+// Cluster returns the queue's cluster id.
+func (q *Queue) Cluster() uint32 { return q.r.l.ClusterID }
+
+// Name returns the queue's name, zc:CLUSTER@QUEUE.
+func (q *Queue) Name() string { return Name{q.r.l.ClusterID, q.id}.String() }
+
+// IsProducer reports whether this is the producer end.
+func (q *Queue) IsProducer() bool { return q.end == ivshmem.EndProducer }
+
+// Slots returns the queue's capacity in packets.
+func (q *Queue) Slots() int { return int(q.slots) }
+
+// BufferSize returns the size of the cluster's buffers.
+func (q *Queue) BufferSize() int { return int(q.r.l.BufSize) }
+
+// Pool returns the pool the producer end allocates from (nil for a
+// consumer, or a producer fed by a worker).
+func (q *Queue) Pool() *Pool { p, _ := q.src.(*Pool); return p }
+
+func (q *Queue) fail(op string, err error) error {
+	if q.err == nil {
+		q.err = fmt.Errorf("zc: %s %s: %w", op, q.Name(), err)
+	}
+	return q.err
+}
+
+// check looks at the region's header now and then while the queue is
+// idle, so an unplugged or closed region is noticed.
+func (q *Queue) check(op string) error {
+	if q.closed {
+		return fmt.Errorf("zc: %s %s: %w", op, q.Name(), ErrClosed)
+	}
+	if q.err != nil {
+		return q.err
+	}
+	q.idle++
+	if q.idle&63 == 0 {
+		if err := q.r.l.Check(q.r.b); err != nil {
+			return q.fail(op, err)
+		}
+	}
+	return nil
+}
+
+// RecvBurst moves up to len(pkts) packets (at most MaxBurst) out of the
+// queue without waiting and returns how many. Each packet stays the
+// caller's until Release. Entries with an invalid handle or length (a
+// broken or hostile producer) are counted as bad and skipped.
+func (q *Queue) RecvBurst(pkts []Packet) (int, error) {
+	if q.in == nil {
+		return 0, fmt.Errorf("zc: recv %s: %w (attached as producer)", q.Name(), ErrWrongEnd)
+	}
+	if q.err != nil || q.closed {
+		return 0, q.check("recv")
+	}
+	want := min(len(pkts), MaxBurst)
+	n, err := q.in.Dequeue(q.hs[:want])
+	if err != nil {
+		return 0, q.fail("recv", err)
+	}
+	if n == 0 {
+		return 0, q.check("recv")
+	}
+	q.idle = 0
+	k, nbad := 0, 0
+	var bytes uint64
+	for _, h := range q.hs[:n] {
+		if h >= q.r.l.NumBufs {
+			nbad++ // not a buffer of this region: drop the entry
+			continue
+		}
+		if !q.r.readMeta(h, &pkts[k]) {
+			nbad++
+			one := [1]uint32{h} // a real buffer with a bad record: give it back
+			q.back.Enqueue(one[:])
+			continue
+		}
+		bytes += uint64(len(pkts[k].Data))
+		k++
+	}
+	q.in.Add(ivshmem.CountPackets, uint64(k))
+	q.in.Add(ivshmem.CountBytes, bytes)
+	if nbad > 0 {
+		q.in.Add(ivshmem.CountDrops, uint64(nbad))
+	}
+	return k, nil
+}
+
+// Release gives packets received from this queue back to their producer.
+func (q *Queue) Release(pkts ...Packet) error {
+	if q.back == nil {
+		return fmt.Errorf("zc: release on %s: %w (attached as producer)", q.Name(), ErrWrongEnd)
+	}
+	for len(pkts) > 0 {
+		n := min(len(pkts), MaxBurst)
+		for i := range n {
+			q.hs[i] = pkts[i].handle
+		}
+		k, err := q.back.Enqueue(q.hs[:n])
+		if err != nil {
+			return q.fail("release", err)
+		}
+		q.back.Add(ivshmem.CountPackets, uint64(k))
+		if k < n {
+			// The producer counts what it lent and never lends more than
+			// the return ring holds: only a broken producer gets here.
+			return q.fail("release", fmt.Errorf("%w: return ring full", ErrCorrupt))
+		}
+		pkts = pkts[n:]
+	}
+	return nil
+}
+
+// Recv waits for one packet, until ctx is done or the queue closes.
+func (q *Queue) Recv(ctx context.Context) (Packet, error) {
+	var p [1]Packet
+	_, err := q.RecvBurstWait(ctx, p[:])
+	return p[0], err
+}
+
+// RecvBurstWait waits until at least one packet is there, then receives a
+// burst as RecvBurst does. It polls, backing off from spinning to short
+// sleeps (a guest's ivshmem-plain has no interrupt to wait on).
+func (q *Queue) RecvBurstWait(ctx context.Context, pkts []Packet) (int, error) {
+	var b backoff
+	for {
+		n, err := q.RecvBurst(pkts)
+		if n > 0 || err != nil {
+			return n, err
+		}
+		if err := b.wait(ctx); err != nil {
+			return 0, fmt.Errorf("zc: recv %s: %w", q.Name(), err)
+		}
+	}
+}
+
+// reclaim takes back what the consumer returned. A handle this producer
+// did not lend, or more returns than loans, is counted as bad and ignored.
+func (q *Queue) reclaim() {
+	if q.ret == nil || q.err != nil {
+		return
+	}
+	for {
+		n, err := q.ret.Dequeue(q.hs)
+		if err != nil {
+			q.fail("reclaim", err)
+			return
+		}
+		if n == 0 {
+			return
+		}
+		good, nbad := q.hs[:0], 0
+		for _, h := range q.hs[:n] {
+			if q.outstanding == 0 || h >= q.r.l.NumBufs || !q.src.owns(h) {
+				nbad++
+				continue
+			}
+			q.outstanding--
+			good = append(good, h)
+		}
+		q.src.put(good)
+		q.ret.Add(ivshmem.CountPackets, uint64(len(good)))
+		if nbad > 0 {
+			q.ret.Add(ivshmem.CountDrops, uint64(nbad))
+		}
+		if n < len(q.hs) {
+			return
+		}
+	}
+}
+
+// Alloc fills pkts with free buffers from the producer's pool and returns
+// how many (0 when all are in flight).
+func (q *Queue) Alloc(pkts []Packet) (int, error) {
+	p := q.Pool()
+	if p == nil {
+		return 0, fmt.Errorf("zc: alloc on %s: %w (no pool: a consumer, or fed by a worker)", q.Name(), ErrWrongEnd)
+	}
+	if q.err != nil || q.closed {
+		return 0, q.check("alloc")
+	}
+	return p.Alloc(pkts), nil
+}
+
+// Free gives back allocated packets that will not be sent.
+func (q *Queue) Free(pkts []Packet) {
+	if p := q.Pool(); p != nil {
+		p.Free(pkts)
+	}
+}
+
+func (q *Queue) writeMeta(pkts []Packet) {
+	for i := range pkts {
+		q.r.writeMeta(&pkts[i])
+	}
+}
+
+// SendBurst sends packets from Alloc without copying and returns how many
+// went in; the rest stay the caller's (send them later, Drop or Free them).
+func (q *Queue) SendBurst(pkts []Packet) (int, error) {
+	if q.out == nil {
+		return 0, fmt.Errorf("zc: send %s: %w (attached as consumer)", q.Name(), ErrWrongEnd)
+	}
+	n := q.room(len(pkts))
+	q.writeMeta(pkts[:n])
+	return q.enqueue(pkts[:n])
+}
+
+// room returns how many of want packets fit now.
+func (q *Queue) room(want int) int {
+	if q.outstanding+uint32(want) > q.slots {
+		q.reclaim()
+	}
+	return min(want, int(q.slots-q.outstanding), MaxBurst)
+}
+
+// enqueue puts packets whose metadata is written into the data ring.
+func (q *Queue) enqueue(pkts []Packet) (int, error) {
+	if q.err != nil || q.closed {
+		return 0, q.check("send")
+	}
+	if len(pkts) == 0 {
+		return 0, nil
+	}
+	var bytes uint64
+	for i := range pkts {
+		q.hs[i] = pkts[i].handle
+		bytes += uint64(len(pkts[i].Data))
+	}
+	k, err := q.out.Enqueue(q.hs[:len(pkts)])
+	if err != nil {
+		return 0, q.fail("send", err)
+	}
+	if k < len(pkts) {
+		// Outstanding counts everything in the ring: only a consumer that
+		// moved its index backwards gets here. Count what did not go in.
+		bytes = 0
+		for i := range pkts[:k] {
+			bytes += uint64(len(pkts[i].Data))
+		}
+	}
+	q.outstanding += uint32(k)
+	q.out.Add(ivshmem.CountPackets, uint64(k))
+	q.out.Add(ivshmem.CountBytes, bytes)
+	return k, nil
+}
+
+// Drop releases packets that will not be sent and counts them as drops of
+// this queue: what a full queue does under the drop policy.
+func (q *Queue) Drop(pkts []Packet) {
+	if q.out == nil || len(pkts) == 0 {
+		return
+	}
+	for i := 0; i < len(pkts); i += MaxBurst {
+		end := min(len(pkts), i+MaxBurst)
+		for j := i; j < end; j++ {
+			q.hs[j-i] = pkts[j].handle
+		}
+		q.src.put(q.hs[:end-i])
+	}
+	q.out.Add(ivshmem.CountDrops, uint64(len(pkts)))
+}
+
+// SendBurstWait sends every packet, waiting while the queue is full:
+// lossless back-pressure. It returns early only when ctx is done or the
+// queue fails, with the number sent.
+func (q *Queue) SendBurstWait(ctx context.Context, pkts []Packet) (int, error) {
+	sent := 0
+	var b backoff
+	for sent < len(pkts) {
+		n, err := q.SendBurst(pkts[sent:])
+		if err != nil {
+			return sent, err
+		}
+		sent += n
+		if n > 0 {
+			b = backoff{}
+			continue
+		}
+		if err := q.check("send"); err != nil {
+			return sent, err
+		}
+		if err := b.wait(ctx); err != nil {
+			return sent, fmt.Errorf("zc: send %s: %w", q.Name(), err)
+		}
+	}
+	return sent, nil
+}
+
+// Send copies data into a free buffer and sends it. When the queue is full
+// it counts a drop and returns ErrQueueFull; with no free buffer,
+// ErrNoBuffers.
+func (q *Queue) Send(data []byte) error {
+	var p [1]Packet
+	n, err := q.Alloc(p[:])
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("zc: send %s: %w", q.Name(), ErrNoBuffers)
+	}
+	if len(data) > len(p[0].Data) {
+		q.Free(p[:])
+		return fmt.Errorf("zc: send %s: %d-byte packet exceeds the %d-byte buffer", q.Name(), len(data), len(p[0].Data))
+	}
+	p[0].Data = p[0].Data[:copy(p[0].Data, data)]
+	if n, err := q.SendBurst(p[:]); n == 1 || err != nil {
+		return err
+	}
+	q.Drop(p[:])
+	return fmt.Errorf("zc: send %s: %w", q.Name(), ErrQueueFull)
+}
+
+// Outstanding returns how many buffers the producer end has lent to the
+// consumer (in the ring, held, or on their way back).
+func (q *Queue) Outstanding() int { return int(q.outstanding) }
+
+// Close detaches this end of the queue. A producer's buffers still out on
+// loan stay with the consumer.
+func (q *Queue) Close() error {
+	if q.closed {
+		return nil
+	}
+	q.closed = true
+	if q.r.l.Check(q.r.b) == nil {
+		q.r.unclaim(q.id, q.end)
+	}
+	return q.r.unref()
+}
+
+// backoff waits between polls: spin with yields first, then sleep for
+// growing times up to 200µs. It checks ctx without allocating.
+type backoff struct{ n int }
+
+func (b *backoff) wait(ctx context.Context) error {
+	b.n++
+	if b.n&15 == 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+	}
+	switch {
+	case b.n < 64:
+		runtime.Gosched()
+	default:
+		d := time.Duration(b.n-63) * 5 * time.Microsecond
+		time.Sleep(min(d, 200*time.Microsecond))
+	}
+	return nil
+}

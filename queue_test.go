@@ -1,0 +1,220 @@
+package zc
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"testing"
+	"time"
+)
+
+func fill(p *Packet, seq uint32, n int) {
+	p.Data = p.Data[:n]
+	binary.BigEndian.PutUint32(p.Data, seq)
+	for i := 4; i < n; i++ {
+		p.Data[i] = byte(seq) + byte(i)
+	}
+	p.Seq = seq
+}
+
+func checkPkt(t testing.TB, p *Packet, seq uint32, n int) {
+	t.Helper()
+	if len(p.Data) != n || binary.BigEndian.Uint32(p.Data) != seq || p.Seq != seq {
+		t.Fatalf("packet %d: len %d seq %d/%d", seq, len(p.Data), binary.BigEndian.Uint32(p.Data), p.Seq)
+	}
+	for i := 4; i < n; i++ {
+		if p.Data[i] != byte(seq)+byte(i) {
+			t.Fatalf("packet %d byte %d = %d", seq, i, p.Data[i])
+		}
+	}
+}
+
+func TestSendRecvInProcess(t *testing.T) {
+	c := newCluster(t, Config{ID: 7, Queues: 2, QueueLen: 64, Buffers: 200})
+	must := mustQ(t)
+	prod := must(c.Producer(0))
+	cons := must(Open("zc:7@0"))
+	if _, err := Open("zc:7@0"); !errors.Is(err, ErrBusy) {
+		t.Fatalf("second consumer: %v", err)
+	}
+	pkts := make([]Packet, 32)
+	got := make([]Packet, 32)
+	seq, want := uint32(0), uint32(0)
+	for round := 0; round < 100; round++ {
+		n, _ := prod.Alloc(pkts)
+		for i := range pkts[:n] {
+			fill(&pkts[i], seq+uint32(i), 60+i)
+		}
+		sent, err := prod.SendBurst(pkts[:n])
+		if err != nil {
+			t.Fatal(err)
+		}
+		prod.Free(pkts[sent:n])
+		seq += uint32(sent)
+		k, err := cons.RecvBurst(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range got[:k] {
+			checkPkt(t, &got[i], want, len(got[i].Data))
+			want++
+		}
+		if err := cons.Release(got[:k]...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want != seq || seq < 3000 {
+		t.Fatalf("sent %d received %d", seq, want)
+	}
+	st := prod.Stats()
+	if st.Sent != uint64(seq) || st.Received != uint64(seq) || st.Drops != 0 || st.Bad != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestQueueFullDropsCounted(t *testing.T) {
+	c := newCluster(t, Config{ID: 8, Queues: 1, QueueLen: 16, Buffers: 64})
+	must := mustQ(t)
+	prod := must(c.Producer(0))
+	cons := must(c.Consumer(0))
+	for i := range 40 {
+		err := prod.Send([]byte{byte(i), 1, 2, 3})
+		if i < 16 && err != nil || i >= 16 && !errors.Is(err, ErrQueueFull) {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	st := prod.Stats()
+	if st.Sent != 16 || st.Drops != 24 || st.Depth != 16 {
+		t.Fatalf("stats %+v", st)
+	}
+	// Packets held by the consumer still count against the queue: no room
+	// until they are released.
+	got := make([]Packet, 16)
+	n, _ := cons.RecvBurst(got)
+	if n != 16 {
+		t.Fatalf("received %d", n)
+	}
+	if err := prod.Send([]byte{1}); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("send with all buffers held: %v", err)
+	}
+	cons.Release(got[:n]...)
+	if err := prod.Send([]byte{1}); err != nil {
+		t.Fatalf("send after release: %v", err)
+	}
+	if c.Pool().Len() != 64-1 {
+		t.Fatalf("pool has %d free", c.Pool().Len())
+	}
+}
+
+func TestRecvWaitAndClose(t *testing.T) {
+	c := newCluster(t, Config{ID: 9, Queues: 1, QueueLen: 16, Buffers: 32})
+	cons := mustQ(t)(Open("zc:9@0"))
+	prod := mustQ(t)(c.Producer(0))
+	sent := make(chan error)
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		sent <- prod.Send([]byte("hello"))
+	}()
+	defer func() {
+		if err := <-sent; err != nil {
+			t.Error(err)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p, err := cons.Recv(ctx)
+	if err != nil || string(p.Data) != "hello" {
+		t.Fatalf("recv %q %v", p.Data, err)
+	}
+	cons.Release(p)
+	short, cancel2 := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel2()
+	if _, err := cons.Recv(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("recv on empty queue: %v", err)
+	}
+	c.Close()
+	if _, err := cons.Recv(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("recv after cluster close: %v", err)
+	}
+}
+
+func TestWrongEndAndNames(t *testing.T) {
+	c := newCluster(t, Config{ID: 10, Queues: 1, QueueLen: 16, Buffers: 32})
+	prod := mustQ(t)(c.Producer(0))
+	if _, err := prod.RecvBurst(make([]Packet, 1)); !errors.Is(err, ErrWrongEnd) {
+		t.Fatal(err)
+	}
+	if _, err := Open("zc:10@5"); !errors.Is(err, ErrNotFound) {
+		t.Fatal(err)
+	}
+	if _, err := Open("zc:11@0"); !errors.Is(err, ErrNotFound) {
+		t.Fatal(err)
+	}
+	if _, err := Open("zc:10@0", AsProducer()); !errors.Is(err, ErrBusy) {
+		t.Fatalf("second producer: %v", err)
+	}
+	for _, bad := range []string{"eth0", "zc:x@1", "zc:1", "zc:1@-1"} {
+		if _, err := ParseName(bad); !errors.Is(err, ErrBadName) {
+			t.Fatalf("%s: %v", bad, err)
+		}
+	}
+	if _, err := CreateCluster(Config{ID: 10, Backing: BackingShm}); !errors.Is(err, ErrExists) {
+		t.Fatalf("create twice: %v", err)
+	}
+}
+
+// TestBadReturnsCounted: a consumer that returns handles it never got
+// (hostile or buggy) cannot make the producer hand a buffer out twice.
+func TestBadReturnsCounted(t *testing.T) {
+	c := newCluster(t, Config{ID: 12, Queues: 1, QueueLen: 16, Buffers: 32})
+	prod := mustQ(t)(c.Producer(0))
+	cons := mustQ(t)(c.Consumer(0))
+	prod.Send([]byte("x"))
+	got := make([]Packet, 1)
+	cons.RecvBurst(got)
+	forged := got[0]
+	forged.handle = 5 // never lent
+	cons.Release(got[0], got[0], forged)
+	c.Pool().Reclaim() // reclaiming is lazy: force it
+	st := prod.Stats()
+	if st.Reclaimed != 1 || st.BadReturns != 2 {
+		t.Fatalf("reclaimed %d bad returns %d", st.Reclaimed, st.BadReturns)
+	}
+	if c.Pool().Len() != 32 {
+		t.Fatalf("pool has %d free, want 32", c.Pool().Len())
+	}
+}
+
+func TestExternalProducerPool(t *testing.T) {
+	newCluster(t, Config{ID: 13, Queues: 2, QueueLen: 16, Buffers: 8, QueueBuffers: 16})
+	if _, err := Open("zc:13@0", AsProducer()); err != nil {
+		t.Fatal(err)
+	}
+	cons := mustQ(t)(Open("zc:13@0"))
+	c2 := newCluster(t, Config{ID: 14, Queues: 1, QueueLen: 16, Buffers: 8})
+	_ = c2
+	if _, err := Open("zc:14@0", AsProducer()); !errors.Is(err, ErrNoBuffers) {
+		t.Fatalf("producer without queue buffers: %v", err)
+	}
+	_ = cons
+}
+
+func TestHotPathNoAllocs(t *testing.T) {
+	c := newCluster(t, Config{ID: 15, Queues: 1, QueueLen: 256, Buffers: 512})
+	prod := mustQ(t)(c.Producer(0))
+	cons := mustQ(t)(c.Consumer(0))
+	pkts, got := make([]Packet, 32), make([]Packet, 32)
+	allocs := testing.AllocsPerRun(2000, func() {
+		n, _ := prod.Alloc(pkts)
+		for i := range pkts[:n] {
+			pkts[i].Data = pkts[i].Data[:64]
+		}
+		s, _ := prod.SendBurst(pkts[:n])
+		prod.Free(pkts[s:n])
+		k, _ := cons.RecvBurst(got)
+		cons.Release(got[:k]...)
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per burst", allocs)
+	}
+}
