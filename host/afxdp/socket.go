@@ -109,11 +109,11 @@ type Desc struct {
 // Stats are the kernel's XDP_STATISTICS counters for a socket, cumulative
 // since Open.
 type Stats struct {
-	RxDropped        uint64 // packets dropped for reasons other than the two below
-	RxInvalidDescs   uint64 // fill ring addresses the kernel rejected
-	TxInvalidDescs   uint64 // TX descriptors the kernel rejected
-	RxRingFull       uint64 // packets dropped because the RX ring was full
-	FillRingEmpty    uint64 // times a packet found the fill ring empty (dropped)
+	RxDropped      uint64 // packets dropped for reasons other than the two below
+	RxInvalidDescs uint64 // fill ring addresses the kernel rejected
+	TxInvalidDescs uint64 // TX descriptors the kernel rejected
+	RxRingFull     uint64 // packets dropped because the RX ring was full
+	FillRingEmpty  uint64 // times a packet found the fill ring empty (dropped)
 	// TxRingEmptyDescs counts the times the kernel looked at an empty TX
 	// ring: every Poll in copy mode drives TX and counts one, so it grows
 	// on a receive-only socket too. Not a drop.
