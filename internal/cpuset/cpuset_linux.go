@@ -110,3 +110,13 @@ func Current() []int {
 	}
 	return cpus
 }
+
+// Pinned runs f on the calling goroutine pinned to the i-th allowed CPU,
+// then unpins it. When pinning is unavailable (one CPU) f runs unpinned.
+// It reports whether f ran pinned.
+func Pinned(i int, f func()) bool {
+	undo, err := Pin(i)
+	defer undo()
+	f()
+	return err == nil
+}
