@@ -1,0 +1,259 @@
+package zc
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/zcfabric/zc/internal/cpuset"
+	"golang.org/x/sys/unix"
+)
+
+// benchQueueLen is the queue length of the benchmarks (the default), and
+// the capacity of the channel baseline.
+const benchQueueLen = 4096
+
+// benchBursts are the burst sizes every benchmark runs.
+var benchBursts = []int{1, 8, 32}
+
+// BenchmarkQueue moves b.N 64-byte packets through one queue between two
+// goroutines pinned to CPU 0 (producer: Alloc, write, SendBurst) and CPU
+// 1 (consumer: RecvBurst, read, Release), in bursts of 1, 8 and 32. The
+// baseline, run beside each burst size, is a buffered chan uint32 of the
+// same capacity moving the same count, one value per operation. Both
+// consumers check every sequence number. pkts/s is b.N over the wall time
+// of the whole transfer.
+//
+// meta-only is the queue with nobody touching the packet bytes: the
+// sequence number travels in the metadata record (Packet.Seq), so the
+// difference to queue is the cost of moving the packets' cache lines
+// between the CPUs.
+func BenchmarkQueue(b *testing.B) {
+	for _, burst := range benchBursts {
+		b.Run(strconv.Itoa(burst), func(b *testing.B) {
+			b.Run("queue", func(b *testing.B) { benchQueue(b, burst, true) })
+			b.Run("meta-only", func(b *testing.B) { benchQueue(b, burst, false) })
+			b.Run("chan", benchChan)
+		})
+	}
+}
+
+// runPair runs produce pinned to CPU 0 on a new goroutine and consume
+// pinned to CPU 1 on this one, and reports pkts/s.
+func runPair(b *testing.B, produce, consume func()) {
+	b.ReportAllocs()
+	done := make(chan struct{})
+	b.ResetTimer()
+	go func() {
+		defer close(done)
+		cpuset.Pinned(0, produce)
+	}()
+	cpuset.Pinned(1, consume)
+	<-done
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pkts/s")
+}
+
+// spin is a poller's wait on a full or empty queue: busy, with a yield
+// now and then so an unpinned run on one CPU still progresses.
+func spin(n *int) {
+	*n++
+	if *n&127 == 0 {
+		runtime.Gosched()
+	}
+}
+
+// produce64 sends total 64-byte packets numbered 0..total-1 (little-endian
+// in the first four bytes, unless !touch, and in Packet.Seq) in bursts,
+// spinning while the queue is full. It gives up when stop reports true
+// (checked while spinning).
+func produce64(q *Queue, total uint32, burst int, touch bool, stop func() bool) error {
+	pkts := make([]Packet, burst)
+	idle := 0
+	for seq := uint32(0); seq < total; {
+		n, err := q.Alloc(pkts[:min(uint32(burst), total-seq)])
+		if err != nil {
+			return err
+		}
+		for i := range pkts[:n] {
+			pkts[i].Data = pkts[i].Data[:64]
+			pkts[i].Seq = seq + uint32(i)
+			if touch {
+				binary.LittleEndian.PutUint32(pkts[i].Data, seq+uint32(i))
+			}
+		}
+		for sent := 0; sent < n; {
+			k, err := q.SendBurst(pkts[sent:n])
+			if err != nil {
+				return err
+			}
+			sent += k
+			if k == 0 {
+				spin(&idle)
+				if idle&(1<<14-1) == 0 && stop() {
+					return fmt.Errorf("stopped at packet %d", seq+uint32(sent))
+				}
+			}
+		}
+		if n == 0 {
+			spin(&idle)
+		}
+		seq += uint32(n)
+	}
+	return nil
+}
+
+func benchQueue(b *testing.B, burst int, touch bool) {
+	c := newCluster(b, Config{ID: 51, QueueLen: benchQueueLen})
+	prod := mustQ(b)(c.Producer(0))
+	cons := mustQ(b)(c.Consumer(0))
+	total := uint32(b.N)
+	var perr, cerr error
+	var failed atomic.Bool // the consumer gave up: stop the producer
+	runPair(b, func() {
+		perr = produce64(prod, total, burst, touch, failed.Load)
+	}, func() {
+		defer func() { failed.Store(cerr != nil) }()
+		got := make([]Packet, burst)
+		idle := 0
+		for next := uint32(0); next < total; {
+			n, err := cons.RecvBurst(got)
+			if err != nil {
+				cerr = err
+				return
+			}
+			if n == 0 {
+				spin(&idle)
+				continue
+			}
+			for i := range got[:n] {
+				s := got[i].Seq
+				if touch {
+					s = binary.LittleEndian.Uint32(got[i].Data)
+				}
+				if s != next {
+					cerr = fmt.Errorf("got packet %d, want %d", s, next)
+					return
+				}
+				next++
+			}
+			if err := cons.Release(got[:n]...); err != nil {
+				cerr = err
+				return
+			}
+		}
+	})
+	if perr != nil || cerr != nil {
+		b.Fatalf("producer: %v; consumer: %v", perr, cerr)
+	}
+}
+
+func benchChan(b *testing.B) {
+	ch := make(chan uint32, benchQueueLen)
+	total := uint32(b.N)
+	var cerr error
+	runPair(b, func() {
+		for seq := range total {
+			ch <- seq
+		}
+	}, func() {
+		for next := range total {
+			if s := <-ch; s != next && cerr == nil {
+				cerr = fmt.Errorf("got %d, want %d", s, next)
+			}
+		}
+	})
+	if cerr != nil {
+		b.Fatal(cerr)
+	}
+}
+
+// BenchmarkTwoProc moves b.N 64-byte packets from this process to a child
+// process (the test binary re-executed, see TestHelperProcess), producer
+// pinned to CPU 0 here and consumer pinned to CPU 1 there, in bursts of
+// 1, 8 and 32:
+//
+//   - queue:  through a cluster region on /dev/shm; the child attaches
+//     zc:52@0 by name;
+//   - socket: the baseline, the same records through a unix stream
+//     socketpair, burst×64 bytes per write, read with io.ReadFull.
+//
+// Both children check every sequence number. The timer starts once the
+// child is attached and stops when it has reported its count, so child
+// start-up is excluded and the drain of the last packets included.
+func BenchmarkTwoProc(b *testing.B) {
+	for _, burst := range benchBursts {
+		b.Run(strconv.Itoa(burst), func(b *testing.B) {
+			b.Run("queue", func(b *testing.B) { benchTwoProcQueue(b, burst) })
+			b.Run("socket", func(b *testing.B) { benchTwoProcSocket(b, burst) })
+		})
+	}
+}
+
+func helperEnv(b *testing.B, burst int) []string {
+	return []string{envCount + "=" + strconv.Itoa(b.N), envBurst + "=" + strconv.Itoa(burst), envCPU + "=1"}
+}
+
+func benchTwoProcQueue(b *testing.B, burst int) {
+	c := newCluster(b, Config{ID: 52, QueueLen: benchQueueLen})
+	prod := mustQ(b)(c.Producer(0))
+	ch := startChild(b, "count", append(helperEnv(b, burst), envQueue+"=zc:52@0"))
+	if l := ch.line(b, time.Minute); l != "ready" {
+		b.Fatalf("helper said %q", l)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	var err error
+	cpuset.Pinned(0, func() { err = produce64(prod, uint32(b.N), burst, true, ch.exited) })
+	if err != nil {
+		b.Fatalf("%v\nhelper stderr:\n%s", err, ch.stderr)
+	}
+	res := ch.result(b, time.Minute)
+	b.StopTimer()
+	if res.Packets != uint64(b.N) {
+		b.Fatalf("child received %d of %d", res.Packets, b.N)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pkts/s")
+}
+
+func benchTwoProcSocket(b *testing.B, burst int) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Skipf("socketpair: %v", err)
+	}
+	mine, theirs := os.NewFile(uintptr(fds[0]), "parent"), os.NewFile(uintptr(fds[1]), "child")
+	defer mine.Close()
+	ch := startChild(b, "socket", helperEnv(b, burst), theirs)
+	theirs.Close()
+	if l := ch.line(b, time.Minute); l != "ready" {
+		b.Fatalf("helper said %q", l)
+	}
+	buf := make([]byte, 64*burst)
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpuset.Pinned(0, func() {
+		total := uint32(b.N)
+		for seq := uint32(0); seq < total && err == nil; {
+			k := min(uint32(burst), total-seq)
+			for i := range k {
+				binary.LittleEndian.PutUint32(buf[64*i:], seq+i)
+			}
+			_, err = mine.Write(buf[:64*k])
+			seq += k
+		}
+	})
+	if err != nil {
+		b.Fatalf("write: %v\nhelper stderr:\n%s", err, ch.stderr)
+	}
+	res := ch.result(b, time.Minute)
+	b.StopTimer()
+	if res.Packets != uint64(b.N) {
+		b.Fatalf("child received %d of %d", res.Packets, b.N)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pkts/s")
+}
