@@ -1,7 +1,6 @@
 package vmtest
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"net"
@@ -53,9 +52,6 @@ echo "ZCRESULT {\"ctl\":\"$(head -n 1 $port)\"}"`))
 				t.Fatal(err)
 			}
 			defer conn.Close()
-			if _, err := bufio.NewWriter(conn).WriteString(""); err != nil {
-				t.Fatal(err)
-			}
 			if _, err := conn.Write([]byte("hello from the host\n")); err != nil {
 				t.Fatal(err)
 			}

@@ -30,7 +30,9 @@ type VM struct {
 
 // Dial connects to the QMP socket of a running QEMU (started with e.g.
 // -qmp unix:PATH,server=on,wait=off), negotiates capabilities and returns a
-// VM. ctx bounds the dial and the handshake only.
+// VM. ctx bounds the dial and the handshake only. QEMU serves one client
+// per QMP socket at a time: while another client is connected the greeting
+// does not come, so give ctx a deadline.
 func Dial(ctx context.Context, socketPath string) (*VM, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socketPath)
