@@ -196,6 +196,12 @@ func (c *Cluster) Producer(q int) (*Queue, error) {
 	return qu, nil
 }
 
+// Output attaches the producer end of queue q for a worker
+// (RunBalancer, RunFanout, RunPipeline) to feed with buffers it relays.
+func (c *Cluster) Output(q int) (*Queue, error) {
+	return c.r.attach(uint32(q), ivshmem.EndProducer, false)
+}
+
 // Consumer attaches the consumer end of queue q inside the creator.
 func (c *Cluster) Consumer(q int) (*Queue, error) {
 	return c.r.attach(uint32(q), ivshmem.EndConsumer, false)

@@ -178,17 +178,25 @@ func (q *Queue) Release(pkts ...Packet) error {
 		for i := range n {
 			q.hs[i] = pkts[i].handle
 		}
-		k, err := q.back.Enqueue(q.hs[:n])
-		if err != nil {
-			return q.fail("release", err)
-		}
-		q.back.Add(ivshmem.CountPackets, uint64(k))
-		if k < n {
-			// The producer counts what it lent and never lends more than
-			// the return ring holds: only a broken producer gets here.
-			return q.fail("release", fmt.Errorf("%w: return ring full", ErrCorrupt))
+		if err := q.releaseHandles(q.hs[:n]); err != nil {
+			return err
 		}
 		pkts = pkts[n:]
+	}
+	return nil
+}
+
+// releaseHandles pushes handles onto the return ring.
+func (q *Queue) releaseHandles(hs []uint32) error {
+	k, err := q.back.Enqueue(hs)
+	if err != nil {
+		return q.fail("release", err)
+	}
+	q.back.Add(ivshmem.CountPackets, uint64(k))
+	if k < len(hs) {
+		// The producer counts what it lent and never lends more than the
+		// return ring holds: only a broken producer gets here.
+		return q.fail("release", fmt.Errorf("%w: return ring full", ErrCorrupt))
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -17,16 +18,28 @@ func fill(p *Packet, seq uint32, n int) {
 	p.Seq = seq
 }
 
-func checkPkt(t testing.TB, p *Packet, seq uint32, n int) {
-	t.Helper()
+// fillFrame is fill with an IPv4 header whose source address is seq, so
+// the balancer's hashes spread the packets.
+func fillFrame(p *Packet, seq uint32, n int) {
+	fill(p, seq, n)
+	d := p.Data
+	d[12], d[13], d[14] = 0x08, 0x00, 0x45
+	binary.BigEndian.PutUint32(d[26:], seq)
+	binary.BigEndian.PutUint32(d[30:], 0x0a000001)
+}
+
+// checkPkt reports whether p is the packet fill or fillFrame made: it
+// returns an error rather than failing, so other goroutines can use it.
+func checkPkt(p *Packet, seq uint32, n int) error {
 	if len(p.Data) != n || binary.BigEndian.Uint32(p.Data) != seq || p.Seq != seq {
-		t.Fatalf("packet %d: len %d seq %d/%d", seq, len(p.Data), binary.BigEndian.Uint32(p.Data), p.Seq)
+		return fmt.Errorf("packet %d: len %d seq %d/%d", seq, len(p.Data), binary.BigEndian.Uint32(p.Data), p.Seq)
 	}
-	for i := 4; i < n; i++ {
+	for i := 34; i < n; i++ {
 		if p.Data[i] != byte(seq)+byte(i) {
-			t.Fatalf("packet %d byte %d = %d", seq, i, p.Data[i])
+			return fmt.Errorf("packet %d byte %d = %d", seq, i, p.Data[i])
 		}
 	}
+	return nil
 }
 
 func TestSendRecvInProcess(t *testing.T) {
@@ -56,7 +69,9 @@ func TestSendRecvInProcess(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := range got[:k] {
-			checkPkt(t, &got[i], want, len(got[i].Data))
+			if err := checkPkt(&got[i], want, len(got[i].Data)); err != nil {
+				t.Fatal(err)
+			}
 			want++
 		}
 		if err := cons.Release(got[:k]...); err != nil {

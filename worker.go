@@ -1,0 +1,333 @@
+package zc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Policy says what a producer does when an output queue is full.
+type Policy int
+
+// Policies.
+const (
+	// Drop drops the packet and counts it in the queue's Drops.
+	Drop Policy = iota
+	// Wait blocks until the consumer makes room: lossless back-pressure.
+	Wait
+)
+
+// Balancer distributes packets over the producer ends of a cluster's
+// queues without copying: by hash, round-robin, or to every queue
+// (fan-out, reference counted). All outputs must draw from the same
+// source (the cluster's engine pool, or a worker's relay). Not safe for
+// concurrent use.
+type Balancer struct {
+	out    []*Queue
+	mode   HashMode
+	hash   HashFunc
+	policy Policy
+	per    [][]Packet
+	rr     uint32
+	src    source
+}
+
+// NewBalancer returns a balancer over out. hash overrides the mode's own
+// function (a caller's hash); it is ignored for round-robin and fan-out.
+func NewBalancer(out []*Queue, mode HashMode, hash HashFunc, policy Policy) (*Balancer, error) {
+	if len(out) == 0 {
+		return nil, errors.New("zc: balancer: no output queues")
+	}
+	if hash == nil {
+		hash = mode.Func()
+	}
+	if hash == nil && mode != ModeRoundRobin && mode != ModeFanout {
+		return nil, fmt.Errorf("zc: balancer: mode %d has no hash function", mode)
+	}
+	b := &Balancer{out: out, mode: mode, hash: hash, policy: policy, src: out[0].src}
+	for _, q := range out {
+		switch {
+		case q.out == nil:
+			return nil, fmt.Errorf("zc: balancer: %s: %w (need producer ends)", q.Name(), ErrWrongEnd)
+		case q.r.l.ClusterID != out[0].r.l.ClusterID || q.r.l.Generation != out[0].r.l.Generation:
+			return nil, fmt.Errorf("zc: balancer: %s and %s are in different clusters", q.Name(), out[0].Name())
+		case q.src != b.src:
+			return nil, fmt.Errorf("zc: balancer: %s and %s draw buffers from different pools", q.Name(), out[0].Name())
+		}
+		b.per = append(b.per, make([]Packet, 0, MaxBurst))
+	}
+	return b, nil
+}
+
+// Push distributes pkts, which the caller owns (from Alloc, or received
+// and adopted by a worker). Afterwards the caller owns none of them: each
+// was sent, or dropped and counted. Under Wait, Push blocks while a target
+// queue is full and returns ctx's error if ctx ends first (the unsent
+// packets are then dropped and counted).
+func (b *Balancer) Push(ctx context.Context, pkts []Packet) error {
+	for len(pkts) > 0 {
+		n := min(len(pkts), MaxBurst)
+		if err := b.push(ctx, pkts[:n]); err != nil {
+			return err
+		}
+		pkts = pkts[n:]
+	}
+	return nil
+}
+
+func (b *Balancer) push(ctx context.Context, pkts []Packet) error {
+	if b.mode == ModeFanout {
+		k := uint16(len(b.out) - 1)
+		for i := range pkts {
+			b.out[0].r.writeMeta(&pkts[i])
+			if k > 0 {
+				b.src.retain(pkts[i].handle, k)
+			}
+		}
+		var first error
+		for _, q := range b.out {
+			if err := b.deliver(ctx, q, pkts); err != nil && first == nil {
+				first = err
+			}
+		}
+		return first
+	}
+	for i := range pkts {
+		var j uint32
+		if b.mode == ModeRoundRobin {
+			j = b.rr
+			b.rr++
+			if b.rr == uint32(len(b.out)) {
+				b.rr = 0
+			}
+		} else {
+			pkts[i].Hash = b.hash(&pkts[i])
+			j = pkts[i].Hash % uint32(len(b.out))
+		}
+		b.out[j].r.writeMeta(&pkts[i])
+		b.per[j] = append(b.per[j], pkts[i])
+	}
+	var first error
+	for j, q := range b.out {
+		if len(b.per[j]) == 0 {
+			continue
+		}
+		if err := b.deliver(ctx, q, b.per[j]); err != nil && first == nil {
+			first = err
+		}
+		b.per[j] = b.per[j][:0]
+	}
+	return first
+}
+
+// deliver enqueues packets whose metadata is written; what does not fit
+// is dropped and counted, or waited for.
+func (b *Balancer) deliver(ctx context.Context, q *Queue, pkts []Packet) error {
+	var bo backoff
+	for {
+		n, err := q.enqueue(pkts[:q.room(len(pkts))])
+		pkts = pkts[n:]
+		if err != nil || len(pkts) == 0 {
+			if err != nil {
+				q.Drop(pkts)
+			}
+			return err
+		}
+		if n > 0 {
+			bo = backoff{}
+			continue
+		}
+		if b.policy == Drop {
+			q.Drop(pkts)
+			return nil
+		}
+		if err := bo.wait(ctx); err != nil {
+			q.Drop(pkts)
+			return fmt.Errorf("zc: send %s: %w", q.Name(), err)
+		}
+	}
+}
+
+// Reclaim takes back buffers consumers returned on every output.
+func (b *Balancer) Reclaim() {
+	for _, q := range b.out {
+		q.reclaim()
+	}
+}
+
+// relay is the source of a worker's outputs: buffers borrowed from its
+// input queues. When the last output returns one, it goes back to the
+// input it came from.
+type relay struct {
+	in     []*Queue
+	ref    []uint16 // per buffer of the cluster
+	origin []uint16 // input index per buffer
+	back   [][]uint32
+}
+
+func newRelay(in []*Queue, numBufs uint32) *relay {
+	r := &relay{in: in, ref: make([]uint16, numBufs), origin: make([]uint16, numBufs)}
+	for range in {
+		r.back = append(r.back, make([]uint32, 0, MaxBurst))
+	}
+	return r
+}
+
+func (r *relay) owns(h uint32) bool       { return h < uint32(len(r.ref)) && r.ref[h] > 0 }
+func (r *relay) retain(h uint32, n uint16) { r.ref[h] += n }
+
+func (r *relay) adopt(pkts []Packet, from int) {
+	for i := range pkts {
+		h := pkts[i].handle
+		r.ref[h] = 1
+		r.origin[h] = uint16(from)
+	}
+}
+
+func (r *relay) put(hs []uint32) {
+	for _, h := range hs {
+		if h >= uint32(len(r.ref)) || r.ref[h] == 0 {
+			continue
+		}
+		r.ref[h]--
+		if r.ref[h] == 0 {
+			o := r.origin[h]
+			r.back[o] = append(r.back[o], h)
+			if len(r.back[o]) == cap(r.back[o]) {
+				r.flush(int(o))
+			}
+		}
+	}
+	for o := range r.back {
+		r.flush(o)
+	}
+}
+
+func (r *relay) flush(o int) {
+	if len(r.back[o]) > 0 {
+		r.in[o].releaseHandles(r.back[o])
+		r.back[o] = r.back[o][:0]
+	}
+}
+
+// WorkerOptions configure RunBalancer, RunFanout and RunPipeline.
+type WorkerOptions struct {
+	// Policy for full outputs (default Drop).
+	Policy Policy
+	// Burst is the receive burst (default 32, at most MaxBurst).
+	Burst int
+	// Filter, when set, sees every packet first; false drops it (counted
+	// in WorkerStats.Filtered, not as a queue drop).
+	Filter func(p *Packet) bool
+}
+
+// WorkerStats count what a worker moved.
+type WorkerStats struct {
+	Received uint64 // packets taken from the inputs
+	Filtered uint64 // packets the filter refused
+}
+
+// RunBalancer moves packets from the consumer ends in to the producer
+// ends out of the same cluster, by mode (a caller's hash overrides the
+// mode's function), without copying, until ctx ends or an input fails.
+// The outputs' buffers become the inputs' buffers: out must be fresh
+// producer ends (nothing outstanding).
+func RunBalancer(ctx context.Context, in, out []*Queue, mode HashMode, hash HashFunc, opt WorkerOptions) (WorkerStats, error) {
+	var st WorkerStats
+	if len(in) == 0 || len(out) == 0 {
+		return st, errors.New("zc: worker: needs input and output queues")
+	}
+	r := newRelay(in, in[0].r.l.NumBufs)
+	for _, q := range in {
+		if q.in == nil {
+			return st, fmt.Errorf("zc: worker: input %s: %w (need consumer ends)", q.Name(), ErrWrongEnd)
+		}
+		if q.r.l.ClusterID != in[0].r.l.ClusterID || q.r.l.Generation != in[0].r.l.Generation {
+			return st, fmt.Errorf("zc: worker: inputs %s and %s are in different clusters", q.Name(), in[0].Name())
+		}
+	}
+	for _, q := range out {
+		if q.out == nil {
+			continue // NewBalancer reports it
+		}
+		if q.outstanding > 0 {
+			return st, fmt.Errorf("zc: worker: output %s has %d buffers on loan", q.Name(), q.outstanding)
+		}
+		if p, ok := q.src.(*Pool); ok && len(p.queues) > 1 {
+			return st, fmt.Errorf("zc: worker: output %s shares a pool with other queues (attach outputs with Cluster.Output or Open(name, AsProducer()))", q.Name())
+		}
+		q.src = r
+	}
+	bal, err := NewBalancer(out, mode, hash, opt.Policy)
+	if err != nil {
+		return st, err
+	}
+	if out[0].r.l.ClusterID != in[0].r.l.ClusterID || out[0].r.l.Generation != in[0].r.l.Generation {
+		return st, fmt.Errorf("zc: worker: %s and %s are in different clusters (zero copy needs one)", in[0].Name(), out[0].Name())
+	}
+	burst := opt.Burst
+	if burst <= 0 || burst > MaxBurst {
+		burst = 32
+	}
+	pkts := make([]Packet, burst)
+	keep := make([]Packet, 0, burst)
+	var bo backoff
+	for {
+		got := 0
+		for i, q := range in {
+			n, err := q.RecvBurst(pkts)
+			if err != nil {
+				return st, err
+			}
+			if n == 0 {
+				continue
+			}
+			got += n
+			st.Received += uint64(n)
+			r.adopt(pkts[:n], i)
+			batch := pkts[:n]
+			if opt.Filter != nil {
+				keep = keep[:0]
+				for j := range batch {
+					if opt.Filter(&batch[j]) {
+						keep = append(keep, batch[j])
+					} else {
+						st.Filtered++
+						r.ref[batch[j].handle] = 0
+						one := [1]uint32{batch[j].handle}
+						q.releaseHandles(one[:])
+					}
+				}
+				batch = keep
+			}
+			if err := bal.Push(ctx, batch); err != nil {
+				if ctx.Err() != nil {
+					return st, nil // stopped while waiting for room
+				}
+				return st, err
+			}
+		}
+		bal.Reclaim()
+		if got > 0 {
+			bo = backoff{}
+			continue
+		}
+		if err := bo.wait(ctx); err != nil {
+			return st, nil // ctx ended: a normal stop
+		}
+	}
+}
+
+// RunFanout sends every packet of in to every queue of out, without
+// copying (reference counted), until ctx ends.
+func RunFanout(ctx context.Context, in, out []*Queue, opt WorkerOptions) (WorkerStats, error) {
+	return RunBalancer(ctx, in, out, ModeFanout, nil, opt)
+}
+
+// RunPipeline is one stage of a pipeline: packets from in pass stage
+// (false drops them) and go on to out, without copying. Chain stages
+// with queues, one goroutine or process per stage.
+func RunPipeline(ctx context.Context, in, out *Queue, stage func(p *Packet) bool, opt WorkerOptions) (WorkerStats, error) {
+	opt.Filter = stage
+	return RunBalancer(ctx, []*Queue{in}, []*Queue{out}, ModeRoundRobin, nil, opt)
+}
