@@ -111,3 +111,46 @@ func (p *Pool) Empty() uint64 { return p.empty }
 func (p *Pool) String() string {
 	return fmt.Sprintf("pool [%d,+%d) of cluster %d, %d free", p.first, p.count, p.r.l.ClusterID, len(p.free))
 }
+
+// Packet returns a view of buffer h, allocated from this pool and filled
+// by someone else (a NIC through AF_XDP): n bytes at offset off. It
+// checks that h is one of the pool's buffers on loan and that the bytes
+// fit in the buffer.
+func (p *Pool) Packet(h uint32, off, n uint32) (Packet, error) {
+	if !p.owns(h) {
+		return Packet{}, fmt.Errorf("zc: buffer %d is not allocated from %s", h, p)
+	}
+	size := p.r.l.BufSize
+	if off > size || n > size-off {
+		return Packet{}, fmt.Errorf("zc: buffer %d: %d bytes at %d exceed the %d-byte buffer", h, n, off, size)
+	}
+	return Packet{Data: p.r.buffer(h)[off : off+n : size], handle: h, off: off}, nil
+}
+
+// Handles fills hs with free buffers (for a NIC's fill ring) and returns
+// how many; each stays allocated until made into a Packet and sent, or
+// given back with FreeHandles.
+func (p *Pool) Handles(hs []uint32) int {
+	if len(p.free) < len(hs) {
+		p.Reclaim()
+	}
+	n := min(len(hs), len(p.free))
+	top := len(p.free)
+	for i := range n {
+		h := p.free[top-1-i]
+		p.ref[h-p.first] = 1
+		hs[i] = h
+	}
+	p.free = p.free[:top-n]
+	return n
+}
+
+// FreeHandles gives back allocated buffers by handle.
+func (p *Pool) FreeHandles(hs []uint32) {
+	for _, h := range hs {
+		if h-p.first < p.count && p.ref[h-p.first] > 0 {
+			p.ref[h-p.first] = 0
+			p.free = append(p.free, h)
+		}
+	}
+}

@@ -1,0 +1,122 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/zcfabric/zc"
+)
+
+// Source writes packets into buffers of a cluster's engine pool.
+type Source interface {
+	// Name is the source as given on the command line (gen:..., eth0).
+	Name() string
+	// Recv fills up to len(pkts) packets with buffers taken from pool and
+	// returns how many, without blocking (0 when nothing is there now).
+	// It returns io.EOF once the source is exhausted (a generator's count,
+	// the end of a pcap file), together with its last packets.
+	Recv(pool *zc.Pool, pkts []zc.Packet) (int, error)
+	// Stats returns the source's counters.
+	Stats() SourceStats
+	// Close releases the source's kernel resources.
+	Close() error
+}
+
+// SourceStats are a source's counters.
+type SourceStats struct {
+	// Packets and Bytes count what the source handed to the engine.
+	Packets, Bytes uint64
+	// KernelDrops counts what the kernel dropped before the source saw it
+	// (AF_PACKET drops, AF_XDP rx_dropped + rx_ring_full).
+	KernelDrops uint64
+	// NoBuffer counts times the source had to wait for a free buffer.
+	NoBuffer uint64
+}
+
+// EngineStats count what an engine run moved.
+type EngineStats struct {
+	Packets, Bytes uint64
+	Elapsed        time.Duration
+}
+
+// Engine moves packets from its sources through a balancer onto the
+// cluster's queues. Run it on one goroutine (the pool and queues are
+// single-threaded).
+type Engine struct {
+	Pool     *zc.Pool
+	Sources  []Source
+	Balancer *zc.Balancer
+	// Burst is the number of packets moved per step (default 32).
+	Burst int
+	// OnIdle, if set, is called when no source had anything.
+	OnIdle func()
+}
+
+// Run moves packets until every source is exhausted or ctx ends. It
+// returns nil in both cases, and the first source or queue error
+// otherwise.
+func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
+	var st EngineStats
+	start := time.Now()
+	burst := e.Burst
+	if burst <= 0 || burst > zc.MaxBurst {
+		burst = 32
+	}
+	pkts := make([]zc.Packet, burst)
+	live := make([]bool, len(e.Sources))
+	nlive := len(e.Sources)
+	for i := range live {
+		live[i] = true
+	}
+	idle := 0
+	for nlive > 0 {
+		got := 0
+		for i, s := range e.Sources {
+			if !live[i] {
+				continue
+			}
+			n, err := s.Recv(e.Pool, pkts)
+			if n > 0 {
+				got += n
+				st.Packets += uint64(n)
+				for j := range pkts[:n] {
+					st.Bytes += uint64(len(pkts[j].Data))
+				}
+				if perr := e.Balancer.Push(ctx, pkts[:n]); perr != nil {
+					if ctx.Err() != nil {
+						st.Elapsed = time.Since(start)
+						return st, nil
+					}
+					return st, perr
+				}
+			}
+			if errors.Is(err, io.EOF) {
+				live[i] = false
+				nlive--
+			} else if err != nil {
+				st.Elapsed = time.Since(start)
+				return st, fmt.Errorf("zchost: source %s: %w", s.Name(), err)
+			}
+		}
+		if got > 0 {
+			idle = 0
+			continue
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		e.Balancer.Reclaim()
+		if e.OnIdle != nil {
+			e.OnIdle()
+		}
+		idle++
+		if idle > 64 {
+			time.Sleep(min(time.Duration(idle-64)*5*time.Microsecond, 200*time.Microsecond))
+		}
+	}
+	st.Elapsed = time.Since(start)
+	return st, nil
+}
