@@ -17,6 +17,9 @@ var (
 	// ErrClosed: the queue, its cluster or the region went away (closed
 	// by the creator, unplugged from the guest, re-created).
 	ErrClosed = ivshmem.ErrClosed
+	// ErrGone: the queue went away under its attacher (the VM's ivshmem
+	// device was unplugged, or the region re-created). Wraps ErrClosed.
+	ErrGone = ivshmem.ErrGone
 	// ErrBadRegion: the region's bytes failed validation.
 	ErrBadRegion = ivshmem.ErrBadRegion
 	// ErrCorrupt: the peer of a queue broke the ring protocol; the queue

@@ -1,6 +1,9 @@
 package ivshmem
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors callers branch on.
 var (
@@ -10,6 +13,11 @@ var (
 	// ErrClosed: the region was closed by its creator or went away (an
 	// unplugged ivshmem BAR reads as zeros).
 	ErrClosed = errors.New("region closed")
+	// ErrGone: the region went away under an attacher: unplugged from the
+	// guest (the BAR reads zeros) or re-created. It wraps ErrClosed, so
+	// errors.Is(err, ErrClosed) holds too; a region closed normally by
+	// its creator is ErrClosed without ErrGone.
+	ErrGone = fmt.Errorf("%w: the queue went away (unplugged or re-created)", ErrClosed)
 	// ErrCorrupt: a ring index written by the peer is out of range. The
 	// ring can no longer be trusted; its queue is lost, nothing else is.
 	ErrCorrupt = errors.New("ring corrupt")

@@ -134,10 +134,10 @@ func MarkClosed(b []byte) { storeU32(b, offState, StateClosed) }
 // consumers call it when a queue is empty.
 func (l *Layout) Check(b []byte) error {
 	if uint64(len(b)) < HeaderSize {
-		return ErrClosed
+		return ErrGone
 	}
 	if binary.LittleEndian.Uint64(b[offMagic:]) != magicWord || loadU64(b, offGeneration) != l.Generation {
-		return fmt.Errorf("%w: cluster %d was unplugged or re-created", ErrClosed, l.ClusterID)
+		return fmt.Errorf("cluster %d: %w", l.ClusterID, ErrGone)
 	}
 	if s := State(b); s != StateReady {
 		return fmt.Errorf("%w: cluster %d closed by its creator", ErrClosed, l.ClusterID)

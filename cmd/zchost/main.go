@@ -1,0 +1,113 @@
+// Command zchost is the zcfabric host agent: it creates a cluster of
+// shared-memory queues, fills it from capture sources (a generator, pcap
+// files, AF_XDP, AF_PACKET), balances packets over the queues, and exports
+// them to other processes (zc:ID@Q) and to running VMs (hot-plugged over
+// QMP).
+//
+// Subcommands register themselves in init() with register(); run
+// "zchost help" for the list.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+type command struct {
+	summary string
+	run     func(args []string) error
+}
+
+var commands = map[string]command{}
+
+func register(name, summary string, run func(args []string) error) {
+	commands[name] = command{summary: summary, run: run}
+}
+
+// errUsage marks a command-line mistake: exit status 2, usage printed.
+var errUsage = errors.New("usage")
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, `zchost — the zcfabric host agent
+
+Usage: zchost <command> [flags]
+
+Commands:
+`)
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintf(w, `
+Run "zchost <command> --help" for a command's flags.
+
+Quick start:
+  zchost run -c 99 -i gen:len=64,count=1000000 -n 2 --lossless
+  zcount -i zc:99@0        # in another terminal (or inside a VM)
+  zchost stats -c 99
+`)
+}
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "help" || os.Args[1] == "-h" || os.Args[1] == "--help" {
+		usage(os.Stdout)
+		if len(os.Args) < 2 {
+			os.Exit(2)
+		}
+		return
+	}
+	c, ok := commands[os.Args[1]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "zchost: unknown command %q\n\n", os.Args[1])
+		usage(os.Stderr)
+		os.Exit(2)
+	}
+	if err := c.run(os.Args[2:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		if errors.Is(err, errUsage) {
+			fmt.Fprintf(os.Stderr, "zchost %s: %v\n", os.Args[1], err)
+			os.Exit(2)
+		}
+		fmt.Fprintf(os.Stderr, "zchost %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+// logFlags adds the logging flags every long-running command has.
+type logFlags struct {
+	level string
+	json  bool
+}
+
+func (l *logFlags) add(fs *flag.FlagSet) {
+	fs.StringVar(&l.level, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fs.BoolVar(&l.json, "log-json", false, "log as JSON lines")
+}
+
+func (l *logFlags) logger(name string) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{
+		Name: name, Level: hclog.LevelFromString(l.level), JSONFormat: l.json, Output: os.Stderr,
+	})
+}
+
+// newFlags returns a flag set whose --help prints the command's usage.
+func newFlags(name, synopsis string) *flag.FlagSet {
+	fs := flag.NewFlagSet("zchost "+name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: zchost %s %s\n\nFlags:\n", name, synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}

@@ -1,0 +1,276 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host"
+)
+
+func init() {
+	register("run", "create a cluster, capture or generate into it, balance over its queues, export them", runCmd)
+}
+
+// multiFlag collects a repeatable flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+type runOpts struct {
+	cluster      uint
+	in           multiFlag
+	vms          multiFlag
+	queues       int
+	hash         string
+	queueLen     int
+	buffers      int
+	bufferSize   int
+	queueBuffers int
+	lossless     bool
+	backing      string
+	hugeDir      string
+	interval     time.Duration
+	keep         bool
+	bpf          string
+	log          logFlags
+}
+
+func runFlags(o *runOpts) *flag.FlagSet {
+	fs := newFlags("run", "-c ID [-i SOURCE ...] [-n QUEUES] [-m HASH] [--lossless] [--vm QMP.sock ...]")
+	for _, n := range []string{"c", "cluster"} {
+		fs.UintVar(&o.cluster, n, 99, "cluster `id` consumers attach to as zc:ID@QUEUE")
+	}
+	for _, n := range []string{"i", "in"} {
+		fs.Var(&o.in, n, "packet `source`, repeatable: gen:len=64,count=1000000[,rate=PPS][,flows=N], pcap:FILE,\n"+
+			"zc:IF (best of AF_XDP/AF_PACKET), afxdp:IF[@Q], afpacket:IF. None: create the cluster and\n"+
+			"wait (queues fed by producers that attach, e.g. zsend -o zc:ID@Q)")
+	}
+	for _, n := range []string{"n", "queues"} {
+		fs.IntVar(&o.queues, n, 1, "number of egress `queues`")
+	}
+	for _, n := range []string{"m", "hash"} {
+		fs.StringVar(&o.hash, n, "0", "balancing `mode`: 0 round-robin, 1 IP pair, 2 fan-out (every packet to every queue),\n3 symmetric 5-tuple, 4 GTP-U inner IP pair")
+	}
+	for _, n := range []string{"q", "queue-len"} {
+		fs.IntVar(&o.queueLen, n, 4096, "queue capacity in `packets` (a power of two)")
+	}
+	for _, n := range []string{"b", "buffers"} {
+		fs.IntVar(&o.buffers, n, 0, "engine pool `buffers` (default: queues*queue-len+1024)")
+	}
+	fs.IntVar(&o.bufferSize, "buffer-size", 2048, "buffer size in `bytes` (a power of two; 2048 or 4096 for AF_XDP)")
+	fs.IntVar(&o.queueBuffers, "queue-buffers", 0, "buffers each queue owns for an outside `producer` (zsend -o, a guest)")
+	fs.BoolVar(&o.lossless, "lossless", false, "back-pressure: wait for room instead of dropping when a queue is full")
+	fs.StringVar(&o.backing, "backing", "auto", "region memory: auto (hugetlbfs if mounted with free pages, else /dev/shm), shm, hugetlbfs, memfd")
+	fs.StringVar(&o.hugeDir, "hugetlbfs", "", "hugetlbfs mount `dir` (default: found in /proc/mounts)")
+	fs.Var(&o.vms, "vm", "hot-plug the cluster into the running VM whose QMP socket is `path` (repeatable)")
+	fs.DurationVar(&o.interval, "stats-interval", time.Second, "print queue counters this often (0: never)")
+	fs.BoolVar(&o.keep, "keep", false, "keep the cluster after the sources end, until interrupted")
+	fs.StringVar(&o.bpf, "bpf", "", "classic BPF `program` applied to every source (tcpdump -ddd output)")
+	o.log.add(fs)
+	return fs
+}
+
+func runCmd(args []string) error {
+	var o runOpts
+	fs := runFlags(&o)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	mode, ok := zc.ParseHashMode(o.hash)
+	if !ok {
+		return fmt.Errorf("%w: -m %q: want 0 (round-robin), 1 (IP pair), 2 (fan-out), 3 (5-tuple) or 4 (GTP)", errUsage, o.hash)
+	}
+	backing, err := ivshmemBacking(o.backing)
+	if err != nil {
+		return fmt.Errorf("%w: --backing: %v", errUsage, err)
+	}
+	if o.queues < 1 {
+		return fmt.Errorf("%w: -n %d: need at least one queue", errUsage, o.queues)
+	}
+	log := o.log.logger("zchost")
+
+	c, err := zc.CreateCluster(zc.Config{
+		ID: uint32(o.cluster), Queues: o.queues, QueueLen: o.queueLen, BufferSize: o.bufferSize,
+		Buffers: o.buffers, QueueBuffers: o.queueBuffers, Backing: backing, HugetlbDir: o.hugeDir,
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	log.Info("cluster created", "cluster", c.ID(), "queues", c.NumQueues(), "path", c.Path(), "file", c.File(),
+		"backing", c.Backing(), "size", c.Size(), "buffers", c.Pool().Cap(), "buffer_size", c.BufferSize())
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var sources []host.Source
+	for _, spec := range o.in {
+		ss, err := host.ParseSource(spec, host.SourceOptions{Cluster: c, BPF: o.bpf})
+		if err != nil {
+			return err
+		}
+		for _, s := range ss {
+			defer s.Close()
+			log.Info("source", "name", s.Name())
+		}
+		sources = append(sources, ss...)
+	}
+
+	for _, vm := range o.vms {
+		detach, err := exportVM(ctx, log, vm, c)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			dctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			if err := detach(dctx); err != nil {
+				log.Error("detach", "vm", vm, "error", err)
+			}
+		}()
+	}
+
+	var outs []*zc.Queue
+	for i := range o.queues {
+		q, err := c.Producer(i)
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		outs = append(outs, q)
+	}
+	policy := zc.Drop
+	if o.lossless {
+		policy = zc.Wait
+	}
+	bal, err := zc.NewBalancer(outs, mode, nil, policy)
+	if err != nil {
+		return err
+	}
+	log.Info("balancing", "mode", mode, "lossless", o.lossless)
+
+	stopStats := startStats(log, c, sources, o.interval)
+	var st host.EngineStats
+	if len(sources) > 0 {
+		eng := &host.Engine{Pool: c.Pool(), Sources: sources, Balancer: bal}
+		st, err = eng.Run(ctx)
+		if err != nil {
+			stopStats()
+			return err
+		}
+		log.Info("sources done", "packets", st.Packets, "bytes", st.Bytes, "seconds", st.Elapsed.Seconds())
+	}
+	if len(sources) == 0 || o.keep {
+		log.Info("serving; interrupt to stop")
+		<-ctx.Done()
+	} else {
+		drain(ctx, log, c, bal)
+	}
+	stopStats()
+	summary(log, c, sources, st)
+	return nil
+}
+
+// drain waits until every queue that has a consumer attached is empty
+// (its consumer read everything), or ctx ends.
+func drain(ctx context.Context, log hclog.Logger, c *zc.Cluster, bal *zc.Balancer) {
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for {
+		bal.Reclaim()
+		busy := 0
+		for _, s := range c.Stats() {
+			if s.Consumer != 0 && s.Depth > 0 {
+				busy++
+			}
+		}
+		if busy == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			log.Warn("interrupted while consumers were still reading")
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func ivshmemBacking(s string) (zc.Backing, error) {
+	switch s {
+	case "", "auto":
+		return zc.BackingAuto, nil
+	case "shm":
+		return zc.BackingShm, nil
+	case "huge", "hugetlb", "hugetlbfs":
+		return zc.BackingHugetlb, nil
+	case "memfd":
+		return zc.BackingMemfd, nil
+	}
+	return 0, errors.New("want auto, shm, hugetlbfs or memfd")
+}
+
+// startStats logs per-queue counters every interval until the returned
+// function is called.
+func startStats(log hclog.Logger, c *zc.Cluster, sources []host.Source, every time.Duration) func() {
+	if every <= 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		prev := c.Stats()
+		last := time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-t.C:
+				cur := c.Stats()
+				secs := now.Sub(last).Seconds()
+				for i, s := range cur {
+					log.Info("queue", "q", i, "sent", s.Sent, "pps", uint64(float64(s.Sent-prev[i].Sent)/secs),
+						"drops", s.Drops, "received", s.Received, "depth", s.Depth, "consumer", s.Consumer)
+				}
+				prev, last = cur, now
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+func summary(log hclog.Logger, c *zc.Cluster, sources []host.Source, st host.EngineStats) {
+	var sent, drops, recv uint64
+	for i, s := range c.Stats() {
+		log.Info("queue total", "q", i, "sent", s.Sent, "drops", s.Drops, "received", s.Received, "bad_returns", s.BadReturns)
+		sent += s.Sent
+		drops += s.Drops
+		recv += s.Received
+	}
+	for _, s := range sources {
+		ss := s.Stats()
+		log.Info("source total", "name", s.Name(), "packets", ss.Packets, "bytes", ss.Bytes, "kernel_drops", ss.KernelDrops, "waited_for_buffer", ss.NoBuffer)
+	}
+	pps := 0.0
+	if st.Elapsed > 0 {
+		pps = float64(st.Packets) / st.Elapsed.Seconds()
+	}
+	log.Info("summary", "packets_in", st.Packets, "queued", sent, "dropped_queue_full", drops, "received_by_consumers", recv,
+		"pps", uint64(pps))
+}
