@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/zcfabric/zc/ivshmem"
 )
 
 // fakeDevice adds a PCI device to a fake sysfs tree the way the kernel lays
@@ -166,5 +168,30 @@ func TestClusterID(t *testing.T) {
 		if id != c.id || ok != c.ok {
 			t.Errorf("%s: ClusterID = %d, %v; want %d, %v", c.name, id, ok, c.id, c.ok)
 		}
+	}
+}
+
+func TestResolveIn(t *testing.T) {
+	root := t.TempDir()
+	fakeDevice(t, root, "0000:00:04.0", "0x1af4", "0x1110", region(7, 4096))
+	fakeDevice(t, root, "0000:00:05.0", "0x1af4", "0x1110", region(99, 4096)) // magic and id, no valid header
+	fakeDevice(t, root, "0000:00:06.0", "0x1af4", "0x1110", nil)
+
+	if _, err := ResolveIn(root, 5); !errors.Is(err, ErrNotFound) {
+		t.Errorf("ResolveIn(absent cluster) = %v, want ErrNotFound", err)
+	}
+	_, err := ResolveIn(root, 99)
+	if err == nil || errors.Is(err, ErrNotFound) || !errors.Is(err, ivshmem.ErrBadRegion) {
+		t.Errorf("ResolveIn(cluster with a broken header) = %v, want ErrBadRegion", err)
+	}
+	if _, err := ResolveIn(filepath.Join(root, "nosys"), 99); !errors.Is(err, ErrNotFound) {
+		t.Errorf("ResolveIn(no sysfs) = %v, want ErrNotFound", err)
+	}
+	t.Setenv(SysfsEnv, root)
+	if SysfsRoot() != root {
+		t.Errorf("SysfsRoot() = %s with %s=%s", SysfsRoot(), SysfsEnv, root)
+	}
+	if _, _, err := Resolve(5); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Resolve(absent cluster) = %v, want ErrNotFound", err)
 	}
 }
