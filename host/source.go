@@ -34,6 +34,9 @@ type SourceStats struct {
 	KernelDrops uint64
 	// NoBuffer counts times the source had to wait for a free buffer.
 	NoBuffer uint64
+	// Filtered counts packets received and rejected by the source's
+	// user-space BPF filter (SourceOptions.Filter).
+	Filtered uint64
 }
 
 // EngineStats count what an engine run moved.

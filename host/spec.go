@@ -1,40 +1,305 @@
 package host
 
 import (
+	"errors"
 	"fmt"
+	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host/afxdp"
 )
 
-// SourceOptions carry what sources need besides their spec.
+// ErrBadSpec: a source specification could not be parsed.
+var ErrBadSpec = errors.New("bad source spec")
+
+// SourceOptions carries what sources need besides their spec.
 type SourceOptions struct {
-	// Cluster is the cluster the source writes into.
+	// Cluster is the cluster the sources fill. AF_XDP sources register its
+	// buffer area as their UMEM, so it is required for afxdp: (and zc:
+	// falls back to AF_PACKET without it).
 	Cluster *zc.Cluster
-	// BPF is a classic BPF program (tcpdump -ddd output) every packet
-	// must pass; "" for none.
+	// Filter, if set, is a classic BPF program every packet of every
+	// source must pass; rejected packets are counted in
+	// SourceStats.Filtered. See Filter for the cost.
+	Filter *Filter
+	// BPF, if Filter is nil, is a filter program in `tcpdump -ddd` format
+	// (ParseFilter), parsed by ParseSource.
 	BPF string
+	// KernelFilter runs Filter in the kernel (SO_ATTACH_FILTER) on
+	// AF_PACKET sources instead of in user space.
+	KernelFilter bool
+	// Logf, if set, reports choices made (the AF_XDP mode picked, a
+	// fallback to AF_PACKET and why).
+	Logf func(format string, args ...any)
 }
 
-// ParseSource turns a -i spec into sources:
+func (o *SourceOptions) logf(format string, args ...any) {
+	if o.Logf != nil {
+		o.Logf(format, args...)
+	}
+}
+
+// ParseSource opens the sources a command-line spec names:
 //
-//	gen:len=64,count=1000000,rate=1e6,flows=64   synthetic frames
-//	pcap:FILE                                   pcap or pcapng replay
+//	gen:len=64,count=1e6,rate=1e6,flows=64   synthetic frames (ParseGen)
+//	pcap:FILE[?timing=1&loops=N]              pcap/pcapng replay
+//	afxdp:IF[@Q][?mode=copy|zerocopy|auto&xdp=native|generic|auto]
+//	afpacket:IF                               AF_PACKET TPACKET_V3, one copy
+//	zc:IF[@Q]                                 best available: AF_XDP zero copy,
+//	                                          AF_XDP copy, then AF_PACKET
+//	IF                                        same as zc:IF
+//
+// The interface part of afxdp:, afpacket: and zc: may be a comma list
+// (afpacket:eth0,eth1, afxdp:eth0@0,eth0@1): one source per entry, the
+// query options applying to each. Queues of one interface share one XDP
+// program. zc:N@Q with a numeric N is a queue name, not a source.
+//
+// Interfaces are resolved, and sockets bound, in the calling thread's
+// network namespace. On error, nothing stays open.
 func ParseSource(spec string, opts SourceOptions) ([]Source, error) {
-	kind, rest, _ := strings.Cut(spec, ":")
+	if opts.Filter == nil && strings.TrimSpace(opts.BPF) != "" {
+		f, err := ParseFilter(opts.BPF)
+		if err != nil {
+			return nil, fmt.Errorf("source %q: %w", spec, err)
+		}
+		opts.Filter = f
+	}
+	kind, rest, ok := strings.Cut(spec, ":")
+	if !ok {
+		kind, rest = "zc", spec
+	}
+	if rest == "" {
+		return nil, fmt.Errorf("source %q: nothing after %q: %w", spec, kind+":", ErrBadSpec)
+	}
+	var srcs []Source
+	var err error
 	switch kind {
 	case "gen":
-		cfg, err := ParseGen(rest)
-		if err != nil {
-			return nil, fmt.Errorf("zchost: source %q: %w", spec, err)
+		var cfg GenConfig
+		if cfg, err = ParseGen(rest); err != nil {
+			return nil, fmt.Errorf("source %q: %w: %w", spec, ErrBadSpec, err)
 		}
-		return []Source{NewGen(spec, cfg)}, nil
+		srcs = []Source{NewGen(spec, cfg)}
 	case "pcap":
-		p, err := OpenPcap(rest, PcapConfig{})
-		if err != nil {
-			return nil, fmt.Errorf("zchost: source %q: %w", spec, err)
-		}
-		return []Source{p}, nil
+		srcs, err = parsePcap(spec, rest)
+	case "afxdp", "afpacket", "zc":
+		srcs, err = parseIfaces(spec, kind, rest, opts)
+	default:
+		return nil, fmt.Errorf("source %q: unknown kind %q (want gen:, pcap:, afxdp:, afpacket:, zc: or an interface name): %w", spec, kind, ErrBadSpec)
 	}
-	return nil, fmt.Errorf("zchost: source %q: unknown kind (want gen:, pcap:, zc:IF, afxdp:IF, afpacket:IF)", spec)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Filter != nil {
+		for _, s := range srcs {
+			if fs, ok := s.(interface{ setFilter(*Filter, bool) error }); ok {
+				if err := fs.setFilter(opts.Filter, opts.KernelFilter); err != nil {
+					closeAll(srcs)
+					return nil, fmt.Errorf("source %q: %w", spec, err)
+				}
+			}
+		}
+	}
+	return srcs, nil
+}
+
+func closeAll(srcs []Source) {
+	for i := len(srcs) - 1; i >= 0; i-- {
+		srcs[i].Close()
+	}
+}
+
+func parsePcap(spec, rest string) ([]Source, error) {
+	path, query, _ := strings.Cut(rest, "?")
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return nil, fmt.Errorf("source %q: options %q: %w: %w", spec, query, ErrBadSpec, err)
+	}
+	var cfg PcapConfig
+	for k, v := range q {
+		switch k {
+		case "timing":
+			cfg.Timing, err = strconv.ParseBool(v[0])
+		case "loops":
+			cfg.Loops, err = strconv.Atoi(v[0])
+		default:
+			err = errors.New("unknown option (want timing, loops)")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("source %q: option %s=%s: %w: %w", spec, k, v[0], ErrBadSpec, err)
+		}
+	}
+	p, err := OpenPcap(path, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("source %q: %w", spec, err)
+	}
+	return []Source{p}, nil
+}
+
+type ifaceSpec struct {
+	name  string
+	queue int
+}
+
+func parseIfaces(spec, kind, rest string, opts SourceOptions) ([]Source, error) {
+	list, query, _ := strings.Cut(rest, "?")
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return nil, fmt.Errorf("source %q: options %q: %w: %w", spec, query, ErrBadSpec, err)
+	}
+	var xcfg AFXDPConfig
+	for k, v := range q {
+		if kind == "afpacket" {
+			return nil, fmt.Errorf("source %q: afpacket: takes no option %q: %w", spec, k, ErrBadSpec)
+		}
+		switch k {
+		case "mode":
+			switch v[0] {
+			case "auto":
+				xcfg.Bind = afxdp.BindAuto
+			case "copy":
+				xcfg.Bind = afxdp.BindCopy
+			case "zerocopy", "zero-copy", "zc":
+				xcfg.Bind = afxdp.BindZeroCopy
+			default:
+				return nil, fmt.Errorf("source %q: mode=%s: want copy, zerocopy or auto: %w", spec, v[0], ErrBadSpec)
+			}
+		case "xdp":
+			switch v[0] {
+			case "auto":
+				xcfg.XDP = afxdp.XDPAuto
+			case "native", "driver", "drv":
+				xcfg.XDP = afxdp.XDPDriver
+			case "generic", "skb":
+				xcfg.XDP = afxdp.XDPGeneric
+			default:
+				return nil, fmt.Errorf("source %q: xdp=%s: want native, generic or auto: %w", spec, v[0], ErrBadSpec)
+			}
+		default:
+			return nil, fmt.Errorf("source %q: unknown option %q (want mode, xdp): %w", spec, k, ErrBadSpec)
+		}
+	}
+	var ifs []ifaceSpec
+	for _, e := range strings.Split(list, ",") {
+		name, qs, hasQ := strings.Cut(e, "@")
+		is := ifaceSpec{name: name}
+		if name == "" {
+			return nil, fmt.Errorf("source %q: empty interface name: %w", spec, ErrBadSpec)
+		}
+		if hasQ {
+			if kind == "afpacket" {
+				return nil, fmt.Errorf("source %q: afpacket: captures every queue; %q takes no @queue: %w", spec, e, ErrBadSpec)
+			}
+			if kind == "zc" && isDigits(name) {
+				return nil, fmt.Errorf("source %q: zc:%s is a cluster queue, not a capture source: %w", spec, e, ErrBadSpec)
+			}
+			if is.queue, err = strconv.Atoi(qs); err != nil || is.queue < 0 {
+				return nil, fmt.Errorf("source %q: queue %q of %s: want a number >= 0: %w", spec, qs, name, ErrBadSpec)
+			}
+		}
+		ifs = append(ifs, is)
+	}
+	// Queues of one interface share one XDP program.
+	count := map[string]int{}
+	for _, is := range ifs {
+		count[is.name]++
+	}
+	progs := map[string]*sharedProgram{}
+	var srcs []Source
+	fail := func(err error) ([]Source, error) {
+		closeAll(srcs)
+		for _, p := range progs {
+			p.release()
+		}
+		return nil, fmt.Errorf("source %q: %w", spec, err)
+	}
+	for _, is := range ifs {
+		cfg := xcfg
+		cfg.Ifname, cfg.Queue = is.name, is.queue
+		if kind != "afpacket" && count[is.name] > 1 && opts.Cluster != nil {
+			sp := progs[is.name]
+			if sp == nil {
+				p, err := afxdp.Attach(is.name, afxdp.ProgramOptions{Mode: cfg.XDP})
+				if err != nil && kind == "afxdp" {
+					return fail(fmt.Errorf("afxdp: attach XDP program to %s: %w", is.name, err))
+				}
+				if err == nil {
+					sp = &sharedProgram{p: p, refs: 1} // the parser's own reference
+					progs[is.name] = sp
+				}
+			}
+			if sp != nil {
+				sp.refs++
+				cfg.shared = sp
+			}
+		}
+		var s Source
+		switch kind {
+		case "afxdp":
+			if opts.Cluster == nil {
+				return fail(fmt.Errorf("afxdp: %s: no cluster to use as UMEM (SourceOptions.Cluster): %w", is.name, ErrBadSpec))
+			}
+			s, err = OpenAFXDP(opts.Cluster, cfg)
+		case "afpacket":
+			s, err = OpenAFPacket(is.name)
+		case "zc":
+			s, err = openBest(cfg, opts)
+		}
+		if err != nil {
+			if cfg.shared != nil {
+				cfg.shared.release()
+			}
+			return fail(err)
+		}
+		if m, ok := s.(interface{ Mode() string }); ok {
+			opts.logf("source %s: %s", s.Name(), m.Mode())
+		}
+		srcs = append(srcs, s)
+	}
+	for _, p := range progs {
+		p.release()
+	}
+	return srcs, nil
+}
+
+// openBest opens AF_XDP (zero copy, else copy) and falls back to
+// AF_PACKET.
+func openBest(cfg AFXDPConfig, opts SourceOptions) (Source, error) {
+	var why error
+	switch {
+	case opts.Cluster == nil:
+		why = errors.New("no cluster for a UMEM")
+	case opts.Cluster.BufferSize() > 4096:
+		why = fmt.Errorf("buffer size %d exceeds AF_XDP's page-size frames", opts.Cluster.BufferSize())
+	case opts.Filter != nil && opts.KernelFilter:
+		why = errors.New("in-kernel BPF filter requested")
+	default:
+		s, err := OpenAFXDP(opts.Cluster, cfg)
+		if err == nil {
+			s.name = "zc:" + s.name[len("afxdp:"):]
+			return s, nil
+		}
+		why = err
+	}
+	if cfg.Queue != 0 {
+		return nil, fmt.Errorf("zc:%s@%d: AF_XDP unavailable (%w) and AF_PACKET has no per-queue capture", cfg.Ifname, cfg.Queue, why)
+	}
+	opts.logf("source zc:%s: AF_XDP unavailable (%v), using AF_PACKET", cfg.Ifname, why)
+	s, err := OpenAFPacket(cfg.Ifname)
+	if err != nil {
+		return nil, fmt.Errorf("zc:%s: AF_XDP: %v; AF_PACKET: %w", cfg.Ifname, why, err)
+	}
+	s.name = "zc:" + cfg.Ifname
+	return s, nil
+}
+
+func isDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
