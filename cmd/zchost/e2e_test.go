@@ -1,0 +1,160 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// build compiles the agent and zcount once per test binary.
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func binaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "zchost-e2e-")
+		if buildErr != nil {
+			return
+		}
+		for _, pkg := range []string{".", "../../examples/zcount", "../../examples/zsend"} {
+			out, err := exec.Command("go", "build", "-o", binDir+"/", pkg).CombinedOutput()
+			if err != nil {
+				buildErr = &buildError{pkg, err, out}
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+type buildError struct {
+	pkg string
+	err error
+	out []byte
+}
+
+func (e *buildError) Error() string { return "go build " + e.pkg + ": " + e.err.Error() + "\n" + string(e.out) }
+
+type countResult struct {
+	Packets, Bytes, Drops uint64
+	Verified, Corrupt     uint64
+	OutOfOrder            uint64 `json:"out_of_order"`
+	Error                 string
+}
+
+func shmEnv(t *testing.T) []string {
+	d, err := os.MkdirTemp("/dev/shm", "zce2e-")
+	if err != nil {
+		d = t.TempDir()
+	} else {
+		t.Cleanup(func() { os.RemoveAll(d) })
+	}
+	return append(os.Environ(), "ZC_DIR="+d)
+}
+
+// runPipeline starts consumers (waiting for the cluster), then the agent,
+// and returns each consumer's summary and the agent's log.
+func runPipeline(t *testing.T, agentArgs []string, consumers [][]string) ([]countResult, string) {
+	bin := binaries(t)
+	env := shmEnv(t)
+	var outs []*bytes.Buffer
+	var cmds []*exec.Cmd
+	for _, args := range consumers {
+		c := exec.Command(filepath.Join(bin, "zcount"), append(args, "--json", "--wait", "20s", "--interval", "0")...)
+		c.Env = env
+		var o, e bytes.Buffer
+		c.Stdout, c.Stderr = &o, &e
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Process.Kill() })
+		outs = append(outs, &o)
+		cmds = append(cmds, c)
+	}
+	time.Sleep(100 * time.Millisecond)
+	agent := exec.Command(filepath.Join(bin, "zchost"), append([]string{"run", "--stats-interval", "0"}, agentArgs...)...)
+	agent.Env = env
+	var alog bytes.Buffer
+	agent.Stdout, agent.Stderr = &alog, &alog
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- agent.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("zchost: %v\n%s", err, alog.String())
+		}
+	case <-time.After(120 * time.Second):
+		agent.Process.Kill()
+		t.Fatalf("zchost did not finish\n%s", alog.String())
+	}
+	var res []countResult
+	for i, c := range cmds {
+		if err := c.Wait(); err != nil {
+			t.Fatalf("zcount %v: %v\n%s", consumers[i], err, outs[i].String())
+		}
+		var r countResult
+		if err := json.Unmarshal(outs[i].Bytes(), &r); err != nil {
+			t.Fatalf("zcount output %q: %v", outs[i].String(), err)
+		}
+		res = append(res, r)
+	}
+	return res, alog.String()
+}
+
+// TestLosslessTwoQueues: zchost run -n 2 --lossless with two zcount
+// processes: every generated packet is received exactly once, verified.
+func TestLosslessTwoQueues(t *testing.T) {
+	const total = 1_000_000
+	id := strconv.Itoa(40000 + os.Getpid()%10000)
+	res, log := runPipeline(t,
+		[]string{"-c", id, "-i", "gen:len=64,count=" + strconv.Itoa(total), "-n", "2", "-m", "0", "--lossless", "--backing", "shm"},
+		[][]string{{"-i", "zc:" + id + "@0", "-n", strconv.Itoa(total / 2), "--verify"}, {"-i", "zc:" + id + "@1", "--verify"}})
+	var sum uint64
+	for i, r := range res {
+		if r.Packets != total/2 || r.Bytes != 64*total/2 || r.Drops != 0 || r.Corrupt != 0 || r.OutOfOrder != 0 || r.Verified != total/2 {
+			t.Errorf("queue %d: %+v", i, r)
+		}
+		sum += r.Packets
+	}
+	if sum != total {
+		t.Fatalf("received %d of %d\n%s", sum, total, log)
+	}
+}
+
+// TestDropsAccounted: without --lossless, and with a hash that sends most
+// traffic to one queue, drops are counted and sent = received + drops.
+func TestDropsAccounted(t *testing.T) {
+	const total = 300_000
+	id := strconv.Itoa(50000 + os.Getpid()%10000)
+	res, log := runPipeline(t,
+		[]string{"-c", id, "-i", "gen:len=128,count=" + strconv.Itoa(total), "-n", "2", "-m", "1", "-q", "64", "--backing", "shm"},
+		[][]string{{"-i", "zc:" + id + "@0", "--verify"}, {"-i", "zc:" + id + "@1", "--verify"}})
+	var recv, drops uint64
+	for _, r := range res {
+		recv += r.Packets
+		drops += r.Drops
+		if r.Corrupt != 0 || r.OutOfOrder != 0 {
+			t.Errorf("bad packets: %+v", r)
+		}
+	}
+	if recv+drops != total {
+		t.Fatalf("received %d + drops %d != %d generated\n%s", recv, drops, total, log)
+	}
+	t.Logf("received %d, dropped %d (counted)", recv, drops)
+}

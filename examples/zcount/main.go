@@ -1,0 +1,187 @@
+// Command zcount counts the packets of a zcfabric queue, pfcount style: a
+// stats line per second and a summary at the end. It uses only package
+// zc, so the same binary runs on the host and inside a VM:
+//
+//	zcount -i zc:99@0 [-n N] [--json] [--verify]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/zcfabric/zc"
+)
+
+// Summary is what --json prints at the end.
+type Summary struct {
+	Queue      string  `json:"queue"`
+	Packets    uint64  `json:"packets"`
+	Bytes      uint64  `json:"bytes"`
+	Drops      uint64  `json:"drops"`
+	Seconds    float64 `json:"seconds"`
+	PPS        float64 `json:"pps"`
+	Bad        uint64  `json:"bad"`
+	Verified   uint64  `json:"verified,omitempty"`
+	Corrupt    uint64  `json:"corrupt,omitempty"`
+	OutOfOrder uint64  `json:"out_of_order,omitempty"`
+	Error      string  `json:"error,omitempty"`
+}
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	fs := flag.NewFlagSet("zcount", flag.ContinueOnError)
+	var (
+		name     string
+		count    uint64
+		asJSON   bool
+		verify   bool
+		force    bool
+		interval time.Duration
+		wait     time.Duration
+	)
+	fs.StringVar(&name, "i", "", "queue to count, zc:CLUSTER@QUEUE (required)")
+	fs.Uint64Var(&count, "n", 0, "exit after `N` packets (0: until interrupted or the queue closes)")
+	fs.BoolVar(&asJSON, "json", false, "print the summary as one JSON object")
+	fs.BoolVar(&verify, "verify", false, "check zchost/zsend synthetic frames: content and per-queue order")
+	fs.BoolVar(&force, "force", false, "take over the consumer end even if another party holds it")
+	fs.DurationVar(&interval, "interval", time.Second, "print a stats line this often (0: never)")
+	fs.DurationVar(&wait, "wait", 0, "wait up to this long for the cluster to appear (0: fail at once)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: zcount -i zc:CLUSTER@QUEUE [-n N] [--json] [--verify]\n\nCounts packets on a zcfabric queue (host or VM guest alike).\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if name == "" {
+		fmt.Fprintln(os.Stderr, "zcount: -i zc:CLUSTER@QUEUE is required")
+		fs.Usage()
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var opts []zc.OpenOption
+	if force {
+		opts = append(opts, zc.Force())
+	}
+	q, err := open(ctx, name, wait, opts)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "zcount: %v\n", err)
+		return 1
+	}
+	defer q.Close()
+
+	s := Summary{Queue: name}
+	start := time.Now()
+	lastT, lastN := start, uint64(0)
+	pkts := make([]zc.Packet, 64)
+	var next uint64
+	haveNext := false
+	exit := 0
+	for count == 0 || s.Packets < count {
+		want := len(pkts)
+		if count > 0 {
+			want = int(min(uint64(want), count-s.Packets))
+		}
+		tctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		n, err := q.RecvBurstWait(tctx, pkts[:want])
+		cancel()
+		for i := range pkts[:n] {
+			d := pkts[i].Data
+			s.Bytes += uint64(len(d))
+			if verify {
+				seq, verr := zc.CheckSynth(d)
+				switch {
+				case verr != nil:
+					s.Corrupt++
+				case haveNext && seq < next:
+					s.OutOfOrder++
+				default:
+					s.Verified++
+				}
+				next, haveNext = seq+1, true
+			}
+		}
+		s.Packets += uint64(n)
+		if n > 0 {
+			q.Release(pkts[:n]...)
+		}
+		if now := time.Now(); interval > 0 && now.Sub(lastT) >= interval {
+			st := q.Stats()
+			fmt.Fprintf(os.Stderr, "%s  Absolute: %d pkts / %d bytes | Actual: %.0f pps | drops %d | queued %d\n",
+				name, s.Packets, s.Bytes, float64(s.Packets-lastN)/now.Sub(lastT).Seconds(), st.Drops, st.Depth)
+			lastT, lastN = now, s.Packets
+		}
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+				continue
+			}
+			if ctx.Err() != nil {
+				break // interrupted
+			}
+			if errors.Is(err, zc.ErrGone) {
+				fmt.Fprintf(os.Stderr, "zcount: %s: the queue went away (unplugged or re-created): %v\n", name, err)
+				s.Error = err.Error()
+				exit = 1
+			} else if errors.Is(err, zc.ErrClosed) {
+				fmt.Fprintf(os.Stderr, "zcount: %s: cluster closed by its creator\n", name)
+				if count > 0 {
+					s.Error = err.Error()
+					exit = 1
+				}
+			} else {
+				fmt.Fprintf(os.Stderr, "zcount: %v\n", err)
+				s.Error = err.Error()
+				exit = 1
+			}
+			break
+		}
+	}
+	s.Seconds = time.Since(start).Seconds()
+	if s.Seconds > 0 {
+		s.PPS = float64(s.Packets) / s.Seconds
+	}
+	st := q.Stats()
+	s.Drops, s.Bad = st.Drops, st.Bad
+	if asJSON {
+		json.NewEncoder(os.Stdout).Encode(s)
+	} else {
+		fmt.Printf("%s: %d packets, %d bytes in %.3f s (%.0f pps); queue drops %d, bad entries %d\n",
+			name, s.Packets, s.Bytes, s.Seconds, s.PPS, s.Drops, s.Bad)
+		if verify {
+			fmt.Printf("verified %d, corrupt %d, out of order %d\n", s.Verified, s.Corrupt, s.OutOfOrder)
+		}
+	}
+	if verify && (s.Corrupt > 0 || s.OutOfOrder > 0) && exit == 0 {
+		exit = 3
+	}
+	return exit
+}
+
+// open attaches to the queue, waiting for it to appear if asked.
+func open(ctx context.Context, name string, wait time.Duration, opts []zc.OpenOption) (*zc.Queue, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		q, err := zc.Open(name, opts...)
+		if err == nil || !errors.Is(err, zc.ErrNotFound) || time.Now().After(deadline) {
+			return q, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,178 @@
+// Command zsend produces packets into a zcfabric queue: synthetic,
+// sequence-numbered frames (checkable with zcount --verify) or the frames
+// of a pcap file. It attaches the producer end with the queue's own
+// buffers (zchost run --queue-buffers N), on the host or in a VM:
+//
+//	zsend -o zc:99@0 [-l 64] [-n 1000000] [-r PPS] [-f file.pcap] [--lossless]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/zcfabric/zc"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	fs := flag.NewFlagSet("zsend", flag.ContinueOnError)
+	var (
+		name     string
+		length   int
+		count    uint64
+		rate     float64
+		file     string
+		lossless bool
+		asJSON   bool
+		wait     time.Duration
+	)
+	fs.StringVar(&name, "o", "", "queue to produce into, zc:CLUSTER@QUEUE (required)")
+	fs.IntVar(&length, "l", 64, "frame `length` in bytes (synthetic frames)")
+	fs.Uint64Var(&count, "n", 1000000, "number of frames (0: until interrupted)")
+	fs.Float64Var(&rate, "r", 0, "frames per second (0: as fast as possible)")
+	fs.StringVar(&file, "f", "", "send the frames of this pcap `file` instead of synthetic ones")
+	fs.BoolVar(&lossless, "lossless", true, "wait for room when the queue is full (false: drop and count)")
+	fs.BoolVar(&asJSON, "json", false, "print the summary as JSON")
+	fs.DurationVar(&wait, "wait", 0, "wait up to this long for the cluster to appear")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: zsend -o zc:CLUSTER@QUEUE [-l LEN] [-n COUNT] [-r PPS] [-f FILE.pcap]\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if name == "" {
+		fmt.Fprintln(os.Stderr, "zsend: -o zc:CLUSTER@QUEUE is required")
+		fs.Usage()
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var q *zc.Queue
+	var err error
+	deadline := time.Now().Add(wait)
+	for {
+		q, err = zc.Open(name, zc.AsProducer())
+		if err == nil || !errors.Is(err, zc.ErrNotFound) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "zsend: %v\n", err)
+		return 1
+	}
+	defer q.Close()
+
+	var next func(b []byte, seq uint64) (int, error)
+	if file != "" {
+		f, err := os.Open(file)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "zsend: %v\n", err)
+			return 1
+		}
+		defer f.Close()
+		r, err := pcapgo.NewReader(f)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "zsend: read %s: %v\n", file, err)
+			return 1
+		}
+		next = func(b []byte, _ uint64) (int, error) {
+			d, _, err := r.ZeroCopyReadPacketData()
+			if err != nil {
+				return 0, err
+			}
+			return copy(b, d), nil
+		}
+	} else {
+		next = func(b []byte, seq uint64) (int, error) { return zc.SynthFrame(b, seq, length, 64), nil }
+	}
+
+	pkts := make([]zc.Packet, 32)
+	var sent, bytes, drops uint64
+	start := time.Now()
+	last := start
+	done := false
+	for !done && (count == 0 || sent+drops < count) && ctx.Err() == nil {
+		want := uint64(len(pkts))
+		if count > 0 {
+			want = min(want, count-sent-drops)
+		}
+		if rate > 0 {
+			due := uint64(time.Since(start).Seconds()*rate) + 1
+			if due <= sent+drops {
+				time.Sleep(50 * time.Microsecond)
+				continue
+			}
+			want = min(want, due-sent-drops)
+		}
+		n, err := q.Alloc(pkts[:want])
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "zsend: %v\n", err)
+			return 1
+		}
+		if n == 0 {
+			time.Sleep(20 * time.Microsecond) // every buffer in flight: wait for returns
+			continue
+		}
+		k := 0
+		for i := range pkts[:n] {
+			l, err := next(pkts[i].Data, sent+drops+uint64(i))
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					fmt.Fprintf(os.Stderr, "zsend: %v\n", err)
+				}
+				done = true
+				break
+			}
+			pkts[i].Data = pkts[i].Data[:l]
+			pkts[i].Seq = uint32(sent + drops + uint64(i))
+			pkts[i].Timestamp = time.Now().UnixNano()
+			k++
+		}
+		q.Free(pkts[k:n])
+		var s int
+		if lossless {
+			s, err = q.SendBurstWait(ctx, pkts[:k])
+		} else {
+			s, err = q.SendBurst(pkts[:k])
+			q.Drop(pkts[s:k])
+			drops += uint64(k - s)
+		}
+		for i := range pkts[:s] {
+			bytes += uint64(len(pkts[i].Data))
+		}
+		sent += uint64(s)
+		if err != nil {
+			if ctx.Err() == nil {
+				fmt.Fprintf(os.Stderr, "zsend: %v\n", err)
+				return 1
+			}
+			q.Free(pkts[s:k])
+		}
+		if time.Since(last) >= time.Second {
+			last = time.Now()
+			fmt.Fprintf(os.Stderr, "%s  sent %d pkts, %d drops, %.0f pps\n", name, sent, drops, float64(sent)/time.Since(start).Seconds())
+		}
+	}
+	secs := time.Since(start).Seconds()
+	if asJSON {
+		json.NewEncoder(os.Stdout).Encode(map[string]any{"queue": name, "packets": sent, "bytes": bytes, "drops": drops, "seconds": secs})
+	} else {
+		fmt.Printf("%s: sent %d packets, %d bytes, %d drops in %.3f s (%.0f pps)\n", name, sent, bytes, drops, secs, float64(sent)/secs)
+	}
+	return 0
+}
