@@ -173,7 +173,7 @@ func newRelay(in []*Queue, numBufs uint32) *relay {
 	return r
 }
 
-func (r *relay) owns(h uint32) bool       { return h < uint32(len(r.ref)) && r.ref[h] > 0 }
+func (r *relay) owns(h uint32) bool        { return h < uint32(len(r.ref)) && r.ref[h] > 0 }
 func (r *relay) retain(h uint32, n uint16) { r.ref[h] += n }
 
 func (r *relay) adopt(pkts []Packet, from int) {
