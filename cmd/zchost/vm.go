@@ -2,35 +2,195 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
+	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/host/qmp"
 )
 
+func init() {
+	register("attach", "hot-plug a running cluster's region into a VM over QMP", attachCmd)
+	register("detach", "unplug a cluster's region from a VM over QMP", detachCmd)
+}
+
+// attachment is what attach prints and detach reads back: the QEMU ids of
+// one hot-plugged region.
+type attachment struct {
+	Cluster uint32 `json:"cluster,omitempty"`
+	VM      string `json:"vm"`
+	MemID   string `json:"mem"`
+	DevID   string `json:"dev"`
+	Bus     string `json:"bus,omitempty"`
+	Path    string `json:"path"`
+	Size    uint64 `json:"size"`
+}
+
+func toAttachment(cluster uint32, vm string, a qmp.Attachment) attachment {
+	return attachment{Cluster: cluster, VM: vm, MemID: a.MemID, DevID: a.DevID, Bus: a.Bus, Path: a.Path, Size: a.Size}
+}
+
+// vmFlags are the flags attach and detach share.
+type vmFlags struct {
+	qmp     string
+	cluster int64
+	timeout time.Duration
+}
+
+func (f *vmFlags) add(fs *flag.FlagSet) {
+	fs.StringVar(&f.qmp, "qmp", "", "the VM's QMP unix socket `path` (-qmp unix:PATH,server=on,wait=off)")
+	for _, n := range []string{"c", "cluster"} {
+		fs.Int64Var(&f.cluster, n, -1, "cluster `id`")
+	}
+	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up after this long")
+}
+
+func attachCmd(args []string) error {
+	fs := newFlags("attach", "--qmp PATH -c ID [--bus ROOTPORT]")
+	var f vmFlags
+	f.add(fs)
+	bus := fs.String("bus", "", "plug behind this bus `id` (default: the default bus on pc, a free pcie-root-port on q35)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if f.qmp == "" || f.cluster < 0 {
+		return fmt.Errorf("%w: need --qmp PATH and -c ID", errUsage)
+	}
+	id := uint32(f.cluster)
+	info, err := zc.Inspect(id)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	defer cancel()
+	vm, err := qmp.Dial(ctx, f.qmp)
+	if err != nil {
+		return fmt.Errorf("attach cluster %d: %w", id, err)
+	}
+	defer vm.Close()
+	a, err := vm.AttachRegion(ctx, qmp.AttachSpec{Path: info.File, Size: info.Size, Bus: *bus, Name: fmt.Sprintf("c%d", id)})
+	if err != nil {
+		return fmt.Errorf("attach cluster %d: %w", id, err)
+	}
+	return json.NewEncoder(os.Stdout).Encode(toAttachment(id, f.qmp, a))
+}
+
+func detachCmd(args []string) error {
+	fs := newFlags("detach", "--qmp PATH (-c ID | --dev ID --mem ID)")
+	var f vmFlags
+	f.add(fs)
+	dev := fs.String("dev", "", "the ivshmem-plain device `id` to unplug (as attach printed it)")
+	mem := fs.String("mem", "", "its memory-backend `id` (default: read from the device)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if f.qmp == "" || (f.cluster < 0) == (*dev == "") {
+		return fmt.Errorf("%w: need --qmp PATH and either -c ID or --dev ID", errUsage)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	defer cancel()
+	vm, err := qmp.Dial(ctx, f.qmp)
+	if err != nil {
+		return fmt.Errorf("detach: %w", err)
+	}
+	defer vm.Close()
+
+	var todo []qmp.Attachment
+	if *dev != "" && *mem != "" {
+		todo = append(todo, qmp.Attachment{DevID: *dev, MemID: *mem})
+	} else {
+		regions, err := vm.Regions(ctx)
+		if err != nil {
+			return fmt.Errorf("detach: %w", err)
+		}
+		files := clusterFiles(f.cluster)
+		for _, r := range regions {
+			if r.DevID == *dev || (*dev == "" && files[r.Path]) {
+				todo = append(todo, r)
+			}
+		}
+		if len(todo) == 0 {
+			if *dev != "" {
+				return fmt.Errorf("detach device %s: %w", *dev, qmp.ErrDeviceNotFound)
+			}
+			return fmt.Errorf("detach cluster %d: no ivshmem device in vm %s uses its region: %w", f.cluster, f.qmp, zc.ErrNotFound)
+		}
+	}
+	enc := json.NewEncoder(os.Stdout)
+	var errs []error
+	for _, a := range todo {
+		if err := vm.Detach(ctx, a); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		c := uint32(0)
+		if f.cluster >= 0 {
+			c = uint32(f.cluster)
+		}
+		if err := enc.Encode(toAttachment(c, f.qmp, a)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// clusterFiles returns the paths a VM's memory backend may name for
+// cluster id's region: the live cluster's backing file, and its region
+// name with the symlink resolved (when the cluster is gone already).
+func clusterFiles(id int64) map[string]bool {
+	files := map[string]bool{}
+	p := zc.RegionPath(uint32(id))
+	files[p] = true
+	if real, err := filepath.EvalSymlinks(p); err == nil {
+		files[real] = true
+	}
+	if info, err := zc.Inspect(uint32(id)); err == nil {
+		files[info.File] = true
+		files[info.Path] = true
+	}
+	return files
+}
+
 // exportVM hot-plugs cluster c into the running VM whose QMP socket is
-// qmpPath, and returns the function that unplugs it.
-func exportVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluster) (func(context.Context) error, error) {
+// qmpPath (on q35 behind a free pcie-root-port, see qmp.VM.FreeRootPort)
+// and returns the function that unplugs it. The QMP connection is closed
+// in between: QEMU serves one QMP client per socket, and zchost detach or
+// a VM manager may need it while the cluster runs. detach dials again; a
+// region already unplugged by someone else counts as detached.
+func exportVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluster) (detach func(context.Context) error, err error) {
 	vm, err := qmp.Dial(ctx, qmpPath)
 	if err != nil {
 		return nil, fmt.Errorf("export cluster %d to vm %s: %w", c.ID(), qmpPath, err)
 	}
-	bus := "" // pc machines plug on the default bus
-	if pcie, err := vm.PCIe(ctx); err != nil || pcie {
-		if bus, err = vm.FreeRootPort(ctx, c.Size()); err != nil {
-			vm.Close()
-			return nil, fmt.Errorf("export cluster %d to vm %s: %w", c.ID(), qmpPath, err)
-		}
-	}
-	a, err := vm.AttachRegion(ctx, qmp.AttachSpec{Path: c.File(), Size: c.Size(), Bus: bus})
+	start := time.Now()
+	a, err := vm.AttachRegion(ctx, qmp.AttachSpec{Path: c.File(), Size: c.Size(), Name: fmt.Sprintf("c%d", c.ID())})
+	vm.Close()
 	if err != nil {
-		vm.Close()
 		return nil, fmt.Errorf("export cluster %d to vm %s: %w", c.ID(), qmpPath, err)
 	}
-	log.Info("exported to vm", "vm", qmpPath, "device", a.DevID, "memdev", a.MemID, "bus", a.Bus)
+	log.Info("exported to vm", "vm", qmpPath, "device", a.DevID, "memdev", a.MemID, "bus", a.Bus, "took", time.Since(start))
 	return func(ctx context.Context) error {
+		vm, err := qmp.Dial(ctx, qmpPath)
+		if err != nil {
+			return fmt.Errorf("unexport cluster %d from vm %s: %w", c.ID(), qmpPath, err)
+		}
 		defer vm.Close()
-		return vm.Detach(ctx, a)
+		present, err := vm.Regions(ctx)
+		if err != nil {
+			return fmt.Errorf("unexport cluster %d from vm %s: %w", c.ID(), qmpPath, err)
+		}
+		for _, r := range present {
+			if r.DevID == a.DevID {
+				return vm.Detach(ctx, a)
+			}
+		}
+		log.Info("already unplugged", "vm", qmpPath, "device", a.DevID)
+		return nil
 	}, nil
 }
