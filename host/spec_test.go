@@ -1,0 +1,147 @@
+package host
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/zcfabric/zc"
+)
+
+func TestParseSourceErrors(t *testing.T) {
+	for _, spec := range []string{
+		"gen:len=abc",
+		"bogus:eth0",
+		"afxdp:",
+		"afxdp:eth0@x",
+		"afxdp:eth0?mode=fast",
+		"afxdp:eth0?xdp=hw",
+		"afxdp:eth0?color=red",
+		"afpacket:eth0@1",
+		"afpacket:eth0?mode=copy",
+		"zc:99@0",
+		"afxdp:eth0,,eth1",
+		"pcap:/x.pcap?loops=many",
+	} {
+		_, err := ParseSource(spec, SourceOptions{})
+		if !errors.Is(err, ErrBadSpec) {
+			t.Errorf("ParseSource(%q) = %v, want ErrBadSpec", spec, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), spec) {
+			t.Errorf("ParseSource(%q): error %q does not name the spec", spec, err)
+		}
+	}
+	// afxdp needs a cluster for its UMEM.
+	if _, err := ParseSource("afxdp:lo", SourceOptions{}); !errors.Is(err, ErrBadSpec) {
+		t.Errorf("afxdp without a cluster: %v, want ErrBadSpec", err)
+	}
+	if _, err := ParseSource("afpacket:zct-no-such-if", SourceOptions{}); err == nil || !strings.Contains(err.Error(), "zct-no-such-if") {
+		t.Errorf("missing interface: %v", err)
+	}
+	if _, err := ParseSource("gen:count=1", SourceOptions{BPF: "2\n6 0 0"}); !errors.Is(err, ErrBadFilter) {
+		t.Errorf("bad --bpf: %v, want ErrBadFilter", err)
+	}
+}
+
+func TestParseSourceGenPcap(t *testing.T) {
+	srcs, err := ParseSource("gen:len=100,count=10", SourceOptions{})
+	if err != nil || len(srcs) != 1 || srcs[0].Name() != "gen:len=100,count=10" {
+		t.Fatalf("gen: %v %v", srcs, err)
+	}
+	path := filepath.Join(t.TempDir(), "x.pcap")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := pcapgo.NewWriter(f)
+	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	srcs, err = ParseSource("pcap:"+path+"?timing=1&loops=3", SourceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srcs[0].Close()
+	p := srcs[0].(*Pcap)
+	if !p.cfg.Timing || p.cfg.Loops != 3 {
+		t.Errorf("pcap config %+v, want timing, 3 loops", p.cfg)
+	}
+}
+
+func TestParseFilter(t *testing.T) {
+	for _, s := range []string{filterTestType, "4,40 0 0 12,21 0 1 34997,6 0 0 262144,6 0 0 0", "4;0x28 0 0 0xc;21 0 1 34997;6 0 0 262144;6 0 0 0"} {
+		f, err := ParseFilter(s)
+		if err != nil {
+			t.Fatalf("ParseFilter(%q): %v", s, err)
+		}
+		if f.Len() != 4 || !f.UserSpace() {
+			t.Errorf("ParseFilter(%q): %d instructions, user space %v", s, f.Len(), f.UserSpace())
+		}
+		frame := make([]byte, 60)
+		frame[12], frame[13] = 0x88, 0xb5
+		if !f.Match(frame) {
+			t.Errorf("0x88b5 frame rejected")
+		}
+		frame[13] = 0xb6
+		if f.Match(frame) {
+			t.Errorf("0x88b6 frame accepted")
+		}
+		if f.Match(frame[:10]) {
+			t.Errorf("short frame accepted")
+		}
+	}
+	for _, s := range []string{"", "x", "3\n6 0 0 0", "1\n6 0 0", "1\n6 0 0 99999999999"} {
+		if _, err := ParseFilter(s); !errors.Is(err, ErrBadFilter) {
+			t.Errorf("ParseFilter(%q) = %v, want ErrBadFilter", s, err)
+		}
+	}
+	// tcpdump -ddd 'vlan' uses ancillary loads: kernel only.
+	f, err := ParseFilter("4\n48 0 0 4294963244\n21 1 0 1\n6 0 0 0\n6 0 0 262144\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.UserSpace() {
+		t.Errorf("ancillary load program claims to run in user space")
+	}
+}
+
+func TestFilterMatchAllocs(t *testing.T) {
+	f, err := ParseFilter(filterTestType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := make([]byte, 64)
+	if a := testing.AllocsPerRun(1000, func() { f.Match(frame) }); a != 0 {
+		t.Errorf("Match allocates %v times", a)
+	}
+}
+
+// TestAFPacketRecvNoTraffic: Recv on an idle source allocates nothing and
+// gives the burst's buffers back.
+func TestAFPacketRecvNoTraffic(t *testing.T) {
+	c := newCluster(t, 256)
+	a, err := OpenAFPacket("lo")
+	if err != nil {
+		t.Skipf("AF_PACKET on lo: %v (needs CAP_NET_RAW)", err)
+	}
+	defer a.Close()
+	pool := c.Pool()
+	free := pool.Len()
+	pkts := make([]zc.Packet, 32)
+	allocs := testing.AllocsPerRun(100, func() {
+		n, _ := a.Recv(pool, pkts)
+		pool.Free(pkts[:n])
+	})
+	if allocs != 0 {
+		t.Errorf("Recv allocates %v times", allocs)
+	}
+	if pool.Len() != free {
+		t.Errorf("pool has %d free buffers, had %d", pool.Len(), free)
+	}
+}
