@@ -54,12 +54,12 @@ func openSources(t testing.TB, e netns.End, spec string, opts SourceOptions) []S
 const otherType = netns.EtherType + 1
 
 type captureCase struct {
-	spec     string // with IF for the interface
-	mode     string // substring of the source's Mode()
-	filter   string // tcpdump -ddd program, or ""
-	kfilter  bool
-	others   int // frames of otherType interleaved (the filter drops them)
-	xdpLink  string
+	spec    string // with IF for the interface
+	mode    string // substring of the source's Mode()
+	filter  string // tcpdump -ddd program, or ""
+	kfilter bool
+	others  int // frames of otherType interleaved (the filter drops them)
+	xdpLink string
 }
 
 func TestCaptureAFXDPNativeCopy(t *testing.T) {
