@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the tests and the VM demo need on a Debian machine (as
+# root): QEMU, busybox-static for the guest initramfs, tcpdump and
+# netsniff-ng for the capture tests, iproute2 for namespaces. The guest
+# kernel is fetched by vmtest itself (apt-get download, cached).
+set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+  echo "setup.sh: not root: skipping apt packages (QEMU and network tests will skip)" >&2
+  exit 0
+fi
+need=()
+for p in qemu-system-x86 busybox-static tcpdump netsniff-ng iproute2; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+go mod download
