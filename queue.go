@@ -26,8 +26,9 @@ type Queue struct {
 	out         *ivshmem.RingProducer // data ring
 	ret         *ivshmem.RingConsumer // return ring
 	src         source
-	pool        *Pool // the queue's own pool, when it has one
-	outstanding uint32
+	pool        *Pool    // the queue's own pool, when it has one
+	outstanding uint32   // buffers lent to the consumer
+	lent        []uint64 // bitmap, one bit per buffer of the region: lent on this queue
 	slots       uint32
 
 	hs     []uint32 // scratch, one burst
@@ -60,6 +61,7 @@ func (r *region) attach(q uint32, end ivshmem.End, force bool) (*Queue, error) {
 		if err == nil {
 			qu.ret, err = ivshmem.NewRingConsumer(r.b, ql.RetRing, ql.Slots)
 		}
+		qu.lent = make([]uint64, (r.l.NumBufs+63)/64)
 	}
 	if err != nil {
 		r.unclaim(q, end)
@@ -241,10 +243,12 @@ func (q *Queue) reclaim() {
 		}
 		good, nbad := q.hs[:0], 0
 		for _, h := range q.hs[:n] {
-			if q.outstanding == 0 || h >= q.r.l.NumBufs || !q.src.owns(h) {
+			// Only what this queue lent comes back through it, once.
+			if h >= q.r.l.NumBufs || q.lent[h/64]&(1<<(h%64)) == 0 || !q.src.owns(h) {
 				nbad++
 				continue
 			}
+			q.lent[h/64] &^= 1 << (h % 64)
 			q.outstanding--
 			good = append(good, h)
 		}
@@ -318,6 +322,9 @@ func (q *Queue) enqueue(pkts []Packet) (int, error) {
 		bytes += uint64(len(pkts[i].Data))
 	}
 	k, err := q.out.Enqueue(q.hs[:len(pkts)])
+	for _, h := range q.hs[:k] {
+		q.lent[h/64] |= 1 << (h % 64)
+	}
 	if err != nil {
 		return 0, q.fail("send", err)
 	}
