@@ -1,0 +1,429 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host/afpacket"
+	"github.com/zcfabric/zc/host/afxdp"
+	"golang.org/x/sys/unix"
+)
+
+// Sink sends packets out of an interface. Send copies each packet (into
+// an AF_XDP UMEM frame or an AF_PACKET TX ring slot) before it returns, so
+// the caller may release the packets as soon as Send has taken them.
+type Sink interface {
+	// Name is the sink as given (afxdp:eth0@0, afpacket:eth0).
+	Name() string
+	// Send queues copies of pkts for sending and returns how many it took
+	// from the front; fewer than len(pkts) when its ring is full (call
+	// again later). Frames too long for the sink are taken, dropped and
+	// counted in SinkStats.TooLong.
+	Send(pkts []zc.Packet) (int, error)
+	// Flush asks the kernel to send what is queued.
+	Flush() error
+	// Stats returns the sink's counters.
+	Stats() SinkStats
+	// Mode says how the sink sends ("AF_XDP copy", "AF_PACKET TPACKET_V2").
+	Mode() string
+	// Close releases the socket; frames still queued may be lost.
+	Close() error
+}
+
+// SinkStats are a sink's counters.
+type SinkStats struct {
+	// Packets and Bytes count frames queued for sending.
+	Packets, Bytes uint64
+	// TooLong counts frames dropped because they exceed the sink's frames.
+	TooLong uint64
+	// Full counts Send calls that found the ring full.
+	Full uint64
+}
+
+// OpenSink opens a transmit path in the calling thread's network
+// namespace:
+//
+//	afxdp:IF[@Q][?mode=copy|zerocopy|auto]   AF_XDP TX ring (own UMEM, one copy)
+//	afpacket:IF                              AF_PACKET TPACKET_V2 TX ring
+//	zc:IF[@Q], IF                            AF_XDP, else AF_PACKET
+func OpenSink(spec string) (Sink, error) {
+	kind, rest, ok := strings.Cut(spec, ":")
+	if !ok {
+		kind, rest = "zc", spec
+	}
+	body, query, _ := strings.Cut(rest, "?")
+	name, qs, hasQ := strings.Cut(body, "@")
+	if name == "" {
+		return nil, fmt.Errorf("sink %q: no interface: %w", spec, ErrBadSpec)
+	}
+	queue := 0
+	if hasQ {
+		var err error
+		if queue, err = strconv.Atoi(qs); err != nil || queue < 0 || kind == "afpacket" {
+			return nil, fmt.Errorf("sink %q: bad queue %q: %w", spec, qs, ErrBadSpec)
+		}
+	}
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return nil, fmt.Errorf("sink %q: %w: %w", spec, ErrBadSpec, err)
+	}
+	bind := afxdp.BindAuto
+	for k, v := range q {
+		switch {
+		case k == "mode" && v[0] == "copy":
+			bind = afxdp.BindCopy
+		case k == "mode" && (v[0] == "zerocopy" || v[0] == "zc"):
+			bind = afxdp.BindZeroCopy
+		case k == "mode" && v[0] == "auto":
+		default:
+			return nil, fmt.Errorf("sink %q: option %s=%s (want mode=copy|zerocopy|auto): %w", spec, k, v[0], ErrBadSpec)
+		}
+	}
+	switch kind {
+	case "afxdp":
+		return OpenAFXDPSink(name, queue, bind)
+	case "afpacket":
+		if query != "" {
+			return nil, fmt.Errorf("sink %q: afpacket takes no options: %w", spec, ErrBadSpec)
+		}
+		return OpenAFPacketSink(name)
+	case "zc":
+		s, err := OpenAFXDPSink(name, queue, bind)
+		if err == nil {
+			return s, nil
+		}
+		p, perr := OpenAFPacketSink(name)
+		if perr != nil {
+			return nil, fmt.Errorf("sink %q: AF_XDP: %v; AF_PACKET: %w", spec, err, perr)
+		}
+		return p, nil
+	}
+	return nil, fmt.Errorf("sink %q: unknown kind %q (want afxdp:, afpacket:, zc: or an interface): %w", spec, kind, ErrBadSpec)
+}
+
+// AFXDPSink sends through a transmit-only AF_XDP socket over a UMEM of
+// its own: each packet is copied once into a UMEM frame (the cluster's
+// buffers may live in another process or a guest's view of the region, so
+// the sink does not register them).
+type AFXDPSink struct {
+	name  string
+	sock  *afxdp.Socket
+	umem  []byte
+	fsize uint32
+	free  []uint64
+	done  []uint64
+	descs []afxdp.Desc
+	pidx  []int // packet index of each desc
+	st    SinkStats
+}
+
+const (
+	sinkFrames    = 4096
+	sinkFrameSize = 2048
+)
+
+// OpenAFXDPSink opens a transmit-only AF_XDP socket on queue of ifname.
+func OpenAFXDPSink(ifname string, queue int, bind afxdp.BindMode) (*AFXDPSink, error) {
+	name := fmt.Sprintf("afxdp:%s@%d", ifname, queue)
+	umem, err := unix.Mmap(-1, 0, sinkFrames*sinkFrameSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+	if err != nil {
+		return nil, fmt.Errorf("%s: map UMEM: %w", name, err)
+	}
+	sock, err := afxdp.Open(ifname, queue, umem, sinkFrameSize, afxdp.Options{Bind: bind, NoRX: true})
+	if err != nil {
+		unix.Munmap(umem)
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	s := &AFXDPSink{name: name, sock: sock, umem: umem, fsize: sinkFrameSize,
+		free: make([]uint64, 0, sinkFrames), done: make([]uint64, zc.MaxBurst), descs: make([]afxdp.Desc, zc.MaxBurst), pidx: make([]int, zc.MaxBurst)}
+	for i := sinkFrames - 1; i >= 0; i-- {
+		s.free = append(s.free, uint64(i)*sinkFrameSize)
+	}
+	return s, nil
+}
+
+// Name implements Sink.
+func (s *AFXDPSink) Name() string { return s.name }
+
+// Mode implements Sink.
+func (s *AFXDPSink) Mode() string { return "AF_XDP " + s.sock.Mode().Bind.String() }
+
+// Stats implements Sink.
+func (s *AFXDPSink) Stats() SinkStats { return s.st }
+
+func (s *AFXDPSink) complete() {
+	for {
+		n := s.sock.Complete(s.done)
+		s.free = append(s.free, s.done[:n]...)
+		if n < len(s.done) {
+			return
+		}
+	}
+}
+
+// Send implements Sink.
+func (s *AFXDPSink) Send(pkts []zc.Packet) (int, error) {
+	s.complete()
+	taken, k := 0, 0
+	for taken < len(pkts) && k < len(s.descs) && len(s.free) > 0 {
+		p := &pkts[taken]
+		if len(p.Data) > int(s.fsize) {
+			s.st.TooLong++
+			taken++
+			continue
+		}
+		a := s.free[len(s.free)-1]
+		s.free = s.free[:len(s.free)-1]
+		copy(s.umem[a:a+uint64(s.fsize)], p.Data)
+		s.descs[k] = afxdp.Desc{Addr: a, Len: uint32(len(p.Data))}
+		s.pidx[k] = taken
+		k++
+		taken++
+	}
+	m, err := s.sock.Transmit(s.descs[:k])
+	if m < k {
+		// The TX ring is full: the frames not queued go back to the free
+		// list, and their packets (and any after them) are not taken.
+		s.st.Full++
+		for _, d := range s.descs[m:k] {
+			s.free = append(s.free, d.Addr)
+		}
+		taken = s.pidx[m]
+	}
+	for _, d := range s.descs[:m] {
+		s.st.Bytes += uint64(d.Len)
+	}
+	s.st.Packets += uint64(m)
+	if err != nil {
+		return taken, fmt.Errorf("%s: transmit: %w", s.name, err)
+	}
+	return taken, nil
+}
+
+// Flush implements Sink.
+func (s *AFXDPSink) Flush() error {
+	s.complete()
+	return s.sock.Kick()
+}
+
+// Close implements Sink.
+func (s *AFXDPSink) Close() error {
+	if s.sock == nil {
+		return nil
+	}
+	err := s.sock.Close()
+	s.sock = nil
+	err = errors.Join(err, unix.Munmap(s.umem))
+	if err != nil {
+		return fmt.Errorf("%s: close: %w", s.name, err)
+	}
+	return nil
+}
+
+// AFPacketSink sends through an AF_PACKET TPACKET_V2 TX ring (one copy
+// into a ring slot, one sendto per burst).
+type AFPacketSink struct {
+	name   string
+	tx     *afpacket.TX
+	frames [][]byte
+	st     SinkStats
+}
+
+// OpenAFPacketSink opens a TX ring on ifname.
+func OpenAFPacketSink(ifname string) (*AFPacketSink, error) {
+	tx, err := afpacket.OpenTX(ifname, afpacket.TXOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("afpacket:%s: %w", ifname, err)
+	}
+	return &AFPacketSink{name: "afpacket:" + ifname, tx: tx, frames: make([][]byte, 0, zc.MaxBurst)}, nil
+}
+
+// Name implements Sink.
+func (s *AFPacketSink) Name() string { return s.name }
+
+// Mode implements Sink.
+func (s *AFPacketSink) Mode() string { return "AF_PACKET TPACKET_V2" }
+
+// Stats implements Sink.
+func (s *AFPacketSink) Stats() SinkStats { return s.st }
+
+// Send implements Sink.
+func (s *AFPacketSink) Send(pkts []zc.Packet) (int, error) {
+	taken := 0
+	for taken < len(pkts) {
+		s.frames = s.frames[:0]
+		for _, p := range pkts[taken:min(len(pkts), taken+cap(s.frames))] {
+			s.frames = append(s.frames, p.Data)
+		}
+		n, err := s.tx.Send(s.frames)
+		for _, f := range s.frames[:n] {
+			s.st.Bytes += uint64(len(f))
+		}
+		s.st.Packets += uint64(n)
+		taken += n
+		if errors.Is(err, afpacket.ErrFrameTooLong) {
+			s.st.TooLong++
+			taken++
+			continue
+		}
+		if err != nil {
+			return taken, fmt.Errorf("%s: send: %w", s.name, err)
+		}
+		if n < len(s.frames) {
+			s.st.Full++
+			break
+		}
+	}
+	return taken, nil
+}
+
+// Flush implements Sink.
+func (s *AFPacketSink) Flush() error { return s.tx.Flush() }
+
+// Close implements Sink.
+func (s *AFPacketSink) Close() error {
+	if s.tx == nil {
+		return nil
+	}
+	err := s.tx.Close()
+	s.tx = nil
+	if err != nil {
+		return fmt.Errorf("%s: close: %w", s.name, err)
+	}
+	return nil
+}
+
+// TxStats count what a transmit loop moved.
+type TxStats struct {
+	Packets, Bytes uint64
+	Elapsed        time.Duration
+}
+
+// sendAll sends pkts through sink, waiting (and flushing) while its ring
+// is full, until all are taken or ctx ends.
+func sendAll(ctx context.Context, sink Sink, pkts []zc.Packet) (int, error) {
+	sent, idle := 0, 0
+	for sent < len(pkts) {
+		n, err := sink.Send(pkts[sent:])
+		sent += n
+		if err != nil {
+			return sent, err
+		}
+		if n > 0 {
+			idle = 0
+			continue
+		}
+		if ctx.Err() != nil {
+			return sent, nil
+		}
+		if err := sink.Flush(); err != nil {
+			return sent, fmt.Errorf("%s: flush: %w", sink.Name(), err)
+		}
+		if idle++; idle > 16 {
+			time.Sleep(10 * time.Microsecond)
+		}
+	}
+	return sent, nil
+}
+
+// TransmitQueue sends the packets of q (a consumer end, e.g. zc.Open of
+// "zc:99@0") out of sink, releasing each packet once the sink has copied
+// it, until ctx ends, q fails, or, if max > 0, max packets were sent.
+// A full sink is waited for (back-pressure to the queue's producer).
+func TransmitQueue(ctx context.Context, q *zc.Queue, sink Sink, max uint64) (TxStats, error) {
+	var st TxStats
+	start := time.Now()
+	pkts := make([]zc.Packet, 64)
+	idle := 0
+	for max == 0 || st.Packets < max {
+		want := len(pkts)
+		if max > 0 {
+			want = int(min(uint64(want), max-st.Packets))
+		}
+		n, err := q.RecvBurst(pkts[:want])
+		if err != nil {
+			st.Elapsed = time.Since(start)
+			return st, fmt.Errorf("tx: %s: %w", q.Name(), err)
+		}
+		if n == 0 {
+			if ctx.Err() != nil {
+				break
+			}
+			if idle == 0 {
+				sink.Flush()
+			}
+			if idle++; idle > 64 {
+				time.Sleep(min(time.Duration(idle-64)*5*time.Microsecond, 200*time.Microsecond))
+			}
+			continue
+		}
+		idle = 0
+		sent, err := sendAll(ctx, sink, pkts[:n])
+		for i := range pkts[:sent] {
+			st.Bytes += uint64(len(pkts[i].Data))
+		}
+		st.Packets += uint64(sent)
+		if rerr := q.Release(pkts[:n]...); rerr != nil && err == nil {
+			err = fmt.Errorf("tx: release to %s: %w", q.Name(), rerr)
+		}
+		if err != nil {
+			st.Elapsed = time.Since(start)
+			return st, err
+		}
+	}
+	st.Elapsed = time.Since(start)
+	return st, sink.Flush()
+}
+
+// Bounce receives from src into buffers of pool and sends every packet
+// out of sink (RX and TX together, like PF_RING ZC's zbounce), until ctx
+// ends or src is exhausted.
+func Bounce(ctx context.Context, src Source, pool *zc.Pool, sink Sink) (TxStats, error) {
+	var st TxStats
+	start := time.Now()
+	pkts := make([]zc.Packet, 64)
+	idle := 0
+	for {
+		n, rerr := src.Recv(pool, pkts)
+		if n > 0 {
+			idle = 0
+			sent, err := sendAll(ctx, sink, pkts[:n])
+			for i := range pkts[:sent] {
+				st.Bytes += uint64(len(pkts[i].Data))
+			}
+			st.Packets += uint64(sent)
+			pool.Free(pkts[:n])
+			if err != nil {
+				st.Elapsed = time.Since(start)
+				return st, err
+			}
+		}
+		if errors.Is(rerr, io.EOF) {
+			break
+		}
+		if rerr != nil {
+			st.Elapsed = time.Since(start)
+			return st, fmt.Errorf("bounce: %s: %w", src.Name(), rerr)
+		}
+		if n == 0 {
+			if ctx.Err() != nil {
+				break
+			}
+			if idle == 0 {
+				sink.Flush()
+			}
+			if idle++; idle > 64 {
+				time.Sleep(min(time.Duration(idle-64)*5*time.Microsecond, 200*time.Microsecond))
+			}
+		}
+	}
+	st.Elapsed = time.Since(start)
+	return st, sink.Flush()
+}
