@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host"
+)
+
+func init() {
+	register("tx", "send a queue's packets out of an interface (AF_XDP or AF_PACKET TX)", txCmd)
+	register("bounce", "receive on one interface, send out of another (RX and TX together)", bounceCmd)
+}
+
+// statsLoop logs what cur reports every interval until the returned
+// function is called.
+func statsLoop(log hclog.Logger, every time.Duration, cur func() (pkts, bytes uint64, extra []any)) func() {
+	if every <= 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		var lp, lb uint64
+		last := time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-t.C:
+				p, b, extra := cur()
+				s := now.Sub(last).Seconds()
+				args := append([]any{"pkts", p, "pps", uint64(float64(p-lp) / s), "Mbps", float64(b-lb) * 8 / s / 1e6}, extra...)
+				log.Info("stats", args...)
+				lp, lb, last = p, b, now
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+func txCmd(args []string) error {
+	var (
+		in, out  string
+		count    uint64
+		interval time.Duration
+		lf       logFlags
+	)
+	fs := newFlags("tx", "-i zc:ID@Q -o IF [-n COUNT]")
+	for _, n := range []string{"i", "in"} {
+		fs.StringVar(&in, n, "", "`queue` to send from (zc:ID@Q, consumer end)")
+	}
+	for _, n := range []string{"o", "out"} {
+		fs.StringVar(&out, n, "", "`interface` to send out of: afxdp:IF[@Q][?mode=copy|zerocopy], afpacket:IF, zc:IF or IF (AF_XDP, else AF_PACKET)")
+	}
+	fs.Uint64Var(&count, "n", 0, "stop after `count` packets (0: until interrupted)")
+	fs.DurationVar(&interval, "stats-interval", time.Second, "print counters this often (0: never)")
+	lf.add(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if in == "" || out == "" || fs.NArg() > 0 {
+		return fmt.Errorf("%w: need -i zc:ID@Q and -o IF", errUsage)
+	}
+	log := lf.logger("zchost-tx")
+	q, err := zc.Open(in)
+	if err != nil {
+		return fmt.Errorf("tx: open %s: %w", in, err)
+	}
+	defer q.Close()
+	sink, err := host.OpenSink(out)
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+	log.Info("transmitting", "from", q.Name(), "to", sink.Name(), "mode", sink.Mode())
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	stopStats := statsLoop(log, interval, func() (uint64, uint64, []any) {
+		s := sink.Stats()
+		return s.Packets, s.Bytes, []any{"ring_full", s.Full, "too_long", s.TooLong}
+	})
+	st, err := host.TransmitQueue(ctx, q, sink, count)
+	stopStats()
+	s := sink.Stats()
+	log.Info("summary", "pkts", st.Packets, "bytes", st.Bytes, "seconds", st.Elapsed.Seconds(),
+		"pps", uint64(float64(st.Packets)/max(st.Elapsed.Seconds(), 1e-9)), "too_long", s.TooLong, "ring_full", s.Full)
+	return err
+}
+
+func bounceCmd(args []string) error {
+	var (
+		in, out, bpf string
+		bufferSize   int
+		interval     time.Duration
+		lf           logFlags
+	)
+	fs := newFlags("bounce", "-i IF1 -o IF2 [--bpf PROGRAM]")
+	for _, n := range []string{"i", "in"} {
+		fs.StringVar(&in, n, "", "`source` to receive from: zc:IF, afxdp:IF[@Q][?...], afpacket:IF, IF")
+	}
+	for _, n := range []string{"o", "out"} {
+		fs.StringVar(&out, n, "", "`interface` to send out of: afxdp:IF[@Q], afpacket:IF, zc:IF, IF")
+	}
+	fs.IntVar(&bufferSize, "buffer-size", 2048, "buffer size in `bytes` (2048 or 4096 for AF_XDP)")
+	fs.StringVar(&bpf, "bpf", "", "classic BPF `program` (tcpdump -ddd output): only matching packets are bounced")
+	fs.DurationVar(&interval, "stats-interval", time.Second, "print counters this often (0: never)")
+	lf.add(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if in == "" || out == "" || fs.NArg() > 0 {
+		return fmt.Errorf("%w: need -i IF1 and -o IF2", errUsage)
+	}
+	log := lf.logger("zchost-bounce")
+	// A private cluster: its buffers are the AF_XDP UMEM.
+	c, err := zc.CreateCluster(zc.Config{ID: 0x7b000000 | rand.Uint32N(1<<24), QueueLen: 64, Buffers: 4096,
+		BufferSize: bufferSize, Backing: zc.BackingMemfd})
+	if err != nil {
+		return fmt.Errorf("bounce: %w", err)
+	}
+	defer c.Close()
+	srcs, err := host.ParseSource(in, host.SourceOptions{Cluster: c, BPF: bpf,
+		Logf: func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) }})
+	if err != nil {
+		return err
+	}
+	for _, s := range srcs {
+		defer s.Close()
+	}
+	if len(srcs) != 1 {
+		return fmt.Errorf("%w: -i %s names %d sources; bounce takes one", errUsage, in, len(srcs))
+	}
+	src := srcs[0]
+	sink, err := host.OpenSink(out)
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+	log.Info("bouncing", "from", src.Name(), "to", sink.Name(), "tx_mode", sink.Mode())
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	stopStats := statsLoop(log, interval, func() (uint64, uint64, []any) {
+		s, r := sink.Stats(), src.Stats()
+		return s.Packets, s.Bytes, []any{"rx", r.Packets, "kernel_drops", r.KernelDrops, "filtered", r.Filtered, "ring_full", s.Full}
+	})
+	st, err := host.Bounce(ctx, src, c.Pool(), sink)
+	stopStats()
+	r := src.Stats()
+	log.Info("summary", "pkts", st.Packets, "bytes", st.Bytes, "seconds", st.Elapsed.Seconds(),
+		"pps", uint64(float64(st.Packets)/max(st.Elapsed.Seconds(), 1e-9)),
+		"rx", r.Packets, "kernel_drops", r.KernelDrops, "filtered", r.Filtered, "too_long", sink.Stats().TooLong)
+	return err
+}
