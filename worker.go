@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/zcfabric/zc/ivshmem"
 )
 
 // Policy says what a producer does when an output queue is full.
@@ -17,19 +19,26 @@ const (
 	Wait
 )
 
-// Balancer distributes packets over the producer ends of a cluster's
-// queues without copying: by hash, round-robin, or to every queue
-// (fan-out, reference counted). All outputs must draw from the same
-// source (the cluster's engine pool, or a worker's relay). Not safe for
+// Balancer distributes packets over the producer ends of queues: by hash,
+// round-robin, or to every queue (fan-out, reference counted). Outputs in
+// the packets' own cluster get them without copying. An output in another
+// cluster (another trust domain: a VM's own region) gets one explicit
+// copy into a buffer of its own pool, counted in Copies. Not safe for
 // concurrent use.
 type Balancer struct {
 	out    []*Queue
+	cross  []bool // output j copies: it lives in another region
 	mode   HashMode
 	hash   HashFunc
 	policy Policy
 	per    [][]Packet
+	tmp    []Packet
+	hs     []uint32
 	rr     uint32
 	src    source
+	home   *region
+	// Copies counts packets copied into another region's buffers.
+	Copies uint64
 }
 
 // NewBalancer returns a balancer over out. hash overrides the mode's own
@@ -44,19 +53,40 @@ func NewBalancer(out []*Queue, mode HashMode, hash HashFunc, policy Policy) (*Ba
 	if hash == nil && mode != ModeRoundRobin && mode != ModeFanout {
 		return nil, fmt.Errorf("zc: balancer: mode %d has no hash function", mode)
 	}
-	b := &Balancer{out: out, mode: mode, hash: hash, policy: policy, src: out[0].src}
+	b := &Balancer{out: out, mode: mode, hash: hash, policy: policy, src: out[0].src, home: out[0].r, tmp: make([]Packet, MaxBurst), hs: make([]uint32, MaxBurst)}
 	for _, q := range out {
-		switch {
-		case q.out == nil:
+		if q.out == nil {
 			return nil, fmt.Errorf("zc: balancer: %s: %w (need producer ends)", q.Name(), ErrWrongEnd)
-		case q.r.l.ClusterID != out[0].r.l.ClusterID || q.r.l.Generation != out[0].r.l.Generation:
-			return nil, fmt.Errorf("zc: balancer: %s and %s are in different clusters", q.Name(), out[0].Name())
-		case q.src != b.src:
+		}
+		cross := q.r != out[0].r
+		if cross && q.Pool() == nil {
+			return nil, fmt.Errorf("zc: balancer: %s is in another region and has no pool to copy into", q.Name())
+		}
+		if !cross && q.src != b.src {
 			return nil, fmt.Errorf("zc: balancer: %s and %s draw buffers from different pools", q.Name(), out[0].Name())
 		}
+		b.cross = append(b.cross, cross)
 		b.per = append(b.per, make([]Packet, 0, MaxBurst))
 	}
 	return b, nil
+}
+
+// From makes p the pool the pushed packets come from: outputs in p's
+// region get them without copying (they must draw from p), the others by
+// one copy. By default the first output's region and pool are home.
+func (b *Balancer) From(p *Pool) error {
+	for j, q := range b.out {
+		cross := q.r != p.r
+		if cross && q.Pool() == nil {
+			return fmt.Errorf("zc: balancer: %s is in another region and has no pool to copy into", q.Name())
+		}
+		if !cross && q.src != source(p) {
+			return fmt.Errorf("zc: balancer: %s does not draw from %s", q.Name(), p)
+		}
+		b.cross[j] = cross
+	}
+	b.src, b.home = p, p.r
+	return nil
 }
 
 // Push distributes pkts, which the caller owns (from Alloc, or received
@@ -79,14 +109,14 @@ func (b *Balancer) push(ctx context.Context, pkts []Packet) error {
 	if b.mode == ModeFanout {
 		k := uint16(len(b.out) - 1)
 		for i := range pkts {
-			b.out[0].r.writeMeta(&pkts[i])
+			b.home.writeMeta(&pkts[i])
 			if k > 0 {
 				b.src.retain(pkts[i].handle, k)
 			}
 		}
 		var first error
-		for _, q := range b.out {
-			if err := b.deliver(ctx, q, pkts); err != nil && first == nil {
+		for j, q := range b.out {
+			if err := b.send(ctx, j, q, pkts); err != nil && first == nil {
 				first = err
 			}
 		}
@@ -104,7 +134,9 @@ func (b *Balancer) push(ctx context.Context, pkts []Packet) error {
 			pkts[i].Hash = b.hash(&pkts[i])
 			j = pkts[i].Hash % uint32(len(b.out))
 		}
-		b.out[j].r.writeMeta(&pkts[i])
+		if !b.cross[j] {
+			b.out[j].r.writeMeta(&pkts[i])
+		}
 		b.per[j] = append(b.per[j], pkts[i])
 	}
 	var first error
@@ -112,12 +144,72 @@ func (b *Balancer) push(ctx context.Context, pkts []Packet) error {
 		if len(b.per[j]) == 0 {
 			continue
 		}
-		if err := b.deliver(ctx, q, b.per[j]); err != nil && first == nil {
+		if err := b.send(ctx, j, q, b.per[j]); err != nil && first == nil {
 			first = err
 		}
 		b.per[j] = b.per[j][:0]
 	}
 	return first
+}
+
+// send delivers pkts to output j: zero copy, or one copy into the
+// output's own region.
+func (b *Balancer) send(ctx context.Context, j int, q *Queue, pkts []Packet) error {
+	if !b.cross[j] {
+		return b.deliver(ctx, q, pkts)
+	}
+	var bo backoff
+	for len(pkts) > 0 {
+		n := q.room(len(pkts))
+		if n > 0 {
+			n = q.Pool().Alloc(b.tmp[:n])
+		}
+		for i := range b.tmp[:n] {
+			d, p := &b.tmp[i], &pkts[i]
+			d.Data = d.Data[:copy(d.Data, p.Data)]
+			d.Timestamp, d.Hash, d.Port, d.Seq, d.Flags = p.Timestamp, p.Hash, p.Port, p.Seq, p.Flags
+			q.r.writeMeta(d)
+		}
+		k, err := q.enqueue(b.tmp[:n])
+		q.Pool().Free(b.tmp[k:n])
+		b.Copies += uint64(k)
+		b.release(pkts[:k])
+		pkts = pkts[k:]
+		if err != nil {
+			q.out.Add(ivshmem.CountDrops, uint64(len(pkts)))
+			b.release(pkts)
+			return err
+		}
+		if len(pkts) == 0 {
+			return nil
+		}
+		if k > 0 {
+			bo = backoff{}
+			continue
+		}
+		if b.policy == Drop {
+			q.out.Add(ivshmem.CountDrops, uint64(len(pkts)))
+			b.release(pkts)
+			return nil
+		}
+		if err := bo.wait(ctx); err != nil {
+			q.out.Add(ivshmem.CountDrops, uint64(len(pkts)))
+			b.release(pkts)
+			return fmt.Errorf("zc: send %s: %w", q.Name(), err)
+		}
+	}
+	return nil
+}
+
+// release drops the balancer's reference to packets it copied.
+func (b *Balancer) release(pkts []Packet) {
+	for i := 0; i < len(pkts); {
+		n := 0
+		for ; n < MaxBurst && i < len(pkts); n, i = n+1, i+1 {
+			b.hs[n] = pkts[i].handle
+		}
+		b.src.put(b.hs[:n])
+	}
 }
 
 // deliver enqueues packets whose metadata is written; what does not fit

@@ -199,3 +199,50 @@ func TestBalancerNoAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per burst", allocs)
 	}
 }
+
+// TestBalancerCopiesAcrossRegions: an output in another cluster's region
+// (a VM's own trust domain) gets one counted copy; the home buffers go
+// back to the home pool at once.
+func TestBalancerCopiesAcrossRegions(t *testing.T) {
+	home := newCluster(t, Config{ID: 23, Queues: 1, QueueLen: 64, Buffers: 128})
+	vm, err := CreateCluster(Config{ID: 23, Queues: 2, QueueLen: 64, Buffers: 256, Backing: BackingShm, Path: RegionPath(23) + ".vm1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	must := mustQ(t)
+	h0 := must(home.Producer(0))
+	v0, v1 := must(vm.Producer(0)), must(vm.Producer(1))
+	bal, err := NewBalancer([]*Queue{v0, h0, v1}, ModeRoundRobin, nil, Drop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bal.From(home.Pool()); err != nil {
+		t.Fatal(err)
+	}
+	pkts := make([]Packet, 30)
+	n := home.Pool().Alloc(pkts)
+	for i := range pkts[:n] {
+		fill(&pkts[i], uint32(i), 100)
+	}
+	if err := bal.Push(context.Background(), pkts[:n]); err != nil {
+		t.Fatal(err)
+	}
+	if bal.Copies != 20 {
+		t.Fatalf("copies %d", bal.Copies)
+	}
+	if home.Pool().Len() != 128-10 {
+		t.Fatalf("home pool %d free", home.Pool().Len())
+	}
+	c1 := must(vm.Consumer(1))
+	got := make([]Packet, 16)
+	k, _ := c1.RecvBurst(got)
+	if k != 10 {
+		t.Fatalf("vm queue 1 got %d", k)
+	}
+	for i := range got[:k] {
+		if err := checkPkt(&got[i], uint32(3*i+2), 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
