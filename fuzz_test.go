@@ -302,11 +302,11 @@ func (s *fuzzState) queued(q int) map[uint32]bool {
 // TestHostileReturnOfAnotherQueuesBuffer is the input FuzzConsumer found
 // (minimised): one write by queue 0's consumer puts handle 8, a buffer
 // the engine pool lent to queue 1 and that queue 1's consumer still
-// holds, into a pending slot of queue 0's return ring. The producer's
-// record of loans is per pool (a reference count), not per queue, so
-// reclaim on queue 0 accepts it, frees it, and Alloc hands it out again
-// while queue 1's consumer reads it: a guest on one queue corrupts
-// another queue's packets.
+// holds, into a pending slot of queue 0's return ring. When the
+// producer's record of loans was per pool (a reference count), reclaim on
+// queue 0 accepted it, freed it, and Alloc handed it out again while
+// queue 1's consumer read it: a guest on one queue corrupted another
+// queue's packets. Each queue now keeps a bitmap of what it lent.
 func TestHostileReturnOfAnotherQueuesBuffer(t *testing.T) {
 	shmDir(t)
 	l, err := ivshmem.Plan(ivshmem.Config{ClusterID: fuzzClusterID, Queues: 2, Slots: 16, BufSize: 256, Buffers: 64})
