@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -41,6 +42,7 @@ type runOpts struct {
 	hugeDir      string
 	interval     time.Duration
 	keep         bool
+	shared       bool
 	bpf          string
 	log          logFlags
 }
@@ -72,7 +74,11 @@ func runFlags(o *runOpts) *flag.FlagSet {
 	fs.BoolVar(&o.lossless, "lossless", false, "back-pressure: wait for room instead of dropping when a queue is full")
 	fs.StringVar(&o.backing, "backing", "auto", "region memory: auto (hugetlbfs if mounted with free pages, else /dev/shm), shm, hugetlbfs, memfd")
 	fs.StringVar(&o.hugeDir, "hugetlbfs", "", "hugetlbfs mount `dir` (default: found in /proc/mounts)")
-	fs.Var(&o.vms, "vm", "hot-plug the cluster into the running VM whose QMP socket is `path` (repeatable)")
+	fs.Var(&o.vms, "vm", "hot-plug into the running VM whose QMP socket is `path[=Q,Q..]` (repeatable). By default each VM\n"+
+		"gets a region of its own (its own trust domain) holding the listed queues (all if none), filled by one\n"+
+		"counted copy; the guest opens them by the same names, zc:ID@Q. With --shared, or with no -i sources\n"+
+		"(queues fed by producers in the VMs), the VM maps the cluster's own region: zero copy, trusted guests")
+	fs.BoolVar(&o.shared, "shared", false, "put every VM on the cluster's own region (zero copy; only for guests you trust)")
 	fs.DurationVar(&o.interval, "stats-interval", time.Second, "print queue counters this often (0: never)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the cluster after the sources end, until interrupted")
 	fs.StringVar(&o.bpf, "bpf", "", "classic BPF `program` applied to every source (tcpdump -ddd output)")
@@ -129,20 +135,6 @@ func runCmd(args []string) error {
 		sources = append(sources, ss...)
 	}
 
-	for _, vm := range o.vms {
-		detach, err := exportVM(ctx, log, vm, c)
-		if err != nil {
-			return err
-		}
-		defer func() {
-			dctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-			defer cancel()
-			if err := detach(dctx); err != nil {
-				log.Error("detach", "vm", vm, "error", err)
-			}
-		}()
-	}
-
 	var outs []*zc.Queue
 	for i := range o.queues {
 		q, err := c.Producer(i)
@@ -152,11 +144,56 @@ func runCmd(args []string) error {
 		defer q.Close()
 		outs = append(outs, q)
 	}
+	shared := o.shared || len(sources) == 0
+	specs, err := parseVMs(o.vms, o.queues, !shared)
+	if err != nil {
+		return fmt.Errorf("%w: --vm: %v", errUsage, err)
+	}
+	for k, vm := range specs {
+		target := c
+		if !shared {
+			// The VM's own region: same cluster id and queue numbers, its
+			// own buffers; the balancer copies into it.
+			vc, err := zc.CreateCluster(zc.Config{
+				ID: uint32(o.cluster), Queues: o.queues, QueueLen: o.queueLen, BufferSize: o.bufferSize,
+				Buffers: len(vm.queues)*o.queueLen + 1024, Backing: backing, HugetlbDir: o.hugeDir,
+				Path: fmt.Sprintf("%s.vm%d", zc.RegionPath(uint32(o.cluster)), k+1),
+			})
+			if err != nil {
+				return fmt.Errorf("region for vm %s: %w", vm.path, err)
+			}
+			defer vc.Close()
+			for _, qi := range vm.queues {
+				q, err := vc.Producer(qi)
+				if err != nil {
+					return err
+				}
+				defer q.Close()
+				outs[qi] = q
+			}
+			target = vc
+			log.Info("vm region", "vm", vm.path, "path", vc.Path(), "queues", vm.queues, "size", vc.Size())
+		}
+		detach, err := exportVM(ctx, log, vm.path, target)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			dctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			if err := detach(dctx); err != nil {
+				log.Error("detach", "vm", vm.path, "error", err)
+			}
+		}()
+	}
 	policy := zc.Drop
 	if o.lossless {
 		policy = zc.Wait
 	}
 	bal, err := zc.NewBalancer(outs, mode, nil, policy)
+	if err == nil {
+		err = bal.From(c.Pool())
+	}
 	if err != nil {
 		return err
 	}
@@ -180,7 +217,7 @@ func runCmd(args []string) error {
 		drain(ctx, log, c, bal)
 	}
 	stopStats()
-	summary(log, c, sources, st)
+	summary(log, c, sources, st, bal.Copies)
 	return nil
 }
 
@@ -255,7 +292,7 @@ func startStats(log hclog.Logger, c *zc.Cluster, sources []host.Source, every ti
 	return func() { close(done); <-finished }
 }
 
-func summary(log hclog.Logger, c *zc.Cluster, sources []host.Source, st host.EngineStats) {
+func summary(log hclog.Logger, c *zc.Cluster, sources []host.Source, st host.EngineStats, copies uint64) {
 	var sent, drops, recv uint64
 	for i, s := range c.Stats() {
 		log.Info("queue total", "q", i, "sent", s.Sent, "drops", s.Drops, "received", s.Received, "bad_returns", s.BadReturns)
@@ -271,6 +308,43 @@ func summary(log hclog.Logger, c *zc.Cluster, sources []host.Source, st host.Eng
 	if st.Elapsed > 0 {
 		pps = float64(st.Packets) / st.Elapsed.Seconds()
 	}
-	log.Info("summary", "packets_in", st.Packets, "queued", sent, "dropped_queue_full", drops, "received_by_consumers", recv,
+	log.Info("summary", "copied_to_vm_regions", copies, "packets_in", st.Packets, "queued", sent, "dropped_queue_full", drops, "received_by_consumers", recv,
 		"pps", uint64(pps))
+}
+
+type vmSpec struct {
+	path   string
+	queues []int
+}
+
+// parseVMs parses --vm PATH[=Q,Q...]. With exclusive (a region per VM)
+// a queue goes to one VM only.
+func parseVMs(specs []string, nq int, exclusive bool) ([]vmSpec, error) {
+	var out []vmSpec
+	owner := map[int]string{}
+	for _, s := range specs {
+		path, list, hasList := strings.Cut(s, "=")
+		v := vmSpec{path: path}
+		if hasList {
+			for _, f := range strings.Split(list, ",") {
+				q, err := strconv.Atoi(f)
+				if err != nil || q < 0 || q >= nq {
+					return nil, fmt.Errorf("%s: queue %q (want 0..%d)", s, f, nq-1)
+				}
+				v.queues = append(v.queues, q)
+			}
+		} else {
+			for q := range nq {
+				v.queues = append(v.queues, q)
+			}
+		}
+		for _, q := range v.queues {
+			if prev, ok := owner[q]; ok && exclusive {
+				return nil, fmt.Errorf("queue %d given to both %s and %s (list each VM's queues, e.g. --vm %s=0 --vm %s=1, or use --shared)", q, prev, path, prev, path)
+			}
+			owner[q] = path
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
