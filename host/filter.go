@@ -20,9 +20,10 @@ var ErrBadFilter = errors.New("bad BPF filter")
 // # Cost
 //
 // In user space the program runs in golang.org/x/net/bpf's interpreter:
-// one Go switch per instruction, so a filter costs tens of nanoseconds per
-// packet for a handful of instructions (tcpdump's 'udp port 53' compiles to
-// ~18), on the capture thread, on top of the capture itself. A packet the
+// one Go switch per instruction: tcpdump's 'udp port 53' (20 instructions,
+// 13 run for an IPv4 DNS packet) costs 0.09-0.14 µs per packet on the
+// build machine (BenchmarkFilterMatch), on the capture thread, on top of
+// the capture itself: at 1 Mpps that is a tenth of a core. A packet the
 // filter rejects has still been received (and, for AF_XDP, written into a
 // cluster buffer) before it is thrown away; it is counted in
 // SourceStats.Filtered. PF_RING ZC's filters are evaluated in user space in
