@@ -2,6 +2,7 @@ package zc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"time"
@@ -103,6 +104,13 @@ func (q *Queue) Pool() *Pool { p, _ := q.src.(*Pool); return p }
 
 func (q *Queue) fail(op string, err error) error {
 	if q.err == nil {
+		// An unplugged BAR reads zeros: ring indices jump back and look
+		// corrupt. Say the queue went away when the header agrees.
+		if errors.Is(err, ErrCorrupt) {
+			if cerr := q.r.l.Check(q.r.b); cerr != nil {
+				err = cerr
+			}
+		}
 		q.err = fmt.Errorf("zc: %s %s: %w", op, q.Name(), err)
 	}
 	return q.err

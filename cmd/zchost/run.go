@@ -135,8 +135,13 @@ func runCmd(args []string) error {
 		sources = append(sources, ss...)
 	}
 
+	// Without sources the producer ends stay free for outside producers
+	// (zsend -o zc:ID@Q on the host or in a guest, --queue-buffers).
 	var outs []*zc.Queue
 	for i := range o.queues {
+		if len(sources) == 0 {
+			break
+		}
 		q, err := c.Producer(i)
 		if err != nil {
 			return err
@@ -190,14 +195,17 @@ func runCmd(args []string) error {
 	if o.lossless {
 		policy = zc.Wait
 	}
-	bal, err := zc.NewBalancer(outs, mode, nil, policy)
-	if err == nil {
-		err = bal.From(c.Pool())
+	var bal *zc.Balancer
+	if len(sources) > 0 {
+		bal, err = zc.NewBalancer(outs, mode, nil, policy)
+		if err == nil {
+			err = bal.From(c.Pool())
+		}
+		if err != nil {
+			return err
+		}
+		log.Info("balancing", "mode", mode, "lossless", o.lossless)
 	}
-	if err != nil {
-		return err
-	}
-	log.Info("balancing", "mode", mode, "lossless", o.lossless)
 
 	stopStats := startStats(log, c, sources, o.interval)
 	var st host.EngineStats
@@ -217,7 +225,11 @@ func runCmd(args []string) error {
 		drain(ctx, log, c, bal)
 	}
 	stopStats()
-	summary(log, c, sources, st, bal.Copies)
+	var copies uint64
+	if bal != nil {
+		copies = bal.Copies
+	}
+	summary(log, c, sources, st, copies)
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -111,7 +112,7 @@ func detachCmd(args []string) error {
 		}
 		files := clusterFiles(f.cluster)
 		for _, r := range regions {
-			if r.DevID == *dev || (*dev == "" && files[r.Path]) {
+			if r.DevID == *dev || (*dev == "" && (files[r.Path] || isVMRegion(f.cluster, r.Path))) {
 				todo = append(todo, r)
 			}
 		}
@@ -155,6 +156,22 @@ func clusterFiles(id int64) map[string]bool {
 		files[info.Path] = true
 	}
 	return files
+}
+
+// isVMRegion reports whether path is one of cluster id's per-VM regions,
+// which zchost run names RegionPath(id) + ".vmN".
+func isVMRegion(id int64, path string) bool {
+	base := filepath.Base(zc.RegionPath(uint32(id))) + ".vm"
+	rest, ok := strings.CutPrefix(filepath.Base(path), base)
+	if !ok || rest == "" {
+		return false
+	}
+	for _, r := range rest {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // exportVM hot-plugs cluster c into the running VM whose QMP socket is
