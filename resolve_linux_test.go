@@ -42,7 +42,7 @@ func fakeIvshmem(t *testing.T, root, addr, regionFile string) string {
 // two ivshmem devices of a fake sysfs tree whose BARs are real regions made
 // by CreateCluster. Packets sent by the creator arrive through the "BAR";
 // an absent cluster is ErrNotFound; zeroing the magic (what an unplugged
-// BAR reads) makes the idle consumer fail with ErrClosed.
+// BAR reads) makes the idle consumer fail with ErrGone.
 func TestOpenGuestResolver(t *testing.T) {
 	c := newCluster(t, Config{ID: 99, QueueLen: 64, Buffers: 256})
 	other, err := CreateCluster(Config{ID: 7, QueueLen: 64, Buffers: 256, Backing: BackingShm})
@@ -108,8 +108,8 @@ func TestOpenGuestResolver(t *testing.T) {
 	clear(b[:8])
 	t.Cleanup(func() { copy(b, saved[:]) })
 	_, err = q.Recv(ctx)
-	if !errors.Is(err, ErrClosed) {
-		t.Fatalf("Recv after the BAR turned to zeros = %v, want ErrClosed", err)
+	if !errors.Is(err, ErrGone) || !errors.Is(err, ErrClosed) {
+		t.Fatalf("Recv after the BAR turned to zeros = %v, want ErrGone (and ErrClosed)", err)
 	}
 	t.Logf("consumer after unplug: %v", err)
 }
