@@ -19,7 +19,7 @@ var (
 	buildErr  error
 )
 
-func binaries(t *testing.T) string {
+func binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		binDir, buildErr = os.MkdirTemp("", "zchost-e2e-")
@@ -57,7 +57,7 @@ type countResult struct {
 	Error                 string
 }
 
-func shmEnv(t *testing.T) []string {
+func shmEnv(t testing.TB) []string {
 	d, err := os.MkdirTemp("/dev/shm", "zce2e-")
 	if err != nil {
 		d = t.TempDir()
