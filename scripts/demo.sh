@@ -21,7 +21,7 @@ c0=$!
 bin/zcount -i zc:99@1 --verify --wait 10s > "$ZC_DIR/q1.out" &
 c1=$!
 sleep 0.2
-bin/zchost run -c 99 -i gen:len=64,count=2000000,rate=2000000 -n 2 -m 1 --lossless --backing shm &
+bin/zchost run -c 99 -i gen:len=64,count=2000000,rate=2000000 -n 2 -m 1 --lossless --backing shm --wait-consumers 10s &
 agent=$!
 sleep 0.6
 echo "== zchost stats -c 99 (while running)"

@@ -87,7 +87,7 @@ func runPipeline(t *testing.T, agentArgs []string, consumers [][]string) ([]coun
 		cmds = append(cmds, c)
 	}
 	time.Sleep(100 * time.Millisecond)
-	agent := exec.Command(filepath.Join(bin, "zchost"), append([]string{"run", "--stats-interval", "0"}, agentArgs...)...)
+	agent := exec.Command(filepath.Join(bin, "zchost"), append([]string{"run", "--stats-interval", "0", "--wait-consumers", "30s"}, agentArgs...)...)
 	agent.Env = env
 	var alog bytes.Buffer
 	agent.Stdout, agent.Stderr = &alog, &alog

@@ -28,23 +28,24 @@ func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 type runOpts struct {
-	cluster      uint
-	in           multiFlag
-	vms          multiFlag
-	queues       int
-	hash         string
-	queueLen     int
-	buffers      int
-	bufferSize   int
-	queueBuffers int
-	lossless     bool
-	backing      string
-	hugeDir      string
-	interval     time.Duration
-	keep         bool
-	shared       bool
-	bpf          string
-	log          logFlags
+	cluster       uint
+	in            multiFlag
+	vms           multiFlag
+	queues        int
+	hash          string
+	queueLen      int
+	buffers       int
+	bufferSize    int
+	queueBuffers  int
+	lossless      bool
+	backing       string
+	hugeDir       string
+	interval      time.Duration
+	keep          bool
+	waitConsumers time.Duration
+	shared        bool
+	bpf           string
+	log           logFlags
 }
 
 func runFlags(o *runOpts) *flag.FlagSet {
@@ -80,6 +81,7 @@ func runFlags(o *runOpts) *flag.FlagSet {
 		"(queues fed by producers in the VMs), the VM maps the cluster's own region: zero copy, trusted guests")
 	fs.BoolVar(&o.shared, "shared", false, "put every VM on the cluster's own region (zero copy; only for guests you trust)")
 	fs.DurationVar(&o.interval, "stats-interval", time.Second, "print queue counters this often (0: never)")
+	fs.DurationVar(&o.waitConsumers, "wait-consumers", 0, "before the sources start, wait up to this `long` for every queue to have a consumer attached")
 	fs.BoolVar(&o.keep, "keep", false, "keep the cluster after the sources end, until interrupted")
 	fs.StringVar(&o.bpf, "bpf", "", "classic BPF `program` applied to every source (tcpdump -ddd output)")
 	o.log.add(fs)
@@ -207,6 +209,9 @@ func runCmd(args []string) error {
 		log.Info("balancing", "mode", mode, "lossless", o.lossless)
 	}
 
+	if o.waitConsumers > 0 && len(sources) > 0 {
+		waitConsumers(ctx, log, c, o.waitConsumers)
+	}
 	stopStats := startStats(log, c, sources, o.interval)
 	var st host.EngineStats
 	if len(sources) > 0 {
@@ -359,4 +364,22 @@ func parseVMs(specs []string, nq int, exclusive bool) ([]vmSpec, error) {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// waitConsumers waits until every queue has a consumer attached, up to d.
+func waitConsumers(ctx context.Context, log hclog.Logger, c *zc.Cluster, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		missing := 0
+		for _, s := range c.Stats() {
+			if s.Consumer == 0 {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	log.Warn("starting without every consumer attached", "waited", d)
 }
