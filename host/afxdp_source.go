@@ -150,6 +150,12 @@ func (a *AFXDP) refill(pool *zc.Pool) {
 	}
 }
 
+// prime stocks the fill ring before the first Recv (Engine.OnStart).
+func (a *AFXDP) prime(pool *zc.Pool) {
+	a.pool = pool
+	a.refill(pool)
+}
+
 // Recv implements Source.
 func (a *AFXDP) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 	a.pool = pool

@@ -56,6 +56,16 @@ type Engine struct {
 	Burst int
 	// OnIdle, if set, is called when no source had anything.
 	OnIdle func()
+	// OnStart, if set, is called once the sources are ready to take
+	// packets (an AF_XDP source's fill ring is stocked), before the first
+	// Recv. Frames that arrive after it are not lost for want of a buffer.
+	OnStart func()
+}
+
+// primer is a source that stocks kernel rings from the pool before its
+// first Recv.
+type primer interface {
+	prime(pool *zc.Pool)
 }
 
 // Run moves packets until every source is exhausted or ctx ends. It
@@ -73,6 +83,14 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 	nlive := len(e.Sources)
 	for i := range live {
 		live[i] = true
+	}
+	for _, s := range e.Sources {
+		if p, ok := s.(primer); ok {
+			p.prime(e.Pool)
+		}
+	}
+	if e.OnStart != nil {
+		e.OnStart()
 	}
 	idle := 0
 	for nlive > 0 {

@@ -126,7 +126,8 @@ func runCmd(args []string) error {
 
 	var sources []host.Source
 	for _, spec := range o.in {
-		ss, err := host.ParseSource(spec, host.SourceOptions{Cluster: c, BPF: o.bpf})
+		ss, err := host.ParseSource(spec, host.SourceOptions{Cluster: c, BPF: o.bpf,
+			Logf: func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) }})
 		if err != nil {
 			return err
 		}
@@ -215,7 +216,8 @@ func runCmd(args []string) error {
 	stopStats := startStats(log, c, sources, o.interval)
 	var st host.EngineStats
 	if len(sources) > 0 {
-		eng := &host.Engine{Pool: c.Pool(), Sources: sources, Balancer: bal}
+		eng := &host.Engine{Pool: c.Pool(), Sources: sources, Balancer: bal,
+			OnStart: func() { log.Info("sources started") }}
 		st, err = eng.Run(ctx)
 		if err != nil {
 			stopStats()
