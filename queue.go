@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"runtime"
 	"time"
 
@@ -32,6 +33,11 @@ type Queue struct {
 	lent        []uint64 // bitmap, one bit per buffer of the region: lent on this queue
 	slots       uint32
 
+	hsEpoch    uint32    // consumer: the attach epoch it waits on
+	hsPending  bool      // consumer: waiting for the producer's recovery
+	hsDeadline time.Time // consumer: when to stop waiting
+	hsSeen     uint32    // producer: the last handshake word handled
+
 	hs     []uint32 // scratch, one burst
 	idle   uint32   // empty polls since the last liveness check
 	closed bool
@@ -46,16 +52,23 @@ func (r *region) attach(q uint32, end ivshmem.End, force bool) (*Queue, error) {
 	if q >= uint32(len(r.l.Queues)) {
 		return nil, fmt.Errorf("zc: attach cluster %d queue %d: %w (cluster has %d queues)", r.l.ClusterID, q, ErrNotFound, len(r.l.Queues))
 	}
-	if err := r.claim(q, end, force); err != nil {
+	replaced, err := r.claim(q, end, force)
+	if err != nil {
 		return nil, err
 	}
 	ql := r.l.Queues[q]
 	qu := &Queue{r: r, id: q, end: end, slots: ql.Slots, hs: make([]uint32, MaxBurst)}
-	var err error
 	if end == ivshmem.EndConsumer {
 		qu.in, err = ivshmem.NewRingConsumer(r.b, ql.DataRing, ql.Slots)
 		if err == nil {
 			qu.back, err = ivshmem.NewRingProducer(r.b, ql.RetRing, ql.Slots)
+		}
+		if replaced {
+			// The previous consumer went away without detaching: ask a
+			// live producer to take back what it held.
+			qu.hsEpoch = r.l.Handshake(r.b, q)>>2 + 1
+			r.l.SetHandshake(r.b, q, qu.hsEpoch<<2|ivshmem.HSWait)
+			qu.hsPending, qu.hsDeadline = true, time.Now().Add(HandshakeWait)
 		}
 	} else {
 		qu.out, err = ivshmem.NewRingProducer(r.b, ql.DataRing, ql.Slots)
@@ -63,6 +76,7 @@ func (r *region) attach(q uint32, end ivshmem.End, force bool) (*Queue, error) {
 			qu.ret, err = ivshmem.NewRingConsumer(r.b, ql.RetRing, ql.Slots)
 		}
 		qu.lent = make([]uint64, (r.l.NumBufs+63)/64)
+		qu.hsSeen = r.l.Handshake(r.b, q)
 	}
 	if err != nil {
 		r.unclaim(q, end)
@@ -144,6 +158,9 @@ func (q *Queue) RecvBurst(pkts []Packet) (int, error) {
 	}
 	if q.err != nil || q.closed {
 		return 0, q.check("recv")
+	}
+	if q.hsPending && !q.handshakeDone() {
+		return 0, nil
 	}
 	want := min(len(pkts), MaxBurst)
 	n, err := q.in.Dequeue(q.hs[:want])
@@ -240,6 +257,12 @@ func (q *Queue) reclaim() {
 	if q.ret == nil || q.err != nil {
 		return
 	}
+	q.recoverIfAsked()
+	q.reclaimReturns()
+}
+
+// reclaimReturns drains the return ring.
+func (q *Queue) reclaimReturns() {
 	// Bounded: a consumer that keeps pushing (hostile) cannot hold the
 	// producer here; what is left waits for the next reclaim.
 	for range q.slots/MaxBurst + 1 {
@@ -323,6 +346,7 @@ func (q *Queue) enqueue(pkts []Packet) (int, error) {
 	if q.err != nil || q.closed {
 		return 0, q.check("send")
 	}
+	q.recoverIfAsked() // one load of a read-mostly word per burst
 	if len(pkts) == 0 {
 		return 0, nil
 	}
@@ -457,4 +481,65 @@ func (b *backoff) wait(ctx context.Context) error {
 		time.Sleep(min(d, 200*time.Microsecond))
 	}
 	return nil
+}
+
+// HandshakeWait is how long a new consumer waits for a live producer to
+// take back the buffers an earlier consumer of the queue held.
+const HandshakeWait = 200 * time.Millisecond
+
+// handshakeDone reports whether the consumer may read: the producer
+// finished its recovery, or nobody answered in time.
+func (q *Queue) handshakeDone() bool {
+	v := q.r.l.Handshake(q.r.b, q.id)
+	mine := q.hsEpoch << 2
+	switch {
+	case v == mine|ivshmem.HSDone || v>>2 != q.hsEpoch:
+		q.hsPending = false // done, or a newer consumer took over: not ours to wait on
+	case time.Now().After(q.hsDeadline):
+		if v == mine|ivshmem.HSWait && q.r.l.CASHandshake(q.r.b, q.id, v, mine|ivshmem.HSGo) {
+			q.hsPending = false // no producer answered
+		} else if time.Now().After(q.hsDeadline.Add(10 * HandshakeWait)) {
+			q.hsPending = false // a producer started and vanished
+		}
+	}
+	return !q.hsPending
+}
+
+// recoverIfAsked answers a new consumer's handshake: it takes back every
+// buffer lent on this queue that is neither in the data ring nor on the
+// return ring, i.e. what the previous consumer held when it went away.
+func (q *Queue) recoverIfAsked() {
+	v := q.r.l.Handshake(q.r.b, q.id)
+	if v == q.hsSeen {
+		return
+	}
+	q.hsSeen = v
+	if v&ivshmem.HSStateMask != ivshmem.HSWait || !q.r.l.CASHandshake(q.r.b, q.id, v, v&^ivshmem.HSStateMask|ivshmem.HSRecover) {
+		return
+	}
+	done := v&^ivshmem.HSStateMask | ivshmem.HSDone
+	defer func() { q.r.l.SetHandshake(q.r.b, q.id, done); q.hsSeen = done }()
+	q.reclaimReturns()
+	keep := make([]uint64, len(q.lent))
+	if err := q.out.InRing(func(h uint32) {
+		if h < q.r.l.NumBufs {
+			keep[h/64] |= 1 << (h % 64)
+		}
+	}); err != nil {
+		q.fail("recover", err)
+		return
+	}
+	var got []uint32
+	for w := range q.lent {
+		stale := q.lent[w] &^ keep[w]
+		for stale != 0 {
+			bit := uint32(bits.TrailingZeros64(stale))
+			stale &^= 1 << bit
+			got = append(got, uint32(w)*64+bit)
+		}
+		q.lent[w] &= keep[w]
+	}
+	q.outstanding -= uint32(len(got))
+	q.src.put(got)
+	q.ret.Add(ivshmem.CountBytes, uint64(len(got)))
 }

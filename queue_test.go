@@ -233,3 +233,40 @@ func TestHotPathNoAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per burst", allocs)
 	}
 }
+
+// TestRecoverDeadConsumersBuffers: a consumer that goes away holding
+// buffers (killed, or a VM unplugged mid-burst) does not shrink the
+// queue for good: the next consumer's attach handshake makes the
+// producer take them back.
+func TestRecoverDeadConsumersBuffers(t *testing.T) {
+	c := newCluster(t, Config{ID: 16, Queues: 1, QueueLen: 32, Buffers: 64})
+	prod := mustQ(t)(c.Producer(0))
+	dead, err := c.Consumer(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		prod.Send([]byte{byte(i)})
+	}
+	held := make([]Packet, 12)
+	if n, _ := dead.RecvBurst(held); n != 12 {
+		t.Fatalf("got %d", n)
+	}
+	// dead never releases nor closes; a new consumer takes the end over.
+	next := mustQ(t)(Open("zc:16@0", Force()))
+	if n, _ := next.RecvBurst(make([]Packet, 8)); n != 0 {
+		t.Fatalf("read %d before the producer answered the handshake", n)
+	}
+	prod.Send([]byte{99}) // the producer's next burst answers it
+	got := make([]Packet, 32)
+	n, err := next.RecvBurst(got)
+	if err != nil || n != 9 || got[0].Data[0] != 12 || got[8].Data[0] != 99 {
+		t.Fatalf("new consumer got %d (%v), first %v", n, err, got[0].Data)
+	}
+	next.Release(got[:n]...)
+	c.Pool().Reclaim()
+	st := prod.Stats()
+	if st.Recovered != 12 || prod.Outstanding() != 0 || c.Pool().Len() != 64 {
+		t.Fatalf("recovered %d, outstanding %d, pool %d free", st.Recovered, prod.Outstanding(), c.Pool().Len())
+	}
+}

@@ -89,8 +89,9 @@ func (r *region) readMeta(h uint32, p *Packet) bool {
 }
 
 // claim takes one end of queue q for this process. A host-side holder
-// whose process is gone is replaced.
-func (r *region) claim(q uint32, e ivshmem.End, force bool) error {
+// whose process is gone (or any holder, with force) is replaced, and
+// replaced says so.
+func (r *region) claim(q uint32, e ivshmem.End, force bool) (replaced bool, err error) {
 	stale := func(o ivshmem.Owner) bool {
 		if force {
 			return true
@@ -101,10 +102,11 @@ func (r *region) claim(q uint32, e ivshmem.End, force bool) error {
 		err := syscall.Kill(int(o.PID), 0)
 		return errors.Is(err, syscall.ESRCH)
 	}
-	if err := r.l.Claim(r.b, q, e, r.owner, stale); err != nil {
-		return fmt.Errorf("zc: attach cluster %d queue %d as %s: %w", r.l.ClusterID, q, e, err)
+	replaced, err = r.l.Claim(r.b, q, e, r.owner, stale)
+	if err != nil {
+		return false, fmt.Errorf("zc: attach cluster %d queue %d as %s: %w", r.l.ClusterID, q, e, err)
 	}
-	return nil
+	return replaced, nil
 }
 
 func (r *region) unclaim(q uint32, e ivshmem.End) { r.l.Unclaim(r.b, q, e, r.owner) }

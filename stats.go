@@ -25,8 +25,10 @@ type QueueStats struct {
 	// Bad counts entries the consumer refused (invalid handle or length).
 	Bad uint64
 	// Returned counts buffers the consumer released; Reclaimed those the
-	// producer took back; BadReturns the returns it refused.
-	Returned, Reclaimed, BadReturns uint64
+	// producer took back; BadReturns the returns it refused; Recovered the
+	// buffers a consumer held when it went away, taken back when the next
+	// consumer attached.
+	Returned, Reclaimed, BadReturns, Recovered uint64
 	// Producer and Consumer are the pids holding each end (0: free) and
 	// whether they run in a guest.
 	Producer, Consumer           uint32
@@ -46,7 +48,7 @@ func readQueueStats(b []byte, l *ivshmem.Layout, i int) QueueStats {
 		Queue: i, Slots: int(q.Slots), Depth: depth,
 		Sent: ps[ivshmem.CountPackets], SentBytes: ps[ivshmem.CountBytes], Drops: ps[ivshmem.CountDrops],
 		Received: cs[ivshmem.CountPackets], ReceivedBytes: cs[ivshmem.CountBytes], Bad: cs[ivshmem.CountDrops],
-		Returned: rps[ivshmem.CountPackets], Reclaimed: rcs[ivshmem.CountPackets], BadReturns: rcs[ivshmem.CountDrops],
+		Returned: rps[ivshmem.CountPackets], Reclaimed: rcs[ivshmem.CountPackets], BadReturns: rcs[ivshmem.CountDrops], Recovered: rcs[ivshmem.CountBytes],
 		Producer: po.PID, Consumer: co.PID,
 		ProducerGuest: po.Side == ivshmem.SideGuest, ConsumerGuest: co.Side == ivshmem.SideGuest,
 	}

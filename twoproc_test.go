@@ -533,8 +533,13 @@ func TestTwoProcessConsumerKilled(t *testing.T) {
 		t.Fatalf("consumer end held by %d after the second child closed it", st.Consumer)
 	}
 	prod.Pool().Reclaim()
-	t.Logf("sent %d, dropped %d, first child %d, second %d; buffers the killed child held and never returned: %d",
-		st.Sent, st.Drops, before.Received, res.Packets, prod.Outstanding())
+	t.Logf("sent %d, dropped %d, first child %d, second %d; buffers the killed child held, recovered at the second attach: %d; outstanding now %d",
+		st.Sent, st.Drops, before.Received, res.Packets, st.Recovered, prod.Outstanding())
+	// The handshake gave back everything the killed child held: nothing
+	// is lent any more once the second child released all it read.
+	if prod.Outstanding() != 0 {
+		t.Fatalf("%d buffers still lent after the second consumer drained and closed (recovered %d)", prod.Outstanding(), st.Recovered)
+	}
 	if strings.TrimSpace(second.stderr.String()) != "" {
 		t.Logf("second child stderr: %s", second.stderr)
 	}

@@ -45,7 +45,9 @@
 //	+36           4     (reserved)
 //	+40           8     producer owner, mutable: side<<32 | pid, 0 free
 //	+48           8     consumer owner, mutable
-//	+56           8     (reserved)
+//	+56           4     attach handshake, mutable: epoch<<2 | state
+//	                    (0 go, 1 consumer waits, 2 producer recovering, 3 done)
+//	+60           4     (reserved)
 //
 //	rings (2*Q rings from align128(T+64*Q), each 256+4*S bytes rounded to 128)
 //	+0            4     producer index (free running uint32)
@@ -85,6 +87,18 @@
 // with S outstanding as full, so the return ring can never overflow.
 // Returned handles are checked against the producer's private record of
 // what it sent; a handle it does not expect is counted and ignored.
+//
+// A consumer that dies holds buffers nobody returns. So a consumer that
+// attaches in place of one that went away without detaching (a stale
+// owner word) starts a handshake: it bumps the epoch in the
+// descriptor's handshake word and waits (briefly, 200 ms) before it reads.
+// A live producer that sees the new epoch takes the word (CAS to
+// "recovering"), drains the return ring, takes back every buffer it lent
+// on that queue that is not in the data ring any more (the dead
+// consumer's), and marks the word done. A consumer that times out (no
+// producer, or a producer that is gone) takes the word itself ("go") and
+// the producer then leaves the queue alone. A guest can only make its
+// own queue's producer recover buffers early: its own loss.
 //
 // # Publication order
 //

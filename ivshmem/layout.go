@@ -73,6 +73,7 @@ const (
 	qOffFlags     = 32
 	qOffProducer  = 40 // mutable owner word
 	qOffConsumer  = 48 // mutable owner word
+	qOffHandshake = 56 // mutable: consumer attach epoch<<2 | HS* state
 )
 
 // Ring field offsets, relative to the ring.

@@ -39,3 +39,7 @@ func aligned(b []byte) bool {
 func casU64(b []byte, off uint64, old, new uint64) bool {
 	return atomic.CompareAndSwapUint64(u64ptr(b, off), old, new)
 }
+
+func casU32(b []byte, off uint64, old, new uint32) bool {
+	return atomic.CompareAndSwapUint32(u32ptr(b, off), old, new)
+}

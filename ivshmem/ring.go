@@ -185,3 +185,17 @@ func RingCounters(b []byte, off uint64) (prod, cons uint32, prodStat, consStat [
 	}
 	return
 }
+
+// InRing calls fn for every handle the producer put in the ring that the
+// consumer has not taken yet, after checking the consumer index. The
+// handles are the slots' current contents.
+func (p *RingProducer) InRing(fn func(h uint32)) error {
+	c := atomic.LoadUint32(p.peer)
+	if p.pos-c > p.size {
+		return ErrCorrupt
+	}
+	for i := c; i != p.pos; i++ {
+		fn(p.slots[i&p.mask])
+	}
+	return nil
+}
