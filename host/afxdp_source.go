@@ -3,10 +3,13 @@ package host
 import (
 	"errors"
 	"fmt"
+	"net"
+	"sync"
 	"time"
 
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/host/afxdp"
+	"golang.org/x/sys/unix"
 )
 
 // AFXDPConfig selects the interface, queue and modes of an AF_XDP source.
@@ -24,16 +27,67 @@ type AFXDPConfig struct {
 	shared *sharedProgram
 }
 
-// sharedProgram is an XDP program several queues' sockets share,
-// detached when the last of them closes.
+// sharedProgram is an XDP program the sockets on every queue of one
+// interface share (an interface has one XDP link), detached when the last
+// of them closes. Sources opened by separate ParseSource calls (several -i
+// flags) find it in programs.
 type sharedProgram struct {
 	p    *afxdp.Program
-	refs int
+	key  progKey
+	refs int // guarded by programs.mu
+}
+
+// progKey names an interface across network namespaces.
+type progKey struct {
+	netns   uint64 // inode of the calling thread's network namespace
+	ifindex int
+}
+
+var programs struct {
+	mu sync.Mutex
+	m  map[progKey]*sharedProgram
+}
+
+// acquireProgram returns the XDP program attached to ifname (in the calling
+// thread's network namespace) by an earlier source, or attaches one, with
+// a reference for the caller.
+func acquireProgram(ifname string, mode afxdp.XDPMode, queue int) (*sharedProgram, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return nil, fmt.Errorf("afxdp: %s: network namespace: %w", ifname, err)
+	}
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("afxdp: attach XDP program to %s: %w", ifname, err)
+	}
+	key := progKey{netns: st.Ino, ifindex: ifi.Index}
+	programs.mu.Lock()
+	defer programs.mu.Unlock()
+	if sp := programs.m[key]; sp != nil {
+		if mode != afxdp.XDPAuto && sp.p.Mode() != mode {
+			return nil, fmt.Errorf("afxdp: %s: xdp=%s asked, but another source of this interface attached it in %s mode: %w", ifname, mode, sp.p.Mode(), ErrBadSpec)
+		}
+		sp.refs++
+		return sp, nil
+	}
+	p, err := afxdp.Attach(ifname, afxdp.ProgramOptions{Mode: mode, MaxQueues: max(afxdp.DefaultMaxQueues, queue+1)})
+	if err != nil {
+		return nil, err
+	}
+	if programs.m == nil {
+		programs.m = map[progKey]*sharedProgram{}
+	}
+	sp := &sharedProgram{p: p, key: key, refs: 1}
+	programs.m[key] = sp
+	return sp, nil
 }
 
 func (s *sharedProgram) release() error {
+	programs.mu.Lock()
+	defer programs.mu.Unlock()
 	s.refs--
 	if s.refs == 0 {
+		delete(programs.m, s.key)
 		return s.p.Close()
 	}
 	return nil

@@ -53,8 +53,13 @@ func (o *SourceOptions) logf(format string, args ...any) {
 //
 // The interface part of afxdp:, afpacket: and zc: may be a comma list
 // (afpacket:eth0,eth1, afxdp:eth0@0,eth0@1): one source per entry, the
-// query options applying to each. Queues of one interface share one XDP
-// program. zc:N@Q with a numeric N is a queue name, not a source.
+// query options applying to each. AF_XDP sources on queues of one
+// interface share one XDP program, also across ParseSource calls (several
+// -i afxdp:eth0@Q flags): a socket per queue, each registering the
+// cluster's buffer area as its own UMEM (the kernel accepts several
+// registrations of the same memory; the sources take disjoint buffers from
+// the one pool, so XDP_SHARED_UMEM is not needed). zc:N@Q with a numeric N
+// is a queue name, not a source.
 //
 // Interfaces are resolved, and sockets bound, in the calling thread's
 // network namespace. On error, nothing stays open.
@@ -201,56 +206,27 @@ func parseIfaces(spec, kind, rest string, opts SourceOptions) ([]Source, error) 
 		}
 		ifs = append(ifs, is)
 	}
-	// Queues of one interface share one XDP program.
-	count := map[string]int{}
-	for _, is := range ifs {
-		count[is.name]++
-	}
-	progs := map[string]*sharedProgram{}
 	var srcs []Source
 	fail := func(err error) ([]Source, error) {
 		closeAll(srcs)
-		for _, p := range progs {
-			p.release()
-		}
 		return nil, fmt.Errorf("source %q: %w", spec, err)
 	}
 	for _, is := range ifs {
 		cfg := xcfg
 		cfg.Ifname, cfg.Queue = is.name, is.queue
-		if kind != "afpacket" && count[is.name] > 1 && opts.Cluster != nil {
-			sp := progs[is.name]
-			if sp == nil {
-				p, err := afxdp.Attach(is.name, afxdp.ProgramOptions{Mode: cfg.XDP})
-				if err != nil && kind == "afxdp" {
-					return fail(fmt.Errorf("afxdp: attach XDP program to %s: %w", is.name, err))
-				}
-				if err == nil {
-					sp = &sharedProgram{p: p, refs: 1} // the parser's own reference
-					progs[is.name] = sp
-				}
-			}
-			if sp != nil {
-				sp.refs++
-				cfg.shared = sp
-			}
-		}
 		var s Source
 		switch kind {
 		case "afxdp":
 			if opts.Cluster == nil {
 				return fail(fmt.Errorf("afxdp: %s: no cluster to use as UMEM (SourceOptions.Cluster): %w", is.name, ErrBadSpec))
 			}
-			s, err = OpenAFXDP(opts.Cluster, cfg)
+			s, err = openShared(opts.Cluster, cfg)
 		case "afpacket":
 			s, err = OpenAFPacket(is.name)
 		case "zc":
 			s, err = openBest(cfg, opts)
 		}
 		if err != nil {
-			if cfg.shared != nil {
-				cfg.shared.release()
-			}
 			return fail(err)
 		}
 		if m, ok := s.(interface{ Mode() string }); ok {
@@ -258,10 +234,24 @@ func parseIfaces(spec, kind, rest string, opts SourceOptions) ([]Source, error) 
 		}
 		srcs = append(srcs, s)
 	}
-	for _, p := range progs {
-		p.release()
-	}
 	return srcs, nil
+}
+
+// openShared opens an AF_XDP source whose socket uses the XDP program that
+// every queue of the interface shares (attached by the first of them,
+// detached when the last closes).
+func openShared(c *zc.Cluster, cfg AFXDPConfig) (*AFXDP, error) {
+	sp, err := acquireProgram(cfg.Ifname, cfg.XDP, cfg.Queue)
+	if err != nil {
+		return nil, fmt.Errorf("afxdp:%s@%d: %w", cfg.Ifname, cfg.Queue, err)
+	}
+	cfg.shared = sp
+	s, err := OpenAFXDP(c, cfg)
+	if err != nil {
+		sp.release()
+		return nil, err
+	}
+	return s, nil
 }
 
 // openBest opens AF_XDP (zero copy, else copy) and falls back to
@@ -276,7 +266,7 @@ func openBest(cfg AFXDPConfig, opts SourceOptions) (Source, error) {
 	case opts.Filter != nil && opts.KernelFilter:
 		why = errors.New("in-kernel BPF filter requested")
 	default:
-		s, err := OpenAFXDP(opts.Cluster, cfg)
+		s, err := openShared(opts.Cluster, cfg)
 		if err == nil {
 			s.name = "zc:" + s.name[len("afxdp:"):]
 			return s, nil

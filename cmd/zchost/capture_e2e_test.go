@@ -77,30 +77,39 @@ func (l *agentLog) waitFor(s string, guard time.Duration) bool {
 }
 
 func TestRunCaptureAFXDP(t *testing.T) {
-	testRunCapture(t, "afxdp:IF", "AF_XDP copy/driver")
+	testRunCapture(t, []string{"afxdp:IF"}, "AF_XDP copy/driver", 0, nil)
 }
 
 func TestRunCaptureAFXDPGeneric(t *testing.T) {
-	testRunCapture(t, "afxdp:IF?xdp=generic", "AF_XDP copy/generic")
+	testRunCapture(t, []string{"afxdp:IF?xdp=generic"}, "AF_XDP copy/generic", 0, nil)
 }
 
 func TestRunCaptureAFPacket(t *testing.T) {
-	testRunCapture(t, "afpacket:IF", "AF_PACKET TPACKET_V3")
+	testRunCapture(t, []string{"afpacket:IF"}, "AF_PACKET TPACKET_V3", 0, nil)
 }
 
 // TestRunCaptureBest: zc:IF picks AF_XDP (copy mode on veth) by itself.
 func TestRunCaptureBest(t *testing.T) {
-	testRunCapture(t, "zc:IF", "AF_XDP copy")
+	testRunCapture(t, []string{"zc:IF"}, "AF_XDP copy", 0, nil)
+}
+
+// TestRunCaptureTwoQueues: -i afxdp:IF@0 -i afxdp:IF@2 on a 4-queue veth,
+// frames steered to RX queue 0, then 2, then 0 again: one balancer, every
+// frame exactly once.
+func TestRunCaptureTwoQueues(t *testing.T) {
+	testRunCapture(t, []string{"afxdp:IF@0", "afxdp:IF@2"}, "AF_XDP copy/driver", 4, []int{0, 2, 0})
 }
 
 var sourceTotalRE = regexp.MustCompile(`source total: name=(\S+) packets=(\d+) bytes=(\d+) kernel_drops=(\d+)`)
 
-// testRunCapture runs the built `zchost run -i SPEC` inside one namespace of
-// a veth pair (ip netns exec) and a `zcount -n N --json` child on its queue,
-// sends N distinct test frames from the peer namespace and checks that
-// zcount received exactly N frames with exactly their bytes, that the
-// agent's summary agrees, and that its log names the capture mode.
-func testRunCapture(t *testing.T, spec, wantMode string) {
+// testRunCapture runs the built `zchost run -i SPEC...` inside one
+// namespace of a veth pair (ip netns exec) and a `zcount -n N --json` child
+// on its queue, sends N distinct test frames from the peer namespace (in
+// equal parts steered to each RX queue of steer, if any, on a veth of
+// queues queues) and checks that zcount received exactly N frames with
+// exactly their bytes, that the agent's summaries agree, and that its log
+// names the capture mode.
+func testRunCapture(t *testing.T, specs []string, wantMode string, queues int, steer []int) {
 	testgate.NetAdmin(t)
 	const (
 		total  = 3000
@@ -113,10 +122,9 @@ func testRunCapture(t *testing.T, spec, wantMode string) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	t.Setenv("ZC_DIR", dir) // zc.Inspect below and both children
-	p := netns.New(t, netns.Config{})
+	p := netns.New(t, netns.Config{Queues: queues})
 	id := 0x7c000000 | rand.Uint32N(1<<24)
 	ids := strconv.FormatUint(uint64(id), 10)
-	src := strings.ReplaceAll(spec, "IF", p.A.Ifname)
 
 	var wantBytes uint64
 	for seq := range uint32(total) {
@@ -141,8 +149,12 @@ func testRunCapture(t *testing.T, spec, wantMode string) {
 	})
 
 	// ip netns exec execs zchost in place: the pid is the agent's.
-	agent := exec.Command("ip", "netns", "exec", p.A.NS, filepath.Join(bin, "zchost"), "run",
-		"-c", ids, "-i", src, "--wait-consumers", "10s", "--stats-interval", "0", "--backing", "shm")
+	args := []string{"netns", "exec", p.A.NS, filepath.Join(bin, "zchost"), "run",
+		"-c", ids, "--wait-consumers", "10s", "--stats-interval", "0", "--backing", "shm"}
+	for _, spec := range specs {
+		args = append(args, "-i", strings.ReplaceAll(spec, "IF", p.A.Ifname))
+	}
+	agent := exec.Command("ip", args...)
 	alog, err := newAgentLog(agent)
 	if err != nil {
 		t.Fatal(err)
@@ -181,6 +193,11 @@ func testRunCapture(t *testing.T, spec, wantMode string) {
 	var buf []byte
 	guard := time.Now().Add(60 * time.Second)
 	for seq := uint32(0); seq < total; seq++ {
+		if len(steer) > 0 && int(seq)%(total/len(steer)) == 0 {
+			if err := p.B.SteerTX(steer[int(seq)/(total/len(steer))]); err != nil {
+				t.Fatal(err)
+			}
+		}
 		for uint64(seq)-min(uint64(seq), queued()) >= window {
 			if time.Now().After(guard) {
 				t.Fatalf("agent stalled at %d queued of %d sent\n%s", queued(), seq, alog.String())
@@ -232,11 +249,20 @@ func testRunCapture(t *testing.T, spec, wantMode string) {
 	if modeLine == "" {
 		t.Errorf("no log line names the capture mode %q", wantMode)
 	}
-	m := sourceTotalRE.FindStringSubmatch(log)
-	if m == nil {
-		t.Fatalf("no source total in the log")
+	ms := sourceTotalRE.FindAllStringSubmatch(log, -1)
+	if len(ms) != len(specs) {
+		t.Fatalf("%d source totals in the log, want %d", len(ms), len(specs))
 	}
-	if m[2] != strconv.Itoa(total) || m[3] != strconv.FormatUint(wantBytes, 10) || m[4] != "0" {
-		t.Errorf("agent source total %s: packets=%s bytes=%s kernel_drops=%s, want %d, %d, 0", m[1], m[2], m[3], m[4], total, wantBytes)
+	var pk, by uint64
+	for _, m := range ms {
+		n, _ := strconv.ParseUint(m[2], 10, 64)
+		b, _ := strconv.ParseUint(m[3], 10, 64)
+		pk, by = pk+n, by+b
+		if m[4] != "0" || (len(steer) > 0 && n == 0) {
+			t.Errorf("agent source total %s: packets=%s kernel_drops=%s, want some and 0", m[1], m[2], m[4])
+		}
+	}
+	if pk != total || by != wantBytes {
+		t.Errorf("agent sources: %d packets, %d bytes; want %d, %d", pk, by, total, wantBytes)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -50,9 +51,13 @@ type Pair struct {
 	A, B End
 }
 
-// Config tunes New. The zero value gives MTU 1500.
+// Config tunes New. The zero value gives MTU 1500 and one queue each way.
 type Config struct {
 	MTU int // MTU of both veth ends; 0 means 1500
+	// Queues is the number of RX and TX queues of each veth end (0: the
+	// kernel's default, one). veth hands a frame sent on TX queue N of one
+	// end to RX queue N of the other; End.SteerTX picks N.
+	Queues int
 }
 
 // New creates two namespaces and a veth pair between them, brings both ends
@@ -74,10 +79,16 @@ func New(t testing.TB, cfg Config) *Pair {
 			t.Errorf("netns: cleanup: %v", err)
 		}
 	})
+	var nq []string
+	if cfg.Queues > 0 {
+		nq = []string{"numtxqueues", fmt.Sprint(cfg.Queues), "numrxqueues", fmt.Sprint(cfg.Queues)}
+	}
+	add := append(append([]string{"link", "add", p.A.Ifname}, nq...), "netns", p.A.NS, "type", "veth", "peer", "name", p.B.Ifname)
+	add = append(append(add, nq...), "netns", p.B.NS)
 	steps := [][]string{
 		{"netns", "add", p.A.NS},
 		{"netns", "add", p.B.NS},
-		{"link", "add", p.A.Ifname, "netns", p.A.NS, "type", "veth", "peer", "name", p.B.Ifname, "netns", p.B.NS},
+		add,
 	}
 	for _, e := range []End{p.A, p.B} {
 		steps = append(steps,
@@ -200,6 +211,43 @@ func LinkShow(ns, ifname string) (string, error) {
 		return "", fmt.Errorf("netns: ip -n %s link show %s: %w: %s", ns, ifname, err, bytes.TrimSpace(out))
 	}
 	return string(out), nil
+}
+
+// SteerTX makes every frame e sends from now on leave on its TX queue q,
+// which veth delivers to RX queue q of the peer: it sets the transmit
+// packet steering (XPS) map of tx-q to every CPU and those of the other
+// queues to none. It applies to sockets that let the kernel pick the queue
+// (Raw does: PACKET_QDISC_BYPASS picks through XPS by the sending CPU).
+// The writes go to the namespace's own sysfs, through `ip netns exec`.
+func (e End) SteerTX(q int) error {
+	possible, err := os.ReadFile("/sys/devices/system/cpu/possible")
+	if err != nil {
+		return fmt.Errorf("netns: steer %s to tx queue %d: %w", e.Ifname, q, err)
+	}
+	// "0-N" (or "0"): a mask of CPUs 0..N.
+	last := 0
+	if _, hi, ok := strings.Cut(strings.TrimSpace(string(possible)), "-"); ok {
+		fmt.Sscan(hi, &last)
+	}
+	all := new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), uint(last+1)), big.NewInt(1))
+	// sysfs wants 32-bit groups separated by commas.
+	hex := all.Text(16)
+	var groups []string
+	for len(hex) > 8 {
+		groups = append([]string{hex[len(hex)-8:]}, groups...)
+		hex = hex[:len(hex)-8]
+	}
+	mask := strings.Join(append([]string{hex}, groups...), ",")
+	script := fmt.Sprintf(`set -e
+q=%d; mask=%s; dir=/sys/class/net/%s/queues
+[ -e "$dir/tx-$q/xps_cpus" ] || { echo "no tx queue $q" >&2; exit 1; }
+for f in "$dir"/tx-*/xps_cpus; do echo 0 > "$f"; done
+echo "$mask" > "$dir/tx-$q/xps_cpus"`, q, mask, e.Ifname)
+	out, err := exec.Command("ip", "netns", "exec", e.NS, "sh", "-c", script).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("netns: steer %s in %s to tx queue %d: %w: %s", e.Ifname, e.NS, q, err, bytes.TrimSpace(out))
+	}
+	return nil
 }
 
 func ip(args ...string) error {
