@@ -52,10 +52,10 @@ func printInfo(info zc.ClusterInfo) {
 	fmt.Printf("cluster %d  gen %d  creator pid %d  %s (%s)  %d bytes  %d buffers x %d bytes  hugepages=%v shared=%v\n",
 		info.ID, info.Generation, info.CreatorPID, info.Path, info.File, info.Size, info.Buffers, info.BufferSize, info.Hugepages, info.Shared)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "queue\tslots\tdepth\tsent\tsent bytes\tdrops\treceived\trecv bytes\tbad\treturned\tbad returns\tproducer\tconsumer\t")
+	fmt.Fprintln(w, "queue\tslots\tdepth\tsent\tsent bytes\tdrops\treceived\trecv bytes\tbad\treturned\tbad returns\trecovered\tproducer\tconsumer\t")
 	for _, q := range info.Queues {
-		fmt.Fprintf(w, "%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n", q.Queue, q.Slots, q.Depth, q.Sent, q.SentBytes,
-			q.Drops, q.Received, q.ReceivedBytes, q.Bad, q.Returned, q.BadReturns, owner(q.Producer, q.ProducerGuest), owner(q.Consumer, q.ConsumerGuest))
+		fmt.Fprintf(w, "%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n", q.Queue, q.Slots, q.Depth, q.Sent, q.SentBytes,
+			q.Drops, q.Received, q.ReceivedBytes, q.Bad, q.Returned, q.BadReturns, q.Recovered, owner(q.Producer, q.ProducerGuest), owner(q.Consumer, q.ConsumerGuest))
 	}
 	w.Flush()
 }
