@@ -160,25 +160,26 @@ func l3(b []byte) int {
 // HashIPPair hashes the source and destination IP addresses, symmetric
 // in direction. Non-IP packets hash to 0.
 func HashIPPair(p *Packet) uint32 {
-	off := l3(p.Data)
-	if off < 0 {
-		return 0
-	}
-	f := parseIP(p.Data, off)
+	f := ipFlow(p.Data)
 	if !f.ok {
 		return 0
 	}
 	return fmix(f.ip)
 }
 
+// ipFlow parses the IP header after Ethernet (and VLAN tags).
+func ipFlow(b []byte) flow {
+	off := l3(b)
+	if off < 0 {
+		return flow{}
+	}
+	return parseIP(b, off)
+}
+
 // Hash5Tuple hashes addresses, protocol and ports, symmetric in
 // direction.
 func Hash5Tuple(p *Packet) uint32 {
-	off := l3(p.Data)
-	if off < 0 {
-		return 0
-	}
-	f := parseIP(p.Data, off)
+	f := ipFlow(p.Data)
 	if !f.ok {
 		return 0
 	}

@@ -1,8 +1,10 @@
 package zc
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/zcfabric/zc/ivshmem"
 )
@@ -91,4 +93,22 @@ func findRegion(id uint32) (*region, error) {
 		return r, nil
 	}
 	return nil, err
+}
+
+// OpenWait is Open that waits up to wait for the cluster to appear (a
+// guest whose region is not plugged yet, an agent still starting),
+// retrying every 50 ms; other errors return at once.
+func OpenWait(ctx context.Context, name string, wait time.Duration, opts ...OpenOption) (*Queue, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		q, err := Open(name, opts...)
+		if err == nil || !errors.Is(err, ErrNotFound) || !time.Now().Before(deadline) {
+			return q, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("zc: attach %s: %w", name, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

@@ -76,7 +76,7 @@ func run() int {
 	if force {
 		opts = append(opts, zc.Force())
 	}
-	q, err := open(ctx, name, wait, opts)
+	q, err := zc.OpenWait(ctx, name, wait, opts...)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "zcount: %v\n", err)
 		return 1
@@ -168,20 +168,4 @@ func run() int {
 		exit = 3
 	}
 	return exit
-}
-
-// open attaches to the queue, waiting for it to appear if asked.
-func open(ctx context.Context, name string, wait time.Duration, opts []zc.OpenOption) (*zc.Queue, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		q, err := zc.Open(name, opts...)
-		if err == nil || !errors.Is(err, zc.ErrNotFound) || time.Now().After(deadline) {
-			return q, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }

@@ -63,7 +63,7 @@ func run() int {
 	if force {
 		opts = append(opts, zc.Force())
 	}
-	q, err := open(ctx, name, wait, opts)
+	q, err := zc.OpenWait(ctx, name, wait, opts...)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "zdump: %v\n", err)
 		return 1
@@ -87,18 +87,6 @@ func run() int {
 		return 1
 	}
 	return 0
-}
-
-// open attaches to the queue, retrying until wait has passed.
-func open(ctx context.Context, name string, wait time.Duration, opts []zc.OpenOption) (*zc.Queue, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		q, err := zc.Open(name, opts...)
-		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
-			return q, err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // dump writes packets of q to w as pcapng until count packets (0: no

@@ -61,16 +61,7 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var q *zc.Queue
-	var err error
-	deadline := time.Now().Add(wait)
-	for {
-		q, err = zc.Open(name, zc.AsProducer())
-		if err == nil || !errors.Is(err, zc.ErrNotFound) || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	q, err := zc.OpenWait(ctx, name, wait, zc.AsProducer())
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "zsend: %v\n", err)
 		return 1
