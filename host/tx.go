@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -45,6 +46,107 @@ type SinkStats struct {
 	TooLong uint64
 	// Full counts Send calls that found the ring full.
 	Full uint64
+	// KernelDrops counts frames the kernel refused from the sink's ring
+	// (AF_XDP tx_invalid_descs; AF_PACKET reports none).
+	KernelDrops uint64
+	// IfTxDropped is the growth of the interface's tx_dropped counter
+	// (/proc/net/dev of the sink's namespace) since the sink opened: frames
+	// the device dropped, whoever sent them. On veth it counts frames the
+	// peer could not take. Zero when unreadable.
+	IfTxDropped uint64
+}
+
+// devCounters reads one interface's line of /proc/net/dev in the network
+// namespace it was opened in (the seq file keeps that namespace).
+type devCounters struct {
+	f    *os.File
+	name string
+	buf  []byte
+	base uint64
+}
+
+func openDevCounters(ifname string) *devCounters {
+	f, err := os.Open("/proc/thread-self/net/dev")
+	if err != nil {
+		return nil
+	}
+	d := &devCounters{f: f, name: ifname, buf: make([]byte, 64<<10)}
+	d.base, _ = d.txDropped()
+	return d
+}
+
+// txDropped returns the interface's tx_dropped counter.
+func (d *devCounters) txDropped() (uint64, error) {
+	n, err := d.f.ReadAt(d.buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return 0, fmt.Errorf("read /proc/net/dev for %s: %w", d.name, err)
+	}
+	for _, line := range strings.Split(string(d.buf[:n]), "\n") {
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(name) != d.name {
+			continue
+		}
+		// rx: bytes packets errs drop fifo frame compressed multicast,
+		// tx: bytes packets errs drop ...
+		f := strings.Fields(rest)
+		if len(f) < 12 {
+			break
+		}
+		return strconv.ParseUint(f[11], 10, 64)
+	}
+	return 0, fmt.Errorf("/proc/net/dev: no interface %s", d.name)
+}
+
+// since returns how much tx_dropped grew since open.
+func (d *devCounters) since() uint64 {
+	if d == nil {
+		return 0
+	}
+	v, err := d.txDropped()
+	if err != nil || v < d.base {
+		return 0
+	}
+	return v - d.base
+}
+
+func (d *devCounters) close() {
+	if d != nil {
+		d.f.Close()
+	}
+}
+
+// PacedSink sends through another Sink at most Rate packets per second:
+// Send takes only what the schedule allows, sleeping (at most 10 ms a
+// call) until the next packet is due. Credit left unused is capped at 32
+// packets, so a stalled sender does not burst afterwards.
+type PacedSink struct {
+	Sink
+	per   float64 // nanoseconds between packets
+	start time.Time
+	next  float64 // when the next packet is due, ns after start
+}
+
+// NewPacedSink wraps s so that it sends at most pps packets per second.
+func NewPacedSink(s Sink, pps float64) *PacedSink {
+	return &PacedSink{Sink: s, per: 1e9 / pps, start: time.Now()}
+}
+
+// Send implements Sink.
+func (p *PacedSink) Send(pkts []zc.Packet) (int, error) {
+	now := float64(time.Since(p.start))
+	if floor := now - 32*p.per; p.next < floor {
+		p.next = floor
+	}
+	if wait := p.next - now; wait > 0 {
+		time.Sleep(time.Duration(min(wait, 10e6)))
+		if now = float64(time.Since(p.start)); p.next > now {
+			return 0, nil
+		}
+	}
+	allowed := int((now-p.next)/p.per) + 1
+	k, err := p.Sink.Send(pkts[:min(len(pkts), allowed)])
+	p.next += float64(k) * p.per
+	return k, err
 }
 
 // OpenSink opens a transmit path in the calling thread's network
@@ -122,6 +224,7 @@ type AFXDPSink struct {
 	descs []afxdp.Desc
 	pidx  []int // packet index of each desc
 	st    SinkStats
+	dev   *devCounters
 }
 
 const (
@@ -142,7 +245,8 @@ func OpenAFXDPSink(ifname string, queue int, bind afxdp.BindMode) (*AFXDPSink, e
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	s := &AFXDPSink{name: name, sock: sock, umem: umem, fsize: sinkFrameSize,
-		free: make([]uint64, 0, sinkFrames), done: make([]uint64, zc.MaxBurst), descs: make([]afxdp.Desc, zc.MaxBurst), pidx: make([]int, zc.MaxBurst)}
+		free: make([]uint64, 0, sinkFrames), done: make([]uint64, zc.MaxBurst), descs: make([]afxdp.Desc, zc.MaxBurst), pidx: make([]int, zc.MaxBurst),
+		dev: openDevCounters(ifname)}
 	for i := sinkFrames - 1; i >= 0; i-- {
 		s.free = append(s.free, uint64(i)*sinkFrameSize)
 	}
@@ -156,7 +260,18 @@ func (s *AFXDPSink) Name() string { return s.name }
 func (s *AFXDPSink) Mode() string { return "AF_XDP " + s.sock.Mode().Bind.String() }
 
 // Stats implements Sink.
-func (s *AFXDPSink) Stats() SinkStats { return s.st }
+func (s *AFXDPSink) Stats() SinkStats {
+	st := s.st
+	if s.sock != nil {
+		if xs, err := s.sock.Stats(); err == nil {
+			st.KernelDrops = xs.TxInvalidDescs
+		}
+	}
+	if s.dev != nil {
+		st.IfTxDropped = s.dev.since()
+	}
+	return st
+}
 
 func (s *AFXDPSink) complete() {
 	for {
@@ -195,6 +310,14 @@ func (s *AFXDPSink) Send(pkts []zc.Packet) (int, error) {
 		for _, d := range s.descs[m:k] {
 			s.free = append(s.free, d.Addr)
 		}
+		// Too-long packets after the first one not queued are handed
+		// back too, so they must not stay counted: the caller offers them
+		// again.
+		for _, p := range pkts[s.pidx[m]:taken] {
+			if len(p.Data) > int(s.fsize) {
+				s.st.TooLong--
+			}
+		}
 		taken = s.pidx[m]
 	}
 	for _, d := range s.descs[:m] {
@@ -218,8 +341,11 @@ func (s *AFXDPSink) Close() error {
 	if s.sock == nil {
 		return nil
 	}
+	s.st = s.Stats()
 	err := s.sock.Close()
 	s.sock = nil
+	s.dev.close()
+	s.dev = nil
 	err = errors.Join(err, unix.Munmap(s.umem))
 	if err != nil {
 		return fmt.Errorf("%s: close: %w", s.name, err)
@@ -234,6 +360,7 @@ type AFPacketSink struct {
 	tx     *afpacket.TX
 	frames [][]byte
 	st     SinkStats
+	dev    *devCounters
 }
 
 // OpenAFPacketSink opens a TX ring on ifname.
@@ -242,7 +369,7 @@ func OpenAFPacketSink(ifname string) (*AFPacketSink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("afpacket:%s: %w", ifname, err)
 	}
-	return &AFPacketSink{name: "afpacket:" + ifname, tx: tx, frames: make([][]byte, 0, zc.MaxBurst)}, nil
+	return &AFPacketSink{name: "afpacket:" + ifname, tx: tx, frames: make([][]byte, 0, zc.MaxBurst), dev: openDevCounters(ifname)}, nil
 }
 
 // Name implements Sink.
@@ -252,7 +379,13 @@ func (s *AFPacketSink) Name() string { return s.name }
 func (s *AFPacketSink) Mode() string { return "AF_PACKET TPACKET_V2" }
 
 // Stats implements Sink.
-func (s *AFPacketSink) Stats() SinkStats { return s.st }
+func (s *AFPacketSink) Stats() SinkStats {
+	st := s.st
+	if s.dev != nil {
+		st.IfTxDropped = s.dev.since()
+	}
+	return st
+}
 
 // Send implements Sink.
 func (s *AFPacketSink) Send(pkts []zc.Packet) (int, error) {
@@ -292,8 +425,11 @@ func (s *AFPacketSink) Close() error {
 	if s.tx == nil {
 		return nil
 	}
+	s.st = s.Stats()
 	err := s.tx.Close()
 	s.tx = nil
+	s.dev.close()
+	s.dev = nil
 	if err != nil {
 		return fmt.Errorf("%s: close: %w", s.name, err)
 	}

@@ -3,6 +3,8 @@ package host
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -209,5 +211,76 @@ func TestBounce(t *testing.T) {
 	t.Logf("bounced %+v; source %+v; sink %+v", st, srcs[0].Stats(), sink.Stats())
 	if st.Packets != total {
 		t.Errorf("bounced %d, want %d", st.Packets, total)
+	}
+}
+
+// TestAFXDPSinkTooLongCountedOnce: with the peer down the TX ring fills;
+// a too-long frame behind the first frame the ring refused is offered
+// again by the caller and must be counted once, not at every offer.
+func TestAFXDPSinkTooLongCountedOnce(t *testing.T) {
+	testgate.NetAdmin(t)
+	p := netns.New(t, netns.Config{})
+	c, err := zc.CreateCluster(zc.Config{ID: 0x7a000000 | rand.Uint32N(1<<24), Queues: 1, QueueLen: 64, Buffers: 256, BufferSize: 4096, Backing: zc.BackingShm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sink := openSink(t, p.A, "afxdp:"+p.A.Ifname+"?mode=copy")
+	if out, err := exec.Command("ip", "-n", p.B.NS, "link", "set", p.B.Ifname, "down").CombinedOutput(); err != nil {
+		t.Fatalf("ip link set down: %v: %s", err, out)
+	}
+	pool := c.Pool()
+	pkts := make([]zc.Packet, 64)
+	if n := pool.Alloc(pkts); n != len(pkts) {
+		t.Fatalf("Alloc = %d", n)
+	}
+	defer pool.Free(pkts)
+	tooLong := 0
+	for i := range pkts {
+		n := 100
+		if i%8 == 7 {
+			n = 2048 + 1 // longer than the sink's 2048-byte frames
+			tooLong++
+		}
+		pkts[i].Data = pkts[i].Data[:cap(pkts[i].Data)]
+		if n > len(pkts[i].Data) {
+			t.Skipf("cluster buffers of %d bytes cannot hold a too-long frame", len(pkts[i].Data))
+		}
+		pkts[i].Data = netns.AppendFrame(pkts[i].Data[:0], p.B.MAC, p.A.MAC, uint32(i), n)
+	}
+	// Offer the burst until the ring refuses part of it, counting what
+	// was taken; then offer the rest again, as sendAll does.
+	var offeredTooLong uint64
+	full := false
+	for round := 0; round < 10000 && !full; round++ {
+		taken, err := sink.Send(pkts)
+		if err != nil && !errors.Is(err, unix.ENETDOWN) && !errors.Is(err, unix.ENXIO) {
+			t.Logf("send: %v", err)
+		}
+		for _, q := range pkts[:taken] {
+			if len(q.Data) > sinkFrameSize {
+				offeredTooLong++
+			}
+		}
+		if taken < len(pkts) {
+			full = true
+			for k := 0; k < 3; k++ { // offer the refused tail again
+				again, _ := sink.Send(pkts[taken:])
+				for _, q := range pkts[taken : taken+again] {
+					if len(q.Data) > sinkFrameSize {
+						offeredTooLong++
+					}
+				}
+				taken += again
+			}
+		}
+	}
+	if !full {
+		t.Skip("the TX ring never filled with the peer down")
+	}
+	st := sink.Stats()
+	t.Logf("stats %+v, too-long frames taken %d", st, offeredTooLong)
+	if st.TooLong != offeredTooLong {
+		t.Fatalf("TooLong = %d, want %d (each too-long frame taken counted once)", st.TooLong, offeredTooLong)
 	}
 }

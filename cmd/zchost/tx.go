@@ -53,6 +53,7 @@ func txCmd(args []string) error {
 	var (
 		in, out  string
 		count    uint64
+		rate     float64
 		interval time.Duration
 		lf       logFlags
 	)
@@ -64,6 +65,7 @@ func txCmd(args []string) error {
 		fs.StringVar(&out, n, "", "`interface` to send out of: afxdp:IF[@Q][?mode=copy|zerocopy], afpacket:IF, zc:IF or IF (AF_XDP, else AF_PACKET)")
 	}
 	fs.Uint64Var(&count, "n", 0, "stop after `count` packets (0: until interrupted)")
+	fs.Float64Var(&rate, "rate", 0, "send at most `pps` packets per second (0: as fast as the ring takes them)")
 	fs.DurationVar(&interval, "stats-interval", time.Second, "print counters this often (0: never)")
 	lf.add(fs)
 	if err := fs.Parse(args); err != nil {
@@ -83,7 +85,10 @@ func txCmd(args []string) error {
 		return err
 	}
 	defer sink.Close()
-	log.Info("transmitting", "from", q.Name(), "to", sink.Name(), "mode", sink.Mode())
+	log.Info("transmitting", "from", q.Name(), "to", sink.Name(), "mode", sink.Mode(), "rate", rate)
+	if rate > 0 {
+		sink = host.NewPacedSink(sink, rate)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	stopStats := statsLoop(log, interval, func() (uint64, uint64, []any) {
@@ -94,7 +99,8 @@ func txCmd(args []string) error {
 	stopStats()
 	s := sink.Stats()
 	log.Info("summary", "pkts", st.Packets, "bytes", st.Bytes, "seconds", st.Elapsed.Seconds(),
-		"pps", uint64(float64(st.Packets)/max(st.Elapsed.Seconds(), 1e-9)), "too_long", s.TooLong, "ring_full", s.Full)
+		"pps", uint64(float64(st.Packets)/max(st.Elapsed.Seconds(), 1e-9)), "sent", s.Packets, "too_long", s.TooLong, "ring_full", s.Full,
+		"kernel_tx_invalid", s.KernelDrops, "if_tx_dropped", s.IfTxDropped)
 	return err
 }
 
@@ -102,6 +108,7 @@ func bounceCmd(args []string) error {
 	var (
 		in, out, bpf string
 		bufferSize   int
+		rate         float64
 		interval     time.Duration
 		lf           logFlags
 	)
@@ -114,6 +121,7 @@ func bounceCmd(args []string) error {
 	}
 	fs.IntVar(&bufferSize, "buffer-size", 2048, "buffer size in `bytes` (2048 or 4096 for AF_XDP)")
 	fs.StringVar(&bpf, "bpf", "", "classic BPF `program` (tcpdump -ddd output): only matching packets are bounced")
+	fs.Float64Var(&rate, "rate", 0, "send at most `pps` packets per second (0: as fast as the ring takes them; the rest wait in the RX ring)")
 	fs.DurationVar(&interval, "stats-interval", time.Second, "print counters this often (0: never)")
 	lf.add(fs)
 	if err := fs.Parse(args); err != nil {
@@ -147,7 +155,10 @@ func bounceCmd(args []string) error {
 		return err
 	}
 	defer sink.Close()
-	log.Info("bouncing", "from", src.Name(), "to", sink.Name(), "tx_mode", sink.Mode())
+	log.Info("bouncing", "from", src.Name(), "to", sink.Name(), "tx_mode", sink.Mode(), "rate", rate)
+	if rate > 0 {
+		sink = host.NewPacedSink(sink, rate)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	stopStats := statsLoop(log, interval, func() (uint64, uint64, []any) {
@@ -156,9 +167,10 @@ func bounceCmd(args []string) error {
 	})
 	st, err := host.Bounce(ctx, src, c.Pool(), sink)
 	stopStats()
-	r := src.Stats()
+	r, s := src.Stats(), sink.Stats()
 	log.Info("summary", "pkts", st.Packets, "bytes", st.Bytes, "seconds", st.Elapsed.Seconds(),
 		"pps", uint64(float64(st.Packets)/max(st.Elapsed.Seconds(), 1e-9)),
-		"rx", r.Packets, "kernel_drops", r.KernelDrops, "filtered", r.Filtered, "too_long", sink.Stats().TooLong)
+		"rx", r.Packets, "kernel_drops", r.KernelDrops, "filtered", r.Filtered, "sent", s.Packets, "too_long", s.TooLong,
+		"kernel_tx_invalid", s.KernelDrops, "if_tx_dropped", s.IfTxDropped)
 	return err
 }
