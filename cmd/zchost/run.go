@@ -44,6 +44,7 @@ type runOpts struct {
 	keep          bool
 	waitConsumers time.Duration
 	shared        bool
+	ctl           bool
 	bpf           string
 	log           logFlags
 }
@@ -79,6 +80,9 @@ func runFlags(o *runOpts) *flag.FlagSet {
 		"gets a region of its own (its own trust domain) holding the listed queues (all if none), filled by one\n"+
 		"counted copy; the guest opens them by the same names, zc:ID@Q. With --shared, or with no -i sources\n"+
 		"(queues fed by producers in the VMs), the VM maps the cluster's own region: zero copy, trusted guests")
+	fs.BoolVar(&o.ctl, "ctl", false, "offer the regions over each VM's zc.ctl control channel (virtio-serial; hot-plugged when the VM\n"+
+		"has none) and plug them when the guest asks (zcguest ctl plug) instead of at start. Without it a zc.ctl\n"+
+		"port the VM has is served too. Either way the guest gets an unplug-notice before an unplug")
 	fs.BoolVar(&o.shared, "shared", false, "put every VM on the cluster's own region (zero copy; only for guests you trust)")
 	fs.DurationVar(&o.interval, "stats-interval", time.Second, "print queue counters this often (0: never)")
 	fs.DurationVar(&o.waitConsumers, "wait-consumers", 0, "before the sources start, wait up to this `long` for every queue to have a consumer attached")
@@ -157,7 +161,11 @@ func runCmd(args []string) error {
 	if err != nil {
 		return fmt.Errorf("%w: --vm: %v", errUsage, err)
 	}
+	exported := make([]bool, o.queues) // queues a VM reads: drained before exit
 	for k, vm := range specs {
+		for _, qi := range vm.queues {
+			exported[qi] = true
+		}
 		target := c
 		if !shared {
 			// The VM's own region: same cluster id and queue numbers, its
@@ -182,17 +190,11 @@ func runCmd(args []string) error {
 			target = vc
 			log.Info("vm region", "vm", vm.path, "path", vc.Path(), "queues", vm.queues, "size", vc.Size())
 		}
-		detach, err := exportVM(ctx, log, vm.path, target)
+		ex, err := newVMExport(ctx, log, vm.path, target, vm.queues, shared, o.ctl)
 		if err != nil {
 			return err
 		}
-		defer func() {
-			dctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-			defer cancel()
-			if err := detach(dctx); err != nil {
-				log.Error("detach", "vm", vm.path, "error", err)
-			}
-		}()
+		defer ex.close()
 	}
 	policy := zc.Drop
 	if o.lossless {
@@ -210,10 +212,22 @@ func runCmd(args []string) error {
 		log.Info("balancing", "mode", mode, "lossless", o.lossless)
 	}
 
-	if o.waitConsumers > 0 && len(sources) > 0 {
-		waitConsumers(ctx, log, c, o.waitConsumers)
+	// The counters of the queues as fed: a queue moved into a VM's own
+	// region counts there.
+	stats := func() []zc.QueueStats {
+		if outs == nil {
+			return c.Stats()
+		}
+		st := make([]zc.QueueStats, len(outs))
+		for i, q := range outs {
+			st[i] = q.Stats()
+		}
+		return st
 	}
-	stopStats := startStats(log, c, sources, o.interval)
+	if o.waitConsumers > 0 && len(sources) > 0 {
+		waitConsumers(ctx, log, stats, o.waitConsumers)
+	}
+	stopStats := startStats(log, stats, o.interval)
 	var st host.EngineStats
 	if len(sources) > 0 {
 		eng := &host.Engine{Pool: c.Pool(), Sources: sources, Balancer: bal,
@@ -229,32 +243,37 @@ func runCmd(args []string) error {
 		log.Info("serving; interrupt to stop")
 		<-ctx.Done()
 	} else {
-		drain(ctx, log, c, bal)
+		drain(ctx, log, stats, exported, bal)
 	}
 	stopStats()
 	var copies uint64
 	if bal != nil {
 		copies = bal.Copies
 	}
-	summary(log, c, sources, st, copies)
+	summary(log, stats, sources, st, copies)
 	return nil
 }
 
-// drain waits until every queue that has a consumer attached is empty
-// (its consumer read everything), or ctx ends.
-func drain(ctx context.Context, log hclog.Logger, c *zc.Cluster, bal *zc.Balancer) {
+// drain waits until every queue that has a consumer attached, or that a
+// VM reads, is empty (its consumer read everything), or ctx ends.
+func drain(ctx context.Context, log hclog.Logger, stats func() []zc.QueueStats, exported []bool, bal *zc.Balancer) {
 	t := time.NewTicker(2 * time.Millisecond)
 	defer t.Stop()
+	said := false
 	for {
 		bal.Reclaim()
-		busy := 0
-		for _, s := range c.Stats() {
-			if s.Consumer != 0 && s.Depth > 0 {
-				busy++
+		var busy []int
+		for i, s := range stats() {
+			if (s.Consumer != 0 || exported[i]) && s.Depth > 0 {
+				busy = append(busy, i)
 			}
 		}
-		if busy == 0 {
+		if len(busy) == 0 {
 			return
+		}
+		if !said {
+			log.Info("sources done; waiting for consumers to drain (interrupt to stop)", "queues", busy)
+			said = true
 		}
 		select {
 		case <-ctx.Done():
@@ -281,7 +300,7 @@ func ivshmemBacking(s string) (zc.Backing, error) {
 
 // startStats logs per-queue counters every interval until the returned
 // function is called.
-func startStats(log hclog.Logger, c *zc.Cluster, sources []host.Source, every time.Duration) func() {
+func startStats(log hclog.Logger, stats func() []zc.QueueStats, every time.Duration) func() {
 	if every <= 0 {
 		return func() {}
 	}
@@ -291,14 +310,14 @@ func startStats(log hclog.Logger, c *zc.Cluster, sources []host.Source, every ti
 		defer close(finished)
 		t := time.NewTicker(every)
 		defer t.Stop()
-		prev := c.Stats()
+		prev := stats()
 		last := time.Now()
 		for {
 			select {
 			case <-done:
 				return
 			case now := <-t.C:
-				cur := c.Stats()
+				cur := stats()
 				secs := now.Sub(last).Seconds()
 				for i, s := range cur {
 					log.Info("queue", "q", i, "sent", s.Sent, "pps", uint64(float64(s.Sent-prev[i].Sent)/secs),
@@ -311,9 +330,9 @@ func startStats(log hclog.Logger, c *zc.Cluster, sources []host.Source, every ti
 	return func() { close(done); <-finished }
 }
 
-func summary(log hclog.Logger, c *zc.Cluster, sources []host.Source, st host.EngineStats, copies uint64) {
+func summary(log hclog.Logger, stats func() []zc.QueueStats, sources []host.Source, st host.EngineStats, copies uint64) {
 	var sent, drops, recv uint64
-	for i, s := range c.Stats() {
+	for i, s := range stats() {
 		log.Info("queue total", "q", i, "sent", s.Sent, "drops", s.Drops, "received", s.Received, "bad_returns", s.BadReturns)
 		sent += s.Sent
 		drops += s.Drops
@@ -369,11 +388,11 @@ func parseVMs(specs []string, nq int, exclusive bool) ([]vmSpec, error) {
 }
 
 // waitConsumers waits until every queue has a consumer attached, up to d.
-func waitConsumers(ctx context.Context, log hclog.Logger, c *zc.Cluster, d time.Duration) {
+func waitConsumers(ctx context.Context, log hclog.Logger, stats func() []zc.QueueStats, d time.Duration) {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		missing := 0
-		for _, s := range c.Stats() {
+		for _, s := range stats() {
 			if s.Consumer == 0 {
 				missing++
 			}
