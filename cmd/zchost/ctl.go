@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host/qmp"
+	"github.com/zcfabric/zc/virtio"
+)
+
+// noticeDeadline is how long zchost waits for a guest's ready after an
+// unplug-notice before it unplugs anyway.
+const noticeDeadline = 5 * time.Second
+
+// errNotOffered is a plug request for a cluster or queue this VM is not
+// offered.
+var errNotOffered = errors.New("not offered to this vm")
+
+// vmExport is one VM zchost run exports a region to: the plug state and,
+// when the VM has a zc.ctl port (or --ctl), the control channel served for
+// it. It implements virtio.Handler.
+type vmExport struct {
+	log     hclog.Logger
+	qmpPath string
+	target  *zc.Cluster
+	queues  []int
+	shared  bool
+
+	mu     sync.Mutex
+	detach func(context.Context) error // nil while not plugged
+	closed bool
+
+	srv    *virtio.Server
+	served chan struct{}
+}
+
+var _ virtio.Handler = (*vmExport)(nil)
+
+// newVMExport exports target to the VM whose QMP socket is qmpPath. With
+// ctl, the region is only offered: the VM gets a zc.ctl port (hot-plugged
+// when it has none) and the guest asks for the plug (zcguest ctl plug).
+// Without ctl the region is plugged now, and a zc.ctl port the VM already
+// has is served too (offers, and unplug-notices before the unplug).
+func newVMExport(ctx context.Context, log hclog.Logger, qmpPath string, target *zc.Cluster, queues []int, shared, ctl bool) (*vmExport, error) {
+	e := &vmExport{log: log, qmpPath: qmpPath, target: target, queues: queues, shared: shared}
+	if !ctl {
+		detach, err := exportVM(ctx, log, qmpPath, target)
+		if err != nil {
+			return nil, err
+		}
+		e.detach = detach
+	}
+	sock, err := ctlSocket(ctx, log, qmpPath, ctl)
+	if err != nil {
+		if ctl {
+			e.close()
+			return nil, err
+		}
+		log.Debug("no control channel", "vm", qmpPath, "error", err)
+		return e, nil
+	}
+	conn, err := dialCtl(ctx, sock)
+	if err != nil {
+		if ctl {
+			e.close()
+			return nil, fmt.Errorf("control channel of vm %s: %w", qmpPath, err)
+		}
+		log.Warn("control channel", "vm", qmpPath, "error", err)
+		return e, nil
+	}
+	e.srv = virtio.NewServer(conn, e)
+	e.srv.Logf = func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...), "vm", qmpPath) }
+	e.served = make(chan struct{})
+	go func() {
+		defer close(e.served)
+		if err := e.srv.Serve(context.Background()); err != nil {
+			log.Warn("control channel closed", "vm", qmpPath, "error", err)
+		}
+	}()
+	log.Info("serving control channel", "vm", qmpPath, "socket", sock, "plug", map[bool]string{true: "on request", false: "done"}[ctl])
+	return e, nil
+}
+
+// ctlSocket returns the unix socket of the VM's zc.ctl port, hot-plugging
+// one (with a socket in a fresh temporary directory) when add is set and
+// the VM has none.
+func ctlSocket(ctx context.Context, log hclog.Logger, qmpPath string, add bool) (string, error) {
+	vm, err := qmp.Dial(ctx, qmpPath)
+	if err != nil {
+		return "", err
+	}
+	defer vm.Close()
+	p, err := vm.FindCtlPort(ctx, virtio.PortName)
+	if err == nil || !add || !errors.Is(err, qmp.ErrNoCtlPort) {
+		return p.Socket, err
+	}
+	dir, err := os.MkdirTemp("", "zcctl-")
+	if err != nil {
+		return "", fmt.Errorf("control port for vm %s: %w", qmpPath, err)
+	}
+	start := time.Now()
+	p, err = vm.AddCtlPort(ctx, virtio.PortName, filepath.Join(dir, "ctl.sock"))
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	log.Info("hot-plugged control port", "vm", qmpPath, "port", p.Name, "socket", p.Socket, "device", p.DevID,
+		"chardev", p.ChardevID, "controller", p.SerialID, "took", time.Since(start))
+	return p.Socket, nil
+}
+
+// dialCtl connects to a chardev socket, retrying briefly: QEMU creates it
+// as it adds the chardev.
+func dialCtl(ctx context.Context, sock string) (net.Conn, error) {
+	var d net.Dialer
+	for i := 0; ; i++ {
+		conn, err := d.DialContext(ctx, "unix", sock)
+		if err == nil || i == 50 {
+			return conn, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Offers implements virtio.Handler: the VM's one cluster.
+func (e *vmExport) Offers(context.Context) ([]virtio.Offer, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return []virtio.Offer{{ID: e.target.ID(), Queues: e.queues, Size: e.target.Size(), Shared: e.shared, Plugged: e.detach != nil}}, nil
+}
+
+// Plug implements virtio.Handler: hot-plug the VM's region unless it is
+// plugged already.
+func (e *vmExport) Plug(ctx context.Context, cluster uint32, queues []int) error {
+	if cluster != e.target.ID() {
+		return fmt.Errorf("plug cluster %d: %w", cluster, errNotOffered)
+	}
+	for _, q := range queues {
+		if !slices.Contains(e.queues, q) {
+			return fmt.Errorf("plug cluster %d queue %d: %w", cluster, q, errNotOffered)
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return fmt.Errorf("plug cluster %d: %w", cluster, zc.ErrGone)
+	}
+	if e.detach != nil {
+		return nil
+	}
+	detach, err := exportVM(ctx, e.log, e.qmpPath, e.target)
+	if err != nil {
+		return err
+	}
+	e.detach = detach
+	return nil
+}
+
+// close notifies the guest (bounded by noticeDeadline) and unplugs the
+// region if plugged, then stops serving the control channel.
+func (e *vmExport) close() {
+	e.mu.Lock()
+	e.closed = true
+	detach := e.detach
+	e.detach = nil
+	e.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), noticeDeadline+15*time.Second)
+	defer cancel()
+	if detach != nil {
+		if e.srv != nil {
+			start := time.Now()
+			err := e.srv.Notify(ctx, e.target.ID(), noticeDeadline)
+			switch {
+			case err == nil:
+				e.log.Info("guest ready for unplug", "vm", e.qmpPath, "took", time.Since(start))
+			case errors.Is(err, virtio.ErrNoListener):
+				e.log.Debug("no guest listens for notices", "vm", e.qmpPath)
+			default:
+				e.log.Warn("unplug notice", "vm", e.qmpPath, "error", err)
+			}
+		}
+		if err := detach(ctx); err != nil {
+			e.log.Error("detach", "vm", e.qmpPath, "error", err)
+		}
+	}
+	if e.srv != nil {
+		e.srv.Close()
+		<-e.served
+	}
+}
