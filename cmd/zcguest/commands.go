@@ -8,8 +8,10 @@ import (
 	"hash/crc32"
 	"io"
 	"math"
+	"os"
 	"time"
 
+	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/guest"
 )
 
@@ -19,6 +21,9 @@ type deviceInfo struct {
 	Size    int64   `json:"size"`
 	Cluster *uint32 `json:"cluster,omitempty"`
 	Error   string  `json:"error,omitempty"`
+	// Queues are the region's queues and counters (zc.Inspect), when the
+	// region is a valid zcfabric region.
+	Queues []zc.QueueStats `json:"queues,omitempty"`
 }
 
 func cmdList(args []string, stdout, stderr io.Writer) error {
@@ -42,6 +47,9 @@ func cmdList(args []string, stdout, stderr io.Writer) error {
 				info.Error = err.Error()
 			case ok:
 				info.Cluster = &id
+				if ci, err := inspect(*sysfs, id); err == nil {
+					info.Queues = ci.Queues
+				}
 			}
 		}
 		infos = append(infos, info)
@@ -63,24 +71,51 @@ func cmdList(args []string, stdout, stderr io.Writer) error {
 			cluster = "(no zcfabric header)"
 		}
 		fmt.Fprintf(stdout, "%-14s %12d  %s\n", i.Addr, i.Size, cluster)
+		for _, q := range i.Queues {
+			fmt.Fprintf(stdout, "    queue %-3d depth %d/%d sent %d drops %d received %d returned %d bad %d producer %d consumer %d\n",
+				q.Queue, q.Depth, q.Slots, q.Sent, q.Drops, q.Received, q.Returned, q.Bad, q.Producer, q.Consumer)
+		}
 	}
 	return nil
 }
 
+// inspect reads cluster id's queue counters through the zc package, which
+// resolves it in this guest's sysfs ($ZC_SYSFS, set to sysfs here).
+func inspect(sysfs string, id uint32) (zc.ClusterInfo, error) {
+	if sysfs != guest.DefaultSysfs {
+		os.Setenv("ZC_SYSFS", sysfs)
+	}
+	return zc.Inspect(id)
+}
+
 func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("wait", "wait -c ID [--timeout D] [--gone] [--sysfs DIR]", stderr)
+	fs := newFlags("wait", "wait -c ID [--timeout D] [--gone [--notice [--on-notice CMD]]] [--sysfs DIR]", stderr)
 	cluster := clusterFlag(fs)
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: wait forever)")
 	gone := fs.Bool("gone", false, "wait until no device carries the cluster instead")
 	poll := fs.Duration("poll", guest.DefaultPoll, "sysfs poll interval")
 	sysfs := fs.String("sysfs", guest.DefaultSysfs, "sysfs root")
+	notice := fs.Bool("notice", false, "with --gone: listen for unplug notices on the zc.ctl control channel meanwhile")
+	onNotice := fs.String("on-notice", "", "with --notice: run this shell `command` on a notice (e.g. to stop readers), then answer ready")
+	dev := fs.String("dev", "/dev", "with --notice: device `dir` holding vportNpM")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *cluster < 0 || *cluster > math.MaxUint32 {
-		fmt.Fprintln(stderr, "-c ID is required (0 to 4294967295)")
+	if *cluster < 0 || *cluster > math.MaxUint32 || (*notice && !*gone) {
+		fmt.Fprintln(stderr, "-c ID is required (0 to 4294967295); --notice needs --gone")
 		fs.Usage()
 		return errUsage
+	}
+	if *notice {
+		cf := ctlFlags{sysfs: *sysfs, dev: *dev, timeout: 30 * time.Second}
+		if *timeout > 0 {
+			cf.timeout = *timeout
+		}
+		stop, err := listenNotices(ctx, cf, uint32(*cluster), *onNotice, stdout, stderr)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	if *timeout > 0 {
 		var cancel context.CancelFunc

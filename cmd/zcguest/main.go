@@ -7,6 +7,8 @@
 //	zcguest list [--sysfs DIR] [--json]
 //	zcguest wait -c ID [--timeout D] [--gone] [--sysfs DIR]
 //	zcguest sum -c ID [--len N] [--json] [--sysfs DIR]
+//	zcguest ctl list [--json] [--timeout D]
+//	zcguest ctl plug -c ID [--queues Q,Q] [--no-wait] [--timeout D]
 //
 // Run "zcguest help" or "zcguest COMMAND -h" for details.
 package main
@@ -38,6 +40,18 @@ Usage:
         (default: all of it). Tests use it to prove the guest sees the bytes
         the host wrote.
 
+  zcguest ctl list [--json] [--timeout D]
+        Ask the host, over the zc.ctl virtio-serial control channel, which
+        clusters it offers to this VM.
+  zcguest ctl plug -c ID [--queues Q,Q] [--no-wait] [--timeout D]
+        Ask the host to plug cluster ID's region; wait until it is visible.
+  zcguest wait -c ID --gone --notice [--on-notice CMD]
+        While waiting, listen on the control channel: print each unplug
+        notice for ID, run CMD (sh -c, e.g. to stop readers), answer ready.
+
+The control channel needs the virtio_console module and a port named zc.ctl
+(/sys/class/virtio-ports/vportNpM/name); zchost run --ctl provides one.
+
 Run "zcguest COMMAND -h" for a command's flags.
 `
 
@@ -60,6 +74,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdWait(ctx, args[1:], stdout, stderr)
 	case "sum":
 		err = cmdSum(args[1:], stdout, stderr)
+	case "ctl":
+		err = cmdCtl(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
