@@ -48,8 +48,8 @@ sleep 1 # let QEMU see the eject before power-off`, i, n, 1-i)))
 		if _, err := vm.Result(ctx, &other); err != nil {
 			t.Fatal(err)
 		}
-		if other.Exit == 0 {
-			t.Errorf("vm %c read a packet of queue %d, which belongs to the other VM", 'A'+i, 1-i)
+		if other.Exit == 0 || other.Exit == 127 {
+			t.Errorf("vm %c: zcount of queue %d, which belongs to the other VM, exited %d (want killed by timeout, having read nothing)", 'A'+i, 1-i, other.Exit)
 		}
 	}
 	if _, err := zchost.wait(ctx); err != nil {
