@@ -282,7 +282,8 @@ for r in $(seq %d); do
 	zcguest wait -c 99 --timeout 60s --poll 2ms || exit 1
 	echo "ZCRESULT $(zcount -i zc:99@0 -n 100 --force --json --interval 0)"
 	zcguest wait -c 99 --gone --timeout 60s --poll 5ms || exit 1
-done`, rounds)), Timeout(3*time.Minute))
+done
+sleep 1 # sysfs drops the device before QEMU completes the unplug: let the host's object-del finish before power-off`, rounds)), Timeout(3*time.Minute))
 	ctx := testCtx(t, 150*time.Second)
 	zchost := h.start(t, h.zchost, "run", "-c", "99", "-i", fmt.Sprintf("gen:len=%d,count=1000000000,rate=20000", frameLen), "-n", "1",
 		"--lossless", "--shared", "--backing", "shm", "--stats-interval", "0", "--vm", vm.QMPPath())
