@@ -157,11 +157,20 @@ func testCapture(t *testing.T, tc captureCase) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	engDone := make(chan error, 1)
+	started := make(chan struct{})
 	go func() {
-		eng := &Engine{Pool: c.Pool(), Sources: srcs, Balancer: bal}
+		eng := &Engine{Pool: c.Pool(), Sources: srcs, Balancer: bal, OnStart: func() { close(started) }}
 		_, err := eng.Run(ctx)
 		engDone <- err
 	}()
+	// Send only once the sources stocked their kernel rings: a frame that
+	// arrives before that is dropped by the kernel (counted), and the
+	// windowed sender below would wait for it forever.
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("engine did not start")
+	}
 	defer func() {
 		cancel()
 		if err := <-engDone; err != nil {
