@@ -12,8 +12,11 @@ need=()
 for p in qemu-system-x86 busybox-static tcpdump netsniff-ng iproute2; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
-if [ ${#need[@]} -gt 0 ]; then
+# vmtest fetches the guest kernel with apt-get download: it needs lists.
+if [ ${#need[@]} -gt 0 ] || [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v -e lock -e partial)" ]; then
   apt-get update -qq
+fi
+if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 go mod download
