@@ -14,7 +14,7 @@ echo "== building zchost, zcount, zsend, zcguest"
 CGO_ENABLED=0 go build -o bin/ ./cmd/zchost ./cmd/zcguest ./examples/zcount ./examples/zsend
 
 export ZC_DIR=$(mktemp -d /dev/shm/zcdemo-XXXX 2>/dev/null || mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$ZC_DIR"' EXIT
+trap 'jobs -p | xargs -r kill 2>/dev/null; rm -rf "$ZC_DIR"' EXIT
 echo "== host demo: zchost run -c 99 -i gen:len=64,count=2000000 -n 2 --lossless"
 bin/zcount -i zc:99@0 --verify --wait 10s > "$ZC_DIR/q0.out" &
 c0=$!
