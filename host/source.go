@@ -92,7 +92,7 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 	if e.OnStart != nil {
 		e.OnStart()
 	}
-	idle := 0
+	var idle idler
 	for nlive > 0 {
 		got := 0
 		for i, s := range e.Sources {
@@ -123,7 +123,7 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 			}
 		}
 		if got > 0 {
-			idle = 0
+			idle.reset()
 			continue
 		}
 		if ctx.Err() != nil {
@@ -133,10 +133,7 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 		if e.OnIdle != nil {
 			e.OnIdle()
 		}
-		idle++
-		if idle > 64 {
-			time.Sleep(min(time.Duration(idle-64)*5*time.Microsecond, 200*time.Microsecond))
-		}
+		idle.wait()
 	}
 	st.Elapsed = time.Since(start)
 	return st, nil

@@ -477,7 +477,7 @@ func TransmitQueue(ctx context.Context, q *zc.Queue, sink Sink, max uint64) (TxS
 	var st TxStats
 	start := time.Now()
 	pkts := make([]zc.Packet, 64)
-	idle := 0
+	var idle idler
 	for max == 0 || st.Packets < max {
 		want := len(pkts)
 		if max > 0 {
@@ -492,15 +492,13 @@ func TransmitQueue(ctx context.Context, q *zc.Queue, sink Sink, max uint64) (TxS
 			if ctx.Err() != nil {
 				break
 			}
-			if idle == 0 {
+			if idle.first() {
 				sink.Flush()
 			}
-			if idle++; idle > 64 {
-				time.Sleep(min(time.Duration(idle-64)*5*time.Microsecond, 200*time.Microsecond))
-			}
+			idle.wait()
 			continue
 		}
-		idle = 0
+		idle.reset()
 		sent, err := sendAll(ctx, sink, pkts[:n])
 		for i := range pkts[:sent] {
 			st.Bytes += uint64(len(pkts[i].Data))
@@ -525,11 +523,11 @@ func Bounce(ctx context.Context, src Source, pool *zc.Pool, sink Sink) (TxStats,
 	var st TxStats
 	start := time.Now()
 	pkts := make([]zc.Packet, 64)
-	idle := 0
+	var idle idler
 	for {
 		n, rerr := src.Recv(pool, pkts)
 		if n > 0 {
-			idle = 0
+			idle.reset()
 			sent, err := sendAll(ctx, sink, pkts[:n])
 			for i := range pkts[:sent] {
 				st.Bytes += uint64(len(pkts[i].Data))
@@ -552,12 +550,10 @@ func Bounce(ctx context.Context, src Source, pool *zc.Pool, sink Sink) (TxStats,
 			if ctx.Err() != nil {
 				break
 			}
-			if idle == 0 {
+			if idle.first() {
 				sink.Flush()
 			}
-			if idle++; idle > 64 {
-				time.Sleep(min(time.Duration(idle-64)*5*time.Microsecond, 200*time.Microsecond))
-			}
+			idle.wait()
 		}
 	}
 	st.Elapsed = time.Since(start)
