@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -45,6 +46,7 @@ type runOpts struct {
 	waitConsumers time.Duration
 	shared        bool
 	ctl           bool
+	cpuprofile    string
 	bpf           string
 	log           logFlags
 }
@@ -86,6 +88,7 @@ func runFlags(o *runOpts) *flag.FlagSet {
 	fs.BoolVar(&o.shared, "shared", false, "put every VM on the cluster's own region (zero copy; only for guests you trust)")
 	fs.DurationVar(&o.interval, "stats-interval", time.Second, "print queue counters this often (0: never)")
 	fs.DurationVar(&o.waitConsumers, "wait-consumers", 0, "before the sources start, wait up to this `long` for every queue to have a consumer attached")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a Go CPU profile of the run to `file` (go tool pprof)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the cluster after the sources end, until interrupted")
 	fs.StringVar(&o.bpf, "bpf", "", "classic BPF `program` applied to every source (tcpdump -ddd output)")
 	o.log.add(fs)
@@ -113,6 +116,17 @@ func runCmd(args []string) error {
 		return fmt.Errorf("%w: -n %d: need at least one queue", errUsage, o.queues)
 	}
 	log := o.log.logger("zchost")
+	if o.cpuprofile != "" {
+		f, err := os.Create(o.cpuprofile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	c, err := zc.CreateCluster(zc.Config{
 		ID: uint32(o.cluster), Queues: o.queues, QueueLen: o.queueLen, BufferSize: o.bufferSize,
