@@ -41,6 +41,7 @@ func ParseHashMode(s string) (HashMode, bool) {
 	return 0, false
 }
 
+// String names the mode as logs print it.
 func (m HashMode) String() string {
 	switch m {
 	case ModeRoundRobin:

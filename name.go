@@ -15,6 +15,7 @@ type Name struct {
 	Queue   uint32
 }
 
+// String formats the name as zc:CLUSTER@QUEUE.
 func (n Name) String() string { return fmt.Sprintf("zc:%d@%d", n.Cluster, n.Queue) }
 
 // ParseName parses "zc:99@0".

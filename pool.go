@@ -108,6 +108,7 @@ func (p *Pool) Free(pkts []Packet) {
 // Empty returns how many Alloc calls found no free buffer.
 func (p *Pool) Empty() uint64 { return p.empty }
 
+// String describes the pool for errors and logs.
 func (p *Pool) String() string {
 	return fmt.Sprintf("pool [%d,+%d) of cluster %d, %d free", p.first, p.count, p.r.l.ClusterID, len(p.free))
 }

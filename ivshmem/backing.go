@@ -30,6 +30,7 @@ const (
 	BackingMemfd
 )
 
+// String names the backing as --backing takes it.
 func (k Backing) String() string {
 	switch k {
 	case BackingShm:

@@ -24,6 +24,7 @@ const (
 	EndConsumer
 )
 
+// String names the end: "producer" or "consumer".
 func (e End) String() string {
 	if e == EndProducer {
 		return "producer"

@@ -43,6 +43,7 @@ type Error struct {
 	Desc string
 }
 
+// Error formats the command, the QMP error class and QEMU's description.
 func (e *Error) Error() string {
 	if e.Class == "" {
 		return fmt.Sprintf("qmp %s: %s", e.Command, e.Desc)
