@@ -2,6 +2,7 @@ package zc
 
 import (
 	"fmt"
+	"path/filepath"
 
 	"github.com/zcfabric/zc/ivshmem"
 )
@@ -90,10 +91,38 @@ func Inspect(id uint32) (ClusterInfo, error) {
 		return ClusterInfo{}, fmt.Errorf("zc: inspect cluster %d: %w", id, err)
 	}
 	defer r.unref()
+	return r.info(id), nil
+}
+
+// InspectVMRegions describes the regions zchost run made for VMs of
+// cluster id (RegionPath(id)+".vmN": a VM's own trust domain).
+func InspectVMRegions(id uint32) ([]ClusterInfo, error) {
+	paths, err := filepath.Glob(RegionPath(id) + ".vm*")
+	if err != nil {
+		return nil, fmt.Errorf("zc: inspect vm regions of cluster %d: %w", id, err)
+	}
+	var out []ClusterInfo
+	for _, p := range paths {
+		m, err := ivshmem.Map(p)
+		if err != nil {
+			continue // gone since the glob
+		}
+		r, err := validate(m, id, ivshmem.SideHost)
+		if err != nil {
+			m.Close()
+			continue
+		}
+		out = append(out, r.info(id))
+		r.unref()
+	}
+	return out, nil
+}
+
+func (r *region) info(id uint32) ClusterInfo {
 	return ClusterInfo{
 		ID: id, Path: r.m.Path, File: r.m.File, Size: r.l.RegionSize, Generation: r.l.Generation,
 		CreatorPID: r.l.CreatorPID, BufferSize: int(r.l.BufSize), Buffers: int(r.l.NumBufs),
 		Hugepages: r.l.Flags&ivshmem.FlagHugepages != 0, Shared: r.l.Flags&ivshmem.FlagShared != 0,
 		Queues: r.stats(),
-	}, nil
+	}
 }

@@ -246,3 +246,20 @@ func TestBalancerCopiesAcrossRegions(t *testing.T) {
 		}
 	}
 }
+
+func TestInspectVMRegions(t *testing.T) {
+	newCluster(t, Config{ID: 24, Queues: 1, QueueLen: 16, Buffers: 32})
+	vm, err := CreateCluster(Config{ID: 24, Queues: 1, QueueLen: 16, Buffers: 32, Backing: BackingShm, Path: RegionPath(24) + ".vm1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	vms, err := InspectVMRegions(24)
+	if err != nil || len(vms) != 1 || vms[0].Path != RegionPath(24)+".vm1" || len(vms[0].Queues) != 1 {
+		t.Fatalf("%+v %v", vms, err)
+	}
+	vm.Close()
+	if vms, _ := InspectVMRegions(24); len(vms) != 0 {
+		t.Fatalf("closed region still listed: %+v", vms)
+	}
+}

@@ -32,14 +32,25 @@ func statsCmd(args []string) error {
 		if err != nil {
 			return err
 		}
+		vms, err := zc.InspectVMRegions(uint32(id))
+		if err != nil {
+			return err
+		}
 		if asJSON {
 			enc := json.NewEncoder(os.Stdout)
 			enc.SetIndent("", "  ")
-			if err := enc.Encode(info); err != nil {
+			if err := enc.Encode(struct {
+				zc.ClusterInfo
+				VMRegions []zc.ClusterInfo `json:"vm_regions,omitempty"`
+			}{info, vms}); err != nil {
 				return err
 			}
 		} else {
 			printInfo(info)
+			for _, v := range vms {
+				fmt.Println()
+				printInfo(v)
+			}
 		}
 		if watch <= 0 {
 			return nil
