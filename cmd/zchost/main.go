@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -107,7 +108,51 @@ func newFlags(name, synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet("zchost "+name, flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: zchost %s %s\n\nFlags:\n", name, synopsis)
-		fs.PrintDefaults()
+		printFlags(fs)
 	}
 	return fs
+}
+
+// printFlags prints a flag set's flags, each alias group (-c and
+// --cluster: same usage, same default) once: "-c, --cluster id".
+func printFlags(fs *flag.FlagSet) {
+	type group struct {
+		names []string
+		f     *flag.Flag
+	}
+	var groups []*group
+	byUsage := map[string]*group{}
+	fs.VisitAll(func(f *flag.Flag) {
+		key := f.Usage + "\x00" + f.DefValue
+		if g, ok := byUsage[key]; ok {
+			g.names = append(g.names, f.Name)
+			return
+		}
+		g := &group{names: []string{f.Name}, f: f}
+		byUsage[key] = g
+		groups = append(groups, g)
+	})
+	w := fs.Output()
+	for _, g := range groups {
+		sort.Slice(g.names, func(i, j int) bool { return len(g.names[i]) < len(g.names[j]) })
+		var names []string
+		for _, n := range g.names {
+			if len(n) == 1 {
+				names = append(names, "-"+n)
+			} else {
+				names = append(names, "--"+n)
+			}
+		}
+		arg, usage := flag.UnquoteUsage(g.f)
+		line := "  " + strings.Join(names, ", ")
+		if arg != "" {
+			line += " " + arg
+		}
+		fmt.Fprintln(w, line)
+		usage = strings.ReplaceAll(usage, "\n", "\n    \t")
+		if d := g.f.DefValue; d != "" && d != "false" && d != "0" && d != "0s" && d != "[]" {
+			usage += fmt.Sprintf(" (default %s)", d)
+		}
+		fmt.Fprintf(w, "    \t%s\n", usage)
+	}
 }
