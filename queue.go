@@ -23,6 +23,7 @@ type Queue struct {
 	// consumer end
 	in   *ivshmem.RingConsumer // data ring
 	back *ivshmem.RingProducer // return ring
+	held []uint64              // bitmap: buffers received and not released yet
 
 	// producer end
 	out         *ivshmem.RingProducer // data ring
@@ -63,6 +64,7 @@ func (r *region) attach(q uint32, end ivshmem.End, force bool) (*Queue, error) {
 		if err == nil {
 			qu.back, err = ivshmem.NewRingProducer(r.b, ql.RetRing, ql.Slots)
 		}
+		qu.held = make([]uint64, (r.l.NumBufs+63)/64)
 		if replaced {
 			// The previous consumer went away without detaching: ask a
 			// live producer to take back what it held.
@@ -185,6 +187,7 @@ func (q *Queue) RecvBurst(pkts []Packet) (int, error) {
 			continue
 		}
 		bytes += uint64(len(pkts[k].Data))
+		q.held[h/64] |= 1 << (h % 64)
 		k++
 	}
 	q.in.Add(ivshmem.CountPackets, uint64(k))
@@ -213,8 +216,21 @@ func (q *Queue) Release(pkts ...Packet) error {
 	return nil
 }
 
-// releaseHandles pushes handles onto the return ring.
+// releaseHandles pushes handles onto the return ring. Only buffers this
+// end holds go back (once): a double or stray release is an error and
+// sends nothing for that handle.
 func (q *Queue) releaseHandles(hs []uint32) error {
+	ok := hs[:0]
+	stray := 0
+	for _, h := range hs {
+		if h >= q.r.l.NumBufs || q.held[h/64]&(1<<(h%64)) == 0 {
+			stray++
+			continue
+		}
+		q.held[h/64] &^= 1 << (h % 64)
+		ok = append(ok, h)
+	}
+	hs = ok
 	k, err := q.back.Enqueue(hs)
 	if err != nil {
 		return q.fail("release", err)
@@ -224,6 +240,9 @@ func (q *Queue) releaseHandles(hs []uint32) error {
 		// The producer counts what it lent and never lends more than the
 		// return ring holds: only a broken producer gets here.
 		return q.fail("release", fmt.Errorf("%w: return ring full", ErrCorrupt))
+	}
+	if stray > 0 {
+		return fmt.Errorf("zc: release on %s: %d packets not held (released twice, or not received here)", q.Name(), stray)
 	}
 	return nil
 }
@@ -446,16 +465,32 @@ func (q *Queue) Send(data []byte) error {
 // consumer (in the ring, held, or on their way back).
 func (q *Queue) Outstanding() int { return int(q.outstanding) }
 
-// Close detaches this end of the queue. A producer's buffers still out on
-// loan stay with the consumer.
+// Close detaches this end of the queue. A consumer gives back the packets
+// it still holds (they must not be used after Close); a producer's
+// buffers still out on loan stay with the consumer.
 func (q *Queue) Close() error {
 	if q.closed {
 		return nil
 	}
-	q.closed = true
 	if q.r.l.Check(q.r.b) == nil {
+		if q.held != nil && q.err == nil {
+			var hs []uint32
+			for w, bitsw := range q.held {
+				for bitsw != 0 {
+					b := uint32(bits.TrailingZeros64(bitsw))
+					bitsw &^= 1 << b
+					hs = append(hs, uint32(w)*64+b)
+				}
+			}
+			for len(hs) > 0 && q.err == nil {
+				n := min(len(hs), MaxBurst)
+				q.releaseHandles(hs[:n])
+				hs = hs[n:]
+			}
+		}
 		q.r.unclaim(q.id, q.end)
 	}
+	q.closed = true
 	return q.r.unref()
 }
 

@@ -189,7 +189,16 @@ func TestBadReturnsCounted(t *testing.T) {
 	cons.RecvBurst(got)
 	forged := got[0]
 	forged.handle = 5 // never lent
-	cons.Release(got[0], got[0], forged)
+	// The API refuses a double or stray release and sends nothing for it...
+	if err := cons.Release(got[0], got[0], forged); err == nil {
+		t.Fatal("double and stray release accepted")
+	}
+	// ...so play the hostile consumer on the return ring itself: the
+	// same handle again, and one that was never lent.
+	hostile := []uint32{got[0].handle, 5}
+	if n, err := cons.back.Enqueue(hostile); n != 2 || err != nil {
+		t.Fatal(n, err)
+	}
 	c.Pool().Reclaim() // reclaiming is lazy: force it
 	st := prod.Stats()
 	if st.Reclaimed != 1 || st.BadReturns != 2 {
@@ -268,5 +277,31 @@ func TestRecoverDeadConsumersBuffers(t *testing.T) {
 	st := prod.Stats()
 	if st.Recovered != 12 || prod.Outstanding() != 0 || c.Pool().Len() != 64 {
 		t.Fatalf("recovered %d, outstanding %d, pool %d free", st.Recovered, prod.Outstanding(), c.Pool().Len())
+	}
+}
+
+// TestCloseReleasesHeld: a consumer that closes while holding packets gives
+// them back; nothing leaks and nothing needs recovering.
+func TestCloseReleasesHeld(t *testing.T) {
+	c := newCluster(t, Config{ID: 17, Queues: 1, QueueLen: 16, Buffers: 32})
+	prod := mustQ(t)(c.Producer(0))
+	cons, err := c.Consumer(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		prod.Send([]byte{byte(i)})
+	}
+	got := make([]Packet, 6)
+	if n, _ := cons.RecvBurst(got); n != 6 {
+		t.Fatalf("got %d", n)
+	}
+	if err := cons.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c.Pool().Reclaim()
+	st := prod.Stats()
+	if st.Returned != 6 || prod.Outstanding() != 4 || st.Recovered != 0 {
+		t.Fatalf("returned %d outstanding %d recovered %d", st.Returned, prod.Outstanding(), st.Recovered)
 	}
 }
