@@ -33,6 +33,10 @@ var (
 	ErrExists = errors.New("cluster exists")
 	// ErrBadName: a queue name is not of the form zc:CLUSTER@QUEUE.
 	ErrBadName = errors.New("bad queue name")
+	// ErrNotHeld: Release of a packet this consumer does not hold
+	// (released twice, received elsewhere, or a handle a broken producer
+	// delivered twice in one burst); nothing is returned for it.
+	ErrNotHeld = errors.New("packet not held")
 	// ErrWrongEnd: the call needs the other end of the queue (Recv on a
 	// producer, Send on a consumer).
 	ErrWrongEnd = errors.New("wrong end of the queue")

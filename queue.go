@@ -242,7 +242,7 @@ func (q *Queue) releaseHandles(hs []uint32) error {
 		return q.fail("release", fmt.Errorf("%w: return ring full", ErrCorrupt))
 	}
 	if stray > 0 {
-		return fmt.Errorf("zc: release on %s: %d packets not held (released twice, or not received here)", q.Name(), stray)
+		return fmt.Errorf("zc: release on %s: %w: %d packets (released twice, or not received here)", q.Name(), ErrNotHeld, stray)
 	}
 	return nil
 }
