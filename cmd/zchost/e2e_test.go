@@ -2,14 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/zcfabric/zc"
 )
 
 // build compiles the agent and zcount once per test binary.
@@ -174,5 +178,51 @@ func TestParseVMs(t *testing.T) {
 	}
 	if _, err := parseVMs([]string{"/a.qmp=5"}, 2, true); err == nil {
 		t.Fatal("queue out of range accepted")
+	}
+}
+
+// TestDrainGivesUpOnStalledConsumer: a consumer that attaches and never
+// reads (a stuck process, a hostile guest) cannot hold zchost at the end
+// of its sources: after --drain-timeout without progress it exits,
+// saying how many packets were left.
+func TestDrainGivesUpOnStalledConsumer(t *testing.T) {
+	bin := binaries(t)
+	env := shmEnv(t)
+	var dir string
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "ZC_DIR="); ok {
+			dir = v
+		}
+	}
+	t.Setenv("ZC_DIR", dir)
+	id := strconv.Itoa(45000 + os.Getpid()%10000)
+	agent := exec.Command(filepath.Join(bin, "zchost"), "run", "-c", id, "-i", "gen:len=64,count=1000", "-n", "1",
+		"--backing", "shm", "--stats-interval", "0", "--wait-consumers", "20s", "--drain-timeout", "300ms")
+	agent.Env = env
+	var alog bytes.Buffer
+	agent.Stdout, agent.Stderr = &alog, &alog
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer agent.Process.Kill()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	q, err := zc.OpenWait(ctx, "zc:"+id+"@0", 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	done := make(chan error, 1)
+	go func() { done <- agent.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("zchost: %v\n%s", err, alog.String())
+		}
+	case <-ctx.Done():
+		t.Fatalf("zchost still waiting for a consumer that reads nothing\n%s", alog.String())
+	}
+	if !strings.Contains(alog.String(), "consumers stopped reading") || !strings.Contains(alog.String(), "packets_left=1000") {
+		t.Fatalf("no warning about the undelivered packets:\n%s", alog.String())
 	}
 }

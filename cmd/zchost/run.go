@@ -47,6 +47,7 @@ type runOpts struct {
 	shared        bool
 	ctl           bool
 	cpuprofile    string
+	drainTimeout  time.Duration
 	bpf           string
 	log           logFlags
 }
@@ -89,6 +90,7 @@ func runFlags(o *runOpts) *flag.FlagSet {
 	fs.DurationVar(&o.interval, "stats-interval", time.Second, "print queue counters this often (0: never)")
 	fs.DurationVar(&o.waitConsumers, "wait-consumers", 0, "before the sources start, wait up to this `long` for every queue to have a consumer attached")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a Go CPU profile of the run to `file` (go tool pprof)")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", 10*time.Second, "after the sources end, give up waiting for consumers that read nothing for this `long`")
 	fs.BoolVar(&o.keep, "keep", false, "keep the cluster after the sources end, until interrupted")
 	fs.StringVar(&o.bpf, "bpf", "", "classic BPF `program` applied to every source (tcpdump -ddd output)")
 	o.log.add(fs)
@@ -257,7 +259,7 @@ func runCmd(args []string) error {
 		log.Info("serving; interrupt to stop")
 		<-ctx.Done()
 	} else {
-		drain(ctx, log, stats, exported, bal)
+		drain(ctx, log, stats, exported, bal, o.drainTimeout)
 	}
 	stopStats()
 	var copies uint64
@@ -270,19 +272,34 @@ func runCmd(args []string) error {
 
 // drain waits until every queue that has a consumer attached, or that a
 // VM reads, is empty (its consumer read everything), or ctx ends.
-func drain(ctx context.Context, log hclog.Logger, stats func() []zc.QueueStats, exported []bool, bal *zc.Balancer) {
+// A consumer that stops reading (stuck, or a hostile guest) cannot hold
+// the agent: after stall with no packet read from any waiting queue it
+// gives up, saying how many packets were left.
+func drain(ctx context.Context, log hclog.Logger, stats func() []zc.QueueStats, exported []bool, bal *zc.Balancer, stall time.Duration) {
 	t := time.NewTicker(2 * time.Millisecond)
 	defer t.Stop()
 	said := false
+	var lastRead uint64
+	lastProgress := time.Now()
 	for {
 		bal.Reclaim()
 		var busy []int
+		var read uint64
+		left := 0
 		for i, s := range stats() {
-			if (s.Consumer != 0 || exported[i]) && s.Depth > 0 {
+			if (s.Consumer != 0 || exported[i]) && s.Depth != 0 {
 				busy = append(busy, i)
+				read += s.Received
+				left += s.Depth
 			}
 		}
 		if len(busy) == 0 {
+			return
+		}
+		if read != lastRead {
+			lastRead, lastProgress = read, time.Now()
+		} else if time.Since(lastProgress) > stall {
+			log.Warn("consumers stopped reading; leaving packets undelivered", "queues", busy, "packets_left", left, "stalled_for", stall)
 			return
 		}
 		if !said {
