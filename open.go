@@ -68,8 +68,78 @@ func Open(name string, opts ...OpenOption) (*Queue, error) {
 			return nil, fmt.Errorf("zc: attach %s as producer: %w: the queue has no buffers of its own (create the cluster with queue buffers, zchost --queue-buffers)", name, ErrNoBuffers)
 		}
 		q.setSource(newPool(r, ql.PoolFirst, ql.PoolCount))
+		q.adoptInFlight(AdoptWait)
 	}
 	return q, nil
+}
+
+// AdoptWait bounds how long a producer attaching to a queue that an
+// earlier producer used waits for the consumer to give back the buffers
+// it still holds from then.
+const AdoptWait = time.Second
+
+// adoptInFlight makes a producer that replaces an earlier one (zsend
+// restarted) safe against reusing a buffer the consumer still reads.
+// The earlier producer's loans are counted in the region: sent minus
+// reclaimed. Those still in the data ring are taken over as this
+// producer's loans; the rest are held by the consumer or on their way
+// back, and the producer waits (at most wait) until that many came back
+// on the return ring before it allocates anything. A consumer that
+// never returns them (or counters a hostile peer wrote) only delays
+// this queue's producer; after wait it goes on.
+func (q *Queue) adoptInFlight(wait time.Duration) {
+	p := q.Pool()
+	sent, reclaimed := q.out.Counter(ivshmem.CountPackets), q.ret.Counter(ivshmem.CountPackets)
+	if p == nil || sent <= reclaimed {
+		return
+	}
+	unknown := min(sent-reclaimed, uint64(q.slots))
+	taken := map[uint32]bool{}
+	q.out.InRing(func(h uint32) {
+		if h-p.first < p.count && !taken[h] {
+			taken[h] = true
+			p.ref[h-p.first] = 1
+			q.lent[h/64] |= 1 << (h % 64)
+			q.outstanding++
+		}
+	})
+	if len(taken) > 0 {
+		free := p.free[:0]
+		for _, h := range p.free {
+			if !taken[h] {
+				free = append(free, h)
+			}
+		}
+		p.free = free
+	}
+	unknown -= min(unknown, uint64(len(taken)))
+	deadline := time.Now().Add(wait)
+	for unknown > 0 && time.Now().Before(deadline) {
+		n, err := q.ret.Dequeue(q.hs)
+		if err != nil {
+			q.fail("adopt", err)
+			return
+		}
+		good := q.hs[:0]
+		for _, h := range q.hs[:n] {
+			if h < q.r.l.NumBufs && q.lent[h/64]&(1<<(h%64)) != 0 {
+				good = append(good, h) // one of the ring's, taken over above
+				continue
+			}
+			unknown -= min(unknown, 1) // an earlier loan: already free here
+		}
+		if len(good) > 0 {
+			for _, h := range good {
+				q.lent[h/64] &^= 1 << (h % 64)
+			}
+			q.outstanding -= uint32(len(good))
+			q.src.put(good)
+		}
+		q.ret.Add(ivshmem.CountPackets, uint64(n))
+		if n == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
 }
 
 func findRegion(id uint32) (*region, error) {

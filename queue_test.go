@@ -305,3 +305,67 @@ func TestCloseReleasesHeld(t *testing.T) {
 		t.Fatalf("returned %d outstanding %d recovered %d", st.Returned, prod.Outstanding(), st.Recovered)
 	}
 }
+
+// TestProducerReattachAdoptsInFlight: a producer that replaces an earlier
+// one (zsend restarted) must not hand out a buffer the consumer still
+// reads: the ones still queued are taken over as its own loans, and it
+// waits for the consumer to give back the ones it holds.
+func TestProducerReattachAdoptsInFlight(t *testing.T) {
+	newCluster(t, Config{ID: 18, Queues: 1, QueueLen: 16, Buffers: 8, QueueBuffers: 16})
+	first, err := Open("zc:18@0", AsProducer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons := mustQ(t)(Open("zc:18@0"))
+	for i := range 10 {
+		if err := first.Send([]byte{byte(i), byte(i), byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := make([]Packet, 6)
+	if n, _ := cons.RecvBurst(held); n != 6 {
+		t.Fatalf("received %d", n)
+	}
+	first.Close() // the producer goes away with 10 buffers out
+	released := make(chan struct{})
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		for i := range held {
+			if held[i].Data[0] != byte(i) || held[i].Data[2] != byte(i) {
+				t.Errorf("held packet %d overwritten: %v", i, held[i].Data)
+			}
+		}
+		cons.Release(held...)
+		close(released)
+	}()
+	second := mustQ(t)(Open("zc:18@0", AsProducer()))
+	<-released // Open waited for the held ones to come back
+	// Fill every buffer the new producer will give out with garbage.
+	pkts := make([]Packet, 16)
+	n, _ := second.Alloc(pkts)
+	if n != 12 {
+		t.Fatalf("new producer has %d free buffers, want 16-4 in the ring", n)
+	}
+	for i := range pkts[:n] {
+		for j := range pkts[i].Data {
+			pkts[i].Data[j] = 0xff
+		}
+	}
+	second.Free(pkts[:n])
+	// The four still queued from the first producer arrive intact.
+	got := make([]Packet, 8)
+	k, _ := cons.RecvBurst(got)
+	if k != 4 {
+		t.Fatalf("received %d of the 4 left", k)
+	}
+	for i := range got[:k] {
+		if want := byte(6 + i); got[i].Data[0] != want || got[i].Data[2] != want {
+			t.Fatalf("queued packet %d overwritten: %v", 6+i, got[i].Data[:3])
+		}
+	}
+	cons.Release(got[:k]...)
+	second.Pool().Reclaim()
+	if second.Outstanding() != 0 || second.Pool().Len() != 16 {
+		t.Fatalf("outstanding %d, free %d", second.Outstanding(), second.Pool().Len())
+	}
+}
