@@ -100,6 +100,12 @@
 // the producer then leaves the queue alone. A guest can only make its
 // own queue's producer recover buffers early: its own loss.
 //
+// A producer that attaches in place of an earlier one (a restarted zsend)
+// reads the earlier one's loans from the counters (sent minus
+// reclaimed): it takes over those still in the data ring and waits,
+// bounded, until the rest came back on the return ring before it
+// allocates, so it never hands out a buffer the consumer still reads.
+//
 // # Publication order
 //
 // Producer: write the packet into the buffer, then its metadata record,
