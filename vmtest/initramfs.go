@@ -54,6 +54,10 @@ mkdir -p /dev/shm /tmp && mount -t tmpfs tmpfs /dev/shm
 	b.WriteString(r.script)
 	b.WriteString("\n)\n")
 	fmt.Fprintf(&b, "echo \"%s $?\"\n", ExitMarker)
+	// The guest's sysfs drops an unplugged device before QEMU completes
+	// the unplug: a script that ends on "the device is gone" must not
+	// power the VM off under the host's object-del.
+	b.WriteString("sleep 1\n")
 	b.WriteString("poweroff -f\n")
 	return b.String()
 }
