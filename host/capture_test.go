@@ -140,43 +140,8 @@ func testCapture(t *testing.T, tc captureCase) {
 		}
 	}
 
-	prod, err := c.Producer(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
-	bal, err := zc.NewBalancer([]*zc.Queue{prod}, zc.ModeRoundRobin, nil, zc.Wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := zc.Open(fmt.Sprintf("zc:%d@0", c.ID()))
-	if err != nil {
-		t.Fatalf("zc.Open: %v", err)
-	}
-	defer cons.Close()
-
-	ctx, cancel := context.WithCancel(context.Background())
-	engDone := make(chan error, 1)
-	started := make(chan struct{})
-	go func() {
-		eng := &Engine{Pool: c.Pool(), Sources: srcs, Balancer: bal, OnStart: func() { close(started) }}
-		_, err := eng.Run(ctx)
-		engDone <- err
-	}()
-	// Send only once the sources stocked their kernel rings: a frame that
-	// arrives before that is dropped by the kernel (counted), and the
-	// windowed sender below would wait for it forever.
-	select {
-	case <-started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("engine did not start")
-	}
-	defer func() {
-		cancel()
-		if err := <-engDone; err != nil {
-			t.Errorf("engine: %v", err)
-		}
-	}()
+	cons, stopEngine := startEngine(t, c, srcs)
+	defer stopEngine()
 
 	tx, err := p.B.OpenRaw(netns.EtherType)
 	if err != nil {
@@ -289,4 +254,52 @@ func testCapture(t *testing.T, tc captureCase) {
 	case st.Filtered != 0:
 		t.Errorf("Filtered = %d, want 0", st.Filtered)
 	}
+}
+
+// startEngine runs an Engine over srcs into queue 0 of c (lossless,
+// round-robin), attaches a consumer to that queue, and returns once the
+// sources stocked their kernel rings: a frame that arrives before that
+// is dropped by the kernel (counted), and the windowed senders of these
+// tests would wait for it forever. stop ends the engine and reports its
+// error; it may be called more than once.
+func startEngine(t *testing.T, c *zc.Cluster, srcs []Source) (cons *zc.Queue, stop func()) {
+	t.Helper()
+	prod, err := c.Producer(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prod.Close() })
+	bal, err := zc.NewBalancer([]*zc.Queue{prod}, zc.ModeRoundRobin, nil, zc.Wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err = zc.Open(fmt.Sprintf("zc:%d@0", c.ID()))
+	if err != nil {
+		t.Fatalf("zc.Open: %v", err)
+	}
+	t.Cleanup(func() { cons.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	engDone := make(chan error, 1)
+	started := make(chan struct{})
+	go func() {
+		eng := &Engine{Pool: c.Pool(), Sources: srcs, Balancer: bal, OnStart: func() { close(started) }}
+		_, err := eng.Run(ctx)
+		engDone <- err
+	}()
+	stop = func() {
+		if cancel != nil {
+			cancel()
+			cancel = nil
+			if err := <-engDone; err != nil {
+				t.Errorf("engine: %v", err)
+			}
+		}
+	}
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		stop()
+		t.Fatal("engine did not start")
+	}
+	return cons, stop
 }

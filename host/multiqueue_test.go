@@ -1,8 +1,6 @@
 package host
 
 import (
-	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -82,39 +80,8 @@ func testQueues(t *testing.T, specs []string, phases []phase) {
 		t.Errorf("%d XDP programs attached, want 1:\n%s", n, out)
 	}
 
-	prod, err := c.Producer(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
-	bal, err := zc.NewBalancer([]*zc.Queue{prod}, zc.ModeRoundRobin, nil, zc.Wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := zc.Open(fmt.Sprintf("zc:%d@0", c.ID()))
-	if err != nil {
-		t.Fatalf("zc.Open: %v", err)
-	}
-	defer cons.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	engDone := make(chan error, 1)
-	started := make(chan struct{})
-	go func() {
-		eng := &Engine{Pool: c.Pool(), Sources: srcs, Balancer: bal, OnStart: func() { close(started) }}
-		_, err := eng.Run(ctx)
-		engDone <- err
-	}()
-	stopEngine := func() {
-		if cancel != nil {
-			cancel()
-			cancel = nil
-			if err := <-engDone; err != nil {
-				t.Errorf("engine: %v", err)
-			}
-		}
-	}
+	cons, stopEngine := startEngine(t, c, srcs)
 	defer stopEngine()
-	<-started
 
 	tx, err := p.B.OpenRaw(netns.EtherType)
 	if err != nil {
