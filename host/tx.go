@@ -478,6 +478,7 @@ func TransmitQueue(ctx context.Context, q *zc.Queue, sink Sink, max uint64) (TxS
 	start := time.Now()
 	pkts := make([]zc.Packet, 64)
 	var idle idler
+	done := ctx.Done()
 	for max == 0 || st.Packets < max {
 		want := len(pkts)
 		if max > 0 {
@@ -489,21 +490,13 @@ func TransmitQueue(ctx context.Context, q *zc.Queue, sink Sink, max uint64) (TxS
 			return st, fmt.Errorf("tx: %s: %w", q.Name(), err)
 		}
 		if n == 0 {
-			if ctx.Err() != nil {
+			if !idleFlush(done, sink, &idle) {
 				break
 			}
-			if idle.first() {
-				sink.Flush()
-			}
-			idle.wait()
 			continue
 		}
 		idle.reset()
-		sent, err := sendAll(ctx, sink, pkts[:n])
-		for i := range pkts[:sent] {
-			st.Bytes += uint64(len(pkts[i].Data))
-		}
-		st.Packets += uint64(sent)
+		err = st.send(ctx, sink, pkts[:n])
 		if rerr := q.Release(pkts[:n]...); rerr != nil && err == nil {
 			err = fmt.Errorf("tx: release to %s: %w", q.Name(), rerr)
 		}
@@ -524,15 +517,12 @@ func Bounce(ctx context.Context, src Source, pool *zc.Pool, sink Sink) (TxStats,
 	start := time.Now()
 	pkts := make([]zc.Packet, 64)
 	var idle idler
+	done := ctx.Done()
 	for {
 		n, rerr := src.Recv(pool, pkts)
 		if n > 0 {
 			idle.reset()
-			sent, err := sendAll(ctx, sink, pkts[:n])
-			for i := range pkts[:sent] {
-				st.Bytes += uint64(len(pkts[i].Data))
-			}
-			st.Packets += uint64(sent)
+			err := st.send(ctx, sink, pkts[:n])
 			pool.Free(pkts[:n])
 			if err != nil {
 				st.Elapsed = time.Since(start)
@@ -546,16 +536,37 @@ func Bounce(ctx context.Context, src Source, pool *zc.Pool, sink Sink) (TxStats,
 			st.Elapsed = time.Since(start)
 			return st, fmt.Errorf("bounce: %s: %w", src.Name(), rerr)
 		}
-		if n == 0 {
-			if ctx.Err() != nil {
-				break
-			}
-			if idle.first() {
-				sink.Flush()
-			}
-			idle.wait()
+		if n == 0 && !idleFlush(done, sink, &idle) {
+			break
 		}
 	}
 	st.Elapsed = time.Since(start)
 	return st, sink.Flush()
+}
+
+// send sends pkts through sink (waiting while it is full) and counts
+// what went.
+func (st *TxStats) send(ctx context.Context, sink Sink, pkts []zc.Packet) error {
+	sent, err := sendAll(ctx, sink, pkts)
+	for i := range pkts[:sent] {
+		st.Bytes += uint64(len(pkts[i].Data))
+	}
+	st.Packets += uint64(sent)
+	return err
+}
+
+// idleFlush is a TX loop's idle step: it reports false once done is
+// closed; otherwise it flushes what the sink batched (on the first idle
+// poll) and paces the loop.
+func idleFlush(done <-chan struct{}, sink Sink, idle *idler) bool {
+	select {
+	case <-done:
+		return false
+	default:
+	}
+	if idle.first() {
+		sink.Flush()
+	}
+	idle.wait()
+	return true
 }
