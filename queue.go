@@ -32,6 +32,7 @@ type Queue struct {
 	pool        *Pool    // the queue's own pool, when it has one
 	outstanding uint32   // buffers lent to the consumer
 	lent        []uint64 // bitmap, one bit per buffer of the region: lent on this queue
+	keep        []uint64 // scratch for recoverIfAsked
 	slots       uint32
 
 	hsEpoch    uint32    // consumer: the attach epoch it waits on
@@ -555,7 +556,13 @@ func (q *Queue) recoverIfAsked() {
 	done := v&^ivshmem.HSStateMask | ivshmem.HSDone
 	defer func() { q.r.l.SetHandshake(q.r.b, q.id, done); q.hsSeen = done }()
 	q.reclaimReturns()
-	keep := make([]uint64, len(q.lent))
+	// Scratch kept across recoveries: a guest that keeps asking costs the
+	// host a scan, not garbage.
+	if q.keep == nil {
+		q.keep = make([]uint64, len(q.lent))
+	}
+	keep := q.keep
+	clear(keep)
 	if err := q.out.InRing(func(h uint32) {
 		if h < q.r.l.NumBufs {
 			keep[h/64] |= 1 << (h % 64)
@@ -564,17 +571,23 @@ func (q *Queue) recoverIfAsked() {
 		q.fail("recover", err)
 		return
 	}
-	var got []uint32
+	got, total := q.hs[:0], 0
 	for w := range q.lent {
 		stale := q.lent[w] &^ keep[w]
 		for stale != 0 {
 			bit := uint32(bits.TrailingZeros64(stale))
 			stale &^= 1 << bit
 			got = append(got, uint32(w)*64+bit)
+			if len(got) == cap(got) {
+				q.src.put(got)
+				total += len(got)
+				got = got[:0]
+			}
 		}
 		q.lent[w] &= keep[w]
 	}
-	q.outstanding -= uint32(len(got))
 	q.src.put(got)
-	q.ret.Add(ivshmem.CountBytes, uint64(len(got)))
+	total += len(got)
+	q.outstanding -= uint32(total)
+	q.ret.Add(ivshmem.CountBytes, uint64(total))
 }
