@@ -4,6 +4,8 @@ import (
 	"context"
 	"runtime"
 	"testing"
+
+	"github.com/zcfabric/zc/internal/cpuset"
 )
 
 // BenchmarkBalancer balances b.N 64-byte frames by IP pair over two
@@ -27,7 +29,7 @@ func benchBalancer(b *testing.B) {
 		b.Fatal(err)
 	}
 	total := b.N
-	runPair(b, func() {
+	cpuset.RunPair(b, "pkts/s", func() {
 		pkts := make([]Packet, 32)
 		for seq := 0; seq < total; {
 			n := c.Pool().Alloc(pkts[:min(32, total-seq)])
@@ -66,7 +68,7 @@ func benchBalancerChan(b *testing.B) {
 	chs := [2]chan uint32{make(chan uint32, benchQueueLen), make(chan uint32, benchQueueLen)}
 	total := b.N
 	frame := make([]byte, 64)
-	runPair(b, func() {
+	cpuset.RunPair(b, "pkts/s", func() {
 		for seq := 0; seq < total; seq++ {
 			p := Packet{Data: frame[:SynthFrame(frame, uint64(seq), 64, 256)]}
 			chs[HashIPPair(&p)%2] <- uint32(seq)

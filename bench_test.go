@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -43,31 +42,6 @@ func BenchmarkQueue(b *testing.B) {
 	}
 }
 
-// runPair runs produce pinned to CPU 0 on a new goroutine and consume
-// pinned to CPU 1 on this one, and reports pkts/s.
-func runPair(b *testing.B, produce, consume func()) {
-	b.ReportAllocs()
-	done := make(chan struct{})
-	b.ResetTimer()
-	go func() {
-		defer close(done)
-		cpuset.Pinned(0, produce)
-	}()
-	cpuset.Pinned(1, consume)
-	<-done
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pkts/s")
-}
-
-// spin is a poller's wait on a full or empty queue: busy, with a yield
-// now and then so an unpinned run on one CPU still progresses.
-func spin(n *int) {
-	*n++
-	if *n&127 == 0 {
-		runtime.Gosched()
-	}
-}
-
 // produce64 sends total 64-byte packets numbered 0..total-1 (little-endian
 // in the first four bytes, unless !touch, and in Packet.Seq) in bursts,
 // spinning while the queue is full. It gives up when stop reports true
@@ -94,14 +68,14 @@ func produce64(q *Queue, total uint32, burst int, touch bool, stop func() bool) 
 			}
 			sent += k
 			if k == 0 {
-				spin(&idle)
+				cpuset.Spin(&idle)
 				if idle&(1<<14-1) == 0 && stop() {
 					return fmt.Errorf("stopped at packet %d", seq+uint32(sent))
 				}
 			}
 		}
 		if n == 0 {
-			spin(&idle)
+			cpuset.Spin(&idle)
 		}
 		seq += uint32(n)
 	}
@@ -115,7 +89,7 @@ func benchQueue(b *testing.B, burst int, touch bool) {
 	total := uint32(b.N)
 	var perr, cerr error
 	var failed atomic.Bool // the consumer gave up: stop the producer
-	runPair(b, func() {
+	cpuset.RunPair(b, "pkts/s", func() {
 		perr = produce64(prod, total, burst, touch, failed.Load)
 	}, func() {
 		defer func() { failed.Store(cerr != nil) }()
@@ -128,7 +102,7 @@ func benchQueue(b *testing.B, burst int, touch bool) {
 				return
 			}
 			if n == 0 {
-				spin(&idle)
+				cpuset.Spin(&idle)
 				continue
 			}
 			for i := range got[:n] {
@@ -157,7 +131,7 @@ func benchChan(b *testing.B) {
 	ch := make(chan uint32, benchQueueLen)
 	total := uint32(b.N)
 	var cerr error
-	runPair(b, func() {
+	cpuset.RunPair(b, "pkts/s", func() {
 		for seq := range total {
 			ch <- seq
 		}

@@ -2,7 +2,6 @@ package ivshmem
 
 import (
 	"fmt"
-	"runtime"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -44,32 +43,6 @@ func BenchmarkRing(b *testing.B) {
 	}
 }
 
-// runPair runs produce pinned to CPU 0 on a new goroutine and consume
-// pinned to CPU 1 on this one, timing both, and reports handles/s.
-func runPair(b *testing.B, produce, consume func()) {
-	b.ReportAllocs()
-	done := make(chan struct{})
-	b.ResetTimer()
-	go func() {
-		defer close(done)
-		cpuset.Pinned(0, produce)
-	}()
-	cpuset.Pinned(1, consume)
-	<-done
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "handles/s")
-}
-
-// spin is the wait of a side that found its ring full or empty: busy
-// polling, with a yield now and then so that an unpinned run on one CPU
-// still makes progress.
-func spin(n *int) {
-	*n++
-	if *n&127 == 0 {
-		runtime.Gosched()
-	}
-}
-
 func benchRing(b *testing.B, burst int,
 	enqueue func(*RingProducer, []uint32) (int, error),
 	dequeue func(*RingConsumer, []uint32) (int, error)) {
@@ -84,7 +57,7 @@ func benchRing(b *testing.B, burst int,
 	}
 	total := uint32(b.N)
 	var perr, cerr error
-	runPair(b, func() {
+	cpuset.RunPair(b, "handles/s", func() {
 		hs := make([]uint32, burst)
 		idle := 0
 		for seq := uint32(0); seq < total; {
@@ -98,7 +71,7 @@ func benchRing(b *testing.B, burst int,
 				return
 			}
 			if n == 0 {
-				spin(&idle)
+				cpuset.Spin(&idle)
 			}
 			seq += uint32(n)
 		}
@@ -112,7 +85,7 @@ func benchRing(b *testing.B, burst int,
 				return
 			}
 			if n == 0 {
-				spin(&idle)
+				cpuset.Spin(&idle)
 			}
 			for _, h := range hs[:n] {
 				if h != next {
@@ -132,7 +105,7 @@ func benchChan(b *testing.B) {
 	ch := make(chan uint32, benchSlots)
 	total := uint32(b.N)
 	var cerr error
-	runPair(b, func() {
+	cpuset.RunPair(b, "handles/s", func() {
 		for seq := range total {
 			ch <- seq
 		}
