@@ -76,6 +76,60 @@ func (l *agentLog) waitFor(s string, guard time.Duration) bool {
 	}
 }
 
+// agentProc is a zchost child started with startAgent.
+type agentProc struct {
+	cmd  *exec.Cmd
+	log  *agentLog
+	done chan error
+}
+
+// startAgent starts `ip args...` (ip netns exec NS zchost run ...), kills
+// it at cleanup if still running, and waits for it to log that its sources
+// started.
+func startAgent(t *testing.T, args []string) *agentProc {
+	t.Helper()
+	a := &agentProc{cmd: exec.Command("ip", args...), done: make(chan error, 1)}
+	var err error
+	if a.log, err = newAgentLog(a.cmd); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { a.done <- a.cmd.Wait() }()
+	t.Cleanup(func() {
+		select {
+		case <-a.done:
+		default:
+			a.cmd.Process.Kill()
+			<-a.done
+		}
+	})
+	if !a.log.waitFor("sources started", 30*time.Second) {
+		t.Fatalf("zchost did not start its sources\n%s", a.log.String())
+	}
+	return a
+}
+
+// stop interrupts the agent, fails the test unless it exits cleanly, and
+// returns its log.
+func (a *agentProc) stop(t *testing.T) string {
+	t.Helper()
+	if err := a.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-a.done:
+		a.done <- err // for the cleanup
+		if err != nil {
+			t.Fatalf("zchost: %v\n%s", err, a.log.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("zchost did not stop on SIGINT\n%s", a.log.String())
+	}
+	return a.log.String()
+}
+
 func TestRunCaptureAFXDP(t *testing.T) {
 	testRunCapture(t, []string{"afxdp:IF"}, "AF_XDP copy/driver", 0, nil)
 }
@@ -154,27 +208,8 @@ func testRunCapture(t *testing.T, specs []string, wantMode string, queues int, s
 	for _, spec := range specs {
 		args = append(args, "-i", strings.ReplaceAll(spec, "IF", p.A.Ifname))
 	}
-	agent := exec.Command("ip", args...)
-	alog, err := newAgentLog(agent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- agent.Wait() }()
-	t.Cleanup(func() {
-		select {
-		case <-agentDone:
-		default:
-			agent.Process.Kill()
-			<-agentDone
-		}
-	})
-	if !alog.waitFor("sources started", 30*time.Second) {
-		t.Fatalf("zchost did not start its sources\n%s", alog.String())
-	}
+	agent := startAgent(t, args)
+	alog := agent.log
 
 	tx, err := p.B.OpenRaw(netns.EtherType)
 	if err != nil {
@@ -226,19 +261,7 @@ func testRunCapture(t *testing.T, specs []string, wantMode string, queues int, s
 		t.Errorf("zcount: %+v, want %d packets, %d bytes, no drops", r, total, wantBytes)
 	}
 
-	if err := agent.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-agentDone:
-		agentDone <- err
-		if err != nil {
-			t.Fatalf("zchost: %v\n%s", err, alog.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("zchost did not stop on SIGINT\n%s", alog.String())
-	}
-	log := alog.String()
+	log := agent.stop(t)
 	t.Logf("zchost log:\n%s", log)
 	modeLine := ""
 	for _, l := range strings.Split(log, "\n") {

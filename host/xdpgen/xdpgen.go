@@ -1,0 +1,194 @@
+// Package xdpgen floods an interface with frames from inside the kernel.
+//
+// A user-space generator (trafgen, zsend) pays a system call, an skb and a
+// socket's send-buffer accounting for every frame, and on a veth pair the
+// receiver's work runs on the sender's CPU as well: on a small machine it
+// cannot offer more than a capture can take, so it cannot rank captures.
+// xdpgen uses the kernel's XDP "live frame" test mode instead
+// (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, Linux >= 5.18): the
+// kernel builds each frame from a template in a page pool and runs a small
+// XDP program on it that counts the frame in a map and redirects it to the
+// target interface's ndo_xdp_xmit, without an skb. On a veth the frame
+// lands in the peer's receive ring as an XDP frame, as a NIC's DMA would:
+// the peer needs NAPI for that (an XDP program attached, or GRO on:
+// `ethtool -K PEER gro on`), otherwise the kernel refuses each frame.
+//
+// The count in the map is exact (it is what the program ran on), whatever
+// interrupted the system call; frames the target could not take (its ring
+// full) are counted by the target's driver, e.g. veth's
+// tx_queue_N_xdp_xmit_errors in `ethtool -S`.
+package xdpgen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+)
+
+// MaxBatch is the kernel's limit on frames per live-frame batch
+// (TEST_XDP_MAX_BATCH).
+const MaxBatch = 256
+
+// ErrUnsupported: the kernel has no XDP live-frame mode, or the process may
+// not load BPF programs.
+var ErrUnsupported = errors.New("xdpgen: kernel XDP live-frame mode unavailable")
+
+// Flood sends copies of one frame out of one interface. Its methods must be
+// called from one goroutine at a time, except Sent.
+type Flood struct {
+	ifname string
+	frame  []byte
+	batch  uint32
+	count  *ebpf.Map
+	prog   *ebpf.Program
+}
+
+// Config says where and what to send.
+type Config struct {
+	// Ifname is the interface to send out of, in the calling thread's
+	// network namespace.
+	Ifname string
+	// Frame is the template every frame copies: a whole Ethernet frame, at
+	// least 14 bytes and at most a page less XDP headroom.
+	Frame []byte
+	// Batch is how many frames the kernel builds and flushes at a time
+	// (1..MaxBatch; 0 means MaxBatch).
+	Batch int
+}
+
+// Open loads the generator program for cfg.Ifname.
+func Open(cfg Config) (*Flood, error) {
+	if len(cfg.Frame) < 14 || len(cfg.Frame) > 3500 {
+		return nil, fmt.Errorf("xdpgen: %s: frame of %d bytes: want 14 to 3500", cfg.Ifname, len(cfg.Frame))
+	}
+	if cfg.Batch < 0 || cfg.Batch > MaxBatch {
+		return nil, fmt.Errorf("xdpgen: %s: batch %d: want 1 to %d", cfg.Ifname, cfg.Batch, MaxBatch)
+	}
+	batch := uint32(cfg.Batch)
+	if batch == 0 {
+		batch = MaxBatch
+	}
+	ifi, err := net.InterfaceByName(cfg.Ifname)
+	if err != nil {
+		return nil, fmt.Errorf("xdpgen: %s: %w", cfg.Ifname, err)
+	}
+	count, err := ebpf.NewMap(&ebpf.MapSpec{Name: "zc_gen_count", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		return nil, fmt.Errorf("xdpgen: %s: counter map: %w", cfg.Ifname, err)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "zc_gen",
+		Type:         ebpf.XDP,
+		License:      "GPL",
+		Instructions: program(count.FD(), ifi.Index),
+	})
+	if err != nil {
+		count.Close()
+		return nil, fmt.Errorf("xdpgen: %s: load program: %w", cfg.Ifname, err)
+	}
+	return &Flood{ifname: cfg.Ifname, frame: append([]byte(nil), cfg.Frame...), batch: batch, count: count, prog: prog}, nil
+}
+
+// program counts the frame in slot 0 of the map (an atomic add) and
+// returns bpf_redirect(ifindex, 0).
+func program(mapFD, ifindex int) asm.Instructions {
+	return asm.Instructions{
+		asm.StoreImm(asm.R10, -4, 0, asm.Word), // key = 0
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -4),
+		asm.LoadMapPtr(asm.R1, mapFD),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "redirect"),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+		asm.Mov.Imm(asm.R1, int32(ifindex)).WithSymbol("redirect"),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.FnRedirect.Call(),
+		asm.Return(),
+	}
+}
+
+// Send pushes n frames (the kernel may run a few more if the call is
+// interrupted; Sent counts exactly).
+func (f *Flood) Send(n uint32) error {
+	if n == 0 {
+		return nil
+	}
+	_, err := f.prog.Run(&ebpf.RunOptions{
+		Data:      f.frame,
+		Repeat:    n,
+		Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
+		BatchSize: f.batch,
+	})
+	if err != nil {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("xdpgen: send %d frames out of %s: %w (%w)", n, f.ifname, ErrUnsupported, err)
+		}
+		return fmt.Errorf("xdpgen: send %d frames out of %s: %w", n, f.ifname, err)
+	}
+	return nil
+}
+
+// Sent returns how many frames the program has run on (handed to the
+// target's transmit) since Open.
+func (f *Flood) Sent() (uint64, error) {
+	var v uint64
+	if err := f.count.Lookup(uint32(0), &v); err != nil {
+		return 0, fmt.Errorf("xdpgen: %s: read counter: %w", f.ifname, err)
+	}
+	return v, nil
+}
+
+// Run sends until count frames have gone (0: no limit), ctx is done or
+// the duration d has passed (0: no limit), at most pps frames a second
+// (0: as fast as the kernel builds them). It returns the frames sent.
+func (f *Flood) Run(ctx context.Context, count uint64, pps float64, d time.Duration) (uint64, error) {
+	start := time.Now()
+	// Chunks of about a millisecond's worth keep the pacing and the
+	// checks of ctx and d cheap against the frames.
+	chunk := uint64(64 * MaxBatch)
+	if pps > 0 {
+		chunk = max(1, min(chunk, uint64(pps/1000)))
+	}
+	for {
+		sent, err := f.Sent()
+		if err != nil {
+			return sent, err
+		}
+		if count > 0 && sent >= count {
+			return sent, nil
+		}
+		if ctx.Err() != nil || (d > 0 && time.Since(start) >= d) {
+			return sent, nil
+		}
+		n := chunk
+		if count > 0 {
+			n = min(n, count-sent)
+		}
+		if pps > 0 {
+			due := start.Add(time.Duration(float64(sent) / pps * 1e9))
+			if wait := time.Until(due); wait > 0 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(wait):
+				}
+				continue
+			}
+		}
+		if err := f.Send(uint32(n)); err != nil {
+			s, _ := f.Sent()
+			return s, err
+		}
+	}
+}
+
+// Close unloads the program.
+func (f *Flood) Close() error {
+	return errors.Join(f.prog.Close(), f.count.Close())
+}

@@ -1,0 +1,161 @@
+package xdpgen
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/zcfabric/zc/host/afxdp"
+	"github.com/zcfabric/zc/internal/netns"
+	"github.com/zcfabric/zc/internal/testgate"
+	"golang.org/x/sys/unix"
+)
+
+// pair makes a veth pair whose A end has NAPI (an XDP program that passes
+// every frame, as the AF_XDP program does with no socket bound), so frames
+// sent out of B with ndo_xdp_xmit reach A's stack and its packet sockets.
+func pair(t *testing.T) *netns.Pair {
+	t.Helper()
+	testgate.NetAdmin(t)
+	p := netns.New(t, netns.Config{})
+	err := p.A.Do(func() error {
+		prog, err := afxdp.Attach(p.A.Ifname, afxdp.ProgramOptions{Mode: afxdp.XDPDriver})
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { prog.Close() })
+		return nil
+	})
+	if err != nil {
+		t.Skipf("requires native XDP on veth: %v", err)
+	}
+	return p
+}
+
+// openIn opens a Flood on B's interface from inside B's namespace; the
+// caller must Send from there too.
+func openIn(t *testing.T, e netns.End, frame []byte, batch int) *Flood {
+	t.Helper()
+	var f *Flood
+	err := e.Do(func() (err error) {
+		f, err = Open(Config{Ifname: e.Ifname, Frame: frame, Batch: batch})
+		return err
+	})
+	if err != nil {
+		t.Skipf("requires BPF and XDP live frames (Linux >= 5.18): %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// TestFloodArrivesExactlyOnce: every frame the generator counts arrives at
+// the peer's packet socket, byte for byte, and no more than that. The flood
+// is paced so the peer's 256-frame ring cannot overflow.
+func TestFloodArrivesExactlyOnce(t *testing.T) {
+	p := pair(t)
+	frame := netns.AppendFrame(nil, p.A.MAC, p.B.MAC, 7, 128)
+	f := openIn(t, p.B, frame, 16)
+	rx, err := p.A.OpenRaw(netns.EtherType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+
+	const n = 3000
+	errc := make(chan error, 1)
+	go func() {
+		errc <- p.B.Do(func() error {
+			sent, err := f.Run(context.Background(), n, 30000, 0)
+			if err == nil && sent != n {
+				err = errors.New("short run")
+			}
+			return err
+		})
+	}()
+	buf := make([]byte, 2048)
+	got := 0
+	for {
+		k, err := rx.Recv(buf, 2*time.Second)
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf[:k], frame) {
+			t.Fatalf("frame %d: got % x, want % x", got, buf[:min(k, 32)], frame[:32])
+		}
+		got++
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	sent, err := f.Sent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sent != n || got != n {
+		t.Fatalf("sent %d, received %d: want %d each", sent, got, n)
+	}
+}
+
+// TestFloodStopsAtDeadline: with no count, Run ends at its duration and at
+// a cancelled context, and reports what it sent.
+func TestFloodStopsAtDeadline(t *testing.T) {
+	p := pair(t)
+	f := openIn(t, p.B, netns.AppendFrame(nil, p.A.MAC, p.B.MAC, 1, 60), 0)
+	var sent uint64
+	start := time.Now()
+	err := p.B.Do(func() (err error) {
+		sent, err = f.Run(context.Background(), 0, 0, 200*time.Millisecond)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el < 200*time.Millisecond || el > 10*time.Second {
+		t.Errorf("Run with a 200ms duration took %v", el)
+	}
+	if sent == 0 {
+		t.Error("sent nothing in 200ms")
+	}
+	if c, _ := f.Sent(); c != sent {
+		t.Errorf("Run reported %d, counter says %d", sent, c)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err = p.B.Do(func() (err error) {
+		sent, err = f.Run(ctx, 0, 0, 0)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := f.Sent(); c != sent {
+		t.Errorf("cancelled Run reported %d, counter says %d", sent, c)
+	}
+}
+
+// TestOpenRejects: bad input is refused with the interface named.
+func TestOpenRejects(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"short frame", Config{Ifname: "lo", Frame: make([]byte, 13)}},
+		{"huge frame", Config{Ifname: "lo", Frame: make([]byte, 4000)}},
+		{"batch", Config{Ifname: "lo", Frame: make([]byte, 60), Batch: MaxBatch + 1}},
+		{"no such interface", Config{Ifname: "zc-nonexistent0", Frame: make([]byte, 60)}},
+	} {
+		_, err := Open(c.cfg)
+		if err == nil {
+			t.Errorf("%s: Open succeeded", c.name)
+			continue
+		}
+		if !bytes.Contains([]byte(err.Error()), []byte(c.cfg.Ifname)) {
+			t.Errorf("%s: error %q does not name %s", c.name, err, c.cfg.Ifname)
+		}
+	}
+}
