@@ -1,6 +1,7 @@
 package host
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +21,9 @@ type AFXDPConfig struct {
 	Bind afxdp.BindMode
 	// XDP: driver ("native"), generic or auto (driver, then generic).
 	XDP afxdp.XDPMode
+	// RingSize is the size of the socket's fill and RX rings (a power of
+	// two; 0: afxdp.DefaultRingSize).
+	RingSize int
 	// FillFrames is how many cluster buffers the source keeps in the
 	// kernel's fill ring (default: the ring size, at most half the pool).
 	FillFrames int
@@ -127,7 +131,7 @@ func OpenAFXDP(c *zc.Cluster, cfg AFXDPConfig) (*AFXDP, error) {
 	name := fmt.Sprintf("afxdp:%s@%d", cfg.Ifname, cfg.Queue)
 	area := c.BufferArea()
 	bs := uint32(c.BufferSize())
-	opt := afxdp.Options{Bind: cfg.Bind, XDP: cfg.XDP}
+	opt := afxdp.Options{Bind: cfg.Bind, XDP: cfg.XDP, FillSize: uint32(cfg.RingSize), RxSize: uint32(cfg.RingSize)}
 	if cfg.shared != nil {
 		opt.Program = cfg.shared.p
 	}
@@ -137,7 +141,7 @@ func OpenAFXDP(c *zc.Cluster, cfg AFXDPConfig) (*AFXDP, error) {
 	}
 	target := cfg.FillFrames
 	if target <= 0 {
-		target = min(afxdp.DefaultRingSize, c.Pool().Cap()/2)
+		target = min(cmp.Or(cfg.RingSize, afxdp.DefaultRingSize), c.Pool().Cap()/2)
 	}
 	nframes := len(area) / int(bs)
 	a := &AFXDP{

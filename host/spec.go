@@ -1,6 +1,7 @@
 package host
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/url"
@@ -45,7 +46,7 @@ func (o *SourceOptions) logf(format string, args ...any) {
 //
 //	gen:len=64,count=1e6,rate=1e6,flows=64   synthetic frames (ParseGen)
 //	pcap:FILE[?timing=1&loops=N]              pcap/pcapng replay
-//	afxdp:IF[@Q][?mode=copy|zerocopy|auto&xdp=native|generic|auto]
+//	afxdp:IF[@Q][?mode=copy|zerocopy|auto&xdp=native|generic|auto&ring=N]
 //	afpacket:IF                               AF_PACKET TPACKET_V3, one copy
 //	zc:IF[@Q]                                 best available: AF_XDP zero copy,
 //	                                          AF_XDP copy, then AF_PACKET
@@ -148,63 +149,29 @@ type ifaceSpec struct {
 	queue int
 }
 
-func parseIfaces(spec, kind, rest string, opts SourceOptions) ([]Source, error) {
-	list, query, _ := strings.Cut(rest, "?")
-	q, err := url.ParseQuery(query)
+// RingBuffers returns how many cluster buffers the sources spec names can
+// keep in kernel rings (an AF_XDP socket's fill ring: its ring size; other
+// kinds: 0), for a caller sizing the pool before ParseSource. A spec
+// ParseSource would refuse for its form gives the same error.
+func RingBuffers(spec string) (int, error) {
+	kind, rest, ok := strings.Cut(spec, ":")
+	if !ok {
+		kind, rest = "zc", spec
+	}
+	if kind != "afxdp" && kind != "zc" {
+		return 0, nil
+	}
+	xcfg, ifs, err := parseIfaceList(spec, kind, rest)
 	if err != nil {
-		return nil, fmt.Errorf("source %q: options %q: %w: %w", spec, query, ErrBadSpec, err)
+		return 0, err
 	}
-	var xcfg AFXDPConfig
-	for k, v := range q {
-		if kind == "afpacket" {
-			return nil, fmt.Errorf("source %q: afpacket: takes no option %q: %w", spec, k, ErrBadSpec)
-		}
-		switch k {
-		case "mode":
-			switch v[0] {
-			case "auto":
-				xcfg.Bind = afxdp.BindAuto
-			case "copy":
-				xcfg.Bind = afxdp.BindCopy
-			case "zerocopy", "zero-copy", "zc":
-				xcfg.Bind = afxdp.BindZeroCopy
-			default:
-				return nil, fmt.Errorf("source %q: mode=%s: want copy, zerocopy or auto: %w", spec, v[0], ErrBadSpec)
-			}
-		case "xdp":
-			switch v[0] {
-			case "auto":
-				xcfg.XDP = afxdp.XDPAuto
-			case "native", "driver", "drv":
-				xcfg.XDP = afxdp.XDPDriver
-			case "generic", "skb":
-				xcfg.XDP = afxdp.XDPGeneric
-			default:
-				return nil, fmt.Errorf("source %q: xdp=%s: want native, generic or auto: %w", spec, v[0], ErrBadSpec)
-			}
-		default:
-			return nil, fmt.Errorf("source %q: unknown option %q (want mode, xdp): %w", spec, k, ErrBadSpec)
-		}
-	}
-	var ifs []ifaceSpec
-	for _, e := range strings.Split(list, ",") {
-		name, qs, hasQ := strings.Cut(e, "@")
-		is := ifaceSpec{name: name}
-		if name == "" {
-			return nil, fmt.Errorf("source %q: empty interface name: %w", spec, ErrBadSpec)
-		}
-		if hasQ {
-			if kind == "afpacket" {
-				return nil, fmt.Errorf("source %q: afpacket: captures every queue; %q takes no @queue: %w", spec, e, ErrBadSpec)
-			}
-			if kind == "zc" && isDigits(name) {
-				return nil, fmt.Errorf("source %q: zc:%s is a cluster queue, not a capture source: %w", spec, e, ErrBadSpec)
-			}
-			if is.queue, err = strconv.Atoi(qs); err != nil || is.queue < 0 {
-				return nil, fmt.Errorf("source %q: queue %q of %s: want a number >= 0: %w", spec, qs, name, ErrBadSpec)
-			}
-		}
-		ifs = append(ifs, is)
+	return len(ifs) * cmp.Or(xcfg.RingSize, afxdp.DefaultRingSize), nil
+}
+
+func parseIfaces(spec, kind, rest string, opts SourceOptions) ([]Source, error) {
+	xcfg, ifs, err := parseIfaceList(spec, kind, rest)
+	if err != nil {
+		return nil, err
 	}
 	var srcs []Source
 	fail := func(err error) ([]Source, error) {
@@ -235,6 +202,75 @@ func parseIfaces(spec, kind, rest string, opts SourceOptions) ([]Source, error) 
 		srcs = append(srcs, s)
 	}
 	return srcs, nil
+}
+
+// parseIfaceList parses the interface list and options of an afxdp:,
+// afpacket: or zc: spec.
+func parseIfaceList(spec, kind, rest string) (AFXDPConfig, []ifaceSpec, error) {
+	var xcfg AFXDPConfig
+	list, query, _ := strings.Cut(rest, "?")
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return xcfg, nil, fmt.Errorf("source %q: options %q: %w: %w", spec, query, ErrBadSpec, err)
+	}
+	for k, v := range q {
+		if kind == "afpacket" {
+			return xcfg, nil, fmt.Errorf("source %q: afpacket: takes no option %q: %w", spec, k, ErrBadSpec)
+		}
+		switch k {
+		case "mode":
+			switch v[0] {
+			case "auto":
+				xcfg.Bind = afxdp.BindAuto
+			case "copy":
+				xcfg.Bind = afxdp.BindCopy
+			case "zerocopy", "zero-copy", "zc":
+				xcfg.Bind = afxdp.BindZeroCopy
+			default:
+				return xcfg, nil, fmt.Errorf("source %q: mode=%s: want copy, zerocopy or auto: %w", spec, v[0], ErrBadSpec)
+			}
+		case "xdp":
+			switch v[0] {
+			case "auto":
+				xcfg.XDP = afxdp.XDPAuto
+			case "native", "driver", "drv":
+				xcfg.XDP = afxdp.XDPDriver
+			case "generic", "skb":
+				xcfg.XDP = afxdp.XDPGeneric
+			default:
+				return xcfg, nil, fmt.Errorf("source %q: xdp=%s: want native, generic or auto: %w", spec, v[0], ErrBadSpec)
+			}
+		case "ring":
+			n, err := strconv.Atoi(v[0])
+			if err != nil || n < 64 || n > 1<<16 || n&(n-1) != 0 {
+				return xcfg, nil, fmt.Errorf("source %q: ring=%s: want a power of two from 64 to 65536: %w", spec, v[0], ErrBadSpec)
+			}
+			xcfg.RingSize = n
+		default:
+			return xcfg, nil, fmt.Errorf("source %q: unknown option %q (want mode, xdp, ring): %w", spec, k, ErrBadSpec)
+		}
+	}
+	var ifs []ifaceSpec
+	for _, e := range strings.Split(list, ",") {
+		name, qs, hasQ := strings.Cut(e, "@")
+		is := ifaceSpec{name: name}
+		if name == "" {
+			return xcfg, nil, fmt.Errorf("source %q: empty interface name: %w", spec, ErrBadSpec)
+		}
+		if hasQ {
+			if kind == "afpacket" {
+				return xcfg, nil, fmt.Errorf("source %q: afpacket: captures every queue; %q takes no @queue: %w", spec, e, ErrBadSpec)
+			}
+			if kind == "zc" && isDigits(name) {
+				return xcfg, nil, fmt.Errorf("source %q: zc:%s is a cluster queue, not a capture source: %w", spec, e, ErrBadSpec)
+			}
+			if is.queue, err = strconv.Atoi(qs); err != nil || is.queue < 0 {
+				return xcfg, nil, fmt.Errorf("source %q: queue %q of %s: want a number >= 0: %w", spec, qs, name, ErrBadSpec)
+			}
+		}
+		ifs = append(ifs, is)
+	}
+	return xcfg, ifs, nil
 }
 
 // openShared opens an AF_XDP source whose socket uses the XDP program that

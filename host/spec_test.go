@@ -10,6 +10,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host/afxdp"
 )
 
 func TestParseSourceErrors(t *testing.T) {
@@ -26,6 +27,9 @@ func TestParseSourceErrors(t *testing.T) {
 		"zc:99@0",
 		"afxdp:eth0,,eth1",
 		"pcap:/x.pcap?loops=many",
+		"afxdp:eth0?ring=1000",
+		"afxdp:eth0?ring=32",
+		"zc:eth0?ring=x",
 	} {
 		_, err := ParseSource(spec, SourceOptions{})
 		if !errors.Is(err, ErrBadSpec) {
@@ -45,6 +49,32 @@ func TestParseSourceErrors(t *testing.T) {
 	}
 	if _, err := ParseSource("gen:count=1", SourceOptions{BPF: "2\n6 0 0"}); !errors.Is(err, ErrBadFilter) {
 		t.Errorf("bad --bpf: %v, want ErrBadFilter", err)
+	}
+}
+
+// TestRingBuffers: the pool sizing helper counts a fill ring per AF_XDP
+// socket a spec opens (zc: may be AF_XDP) and nothing for other kinds.
+func TestRingBuffers(t *testing.T) {
+	d := afxdp.DefaultRingSize
+	for _, c := range []struct {
+		spec string
+		want int
+	}{
+		{"afxdp:eth0", d},
+		{"afxdp:eth0@0,eth0@1", 2 * d},
+		{"zc:eth0?ring=1024", 1024},
+		{"eth0", d},
+		{"afpacket:eth0,eth1", 0},
+		{"gen:count=10", 0},
+		{"pcap:/x.pcap", 0},
+	} {
+		got, err := RingBuffers(c.spec)
+		if err != nil || got != c.want {
+			t.Errorf("RingBuffers(%q) = %d, %v; want %d", c.spec, got, err, c.want)
+		}
+	}
+	if _, err := RingBuffers("afxdp:eth0?ring=3"); !errors.Is(err, ErrBadSpec) {
+		t.Errorf("RingBuffers with ring=3: %v, want ErrBadSpec", err)
 	}
 }
 

@@ -134,6 +134,11 @@ func TestRunCaptureAFXDP(t *testing.T) {
 	testRunCapture(t, []string{"afxdp:IF"}, "AF_XDP copy/driver", 0, nil)
 }
 
+// TestRunCaptureAFXDPRing: ?ring=N sizes the socket's fill and RX rings.
+func TestRunCaptureAFXDPRing(t *testing.T) {
+	testRunCapture(t, []string{"afxdp:IF?ring=256"}, "AF_XDP copy/driver", 0, nil)
+}
+
 func TestRunCaptureAFXDPGeneric(t *testing.T) {
 	testRunCapture(t, []string{"afxdp:IF?xdp=generic"}, "AF_XDP copy/generic", 0, nil)
 }

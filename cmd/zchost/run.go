@@ -59,7 +59,8 @@ func runFlags(o *runOpts) *flag.FlagSet {
 	}
 	for _, n := range []string{"i", "in"} {
 		fs.Var(&o.in, n, "packet `source`, repeatable: gen:len=64,count=1000000[,rate=PPS][,flows=N], pcap:FILE,\n"+
-			"zc:IF (best of AF_XDP/AF_PACKET), afxdp:IF[@Q], afpacket:IF. None: create the cluster and\n"+
+			"zc:IF (best of AF_XDP/AF_PACKET), afxdp:IF[@Q][?mode=copy|zerocopy&xdp=native|generic&ring=N],\n"+
+			"afpacket:IF. None: create the cluster and\n"+
 			"wait (queues fed by producers that attach, e.g. zsend -o zc:ID@Q)")
 	}
 	for _, n := range []string{"n", "queues"} {
@@ -72,7 +73,7 @@ func runFlags(o *runOpts) *flag.FlagSet {
 		fs.IntVar(&o.queueLen, n, 4096, "queue capacity in `packets` (a power of two)")
 	}
 	for _, n := range []string{"b", "buffers"} {
-		fs.IntVar(&o.buffers, n, 0, "engine pool `buffers` (default: queues*queue-len+1024)")
+		fs.IntVar(&o.buffers, n, 0, "engine pool `buffers` (default: queues*queue-len+1024, plus the fill ring of each AF_XDP socket: 4096 each unless ?ring=N)")
 	}
 	fs.IntVar(&o.bufferSize, "buffer-size", 2048, "buffer size in `bytes` (a power of two; 2048 or 4096 for AF_XDP)")
 	fs.IntVar(&o.queueBuffers, "queue-buffers", 0, "buffers each queue owns for an outside `producer` (zsend -o, a guest)")
@@ -130,9 +131,21 @@ func runCmd(args []string) error {
 		defer pprof.StopCPUProfile()
 	}
 
+	buffers := o.buffers
+	if buffers == 0 {
+		// Room for every queue to be full with the kernel's rings stocked.
+		buffers = o.queues*o.queueLen + 1024
+		for _, spec := range o.in {
+			n, err := host.RingBuffers(spec)
+			if err != nil {
+				return err
+			}
+			buffers += n
+		}
+	}
 	c, err := zc.CreateCluster(zc.Config{
 		ID: uint32(o.cluster), Queues: o.queues, QueueLen: o.queueLen, BufferSize: o.bufferSize,
-		Buffers: o.buffers, QueueBuffers: o.queueBuffers, Backing: backing, HugetlbDir: o.hugeDir,
+		Buffers: buffers, QueueBuffers: o.queueBuffers, Backing: backing, HugetlbDir: o.hugeDir,
 	})
 	if err != nil {
 		return err
