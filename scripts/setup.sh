@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the VM demo need on a Debian machine (as
 # root): QEMU, busybox-static for the guest initramfs, tcpdump and
-# netsniff-ng for the capture tests, iproute2 for namespaces. The guest
+# netsniff-ng for the capture tests, iproute2 for namespaces, ethtool for
+# the capture benchmark (GRO on a veth, driver counters). The guest
 # kernel is fetched by vmtest itself (apt-get download, cached).
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
@@ -9,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 0
 fi
 need=()
-for p in qemu-system-x86 busybox-static tcpdump netsniff-ng iproute2; do
+for p in qemu-system-x86 busybox-static tcpdump netsniff-ng iproute2 ethtool; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 # vmtest fetches the guest kernel with apt-get download: it needs lists.

@@ -148,14 +148,15 @@ func (f *Flood) Sent() (uint64, error) {
 // Run sends until count frames have gone (0: no limit), ctx is done or
 // the duration d has passed (0: no limit), at most pps frames a second
 // (0: as fast as the kernel builds them). It returns the frames sent.
+//
+// Each Send pays a fixed cost (the kernel sets up and tears down a page
+// pool; measured here: about 15 ms), so Run grows its calls until one
+// takes about 50 ms, and paces in steps of at most 100 ms worth of frames:
+// a paced flood comes in bursts at full speed.
 func (f *Flood) Run(ctx context.Context, count uint64, pps float64, d time.Duration) (uint64, error) {
 	start := time.Now()
-	// Chunks of about a millisecond's worth keep the pacing and the
-	// checks of ctx and d cheap against the frames.
-	chunk := uint64(64 * MaxBatch)
-	if pps > 0 {
-		chunk = max(1, min(chunk, uint64(pps/1000)))
-	}
+	chunk := uint64(16 * MaxBatch)
+	rate := 0.0 // frames per second of the last call
 	for {
 		sent, err := f.Sent()
 		if err != nil {
@@ -171,19 +172,31 @@ func (f *Flood) Run(ctx context.Context, count uint64, pps float64, d time.Durat
 		if count > 0 {
 			n = min(n, count-sent)
 		}
+		if d > 0 && rate > 0 {
+			n = min(n, max(MaxBatch, uint64((d-time.Since(start)).Seconds()*rate)))
+		}
 		if pps > 0 {
+			n = min(n, max(1, uint64(pps/10)))
 			due := start.Add(time.Duration(float64(sent) / pps * 1e9))
 			if wait := time.Until(due); wait > 0 {
+				t := time.NewTimer(wait)
 				select {
 				case <-ctx.Done():
-				case <-time.After(wait):
+				case <-t.C:
 				}
+				t.Stop()
 				continue
 			}
 		}
+		t0 := time.Now()
 		if err := f.Send(uint32(n)); err != nil {
 			s, _ := f.Sent()
 			return s, err
+		}
+		dt := time.Since(t0)
+		rate = float64(n) / max(dt.Seconds(), 1e-6)
+		if dt < 50*time.Millisecond && chunk < 1<<24 {
+			chunk *= 2
 		}
 	}
 }

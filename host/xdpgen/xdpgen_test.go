@@ -52,7 +52,8 @@ func openIn(t *testing.T, e netns.End, frame []byte, batch int) *Flood {
 
 // TestFloodArrivesExactlyOnce: every frame the generator counts arrives at
 // the peer's packet socket, byte for byte, and no more than that. The flood
-// is paced so the peer's 256-frame ring cannot overflow.
+// is paced (Run sends in bursts of a tenth of a second's worth), and the
+// socket's buffer holds a whole burst.
 func TestFloodArrivesExactlyOnce(t *testing.T) {
 	p := pair(t)
 	frame := netns.AppendFrame(nil, p.A.MAC, p.B.MAC, 7, 128)
@@ -62,6 +63,9 @@ func TestFloodArrivesExactlyOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rx.Close()
+	if err := rx.SetReadBuffer(64 << 20); err != nil {
+		t.Fatal(err)
+	}
 
 	const n = 3000
 	errc := make(chan error, 1)

@@ -76,6 +76,16 @@ func (r *Raw) Recv(buf []byte, timeout time.Duration) (int, error) {
 	}
 }
 
+// SetReadBuffer sets the socket's receive buffer to n bytes, beyond
+// net.core.rmem_max (SO_RCVBUFFORCE, root), for bursts that arrive faster
+// than the test reads them.
+func (r *Raw) SetReadBuffer(n int) error {
+	if err := unix.SetsockoptInt(r.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n); err != nil {
+		return fmt.Errorf("netns: receive buffer of %s: %w", r.ifname, err)
+	}
+	return nil
+}
+
 // Close closes the socket.
 func (r *Raw) Close() error {
 	if r.fd < 0 {
