@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/internal/idle"
 )
 
 // Source writes packets into buffers of a cluster's engine pool.
@@ -92,7 +93,7 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 	if e.OnStart != nil {
 		e.OnStart()
 	}
-	var idle idler
+	var pace idle.Pacer
 	done := ctx.Done()
 	for nlive > 0 {
 		got := 0
@@ -124,7 +125,7 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 			}
 		}
 		if got > 0 {
-			idle.reset()
+			pace.Work(got)
 			continue
 		}
 		select { // not ctx.Err(): that takes a mutex on every idle poll
@@ -137,7 +138,7 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 		if e.OnIdle != nil {
 			e.OnIdle()
 		}
-		idle.wait()
+		pace.Wait()
 	}
 	st.Elapsed = time.Since(start)
 	return st, nil

@@ -14,6 +14,7 @@ import (
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/host/afpacket"
 	"github.com/zcfabric/zc/host/afxdp"
+	"github.com/zcfabric/zc/internal/idle"
 	"golang.org/x/sys/unix"
 )
 
@@ -477,7 +478,7 @@ func TransmitQueue(ctx context.Context, q *zc.Queue, sink Sink, max uint64) (TxS
 	var st TxStats
 	start := time.Now()
 	pkts := make([]zc.Packet, 64)
-	var idle idler
+	var pace idle.Pacer
 	done := ctx.Done()
 	for max == 0 || st.Packets < max {
 		want := len(pkts)
@@ -490,12 +491,12 @@ func TransmitQueue(ctx context.Context, q *zc.Queue, sink Sink, max uint64) (TxS
 			return st, fmt.Errorf("tx: %s: %w", q.Name(), err)
 		}
 		if n == 0 {
-			if !idleFlush(done, sink, &idle) {
+			if !idleFlush(done, sink, &pace) {
 				break
 			}
 			continue
 		}
-		idle.reset()
+		pace.Work(n)
 		err = st.send(ctx, sink, pkts[:n])
 		if rerr := q.Release(pkts[:n]...); rerr != nil && err == nil {
 			err = fmt.Errorf("tx: release to %s: %w", q.Name(), rerr)
@@ -516,12 +517,12 @@ func Bounce(ctx context.Context, src Source, pool *zc.Pool, sink Sink) (TxStats,
 	var st TxStats
 	start := time.Now()
 	pkts := make([]zc.Packet, 64)
-	var idle idler
+	var pace idle.Pacer
 	done := ctx.Done()
 	for {
 		n, rerr := src.Recv(pool, pkts)
 		if n > 0 {
-			idle.reset()
+			pace.Work(n)
 			err := st.send(ctx, sink, pkts[:n])
 			pool.Free(pkts[:n])
 			if err != nil {
@@ -536,7 +537,7 @@ func Bounce(ctx context.Context, src Source, pool *zc.Pool, sink Sink) (TxStats,
 			st.Elapsed = time.Since(start)
 			return st, fmt.Errorf("bounce: %s: %w", src.Name(), rerr)
 		}
-		if n == 0 && !idleFlush(done, sink, &idle) {
+		if n == 0 && !idleFlush(done, sink, &pace) {
 			break
 		}
 	}
@@ -558,15 +559,15 @@ func (st *TxStats) send(ctx context.Context, sink Sink, pkts []zc.Packet) error 
 // idleFlush is a TX loop's idle step: it reports false once done is
 // closed; otherwise it flushes what the sink batched (on the first idle
 // poll) and paces the loop.
-func idleFlush(done <-chan struct{}, sink Sink, idle *idler) bool {
+func idleFlush(done <-chan struct{}, sink Sink, pace *idle.Pacer) bool {
 	select {
 	case <-done:
 		return false
 	default:
 	}
-	if idle.first() {
+	if pace.First() {
 		sink.Flush()
 	}
-	idle.wait()
+	pace.Wait()
 	return true
 }
