@@ -124,8 +124,8 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 				return st, fmt.Errorf("zchost: source %s: %w", s.Name(), err)
 			}
 		}
-		if got > 0 {
-			pace.Work(got)
+		pace.Work(got)
+		if idle.Busy(got) {
 			continue
 		}
 		select { // not ctx.Err(): that takes a mutex on every idle poll

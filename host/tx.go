@@ -505,6 +505,9 @@ func TransmitQueue(ctx context.Context, q *zc.Queue, sink Sink, max uint64) (TxS
 			st.Elapsed = time.Since(start)
 			return st, err
 		}
+		if !idle.Busy(n) && !idleFlush(done, sink, &pace) {
+			break
+		}
 	}
 	st.Elapsed = time.Since(start)
 	return st, sink.Flush()
@@ -521,8 +524,8 @@ func Bounce(ctx context.Context, src Source, pool *zc.Pool, sink Sink) (TxStats,
 	done := ctx.Done()
 	for {
 		n, rerr := src.Recv(pool, pkts)
+		pace.Work(n)
 		if n > 0 {
-			pace.Work(n)
 			err := st.send(ctx, sink, pkts[:n])
 			pool.Free(pkts[:n])
 			if err != nil {
@@ -537,7 +540,7 @@ func Bounce(ctx context.Context, src Source, pool *zc.Pool, sink Sink) (TxStats,
 			st.Elapsed = time.Since(start)
 			return st, fmt.Errorf("bounce: %s: %w", src.Name(), rerr)
 		}
-		if n == 0 && !idleFlush(done, sink, &pace) {
+		if !idle.Busy(n) && !idleFlush(done, sink, &pace) {
 			break
 		}
 	}
@@ -556,9 +559,9 @@ func (st *TxStats) send(ctx context.Context, sink Sink, pkts []zc.Packet) error 
 	return err
 }
 
-// idleFlush is a TX loop's idle step: it reports false once done is
-// closed; otherwise it flushes what the sink batched (on the first idle
-// poll) and paces the loop.
+// idleFlush is a TX loop's step after a poll that was not busy: it reports
+// false once done is closed; otherwise it flushes what the sink batched
+// (if packets went since the last such step) and paces the loop.
 func idleFlush(done <-chan struct{}, sink Sink, pace *idle.Pacer) bool {
 	select {
 	case <-done:

@@ -3,7 +3,6 @@
 package idle
 
 import (
-	"runtime"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -11,7 +10,7 @@ import (
 
 // Pacing constants.
 const (
-	idlePolls = 64                      // free polls before the first sleep
+	idlePolls = 64                      // polls that were not busy before a sleep
 	napMin    = 50 * time.Microsecond   // shortest sleep
 	napStart  = 200 * time.Microsecond  // first sleep
 	napMax    = 1000 * time.Microsecond // longest sleep
@@ -22,43 +21,60 @@ const (
 	gatherHigh = 2048
 )
 
-// Pacer paces a polling loop that found nothing to do: idlePolls free
-// polls (each yielding to other goroutines), then sleeps, each of a length adapted to what the previous one
-// let the ring gather. A packet rate that leaves fewer than gatherLow
-// packets per sleep doubles the sleep (up to napMax: at a few hundred
-// thousand packets a second a loop that wakes every few µs spins on bursts
-// of one, measured 2.6x the CPU per packet, docs/PERFORMANCE.md); more than
-// gatherHigh halves it (down to napMin), so a flood cannot empty a fill
-// ring while the loop sleeps.
+// BusyBurst is the smallest poll result that counts as work waiting: a
+// poll that found fewer packets drained the ring, and counts towards the
+// sleep like an empty one. Otherwise a trickle (a packet every few µs)
+// resets the count on every poll and the loop never sleeps: measured, 62%
+// of a CPU for 0.24 Mpps.
+const BusyBurst = 32
+
+// Pacer paces a polling loop: after idlePolls polls that found less than
+// BusyBurst packets each, it sleeps, for a time adapted to what the
+// previous sleep let the ring gather. A packet rate that leaves fewer than
+// gatherLow packets per sleep doubles the sleep (up to napMax: a loop
+// that wakes every few µs handles bursts of one, measured 2.6x the CPU per
+// packet, docs/PERFORMANCE.md); more than gatherHigh halves it (down to
+// napMin), so a flood cannot fill a 4096-entry ring while the loop sleeps.
 //
 // The sleep is nanosleep(2) on the loop's thread: time.Sleep(200µs) parks
 // the thread in epoll_wait with a 1 ms timeout (measured: 1.1 ms; nanosleep
 // 0.3 ms), and sleeping 1.1 ms at a time cost a 1.5 Mpps flood 7% of its
 // packets.
 type Pacer struct {
-	n        int           // idle polls since the last work
+	n        int           // polls since the last busy one
+	fresh    bool          // packets handled since the last Wait
 	gathered int           // packets handled since the last sleep
 	nap      time.Duration // next sleep
 }
 
-// Work records n packets handled (n > 0 ends an idle stretch).
+// Work records a poll that handled n packets; n >= BusyBurst ends an idle
+// stretch. The caller goes on polling at once after a busy poll and calls
+// Wait after any other.
 func (i *Pacer) Work(n int) {
-	if n > 0 {
+	if n <= 0 {
+		return
+	}
+	i.fresh = true
+	i.gathered += n
+	if n >= BusyBurst {
 		i.n = 0
-		i.gathered += n
 	}
 }
 
-// First reports whether this is the first idle poll since work (time to
-// flush what was batched).
-func (i *Pacer) First() bool { return i.n == 0 }
+// Busy reports whether a poll that handled n packets was busy: poll again
+// at once instead of calling Wait.
+func Busy(n int) bool { return n >= BusyBurst }
 
-// Wait records one idle poll: it yields the processor to other goroutines
-// for the first idlePolls, then sleeps.
+// First reports whether packets were handled since the last Wait: time to
+// flush what was batched.
+func (i *Pacer) First() bool { return i.fresh }
+
+// Wait records a poll that was not busy and, after idlePolls of them in a
+// row, sleeps.
 func (i *Pacer) Wait() {
+	i.fresh = false
 	i.n++
 	if i.n <= idlePolls {
-		runtime.Gosched()
 		return
 	}
 	switch {
