@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -89,5 +90,44 @@ func TestFloodIntoAFXDPCapture(t *testing.T) {
 	m := sourceTotalRE.FindStringSubmatch(log)
 	if m == nil || m[2] != strconv.Itoa(total) || m[4] != "0" {
 		t.Errorf("agent source total %q: want packets=%d kernel_drops=0\n%s", m, total, log)
+	}
+}
+
+// TestFloodUsage: command-line mistakes are usage errors (exit 2, usage
+// printed); an unknown interface is named in the error.
+func TestFloodUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"-o", "lo", "--len", "10"},
+		{"-o", "lo", "--dst", "zz:zz"},
+		{"-o", "lo", "--ethertype", "0x1ffff"},
+		{"-o", "lo", "extra"},
+	} {
+		if err := floodCmd(args); !errors.Is(err, errUsage) {
+			t.Errorf("zchost flood %q: %v, want a usage error", args, err)
+		}
+	}
+	err := floodCmd([]string{"-o", "zct-no-such-if", "-n", "1"})
+	if err == nil || errors.Is(err, errUsage) || !strings.Contains(err.Error(), "zct-no-such-if") {
+		t.Errorf("unknown interface: %v, want an error naming it", err)
+	}
+}
+
+// TestFloodFrame: the template is synthetic frame 0 with the asked
+// destination and EtherType.
+func TestFloodFrame(t *testing.T) {
+	b, err := floodFrame("lo", 100, "02:aa:bb:cc:dd:ee", "0x88b5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) != 100 || !bytes.Equal(b[0:6], []byte{2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee}) || b[12] != 0x88 || b[13] != 0xb5 {
+		t.Errorf("frame % x", b[:14])
+	}
+	b, err = floodFrame("lo", 64, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seq, err := zc.CheckSynth(b); err != nil || seq != 0 {
+		t.Errorf("default frame: seq %d, %v; want a valid synthetic frame 0", seq, err)
 	}
 }
