@@ -12,11 +12,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/examples/internal/cli"
 )
 
 // Summary is what --json prints at the end.
@@ -58,29 +57,20 @@ func run() int {
 		fmt.Fprintf(fs.Output(), "Usage: zcount -i zc:CLUSTER@QUEUE [-n N] [--json] [--verify]\n\nCounts packets on a zcfabric queue (host or VM guest alike).\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
+	if code, ok := cli.Parse(fs, os.Args[1:], func() string {
+		if name == "" {
+			return "zcount: -i zc:CLUSTER@QUEUE is required"
 		}
-		return 2
+		return ""
+	}); !ok {
+		return code
 	}
-	if name == "" {
-		fmt.Fprintln(os.Stderr, "zcount: -i zc:CLUSTER@QUEUE is required")
-		fs.Usage()
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-
-	var opts []zc.OpenOption
-	if force {
-		opts = append(opts, zc.Force())
-	}
-	q, err := zc.OpenWait(ctx, name, wait, opts...)
+	ctx, stop, q, err := cli.Open(name, wait, force)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "zcount: %v\n", err)
 		return 1
 	}
+	defer stop()
 	defer q.Close()
 
 	s := Summary{Queue: name}

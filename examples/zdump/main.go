@@ -12,19 +12,16 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"os"
-	"os/signal"
-	"syscall"
-	"time"
-
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/examples/internal/cli"
+	"io"
+	"os"
+	"time"
 )
 
 func main() { os.Exit(run()) }
@@ -46,28 +43,20 @@ func run() int {
 		fmt.Fprintf(fs.Output(), "Usage: zdump -i zc:CLUSTER@QUEUE -w FILE.pcapng [-n N]\n\nWrites a zcfabric queue to pcapng (host or VM guest alike).\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
+	if code, ok := cli.Parse(fs, os.Args[1:], func() string {
+		if name == "" || out == "" {
+			return "zdump: -i zc:CLUSTER@QUEUE and -w FILE are required"
 		}
-		return 2
+		return ""
+	}); !ok {
+		return code
 	}
-	if name == "" || out == "" {
-		fmt.Fprintln(os.Stderr, "zdump: -i zc:CLUSTER@QUEUE and -w FILE are required")
-		fs.Usage()
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	var opts []zc.OpenOption
-	if force {
-		opts = append(opts, zc.Force())
-	}
-	q, err := zc.OpenWait(ctx, name, wait, opts...)
+	ctx, stop, q, err := cli.Open(name, wait, force)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "zdump: %v\n", err)
 		return 1
 	}
+	defer stop()
 	defer q.Close()
 
 	var f io.WriteCloser = os.Stdout

@@ -7,19 +7,16 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"os"
-	"os/signal"
-	"syscall"
-	"time"
-
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/examples/internal/cli"
+	"io"
+	"os"
+	"time"
 )
 
 func main() { os.Exit(run()) }
@@ -48,24 +45,20 @@ func run() int {
 		fmt.Fprintf(fs.Output(), "Usage: zsend -o zc:CLUSTER@QUEUE [-l LEN] [-n COUNT] [-r PPS] [-f FILE.pcap]\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
+	if code, ok := cli.Parse(fs, os.Args[1:], func() string {
+		if name == "" {
+			return "zsend: -o zc:CLUSTER@QUEUE is required"
 		}
-		return 2
+		return ""
+	}); !ok {
+		return code
 	}
-	if name == "" {
-		fmt.Fprintln(os.Stderr, "zsend: -o zc:CLUSTER@QUEUE is required")
-		fs.Usage()
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	q, err := zc.OpenWait(ctx, name, wait, zc.AsProducer())
+	ctx, stop, q, err := cli.Open(name, wait, false, zc.AsProducer())
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "zsend: %v\n", err)
 		return 1
 	}
+	defer stop()
 	defer q.Close()
 
 	var next func(b []byte, seq uint64) (int, error)

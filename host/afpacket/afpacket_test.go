@@ -60,27 +60,8 @@ func TestRXKnownSet(t *testing.T) {
 	defer tx.Close()
 
 	var received atomic.Int64
-	sendErr := make(chan error, 1)
 	start := time.Now().UnixNano()
-	go func() {
-		var buf []byte
-		deadline := time.Now().Add(10 * time.Second)
-		for seq := uint32(0); seq < total; seq++ {
-			for int64(seq)-received.Load() >= window {
-				if time.Now().After(deadline) {
-					sendErr <- errors.New("receiver stalled")
-					return
-				}
-				time.Sleep(50 * time.Microsecond)
-			}
-			buf = netns.AppendFrame(buf[:0], p.A.MAC, p.B.MAC, seq, netns.FrameLen(seq, 1400))
-			if err := tx.Send(buf); err != nil {
-				sendErr <- err
-				return
-			}
-		}
-		sendErr <- nil
-	}()
+	sendErr := tx.SendWindow(p.A.MAC, p.B.MAC, total, window, &received, 10*time.Second)
 
 	seen := make([]int, total)
 	var want []byte
