@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -60,18 +61,46 @@ func floodCmd(args []string) error {
 	log.Info("flooding", "out", out, "len", len(frame), "count", count, "duration", dur, "rate", rate, "batch", batch)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// What the interface counts as transmitted: the driver may refuse
+	// redirected frames (a full ring; for veth, a peer without NAPI) and
+	// not every driver counts those refusals, so compare.
+	tx0, txOK := txPackets(out)
+	taken := func() uint64 {
+		if tx, ok := txPackets(out); ok && txOK {
+			return tx - tx0
+		}
+		return 0
+	}
 	sent := func() uint64 { n, _ := f.Sent(); return n }
 	stopStats := statsLoop(log, interval, func() (uint64, uint64, []any) {
 		n := sent()
-		return n, n * uint64(len(frame)), nil
+		return n, n * uint64(len(frame)), []any{"if_tx_packets", taken()}
 	})
 	start := time.Now()
 	n, err := f.Run(ctx, count, rate, dur)
 	el := time.Since(start)
 	stopStats()
+	took := taken()
 	log.Info("summary", "sent", n, "seconds", el.Seconds(), "pps", uint64(float64(n)/max(el.Seconds(), 1e-9)),
-		"note", "frames the target could not take are counted by its driver (ethtool -S "+out+")")
+		"if_tx_packets", took, "not_taken", n-min(n, took))
+	if txOK && n > 0 && took == 0 {
+		log.Warn(out+" counted none of the frames as sent: its driver refused them, or does not count XDP transmits. "+
+			"A veth takes XDP frames only when its peer has NAPI: an XDP program attached, or `ethtool -K PEER gro on`", "sent", n)
+	} else if txOK && took < n {
+		log.Info("frames "+out+" did not take (its ring was full) are counted by its driver: ethtool -S "+out, "not_taken", n-took)
+	}
 	return err
+}
+
+// txPackets reads ifname's transmitted-packets counter from sysfs (of the
+// network namespace sysfs was mounted in; ip netns exec mounts its own).
+func txPackets(ifname string) (uint64, bool) {
+	b, err := os.ReadFile("/sys/class/net/" + ifname + "/statistics/tx_packets")
+	if err != nil {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return v, err == nil
 }
 
 // floodFrame builds the template: synthetic UDP frame 0 of length bytes

@@ -131,3 +131,25 @@ func TestFloodFrame(t *testing.T) {
 		t.Errorf("default frame: seq %d, %v; want a valid synthetic frame 0", seq, err)
 	}
 }
+
+// TestFloodWarnsWhenRefused: frames a veth refuses (its peer has no NAPI:
+// no XDP program, GRO off) are not lost silently: the summary says none
+// were taken and a warning says why.
+func TestFloodWarnsWhenRefused(t *testing.T) {
+	testgate.NetAdmin(t)
+	bin := binaries(t)
+	p := netns.New(t, netns.Config{})
+	out, err := exec.Command("ip", "netns", "exec", p.B.NS, filepath.Join(bin, "zchost"), "flood",
+		"-o", p.B.Ifname, "-n", "1000", "--stats-interval", "0").CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "live-frame mode unavailable") {
+			t.Skipf("requires XDP live frames (Linux >= 5.18): %s", out)
+		}
+		t.Fatalf("zchost flood: %v\n%s", err, out)
+	}
+	for _, want := range []string{"sent=1000", "if_tx_packets=0", "not_taken=1000", "counted none of the frames", "gro on"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
