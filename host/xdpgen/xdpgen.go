@@ -14,9 +14,11 @@
 // `ethtool -K PEER gro on`), otherwise the kernel refuses each frame.
 //
 // The count in the map is exact (it is what the program ran on), whatever
-// interrupted the system call; frames the target could not take (its ring
-// full) are counted by the target's driver, e.g. veth's
-// tx_queue_N_xdp_xmit_errors in `ethtool -S`.
+// interrupted the system call. Frames the target could not take because
+// its ring was full are counted by its driver (veth:
+// tx_queue_N_xdp_xmit_errors in `ethtool -S`), but a veth whose peer has
+// no NAPI refuses every frame without counting it: compare Sent with the
+// interface's tx_packets, as `zchost flood` does.
 package xdpgen
 
 import (
