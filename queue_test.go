@@ -241,6 +241,18 @@ func TestHotPathNoAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Fatalf("%v allocations per burst", allocs)
 	}
+	// The waiting receive, as zcount uses it, with packets there.
+	ctx := context.Background()
+	allocs = testing.AllocsPerRun(2000, func() {
+		n, _ := prod.Alloc(pkts)
+		s, _ := prod.SendBurst(pkts[:n])
+		prod.Free(pkts[s:n])
+		k, _ := cons.RecvBurstWait(ctx, got)
+		cons.Release(got[:k]...)
+	})
+	if allocs != 0 {
+		t.Fatalf("RecvBurstWait: %v allocations per burst", allocs)
+	}
 }
 
 // TestRecoverDeadConsumersBuffers: a consumer that goes away holding

@@ -80,3 +80,12 @@ func TestPacerFirst(t *testing.T) {
 		t.Error("First after a Wait with no new work")
 	}
 }
+
+// TestPacerNoAllocs: polling and sleeping allocate nothing.
+func TestPacerNoAllocs(t *testing.T) {
+	var p Pacer
+	p.nap = napMin
+	if a := testing.AllocsPerRun(200, func() { p.Work(1); p.Wait() }); a != 0 {
+		t.Errorf("%v allocations per poll", a)
+	}
+}
