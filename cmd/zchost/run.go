@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/host"
+	"github.com/zcfabric/zc/host/libvirt"
 )
 
 func init() {
@@ -53,7 +54,7 @@ type runOpts struct {
 }
 
 func runFlags(o *runOpts) *flag.FlagSet {
-	fs := newFlags("run", "-c ID [-i SOURCE ...] [-n QUEUES] [-m HASH] [--lossless] [--vm QMP.sock ...]")
+	fs := newFlags("run", "-c ID [-i SOURCE ...] [-n QUEUES] [-m HASH] [--lossless] [--vm QMP.sock|libvirt:DOMAIN ...]")
 	for _, n := range []string{"c", "cluster"} {
 		fs.UintVar(&o.cluster, n, 99, "cluster `id` consumers attach to as zc:ID@QUEUE")
 	}
@@ -80,7 +81,8 @@ func runFlags(o *runOpts) *flag.FlagSet {
 	fs.BoolVar(&o.lossless, "lossless", false, "back-pressure: wait for room instead of dropping when a queue is full")
 	fs.StringVar(&o.backing, "backing", "auto", "region memory: auto (hugetlbfs if mounted with free pages, else /dev/shm), shm, hugetlbfs, memfd")
 	fs.StringVar(&o.hugeDir, "hugetlbfs", "", "hugetlbfs mount `dir` (default: found in /proc/mounts)")
-	fs.Var(&o.vms, "vm", "hot-plug into the running VM whose QMP socket is `path[=Q,Q..]` (repeatable). By default each VM\n"+
+	fs.Var(&o.vms, "vm", "hot-plug into the running `VM[=Q,Q..]` (repeatable): its QMP socket path, or libvirt:DOMAIN[@SOCKET|URI]\n"+
+		"for a libvirt domain (a <shmem> device; regions in /dev/shm, no --ctl). By default each VM\n"+
 		"gets a region of its own (its own trust domain) holding the listed queues (all if none), filled by one\n"+
 		"counted copy; the guest opens them by the same names, zc:ID@Q. With --shared, or with no -i sources\n"+
 		"(queues fed by producers in the VMs), the VM maps the cluster's own region: zero copy, trusted guests")
@@ -192,6 +194,9 @@ func runCmd(args []string) error {
 	}
 	exported := make([]bool, o.queues) // queues a VM reads: drained before exit
 	for k, vm := range specs {
+		if o.ctl && libvirt.IsSpec(vm.path) {
+			return fmt.Errorf("%w: --vm %s: %v", errUsage, vm.path, errLibvirtCtl)
+		}
 		for _, qi := range vm.queues {
 			exported[qi] = true
 		}
@@ -405,7 +410,7 @@ func parseVMs(specs []string, nq int, exclusive bool) ([]vmSpec, error) {
 	var out []vmSpec
 	owner := map[int]string{}
 	for _, s := range specs {
-		path, list, hasList := strings.Cut(s, "=")
+		path, list, hasList := cutVMSpec(s)
 		v := vmSpec{path: path}
 		if hasList {
 			for _, f := range strings.Split(list, ",") {

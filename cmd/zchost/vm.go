@@ -17,8 +17,8 @@ import (
 )
 
 func init() {
-	register("attach", "hot-plug a running cluster's region into a VM over QMP", attachCmd)
-	register("detach", "unplug a cluster's region from a VM over QMP", detachCmd)
+	register("attach", "hot-plug a running cluster's region into a VM (QMP or libvirt)", attachCmd)
+	register("detach", "unplug a cluster's region from a VM (QMP or libvirt)", detachCmd)
 }
 
 // attachment is what attach prints and detach reads back: the QEMU ids of
@@ -45,7 +45,7 @@ type vmFlags struct {
 }
 
 func (f *vmFlags) add(fs *flag.FlagSet) {
-	fs.StringVar(&f.qmp, "qmp", "", "the VM's QMP unix socket `path` (-qmp unix:PATH,server=on,wait=off)")
+	fs.StringVar(&f.qmp, "qmp", "", "the `VM`: "+vmHelp)
 	for _, n := range []string{"c", "cluster"} {
 		fs.Int64Var(&f.cluster, n, -1, "cluster `id`")
 	}
@@ -53,15 +53,15 @@ func (f *vmFlags) add(fs *flag.FlagSet) {
 }
 
 func attachCmd(args []string) error {
-	fs := newFlags("attach", "--qmp PATH -c ID [--bus ROOTPORT]")
+	fs := newFlags("attach", "--qmp PATH|libvirt:DOMAIN[@SOCKET|URI] -c ID [--bus ROOTPORT]")
 	var f vmFlags
 	f.add(fs)
-	bus := fs.String("bus", "", "plug behind this bus `id` (default: the default bus on pc, a free pcie-root-port on q35)")
+	bus := fs.String("bus", "", "plug behind this bus `id` (default: the default bus on pc, a free pcie-root-port on q35; QMP only)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if f.qmp == "" || f.cluster < 0 {
-		return fmt.Errorf("%w: need --qmp PATH and -c ID", errUsage)
+		return fmt.Errorf("%w: need --qmp PATH|libvirt:DOMAIN and -c ID", errUsage)
 	}
 	id := uint32(f.cluster)
 	info, err := zc.Inspect(id)
@@ -70,12 +70,12 @@ func attachCmd(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
-	vm, err := qmp.Dial(ctx, f.qmp)
+	vm, err := dialVM(ctx, f.qmp)
 	if err != nil {
 		return fmt.Errorf("attach cluster %d: %w", id, err)
 	}
 	defer vm.Close()
-	a, err := vm.AttachRegion(ctx, qmp.AttachSpec{Path: info.File, Size: info.Size, Bus: *bus, Name: fmt.Sprintf("c%d", id)})
+	a, err := vm.attach(ctx, info.File, info.Size, fmt.Sprintf("c%d", id), *bus)
 	if err != nil {
 		return fmt.Errorf("attach cluster %d: %w", id, err)
 	}
@@ -83,20 +83,20 @@ func attachCmd(args []string) error {
 }
 
 func detachCmd(args []string) error {
-	fs := newFlags("detach", "--qmp PATH (-c ID | --dev ID --mem ID)")
+	fs := newFlags("detach", "--qmp PATH|libvirt:DOMAIN[@SOCKET|URI] (-c ID | --dev ID [--mem ID])")
 	var f vmFlags
 	f.add(fs)
-	dev := fs.String("dev", "", "the ivshmem-plain device `id` to unplug (as attach printed it)")
-	mem := fs.String("mem", "", "its memory-backend `id` (default: read from the device)")
+	dev := fs.String("dev", "", "the ivshmem-plain device `id` to unplug (as attach printed it; for libvirt the device alias)")
+	mem := fs.String("mem", "", "its memory-backend `id` (default: read from the device; libvirt removes its own)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if f.qmp == "" || (f.cluster < 0) == (*dev == "") {
-		return fmt.Errorf("%w: need --qmp PATH and either -c ID or --dev ID", errUsage)
+		return fmt.Errorf("%w: need --qmp PATH|libvirt:DOMAIN and either -c ID or --dev ID", errUsage)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
-	vm, err := qmp.Dial(ctx, f.qmp)
+	vm, err := dialVM(ctx, f.qmp)
 	if err != nil {
 		return fmt.Errorf("detach: %w", err)
 	}
@@ -106,7 +106,7 @@ func detachCmd(args []string) error {
 	if *dev != "" && *mem != "" {
 		todo = append(todo, qmp.Attachment{DevID: *dev, MemID: *mem})
 	} else {
-		regions, err := vm.Regions(ctx)
+		regions, err := vm.regions(ctx)
 		if err != nil {
 			return fmt.Errorf("detach: %w", err)
 		}
@@ -126,7 +126,7 @@ func detachCmd(args []string) error {
 	enc := json.NewEncoder(os.Stdout)
 	var errs []error
 	for _, a := range todo {
-		if err := vm.Detach(ctx, a); err != nil {
+		if err := vm.detach(ctx, a); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -174,37 +174,38 @@ func isVMRegion(id int64, path string) bool {
 	return true
 }
 
-// exportVM hot-plugs cluster c into the running VM whose QMP socket is
-// qmpPath (on q35 behind a free pcie-root-port, see qmp.VM.FreeRootPort)
-// and returns the function that unplugs it. The QMP connection is closed
-// in between: QEMU serves one QMP client per socket, and zchost detach or
-// a VM manager may need it while the cluster runs. detach dials again; a
-// region already unplugged by someone else counts as detached.
+// exportVM hot-plugs cluster c into the running VM qmpPath names (a QMP
+// socket, on q35 behind a free pcie-root-port, see qmp.VM.FreeRootPort; or
+// libvirt:DOMAIN, see dialVM) and returns the function that unplugs it.
+// The connection is closed in between: QEMU serves one QMP client per
+// socket, and zchost detach or a VM manager may need it while the cluster
+// runs. detach dials again; a region already unplugged by someone else
+// counts as detached.
 func exportVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluster) (detach func(context.Context) error, err error) {
-	vm, err := qmp.Dial(ctx, qmpPath)
+	vm, err := dialVM(ctx, qmpPath)
 	if err != nil {
 		return nil, fmt.Errorf("export cluster %d to vm %s: %w", c.ID(), qmpPath, err)
 	}
 	start := time.Now()
-	a, err := vm.AttachRegion(ctx, qmp.AttachSpec{Path: c.File(), Size: c.Size(), Name: fmt.Sprintf("c%d", c.ID())})
+	a, err := vm.attach(ctx, c.File(), c.Size(), fmt.Sprintf("c%d", c.ID()), "")
 	vm.Close()
 	if err != nil {
 		return nil, fmt.Errorf("export cluster %d to vm %s: %w", c.ID(), qmpPath, err)
 	}
 	log.Info("exported to vm", "vm", qmpPath, "device", a.DevID, "memdev", a.MemID, "bus", a.Bus, "took", time.Since(start))
 	return func(ctx context.Context) error {
-		vm, err := qmp.Dial(ctx, qmpPath)
+		vm, err := dialVM(ctx, qmpPath)
 		if err != nil {
 			return fmt.Errorf("unexport cluster %d from vm %s: %w", c.ID(), qmpPath, err)
 		}
 		defer vm.Close()
-		present, err := vm.Regions(ctx)
+		present, err := vm.regions(ctx)
 		if err != nil {
 			return fmt.Errorf("unexport cluster %d from vm %s: %w", c.ID(), qmpPath, err)
 		}
 		for _, r := range present {
 			if r.DevID == a.DevID {
-				return vm.Detach(ctx, a)
+				return vm.detach(ctx, a)
 			}
 		}
 		log.Info("already unplugged", "vm", qmpPath, "device", a.DevID)
