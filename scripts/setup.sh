@@ -2,15 +2,18 @@
 # Installs what the tests and the VM demo need on a Debian machine (as
 # root): QEMU, busybox-static for the guest initramfs, tcpdump and
 # netsniff-ng for the capture tests, iproute2 for namespaces, ethtool for
-# the capture benchmark (GRO on a veth, driver counters). The guest
-# kernel is fetched by vmtest itself (apt-get download, cached).
+# the capture benchmark (GRO on a veth, driver counters), libvirtd and its
+# QEMU driver for the libvirt test (no libvirt-daemon-system: it pulls in
+# systemd; vmtest starts a private libvirtd itself, nothing runs as a
+# service). The guest kernel is fetched by vmtest itself (apt-get
+# download, cached).
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
   echo "setup.sh: not root: skipping apt packages (QEMU and network tests will skip)" >&2
   exit 0
 fi
 need=()
-for p in qemu-system-x86 busybox-static tcpdump netsniff-ng iproute2 ethtool; do
+for p in qemu-system-x86 busybox-static tcpdump netsniff-ng iproute2 ethtool libvirt-daemon libvirt-daemon-driver-qemu; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 # vmtest fetches the guest kernel with apt-get download: it needs lists.
