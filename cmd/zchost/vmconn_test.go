@@ -52,3 +52,11 @@ func TestAttachDetachLibvirtNames(t *testing.T) {
 		t.Errorf("detach from an unreachable libvirt = %v, want an error naming the domain", err)
 	}
 }
+
+func TestRunCtlLibvirt(t *testing.T) {
+	t.Setenv("ZC_DIR", t.TempDir())
+	err := runCmd([]string{"-c", "77", "--backing", "shm", "--ctl", "--vm", "libvirt:web1", "--stats-interval", "0"})
+	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "--ctl is not supported for libvirt") {
+		t.Errorf("run --ctl --vm libvirt:web1 = %v, want a usage error about --ctl", err)
+	}
+}
