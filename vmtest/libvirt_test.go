@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,6 +23,7 @@ import (
 	"github.com/digitalocean/go-libvirt/socket/dialers"
 	"github.com/zcfabric/zc/host/libvirt"
 	"github.com/zcfabric/zc/internal/testgate"
+	"golang.org/x/sys/unix"
 )
 
 // The libvirt tests run their own libvirtd, so that CI needs no service
@@ -28,28 +31,98 @@ import (
 // private mount namespace in which temporary directories are bind-mounted
 // over /etc/libvirt, /run/libvirt, /var/lib/libvirt and /var/log/libvirt
 // (and vmtest's cache directory over /var/cache/libvirt, which keeps
-// libvirt's probe of QEMU's capabilities), and its socket is in the
-// temporary directory. Debian's libvirt (9.0) resolves its default QEMU
-// user, libvirt-qemu, before it reads qemu.conf and refuses to start
-// without it; without the libvirt-daemon-system package (which pulls in
-// systemd) that user does not exist, so the namespace also gets a copy of
-// /etc/passwd and /etc/group that has it. qemu.conf then runs QEMU as root
-// (user = "root"): on the build machines /dev/kvm exists but only root may
-// open it, and with QEMU as libvirt-qemu libvirt 9.0 found its capability
-// cache invalid on every lookup ("KVM was enabled when probing, but it is
-// not available now") and re-probed QEMU ten times: 44 s per domain start
-// instead of 0.6 s. (That run passed too, the region file given to uid
-// 64055 by host/libvirt.) stdio_handler = "file": no virtlogd.
+// libvirt's probe of QEMU's capabilities, ~4 s), and its socket is in the
+// temporary directory. The namespace is set up as libvirt-daemon-system
+// (not installed: it pulls in systemd) would set up the host, so that QEMU
+// runs as libvirt-qemu under libvirt's DAC driver:
+//
+//   - Debian's libvirt 9.0 resolves its default QEMU user, libvirt-qemu,
+//     before it reads qemu.conf and refuses to start without it: the
+//     namespace gets copies of /etc/passwd and /etc/group with that user,
+//     in group kvm.
+//   - /dev/kvm is root:root 0600 on the build machines. With QEMU's user
+//     unable to open it, libvirt found its capability cache invalid on
+//     every lookup ("KVM was enabled when probing, but it is not available
+//     now") and re-probed QEMU about ten times: 44 s per domain start instead of
+//     0.6 s. The namespace gets a /dev/kvm node root:kvm 0660, as Debian's
+//     udev rules make it (the domain itself is TCG: type='qemu').
+//   - qemu.conf: stdio_handler = "file" (no virtlogd).
 
-// libvirtQEMUUID is the uid and gid the namespace's libvirt-qemu user gets
-// when the host has none (Debian's usual number).
-const libvirtQEMUUID = 64055
+// The uid and gid the namespace's libvirt-qemu user and kvm group get when
+// the host has none (Debian's usual numbers).
+const (
+	libvirtQEMUUID = 64055
+	libvirtKVMGID  = 64054
+)
+
+// qemuUser writes the namespace's passwd and group into dir: the host's,
+// plus a libvirt-qemu user and group unless the host has them, and
+// libvirt-qemu in group kvm (made if the host has none), as
+// libvirt-daemon-system sets them up. It returns libvirt-qemu's uid and
+// gid and kvm's gid.
+func qemuUser(t *testing.T, dir string) (uid, gid, kvm int) {
+	t.Helper()
+	read := func(name string) []string {
+		b, err := os.ReadFile("/etc/" + name)
+		if err != nil {
+			t.Skipf("requires /etc/%s: %v", name, err)
+		}
+		return strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	}
+	find := func(lines []string, name string) (int, []string) {
+		for i, l := range lines {
+			if f := strings.Split(l, ":"); len(f) >= 4 && f[0] == name {
+				return i, f
+			}
+		}
+		return -1, nil
+	}
+	num := func(s string) int {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			t.Fatalf("bad id %q in /etc/passwd or /etc/group", s)
+		}
+		return n
+	}
+	passwd, group := read("passwd"), read("group")
+	uid, gid = libvirtQEMUUID, libvirtQEMUUID
+	if _, f := find(passwd, "libvirt-qemu"); f != nil {
+		uid, gid = num(f[2]), num(f[3])
+	} else {
+		passwd = append(passwd, fmt.Sprintf("libvirt-qemu:x:%d:%d:Libvirt Qemu:/nonexistent:/usr/sbin/nologin", uid, gid))
+	}
+	if i, _ := find(group, "libvirt-qemu"); i < 0 {
+		group = append(group, fmt.Sprintf("libvirt-qemu:x:%d:", gid))
+	}
+	if i, f := find(group, "kvm"); f == nil {
+		kvm = libvirtKVMGID
+		group = append(group, fmt.Sprintf("kvm:x:%d:libvirt-qemu", kvm))
+	} else {
+		kvm = num(f[2])
+		if !slices.Contains(strings.Split(f[3], ","), "libvirt-qemu") {
+			group[i] = strings.TrimSuffix(group[i], ",")
+			if f[3] != "" {
+				group[i] += ","
+			}
+			group[i] += "libvirt-qemu"
+		}
+	}
+	for name, lines := range map[string][]string{"passwd": passwd, "group": group} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return uid, gid, kvm
+}
 
 // libvirtd is a private libvirt daemon for one test.
 type libvirtd struct {
 	dir    string // its state, config and socket
 	socket string
 	log    string // debug log: QMP traffic and errors
+	// qemuUID and qemuGID are the user and group QEMU runs as (libvirt's
+	// DAC label).
+	qemuUID, qemuGID int
 }
 
 // startLibvirtd starts a private libvirtd, or skips the test saying why it
@@ -114,27 +187,35 @@ func startLibvirtd(t *testing.T) *libvirtd {
 	if err := os.MkdirAll(filepath.Join(dir, "sock"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []struct{ name, line string }{
-		{"passwd", fmt.Sprintf("libvirt-qemu:x:%d:%d:Libvirt Qemu:/nonexistent:/usr/sbin/nologin\n", libvirtQEMUUID, libvirtQEMUUID)},
-		{"group", fmt.Sprintf("libvirt-qemu:x:%d:\n", libvirtQEMUUID)},
-	} {
-		b, err := os.ReadFile("/etc/" + f.name)
-		if err != nil {
-			t.Skipf("requires /etc/%s: %v", f.name, err)
+	uid, gid, kvmGID := qemuUser(t, dir)
+	for _, f := range []string{"passwd", "group"} {
+		fmt.Fprintf(&script, "mount --bind %s /etc/%s\n", filepath.Join(dir, f), f)
+	}
+	qemuConf := "stdio_handler = \"file\"\n"
+	d.qemuUID, d.qemuGID = uid, gid
+	if fi, err := os.Stat("/dev/kvm"); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		// /dev/kvm as Debian has it: root:kvm 0660.
+		node := filepath.Join(dir, "kvm")
+		err := unix.Mknod(node, unix.S_IFCHR|0o660, int(fi.Sys().(*syscall.Stat_t).Rdev))
+		if err == nil {
+			err = os.Chown(node, 0, kvmGID)
 		}
-		if !regexp.MustCompile(`(?m)^libvirt-qemu:`).Match(b) {
-			b = append(b, f.line...)
+		if err == nil {
+			err = os.Chmod(node, 0o660) // mknod's mode went through the umask
 		}
-		if err := os.WriteFile(filepath.Join(dir, f.name), b, 0o644); err != nil {
-			t.Fatal(err)
+		if err == nil {
+			fmt.Fprintf(&script, "mount --bind %s /dev/kvm\n", node)
+		} else {
+			t.Logf("cannot make a kvm-group /dev/kvm (%v): QEMU runs as root", err)
+			qemuConf = "user = \"root\"\ngroup = \"root\"\n" + qemuConf
+			d.qemuUID, d.qemuGID = 0, 0
 		}
-		fmt.Fprintf(&script, "mount --bind %s /etc/%s\n", filepath.Join(dir, f.name), f.name)
 	}
 	conf := fmt.Sprintf("unix_sock_dir = %q\nlog_filters = \"1:qemu.qemu_monitor 3:*\"\nlog_outputs = \"1:file:%s\"\n", filepath.Dir(d.socket), d.log)
 	if err := os.WriteFile(filepath.Join(dir, "libvirtd.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "etc", "qemu.conf"), []byte("user = \"root\"\ngroup = \"root\"\nstdio_handler = \"file\"\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "etc", "qemu.conf"), []byte(qemuConf), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	fmt.Fprintf(&script, "exec %s --config %s --pid-file %s\n", bin, filepath.Join(dir, "libvirtd.conf"), filepath.Join(dir, "libvirtd.pid"))
@@ -363,7 +444,8 @@ func freeClusterID(t *testing.T) uint32 {
 // it as libvirt's own <shmem> device (model ivshmem-plain); the guest's
 // zcount --verify counts exactly the N frames generated. The test then
 // checks that libvirt lists the device (name, size, a fresh ua- alias)
-// and sent QEMU the memory backend for the region file, that zchost detach --qmp libvirt:... removes
+// and sent QEMU the memory backend for the region file, that the file was
+// given to QEMU's DAC user (libvirt-qemu), that zchost detach --qmp libvirt:... removes
 // it (gone from the live XML when detach returns, and from the guest),
 // and that zchost attach / detach --dev plug and unplug the cluster's own
 // region again with another alias.
@@ -431,6 +513,11 @@ sleep 1 # let libvirt see the eject before power-off`, id, n), map[string]string
 		t.Fatalf("domain XML lists shmem devices %+v, want one for %s (%d bytes) with a ua-zc- alias", regions, file, fi.Size())
 	}
 	first := regions[0]
+	// libvirt does not relabel shmem files: host/libvirt gives the file
+	// to QEMU's DAC user.
+	if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != d.qemuUID || int(st.Gid) != d.qemuGID {
+		t.Errorf("%s owned by %d:%d, want QEMU's DAC user %d:%d", file, st.Uid, st.Gid, d.qemuUID, d.qemuGID)
+	}
 	sentRE := regexp.MustCompile(`"execute":"object-add","arguments":\{"qom-type":"memory-backend-file","id":"` + regexp.QuoteMeta(first.MemID()) +
 		`","mem-path":"` + regexp.QuoteMeta(file) + `","size":` + fmt.Sprint(fi.Size()) + `,"share":true\}`)
 	devRE := regexp.MustCompile(`"execute":"device_add","arguments":\{"driver":"ivshmem-plain","id":"` + regexp.QuoteMeta(first.Alias) + `","memdev":"` + regexp.QuoteMeta(first.MemID()) + `"`)
