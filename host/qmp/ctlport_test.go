@@ -29,8 +29,12 @@ func startQEMU(t *testing.T, machine string, args ...string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// Wait until QEMU listens, not just until the socket file exists: the
+	// file appears at bind, a moment before listen (a Dial in between got
+	// "connection refused" under -race).
 	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
 			return sock
 		}
 		if i == 1000 {
