@@ -264,6 +264,13 @@ func testCapture(t *testing.T, tc captureCase) {
 // error; it may be called more than once.
 func startEngine(t *testing.T, c *zc.Cluster, srcs []Source) (cons *zc.Queue, stop func()) {
 	t.Helper()
+	cons, stop, _ = startEngineWith(t, c, srcs)
+	return cons, stop
+}
+
+// startEngineWith is startEngine, also returning the running Engine.
+func startEngineWith(t *testing.T, c *zc.Cluster, srcs []Source) (cons *zc.Queue, stop func(), eng *Engine) {
+	t.Helper()
 	prod, err := c.Producer(0)
 	if err != nil {
 		t.Fatal(err)
@@ -281,8 +288,8 @@ func startEngine(t *testing.T, c *zc.Cluster, srcs []Source) (cons *zc.Queue, st
 	ctx, cancel := context.WithCancel(context.Background())
 	engDone := make(chan error, 1)
 	started := make(chan struct{})
+	eng = &Engine{Pool: c.Pool(), Sources: srcs, Balancer: bal, OnStart: func() { close(started) }}
 	go func() {
-		eng := &Engine{Pool: c.Pool(), Sources: srcs, Balancer: bal, OnStart: func() { close(started) }}
 		_, err := eng.Run(ctx)
 		engDone <- err
 	}()
@@ -301,5 +308,5 @@ func startEngine(t *testing.T, c *zc.Cluster, srcs []Source) (cons *zc.Queue, st
 		stop()
 		t.Fatal("engine did not start")
 	}
-	return cons, stop
+	return cons, stop, eng
 }

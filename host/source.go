@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/zcfabric/zc"
@@ -61,6 +63,34 @@ type Engine struct {
 	// packets (an AF_XDP source's fill ring is stocked), before the first
 	// Recv. Frames that arrive after it are not lost for want of a buffer.
 	OnStart func()
+
+	mu   sync.Mutex
+	snap []SourceStats // the sources' counters as last published by Run
+}
+
+// publishEvery is how often Run copies its sources' counters for
+// SourceStats.
+const publishEvery = 250 * time.Millisecond
+
+// SourceStats returns each source's counters (in Sources order) as Run
+// last published them: about every 250 ms while it runs, and when it
+// returns. Safe from any goroutine, unlike Source.Stats while Run runs.
+func (e *Engine) SourceStats() []SourceStats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.snap)
+}
+
+// publish copies the sources' counters for SourceStats (on Run's
+// goroutine: Source.Stats is not safe against a concurrent Recv).
+func (e *Engine) publish() {
+	snap := make([]SourceStats, len(e.Sources))
+	for i, s := range e.Sources {
+		snap[i] = s.Stats()
+	}
+	e.mu.Lock()
+	e.snap = snap
+	e.mu.Unlock()
 }
 
 // primer is a source that stocks kernel rings from the pool before its
@@ -95,6 +125,9 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 	}
 	var pace idle.Pacer
 	done := ctx.Done()
+	e.publish()
+	defer e.publish()
+	published, iter := time.Now(), 0
 	for nlive > 0 {
 		got := 0
 		for i, s := range e.Sources {
@@ -125,6 +158,12 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 			}
 		}
 		pace.Work(got)
+		if iter++; iter&255 == 0 || !idle.Busy(got) {
+			if now := time.Now(); now.Sub(published) >= publishEvery {
+				e.publish()
+				published = now
+			}
+		}
 		if idle.Busy(got) {
 			continue
 		}

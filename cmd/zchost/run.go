@@ -90,7 +90,7 @@ func runFlags(o *runOpts) *flag.FlagSet {
 		"has none) and plug them when the guest asks (zcguest ctl plug) instead of at start. Without it a zc.ctl\n"+
 		"port the VM has is served too. Either way the guest gets an unplug-notice before an unplug")
 	fs.BoolVar(&o.shared, "shared", false, "put every VM on the cluster's own region (zero copy; only for guests you trust)")
-	fs.DurationVar(&o.interval, "stats-interval", time.Second, "print queue counters this often (0: never)")
+	fs.DurationVar(&o.interval, "stats-interval", time.Second, "print source and queue counters this often (0: never)")
 	fs.DurationVar(&o.waitConsumers, "wait-consumers", 0, "before the sources start, wait up to this `long` for every queue to have a consumer attached")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a Go CPU profile of the run to `file` (go tool pprof)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 10*time.Second, "after the sources end, give up waiting for consumers that read nothing for this `long`")
@@ -261,11 +261,11 @@ func runCmd(args []string) error {
 	if o.waitConsumers > 0 && len(sources) > 0 {
 		waitConsumers(ctx, log, stats, o.waitConsumers)
 	}
-	stopStats := startStats(log, stats, o.interval)
+	eng := &host.Engine{Pool: c.Pool(), Sources: sources, Balancer: bal,
+		OnStart: func() { log.Info("sources started") }}
+	stopStats := startStats(log, stats, sources, eng.SourceStats, o.interval)
 	var st host.EngineStats
 	if len(sources) > 0 {
-		eng := &host.Engine{Pool: c.Pool(), Sources: sources, Balancer: bal,
-			OnStart: func() { log.Info("sources started") }}
 		st, err = eng.Run(ctx)
 		if err != nil {
 			stopStats()
@@ -347,9 +347,10 @@ func ivshmemBacking(s string) (zc.Backing, error) {
 	return 0, errors.New("want auto, shm, hugetlbfs or memfd")
 }
 
-// startStats logs per-queue counters every interval until the returned
-// function is called.
-func startStats(log hclog.Logger, stats func() []zc.QueueStats, every time.Duration) func() {
+// startStats logs per-source and per-queue counters every interval until
+// the returned function is called. srcStats gives the sources' counters
+// (Engine.SourceStats; empty before the engine runs).
+func startStats(log hclog.Logger, stats func() []zc.QueueStats, sources []host.Source, srcStats func() []host.SourceStats, every time.Duration) func() {
 	if every <= 0 {
 		return func() {}
 	}
@@ -360,6 +361,7 @@ func startStats(log hclog.Logger, stats func() []zc.QueueStats, every time.Durat
 		t := time.NewTicker(every)
 		defer t.Stop()
 		prev := stats()
+		prevSrc := srcStats()
 		last := time.Now()
 		for {
 			select {
@@ -368,6 +370,17 @@ func startStats(log hclog.Logger, stats func() []zc.QueueStats, every time.Durat
 			case now := <-t.C:
 				cur := stats()
 				secs := now.Sub(last).Seconds()
+				curSrc := srcStats()
+				for i, ss := range curSrc {
+					var p host.SourceStats
+					if i < len(prevSrc) {
+						p = prevSrc[i]
+					}
+					log.Info("source stats", "name", sources[i].Name(), "pkts", ss.Packets, "pps", uint64(float64(ss.Packets-p.Packets)/secs),
+						"kernel_drops", ss.KernelDrops, "kernel_drops_per_s", uint64(float64(ss.KernelDrops-p.KernelDrops)/secs),
+						"filtered", ss.Filtered)
+				}
+				prevSrc = curSrc
 				for i, s := range cur {
 					log.Info("queue", "q", i, "sent", s.Sent, "pps", uint64(float64(s.Sent-prev[i].Sent)/secs),
 						"drops", s.Drops, "received", s.Received, "depth", s.Depth, "consumer", s.Consumer)
