@@ -350,46 +350,29 @@ func ivshmemBacking(s string) (zc.Backing, error) {
 // startStats logs per-source and per-queue counters every interval until
 // the returned function is called. srcStats gives the sources' counters
 // (Engine.SourceStats; empty before the engine runs).
-func startStats(log hclog.Logger, stats func() []zc.QueueStats, sources []host.Source, srcStats func() []host.SourceStats, every time.Duration) func() {
-	if every <= 0 {
+func startStats(log hclog.Logger, stats func() []zc.QueueStats, sources []host.Source, srcStats func() []host.SourceStats, interval time.Duration) func() {
+	if interval <= 0 {
 		return func() {}
 	}
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		prev := stats()
-		prevSrc := srcStats()
-		last := time.Now()
-		for {
-			select {
-			case <-done:
-				return
-			case now := <-t.C:
-				cur := stats()
-				secs := now.Sub(last).Seconds()
-				curSrc := srcStats()
-				for i, ss := range curSrc {
-					var p host.SourceStats
-					if i < len(prevSrc) {
-						p = prevSrc[i]
-					}
-					log.Info("source stats", "name", sources[i].Name(), "pkts", ss.Packets, "pps", uint64(float64(ss.Packets-p.Packets)/secs),
-						"kernel_drops", ss.KernelDrops, "kernel_drops_per_s", uint64(float64(ss.KernelDrops-p.KernelDrops)/secs),
-						"filtered", ss.Filtered)
-				}
-				prevSrc = curSrc
-				for i, s := range cur {
-					log.Info("queue", "q", i, "sent", s.Sent, "pps", uint64(float64(s.Sent-prev[i].Sent)/secs),
-						"drops", s.Drops, "received", s.Received, "depth", s.Depth, "consumer", s.Consumer)
-				}
-				prev, last = cur, now
+	prev, prevSrc, last := stats(), srcStats(), time.Now()
+	return every(interval, func(now time.Time) {
+		cur, curSrc := stats(), srcStats()
+		secs := now.Sub(last).Seconds()
+		for i, ss := range curSrc {
+			var p host.SourceStats
+			if i < len(prevSrc) {
+				p = prevSrc[i]
 			}
+			log.Info("source stats", "name", sources[i].Name(), "pkts", ss.Packets, "pps", uint64(float64(ss.Packets-p.Packets)/secs),
+				"kernel_drops", ss.KernelDrops, "kernel_drops_per_s", uint64(float64(ss.KernelDrops-p.KernelDrops)/secs),
+				"filtered", ss.Filtered)
 		}
-	}()
-	return func() { close(done); <-finished }
+		for i, s := range cur {
+			log.Info("queue", "q", i, "sent", s.Sent, "pps", uint64(float64(s.Sent-prev[i].Sent)/secs),
+				"drops", s.Drops, "received", s.Received, "depth", s.Depth, "consumer", s.Consumer)
+		}
+		prev, prevSrc, last = cur, curSrc, now
+	})
 }
 
 func summary(log hclog.Logger, stats func() []zc.QueueStats, sources []host.Source, st host.EngineStats, copies uint64) {

@@ -19,34 +19,43 @@ func init() {
 	register("bounce", "receive on one interface, send out of another (RX and TX together)", bounceCmd)
 }
 
-// statsLoop logs what cur reports every interval until the returned
-// function is called.
-func statsLoop(log hclog.Logger, every time.Duration, cur func() (pkts, bytes uint64, extra []any)) func() {
-	if every <= 0 {
+// every calls fn with the tick time every interval, on a goroutine of its
+// own, until the returned function is called (which waits for a running
+// fn). interval <= 0: never.
+func every(interval time.Duration, fn func(now time.Time)) func() {
+	if interval <= 0 {
 		return func() {}
 	}
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
-		t := time.NewTicker(every)
+		t := time.NewTicker(interval)
 		defer t.Stop()
-		var lp, lb uint64
-		last := time.Now()
 		for {
 			select {
 			case <-done:
 				return
 			case now := <-t.C:
-				p, b, extra := cur()
-				s := now.Sub(last).Seconds()
-				args := append([]any{"pkts", p, "pps", uint64(float64(p-lp) / s), "Mbps", float64(b-lb) * 8 / s / 1e6}, extra...)
-				log.Info("stats", args...)
-				lp, lb, last = p, b, now
+				fn(now)
 			}
 		}
 	}()
 	return func() { close(done); <-finished }
+}
+
+// statsLoop logs what cur reports every interval until the returned
+// function is called.
+func statsLoop(log hclog.Logger, interval time.Duration, cur func() (pkts, bytes uint64, extra []any)) func() {
+	var lp, lb uint64
+	last := time.Now()
+	return every(interval, func(now time.Time) {
+		p, b, extra := cur()
+		s := now.Sub(last).Seconds()
+		args := append([]any{"pkts", p, "pps", uint64(float64(p-lp) / s), "Mbps", float64(b-lb) * 8 / s / 1e6}, extra...)
+		log.Info("stats", args...)
+		lp, lb, last = p, b, now
+	})
 }
 
 func txCmd(args []string) error {
