@@ -179,26 +179,7 @@ func TestBounce(t *testing.T) {
 		done <- err
 	}()
 	var got atomic.Int64
-	sendErr := make(chan error, 1)
-	go func() {
-		var buf []byte
-		deadline := time.Now().Add(20 * time.Second)
-		for seq := uint32(0); seq < total; seq++ {
-			for int64(seq)-got.Load() >= window {
-				if time.Now().After(deadline) {
-					sendErr <- errors.New("bounce stalled")
-					return
-				}
-				time.Sleep(20 * time.Microsecond)
-			}
-			buf = netns.AppendFrame(buf[:0], in.A.MAC, in.B.MAC, seq, netns.FrameLen(seq, 1400))
-			if err := tx.Send(buf); err != nil {
-				sendErr <- err
-				return
-			}
-		}
-		sendErr <- nil
-	}()
+	sendErr := tx.SendWindow(in.A.MAC, in.B.MAC, total, window, &got, 20*time.Second)
 	seen := make([]int, total)
 	observe(t, obs, seen, &got)
 	cancel()
