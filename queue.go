@@ -10,7 +10,6 @@ import (
 
 	"github.com/zcfabric/zc/internal/idle"
 	"github.com/zcfabric/zc/ivshmem"
-	"golang.org/x/sys/unix"
 )
 
 // Queue is one attached end of a queue: the consumer end (Recv, Release)
@@ -261,8 +260,7 @@ func (q *Queue) Recv(ctx context.Context) (Packet, error) {
 
 // RecvBurstWait waits until at least one packet is there, then receives a
 // burst as RecvBurst does. It polls (a guest's ivshmem-plain has no
-// interrupt to wait on): a few polls yielding to other goroutines, then
-// sleeps whose length the queue adapts to its traffic, from 50 µs to 1 ms
+// interrupt to wait on): a few polls at once, then sleeps whose length the queue adapts to its traffic, from 50 µs to 1 ms
 // (long enough to gather a burst, short enough that the producer does not
 // fill the queue meanwhile; see internal/idle).
 func (q *Queue) RecvBurstWait(ctx context.Context, pkts []Packet) (int, error) {
@@ -509,8 +507,8 @@ func (q *Queue) Close() error {
 // the time a 4096-slot queue takes to drain at line rate), then sleep for
 // growing times up to 200µs. It checks ctx without allocating.
 //
-// The sleeps are nanosleep(2) on the calling thread, not time.Sleep: the Go
-// runtime parks an idle thread in epoll_wait with a millisecond timeout, so
+// The sleeps are idle.Nap (nanosleep(2)), not time.Sleep: the Go runtime
+// parks an idle thread in epoll_wait with a millisecond timeout, so
 // time.Sleep(200µs) took 1.1 ms here, time enough for a producer at 1.5
 // Mpps to fill a 4096-slot queue; nanosleep took 0.3 ms.
 type backoff struct{ n int }
@@ -529,16 +527,9 @@ func (b *backoff) wait(ctx context.Context) error {
 		runtime.Gosched()
 	default:
 		d := time.Duration(b.n-511) * 5 * time.Microsecond
-		nap(min(d, 200*time.Microsecond))
+		idle.Nap(min(d, 200*time.Microsecond))
 	}
 	return nil
-}
-
-// nap sleeps for about d on the calling thread (nanosleep(2), timer
-// precision; an interrupted sleep just ends early).
-func nap(d time.Duration) {
-	ts := unix.NsecToTimespec(int64(d))
-	_ = unix.Nanosleep(&ts, nil)
 }
 
 // HandshakeWait is how long a new consumer waits for a live producer to

@@ -158,13 +158,14 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 			}
 		}
 		pace.Work(got)
-		if iter++; iter&255 == 0 || !idle.Busy(got) {
+		busy := idle.Busy(got)
+		if iter++; iter&255 == 0 || !busy {
 			if now := time.Now(); now.Sub(published) >= publishEvery {
 				e.publish()
 				published = now
 			}
 		}
-		if idle.Busy(got) {
+		if busy {
 			continue
 		}
 		select { // not ctx.Err(): that takes a mutex on every idle poll
