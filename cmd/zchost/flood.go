@@ -36,7 +36,7 @@ func floodCmd(args []string) error {
 	fs.IntVar(&length, "len", 60, "frame length in `bytes` (60 to 3500, without the FCS)")
 	fs.Uint64Var(&count, "n", 0, "stop after `count` frames (0: no limit)")
 	fs.DurationVar(&dur, "d", 0, "stop after this `duration` (0: no limit; Ctrl-C stops too)")
-	fs.Float64Var(&rate, "rate", 0, "send at most `pps` frames per second on average (0: as fast as the kernel builds them). Each kernel call costs ~15 ms to set up, so the rate comes in bursts of up to a tenth of a second's worth at full speed: size the receiver's rings for that")
+	fs.Float64Var(&rate, "rate", 0, "send at most `pps` frames per second on average (0: as fast as the kernel builds them). Each kernel call costs 15-20 ms to set up, so the rate comes in bursts of up to a tenth of a second's worth at full speed: size the receiver's rings for that")
 	fs.StringVar(&dst, "dst", "", "destination `MAC` (default 02:00:00:00:00:02)")
 	fs.StringVar(&etherType, "ethertype", "", "`EtherType`, e.g. 0x88b5 (local experimental: the receiver's IP stack ignores it), in place of IPv4 (0x0800: frames zcount --verify accepts)")
 	fs.IntVar(&batch, "batch", xdpgen.MaxBatch, "`frames` the kernel builds and flushes at a time (1-256)")

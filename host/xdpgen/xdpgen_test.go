@@ -16,7 +16,7 @@ import (
 // pair makes a veth pair whose A end has NAPI (an XDP program that passes
 // every frame, as the AF_XDP program does with no socket bound), so frames
 // sent out of B with ndo_xdp_xmit reach A's stack and its packet sockets.
-func pair(t *testing.T) *netns.Pair {
+func pair(t testing.TB) *netns.Pair {
 	t.Helper()
 	testgate.NetAdmin(t)
 	p := netns.New(t, netns.Config{})
@@ -36,7 +36,7 @@ func pair(t *testing.T) *netns.Pair {
 
 // openIn opens a Flood on B's interface from inside B's namespace; the
 // caller must Send from there too.
-func openIn(t *testing.T, e netns.End, frame []byte, batch int) *Flood {
+func openIn(t testing.TB, e netns.End, frame []byte, batch int) *Flood {
 	t.Helper()
 	var f *Flood
 	err := e.Do(func() (err error) {
