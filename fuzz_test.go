@@ -82,7 +82,7 @@ func fuzzSeeds(l ivshmem.Layout) [][]byte {
 		// The region closed under the consumer, then re-opened.
 		cat(fuzzWrite(0x8000|128, ivshmem.StateClosed), fuzzWrite(0x8000|128, ivshmem.StateReady)),
 		// The magic wiped (an unplugged BAR reads as zeros).
-		fuzzWrite(0x8000|0, 0),
+		fuzzWrite(0x8000, 0),
 		// Writes to queue 1, whose consumer is then no longer honest.
 		cat(fuzzWrite(rel(q1.RetRing+slot0), 1), fuzzWrite(rel(q1.RetRing+prodIdx), 1)),
 	}

@@ -30,7 +30,6 @@ type Queue struct {
 	out         *ivshmem.RingProducer // data ring
 	ret         *ivshmem.RingConsumer // return ring
 	src         source
-	pool        *Pool    // the queue's own pool, when it has one
 	outstanding uint32   // buffers lent to the consumer
 	lent        []uint64 // bitmap, one bit per buffer of the region: lent on this queue
 	keep        []uint64 // scratch for recoverIfAsked

@@ -56,13 +56,13 @@ func (r *region) meta(h uint32) []byte { return r.l.Meta(r.b, h) }
 func (r *region) writeMeta(p *Packet) {
 	m := r.meta(p.handle)
 	le := binary.LittleEndian
-	le.PutUint32(m[0:], uint32(len(p.Data)))
-	le.PutUint32(m[4:], p.off)
-	le.PutUint64(m[8:], uint64(p.Timestamp))
-	le.PutUint32(m[16:], p.Hash)
-	le.PutUint32(m[20:], p.Flags)
-	le.PutUint32(m[24:], p.Port)
-	le.PutUint32(m[28:], p.Seq)
+	le.PutUint32(m[ivshmem.MetaOffLen:], uint32(len(p.Data)))
+	le.PutUint32(m[ivshmem.MetaOffOff:], p.off)
+	le.PutUint64(m[ivshmem.MetaOffTime:], uint64(p.Timestamp))
+	le.PutUint32(m[ivshmem.MetaOffHash:], p.Hash)
+	le.PutUint32(m[ivshmem.MetaOffFlags:], p.Flags)
+	le.PutUint32(m[ivshmem.MetaOffPort:], p.Port)
+	le.PutUint32(m[ivshmem.MetaOffSeq:], p.Seq)
 }
 
 // readMeta fills p from buffer h's record, reading each field once and
@@ -71,7 +71,7 @@ func (r *region) writeMeta(p *Packet) {
 func (r *region) readMeta(h uint32, p *Packet) bool {
 	m := r.meta(h)
 	le := binary.LittleEndian
-	n, off := le.Uint32(m[0:]), le.Uint32(m[4:])
+	n, off := le.Uint32(m[ivshmem.MetaOffLen:]), le.Uint32(m[ivshmem.MetaOffOff:])
 	size := r.l.BufSize
 	if off > size || n > size-off {
 		return false
@@ -80,11 +80,11 @@ func (r *region) readMeta(h uint32, p *Packet) bool {
 	p.Data = buf[off : off+n : size]
 	p.off = off
 	p.handle = h
-	p.Timestamp = int64(le.Uint64(m[8:]))
-	p.Hash = le.Uint32(m[16:])
-	p.Flags = le.Uint32(m[20:])
-	p.Port = le.Uint32(m[24:])
-	p.Seq = le.Uint32(m[28:])
+	p.Timestamp = int64(le.Uint64(m[ivshmem.MetaOffTime:]))
+	p.Hash = le.Uint32(m[ivshmem.MetaOffHash:])
+	p.Flags = le.Uint32(m[ivshmem.MetaOffFlags:])
+	p.Port = le.Uint32(m[ivshmem.MetaOffPort:])
+	p.Seq = le.Uint32(m[ivshmem.MetaOffSeq:])
 	return true
 }
 

@@ -85,15 +85,16 @@ const (
 	rOffSlots    = RingHeaderSize
 )
 
-// Buffer metadata field offsets, relative to the record.
+// Buffer metadata field offsets, relative to the record (see doc.go):
+// what region.go in package zc reads and writes.
 const (
-	mOffLen   = 0
-	mOffOff   = 4
-	mOffTime  = 8
-	mOffHash  = 16
-	mOffFlags = 20
-	mOffPort  = 24
-	mOffSeq   = 28
+	MetaOffLen   = 0  // u32 packet length
+	MetaOffOff   = 4  // u32 offset of the packet in its buffer
+	MetaOffTime  = 8  // i64 timestamp, ns
+	MetaOffHash  = 16 // u32 hash
+	MetaOffFlags = 20 // u32 flags
+	MetaOffPort  = 24 // u32 ingress port
+	MetaOffSeq   = 28 // u32 sequence number
 )
 
 // Region states, in the mutable state word.

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 )
@@ -45,7 +44,7 @@ func BuildGo(t testing.TB, pkg string) []byte {
 func goBuild(pkg string) ([]byte, error) {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		return nil, fmt.Errorf("build %s: no go command on PATH: %w", pkg, err)
 	}
 	dir, err := os.MkdirTemp("", "vmtest-build-")
 	if err != nil {
