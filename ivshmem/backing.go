@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -16,7 +18,8 @@ import (
 type Backing int
 
 // Backings. Every one is reachable by a path that QEMU's
-// memory-backend-file and other processes can open.
+// memory-backend-file and other processes with the right to it can open;
+// a memfd can also be handed over as an fd (host/qmp gives it to QEMU so).
 const (
 	// BackingAuto uses hugetlbfs when a mount is given or found and has
 	// room, /dev/shm otherwise.
@@ -93,17 +96,56 @@ func FindHugetlbfs() (string, error) {
 	return "", errors.New("no hugetlbfs mount in /proc/mounts")
 }
 
-// Create makes a new region file of size bytes for the name path, maps it
-// and returns it unpublished: it lives under a temporary name until
-// Publish renames it to path, so no one attaches to a half-written region.
-// hugeDir names the hugetlbfs mount for BackingHugetlb and BackingAuto
-// ("" finds one).
+// CreateOptions are the settings of [CreateWith] besides the name and size.
+type CreateOptions struct {
+	// Backing selects the memory (default BackingAuto).
+	Backing Backing
+	// HugetlbDir names the hugetlbfs mount for BackingHugetlb and
+	// BackingAuto ("" finds one).
+	HugetlbDir string
+	// Group, when not empty, is a group (name or numeric id) whose members
+	// may open the region file too: the file gets that group and mode
+	// 0660. Empty: mode 0600, only the creating user (and root) may open
+	// it. A memfd ignores Group: it has no name of its own, and others
+	// reach it only through the creator's /proc/PID/fd (same user or
+	// root) or an fd handed over, which is its permission.
+	Group string
+}
+
+// Region file modes: owner only by default, owner and one group on request.
+const (
+	ModeOwner os.FileMode = 0o600
+	ModeGroup os.FileMode = 0o660
+)
+
+// Create makes a new region file with [CreateWith], mode 0600.
 func Create(path string, size uint64, kind Backing, hugeDir string) (*Mapping, error) {
+	return CreateWith(path, size, CreateOptions{Backing: kind, HugetlbDir: hugeDir})
+}
+
+// CreateWith makes a new region file of size bytes for the name path, maps
+// it and returns it unpublished: it lives under a temporary name until
+// Publish renames it to path, so no one attaches to a half-written region.
+// A tmpfs or hugetlbfs file is owned by the calling user, mode 0600, or
+// 0660 with o.Group (see [CreateOptions]); a memfd is sealed against
+// shrinking and growing (F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL), so no
+// one who holds it can make the mappings fault.
+func CreateWith(path string, size uint64, o CreateOptions) (*Mapping, error) {
 	if !isPow2(size) {
 		return nil, fmt.Errorf("create region %s: size %d is not a power of two", path, size)
 	}
+	gid := -1
+	if o.Group != "" && o.Backing != BackingMemfd {
+		var err error
+		if gid, err = lookupGroup(o.Group); err != nil {
+			return nil, fmt.Errorf("create region %s: %w", path, err)
+		}
+	}
+	kind := o.Backing
 	if kind == BackingAuto {
-		if m, err := Create(path, size, BackingHugetlb, hugeDir); err == nil {
+		h := o
+		h.Backing = BackingHugetlb
+		if m, err := CreateWith(path, size, h); err == nil {
 			return m, nil
 		}
 		kind = BackingShm
@@ -114,11 +156,15 @@ func Create(path string, size uint64, kind Backing, hugeDir string) (*Mapping, e
 	switch kind {
 	case BackingShm:
 		m.File = path
-		m.f, err = os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o660)
+		m.f, err = os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, ModeOwner)
+		if err == nil {
+			err = setAccess(m.f, gid)
+		}
 		if err == nil {
 			err = m.f.Truncate(int64(size))
 		}
 	case BackingHugetlb:
+		hugeDir := o.HugetlbDir
 		if hugeDir == "" {
 			if hugeDir, err = FindHugetlbfs(); err != nil {
 				return nil, fmt.Errorf("create region %s on hugetlbfs: %w", path, err)
@@ -128,7 +174,10 @@ func Create(path string, size uint64, kind Backing, hugeDir string) (*Mapping, e
 			return nil, fmt.Errorf("create region %s on hugetlbfs: size %d is not a multiple of %d", path, size, HugePageSize)
 		}
 		m.File = filepath.Join(hugeDir, fmt.Sprintf("%s-%d-%d", filepath.Base(path), os.Getpid(), nextSerial()))
-		m.f, err = os.OpenFile(m.File, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o660)
+		m.f, err = os.OpenFile(m.File, os.O_RDWR|os.O_CREATE|os.O_EXCL, ModeOwner)
+		if err == nil {
+			err = setAccess(m.f, gid)
+		}
 		if err == nil {
 			err = m.f.Truncate(int64(size))
 		}
@@ -144,7 +193,7 @@ func Create(path string, size uint64, kind Backing, hugeDir string) (*Mapping, e
 			err = m.f.Truncate(int64(size))
 		}
 		if err == nil {
-			_, err = unix.FcntlInt(m.f.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_GROW|unix.F_SEAL_SHRINK|unix.F_SEAL_SEAL)
+			_, err = unix.FcntlInt(m.f.Fd(), unix.F_ADD_SEALS, MemfdSeals)
 		}
 		if err == nil {
 			err = os.Symlink(m.File, tmp)
@@ -160,6 +209,41 @@ func Create(path string, size uint64, kind Backing, hugeDir string) (*Mapping, e
 		return nil, fmt.Errorf("create region %s (%s, %d bytes): %w", path, kind, size, err)
 	}
 	return m, nil
+}
+
+// MemfdSeals are the seals on a memfd region: its size can never change,
+// and no more seals can be added (F_SEAL_WRITE would stop the guest).
+const MemfdSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+
+// setAccess gives f mode 0600, or group gid and mode 0660 when gid >= 0.
+// The mode is set explicitly, whatever the umask.
+func setAccess(f *os.File, gid int) error {
+	if gid < 0 {
+		return f.Chmod(ModeOwner)
+	}
+	if err := f.Chown(-1, gid); err != nil {
+		return fmt.Errorf("give it group %d: %w", gid, err)
+	}
+	return f.Chmod(ModeGroup)
+}
+
+// lookupGroup resolves a group name or numeric id.
+func lookupGroup(name string) (int, error) {
+	if id, err := strconv.Atoi(name); err == nil {
+		if id < 0 {
+			return 0, fmt.Errorf("%w: group %q", ErrConfig, name)
+		}
+		return id, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, fmt.Errorf("%w: group %q: %w", ErrConfig, name, err)
+	}
+	id, err := strconv.Atoi(g.Gid)
+	if err != nil {
+		return 0, fmt.Errorf("%w: group %q has id %q", ErrConfig, name, g.Gid)
+	}
+	return id, nil
 }
 
 var serial atomic.Uint64
