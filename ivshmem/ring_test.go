@@ -1,6 +1,7 @@
 package ivshmem
 
 import (
+	"bytes"
 	"errors"
 	"runtime"
 	"sync/atomic"
@@ -142,31 +143,114 @@ func TestRingNoAllocs(t *testing.T) {
 	}
 }
 
-// FuzzRingConsumer plays a hostile producer: arbitrary index values and
-// slot contents. The consumer must never panic, never return more than it
-// was asked for, and report corruption instead of reading past the ring.
+// FuzzRingConsumer plays a hostile producer: it sets the producer index
+// before the consumer attaches, then between any two calls rewrites the
+// producer index and the slots at will. The consumer is checked against an
+// exact model of the protocol: it reloads the producer index only when
+// the value it validated last shows fewer entries than asked for (so an
+// empty Dequeue(0) or a Dequeue the cached value covers returns without
+// looking), rejects a reloaded value more than size ahead of its own
+// index with ErrCorrupt, never returns more than asked or than the ring
+// holds, hands out exactly the slots' current contents, publishes its own
+// index and writes nothing else of the producer's.
+//
+// The input is the consumer index at attach, the producer index at
+// attach, and a script of 5-byte steps: an op byte and a 32-bit value.
+// Op bit 7 stores the value as the producer index, bit 6 stores it in
+// slot op&15, then bit 5 calls Len, else Dequeue of op&31 handles.
 func FuzzRingConsumer(f *testing.F) {
-	f.Add(uint32(3), uint32(0), uint8(4))
-	f.Add(uint32(1<<31), uint32(5), uint8(8))
-	f.Add(uint32(0xffffffff), uint32(0xfffffff0), uint8(16))
-	f.Fuzz(func(t *testing.T, prod, cons uint32, want uint8) {
-		b := alignedCopy(make([]byte, RingBytes(16)))
+	step := func(op byte, v uint32) []byte {
+		return []byte{op, byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)}
+	}
+	cat := func(ss ...[]byte) []byte {
+		var out []byte
+		for _, s := range ss {
+			out = append(out, s...)
+		}
+		return out
+	}
+	f.Add(uint32(0), uint32(3), step(4, 0))
+	f.Add(uint32(5), uint32(1<<31), step(8, 0))
+	f.Add(uint32(0xfffffff0), uint32(0xffffffff), cat(step(16, 0), step(0x80|16, 0x10), step(0x20, 0)))
+	f.Add(uint32(0xfffffff8), uint32(0xfffffff8), cat(step(0x80|4, 2), step(0x40|1, 99), step(4, 0), step(0x80|31, 100), step(0, 0)))
+	f.Fuzz(func(t *testing.T, cons, prod uint32, script []byte) {
+		const size = 16
+		b := alignedCopy(make([]byte, RingBytes(size)))
+		slot := func(i uint32) *uint32 { return u32ptr(b, rOffSlots+4*uint64(i%size)) }
+		for i := range uint32(size) {
+			atomic.StoreUint32(slot(i), 0xa000+i)
+		}
 		atomic.StoreUint32(u32ptr(b, rOffCons), cons)
-		c, err := NewRingConsumer(b, 0, 16)
-		if err != nil {
+		atomic.StoreUint32(u32ptr(b, rOffProd), prod)
+		c, err := NewRingConsumer(b, 0, size)
+		if corrupt := prod-cons > size; corrupt != (err != nil) {
+			t.Fatalf("attach with prod %d cons %d: %v", prod, cons, err)
+		} else if corrupt {
 			if !errors.Is(err, ErrCorrupt) {
-				t.Fatal(err)
+				t.Fatalf("attach with prod %d cons %d: %v, want ErrCorrupt", prod, cons, err)
 			}
 			return
 		}
-		atomic.StoreUint32(u32ptr(b, rOffProd), prod)
-		out := make([]uint32, want)
-		n, err := c.Dequeue(out)
-		if n > int(want) || n > 16 {
-			t.Fatalf("dequeued %d of %d", n, want)
-		}
-		if err == nil && prod-cons > 16 {
-			t.Fatalf("prod %d cons %d accepted", prod, cons)
+		pos, cached := cons, prod // the model: the consumer's index, the producer index it validated last
+		out := make([]uint32, 32)
+		for ; len(script) >= 5; script = script[5:] {
+			op, v := script[0], uint32(script[1])|uint32(script[2])<<8|uint32(script[3])<<16|uint32(script[4])<<24
+			if op&0x80 != 0 {
+				atomic.StoreUint32(u32ptr(b, rOffProd), v)
+			}
+			if op&0x40 != 0 {
+				atomic.StoreUint32(slot(uint32(op&15)), v)
+			}
+			before := bytes.Clone(b[:rOffCons])
+			slotsBefore := bytes.Clone(b[rOffSlots:])
+			p := atomic.LoadUint32(u32ptr(b, rOffProd))
+			var n int
+			var wantN uint32
+			wantErr := false
+			if op&0x20 != 0 {
+				var l uint32
+				l, err = c.Len()
+				n = int(l)
+				if p-pos > size {
+					wantErr = true
+				} else {
+					cached, wantN = p, p-pos
+				}
+			} else {
+				want := uint32(op & 31)
+				clear(out)
+				n, err = c.Dequeue(out[:want])
+				avail := cached - pos
+				if want > avail {
+					if p-pos > size {
+						wantErr = true
+					} else {
+						cached, avail = p, p-pos
+					}
+				}
+				if !wantErr {
+					wantN = min(want, avail)
+					for i := range wantN {
+						if out[i] != *slot(pos + i) {
+							t.Fatalf("dequeue at %d: entry %d is %#x, slot holds %#x", pos, i, out[i], *slot(pos + i))
+						}
+					}
+					pos += wantN
+				}
+			}
+			if wantErr {
+				if !errors.Is(err, ErrCorrupt) || n != 0 {
+					t.Fatalf("op %#x: prod %d, consumer at %d: got %d, %v; want ErrCorrupt", op, p, pos, n, err)
+				}
+			} else if err != nil || n != int(wantN) {
+				t.Fatalf("op %#x: prod %d, consumer at %d (cached prod %d): got %d, %v; want %d", op, p, pos, cached, n, err, wantN)
+			}
+			if got := atomic.LoadUint32(u32ptr(b, rOffCons)); got != pos {
+				t.Fatalf("consumer index in the ring %d, want %d", got, pos)
+			}
+			if !bytes.Equal(before, b[:rOffCons]) || !bytes.Equal(slotsBefore, b[rOffSlots:]) {
+				t.Fatal("the consumer wrote into the producer's words or the slots")
+			}
 		}
 	})
 }
