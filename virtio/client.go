@@ -130,7 +130,7 @@ func (c *Client) send(m Message) error {
 }
 
 // request sends m (repeating it every retry when retry > 0) and waits for
-// the reply with its id. An error reply becomes [ErrRemote].
+// the reply with its id. An error reply becomes a [*RemoteError].
 func (c *Client) request(ctx context.Context, m Message, retry time.Duration) (Message, error) {
 	ch := make(chan Message, 1)
 	c.mu.Lock()
@@ -160,7 +160,7 @@ func (c *Client) request(ctx context.Context, m Message, retry time.Duration) (M
 		select {
 		case r := <-ch:
 			if r.Type == TypeError {
-				return r, fmt.Errorf("%w: %s", ErrRemote, r.Msg)
+				return r, &RemoteError{Class: r.Class, Reason: r.Msg}
 			}
 			return r, nil
 		case <-tick:

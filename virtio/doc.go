@@ -22,9 +22,9 @@
 //	guest → host                          host → guest
 //	hello{id, version, side, session}     hello{id, version, side}
 //	list{id}                              offers{id, clusters: [{id, queues, size, shared, plugged}]}
-//	plug{id, cluster, queues}             ack{id} | error{id, msg}
+//	plug{id, cluster, queues}             ack{id} | error{id, class, msg}
 //	ready{cluster, session}               unplug-notice{cluster, deadline_ms, session}
-//	bye{}                                 error{id, msg}
+//	bye{}                                 error{id, class, msg}
 //
 // The guest speaks first. Data the host writes while no guest process holds
 // the port open is discarded by the guest kernel (or held back by QEMU), so
@@ -34,6 +34,24 @@
 // carries the session of the hello that opened the listening client, so a
 // stale notice is ignored too; the guest stops its readers of the cluster
 // and answers ready before deadline_ms.
+//
+// A reader ignores fields it does not know, so a version may gain
+// optional fields; a change an older reader cannot ignore takes a new
+// version.
+//
+// # Error replies
+//
+// An error reply carries a class, one fixed word a guest may branch on
+// ([ClassBadRequest], [ClassUnsupported], [ClassNotOffered], [ClassGone],
+// [ClassBusy], [ClassTimeout], [ClassInternal]), and in msg a short reason
+// of at most [MaxReason] bytes. The class is an optional field of version
+// 1: a client that predates it reads msg, which holds the reason alone.
+// The reason never holds host paths or other host details: a [Handler]
+// says why it refused by wrapping a sentinel ([ErrNotOffered], [ErrGone],
+// [ErrBusy], [ErrUnsupported]), and the guest gets that sentinel's text;
+// an error that wraps none (and that Server.Classify does not map) is
+// "internal" with a generic reason, and the host logs it in full. A
+// [Client] returns replies as a [*RemoteError] reading "CLASS: REASON".
 //
 // # Trust
 //

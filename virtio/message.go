@@ -57,7 +57,7 @@ var (
 	// ready before its deadline.
 	ErrNotReady = errors.New("guest did not answer ready in time")
 	// ErrRemote is a request the other side refused with an error reply;
-	// the reply's text follows in the wrapping error.
+	// a [*RemoteError] carries the reply's class and reason.
 	ErrRemote = errors.New("refused by the other side")
 	// ErrNoPort means no virtio-serial port with the wanted name exists.
 	ErrNoPort = errors.New("no virtio-serial port")
@@ -96,8 +96,10 @@ type Message struct {
 	Queues  []int   `json:"queues,omitempty"`
 	// unplug-notice
 	DeadlineMS int64 `json:"deadline_ms,omitempty"`
-	// error
-	Msg string `json:"msg,omitempty"`
+	// error: Class is one of the Class* words (added within version 1:
+	// a client that predates it reads Msg alone), Msg a short reason.
+	Class string `json:"class,omitempty"`
+	Msg   string `json:"msg,omitempty"`
 }
 
 // maxList bounds list fields (queues, clusters) of a decoded message.
@@ -129,7 +131,7 @@ func Decode(line []byte) (Message, error) {
 		return m, fmt.Errorf("decode: %w: v=%d (want %d)", ErrVersion, m.V, Version)
 	}
 	if err := m.check(); err != nil {
-		return m, fmt.Errorf("decode %s: %w: %s", m.Type, ErrBadMessage, err)
+		return m, fmt.Errorf("decode %.32q: %w: %s", m.Type, ErrBadMessage, err)
 	}
 	return m, nil
 }
@@ -146,7 +148,7 @@ func (m *Message) check() error {
 	switch m.Type {
 	case TypeHello:
 		if m.Side != SideHost && m.Side != SideGuest {
-			return fmt.Errorf("side %q", m.Side)
+			return fmt.Errorf("side %.32q", m.Side)
 		}
 	case TypeList, TypeOffers, TypeAck, TypeError, TypeBye:
 	case TypePlug, TypeReady:
@@ -161,7 +163,7 @@ func (m *Message) check() error {
 			return fmt.Errorf("deadline_ms %d", m.DeadlineMS)
 		}
 	default:
-		return fmt.Errorf("unknown type %q", m.Type)
+		return fmt.Errorf("unknown type %.32q", m.Type)
 	}
 	return nil
 }

@@ -46,8 +46,14 @@ type Server struct {
 	WriteTimeout time.Duration
 	// RequestTimeout bounds a Handler call (default DefaultRequestTimeout).
 	RequestTimeout time.Duration
-	// Logf, when set, logs protocol errors and sessions.
+	// Logf, when set, logs protocol errors, refused requests (with the
+	// full error, which the guest never sees) and sessions.
 	Logf func(format string, args ...any)
+	// Classify, when set, maps a Handler error that wraps none of this
+	// package's sentinels to one of them (say, the agent's own "region
+	// gone" to [ErrGone]), or returns nil; the reply then has class
+	// "internal". See [ClassOf].
+	Classify func(error) error
 
 	wmu sync.Mutex
 
@@ -96,7 +102,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		line, err := s.lr.next()
 		if err != nil {
 			if errors.Is(err, ErrTooLong) {
-				_ = s.send(Message{Type: TypeError, Msg: err.Error()})
+				_ = s.refuse(0, "read", err, true)
 			}
 			if ctx.Err() != nil || s.isClosed() || errors.Is(err, io.EOF) {
 				return nil
@@ -109,8 +115,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		m, err := Decode(line)
 		if err != nil {
 			bad++
-			s.logf("control channel: %v", err)
-			_ = s.send(Message{Type: TypeError, ID: m.ID, Msg: err.Error()})
+			_ = s.refuse(m.ID, "decode", err, true)
 			if bad >= MaxBadMessages {
 				return fmt.Errorf("zc: serve control channel: %d bad messages in a row: %w", bad, err)
 			}
@@ -143,7 +148,7 @@ func (s *Server) handle(ctx context.Context, m Message) error {
 		offers, err := s.h.Offers(rctx)
 		cancel()
 		if err != nil {
-			return s.send(Message{Type: TypeError, ID: m.ID, Msg: err.Error()})
+			return s.refuse(m.ID, "list", err, false)
 		}
 		if offers == nil {
 			offers = []Offer{}
@@ -154,7 +159,7 @@ func (s *Server) handle(ctx context.Context, m Message) error {
 		err := s.h.Plug(rctx, *m.Cluster, m.Queues)
 		cancel()
 		if err != nil {
-			return s.send(Message{Type: TypeError, ID: m.ID, Msg: err.Error()})
+			return s.refuse(m.ID, fmt.Sprintf("plug cluster %d", *m.Cluster), err, false)
 		}
 		return s.send(Message{Type: TypeAck, ID: m.ID})
 	case TypeReady:
@@ -171,8 +176,33 @@ func (s *Server) handle(ctx context.Context, m Message) error {
 	default:
 		// Replies the host does not expect (offers, ack, an error reply,
 		// a notice echoed back) are answered, never acted on.
-		return s.send(Message{Type: TypeError, ID: m.ID, Msg: fmt.Sprintf("unexpected %s from the guest", m.Type)})
+		return s.refuse(m.ID, m.Type, fmt.Errorf("%w: unexpected %s from the guest", ErrBadMessage, m.Type), true)
 	}
+}
+
+// refuse answers request id with an error reply for err: its class (see
+// [ClassOf] and Server.Classify) and a short reason, and logs err in full.
+// A protocol error (inGuest: found in the guest's own message by this
+// package) keeps its text as the reason; for a Handler's error the reason
+// is its sentinel's fixed text, and for an unclassified one a generic
+// sentence, so host paths and other details never reach the guest.
+func (s *Server) refuse(id uint64, op string, err error, inGuest bool) error {
+	class, sentinel := ClassOf(err)
+	if sentinel == nil && s.Classify != nil {
+		if mapped := s.Classify(err); mapped != nil {
+			class, sentinel = ClassOf(mapped)
+		}
+	}
+	reason := internalReason
+	switch {
+	case sentinel == nil:
+	case inGuest:
+		reason = cleanReason(err.Error())
+	default:
+		reason = sentinel.Error()
+	}
+	s.logf("control channel: %s refused (%s): %v", op, class, err)
+	return s.send(Message{Type: TypeError, ID: id, Class: class, Msg: reason})
 }
 
 // send writes one message, bounded by WriteTimeout.

@@ -30,11 +30,11 @@ func (a *fakeAgent) Offers(context.Context) ([]Offer, error) {
 
 func (a *fakeAgent) Plug(_ context.Context, cluster uint32, queues []int) error {
 	if cluster != 99 {
-		return fmt.Errorf("cluster %d is not offered to this vm", cluster)
+		return fmt.Errorf("plug cluster %d: %w", cluster, ErrNotOffered)
 	}
 	for _, q := range queues {
 		if q > 1 {
-			return fmt.Errorf("queue %d is not offered", q)
+			return fmt.Errorf("plug cluster %d queue %d: %w", cluster, q, ErrNotOffered)
 		}
 	}
 	a.mu.Lock()
@@ -91,8 +91,9 @@ func TestClientServer(t *testing.T) {
 	if err := c.Plug(ctx, 99, []int{1}); err != nil {
 		t.Errorf("Plug(99) = %v", err)
 	}
-	if err := c.Plug(ctx, 7, nil); !errors.Is(err, ErrRemote) || !strings.Contains(err.Error(), "not offered") {
-		t.Errorf("Plug(7) = %v, want ErrRemote saying it is not offered", err)
+	if err := c.Plug(ctx, 7, nil); !errors.Is(err, ErrRemote) || !errors.Is(err, ErrNotOffered) ||
+		!strings.Contains(err.Error(), "not-offered: not offered to this vm") {
+		t.Errorf("Plug(7) = %v, want ErrRemote and ErrNotOffered saying \"not-offered: not offered to this vm\"", err)
 	}
 	if offers, err := c.List(ctx); err != nil || len(offers) != 1 || !offers[0].Plugged {
 		t.Errorf("List after plug = %+v, %v; want cluster 99 plugged", offers, err)
@@ -197,18 +198,20 @@ func readLines(conn net.Conn) <-chan Message {
 }
 
 func TestServerHostileInput(t *testing.T) {
-	for _, tc := range []struct{ name, in, wantMsg string }{
-		{"bad json", "{\"v\":1,\"type\":\n", "bad control message"},
-		{"not an object", "[1,2,3]\n", "bad control message"},
-		{"trailing", `{"v":1,"type":"list"} {"v":1}` + "\n", "trailing data"},
-		{"future version", `{"v":2,"type":"list","id":5}` + "\n", "unsupported control protocol version"},
-		{"no version", `{"type":"list","id":5}` + "\n", "unsupported control protocol version"},
-		{"unknown type", `{"v":1,"type":"format-disk","id":5}` + "\n", "unknown type"},
-		{"plug without cluster", `{"v":1,"type":"plug","id":5}` + "\n", "no cluster"},
-		{"negative queue", `{"v":1,"type":"plug","id":5,"cluster":99,"queues":[-1]}` + "\n", "queue -1"},
-		{"cluster out of range", `{"v":1,"type":"plug","id":5,"cluster":4294967296}` + "\n", "bad control message"},
-		{"host-only message", `{"v":1,"type":"offers","id":5}` + "\n", "unexpected offers"},
-		{"bad side", `{"v":1,"type":"hello","id":5,"side":"root"}` + "\n", "side"},
+	const bad, unsup = ClassBadRequest, ClassUnsupported
+	for _, tc := range []struct{ name, in, wantMsg, wantClass string }{
+		{"bad json", "{\"v\":1,\"type\":\n", "bad control message", bad},
+		{"not an object", "[1,2,3]\n", "bad control message", bad},
+		{"trailing", `{"v":1,"type":"list"} {"v":1}` + "\n", "trailing data", bad},
+		{"future version", `{"v":2,"type":"list","id":5}` + "\n", "unsupported control protocol version", unsup},
+		{"no version", `{"type":"list","id":5}` + "\n", "unsupported control protocol version", unsup},
+		{"unknown type", `{"v":1,"type":"format-disk","id":5}` + "\n", "unknown type", bad},
+		{"plug without cluster", `{"v":1,"type":"plug","id":5}` + "\n", "no cluster", bad},
+		{"negative queue", `{"v":1,"type":"plug","id":5,"cluster":99,"queues":[-1]}` + "\n", "queue -1", bad},
+		{"cluster out of range", `{"v":1,"type":"plug","id":5,"cluster":4294967296}` + "\n", "bad control message", bad},
+		{"host-only message", `{"v":1,"type":"offers","id":5}` + "\n", "unexpected offers", bad},
+		{"bad side", `{"v":1,"type":"hello","id":5,"side":"root"}` + "\n", "side", bad},
+		{"control bytes in type", `{"v":1,"type":"\u001b[2J` + strings.Repeat("x", 500) + `","id":5}` + "\n", "unknown type", bad},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			agent := &fakeAgent{}
@@ -220,6 +223,12 @@ func TestServerHostileInput(t *testing.T) {
 			m := <-replies
 			if m.Type != TypeError || !strings.Contains(m.Msg, tc.wantMsg) {
 				t.Errorf("reply to %q = %+v, want an error containing %q", tc.in, m, tc.wantMsg)
+			}
+			if m.Class != tc.wantClass {
+				t.Errorf("reply to %q has class %q, want %q", tc.in, m.Class, tc.wantClass)
+			}
+			if len(m.Msg) > MaxReason || strings.ContainsFunc(m.Msg, func(r rune) bool { return r < ' ' || r > '~' }) {
+				t.Errorf("reply to %q: reason %q is longer than %d bytes or not printable ASCII", tc.in, m.Msg, MaxReason)
 			}
 			// The connection still works.
 			conn.Write([]byte(`{"v":1,"type":"list","id":6}` + "\n"))
@@ -246,8 +255,8 @@ func TestServerClosesOnAbuse(t *testing.T) {
 			}
 		}()
 		m := <-replies
-		if m.Type != TypeError || !strings.Contains(m.Msg, "too long") {
-			t.Errorf("reply = %+v, want an error saying too long", m)
+		if m.Type != TypeError || m.Class != ClassBadRequest || !strings.Contains(m.Msg, "too long") {
+			t.Errorf("reply = %+v, want a bad-request error saying too long", m)
 		}
 		if err := <-served; !errors.Is(err, ErrTooLong) {
 			t.Errorf("Serve = %v, want ErrTooLong", err)
@@ -307,6 +316,7 @@ func TestEncodeDecode(t *testing.T) {
 		{Type: TypePlug, ID: 3, Cluster: &c, Queues: []int{1, 2}},
 		{Type: TypeUnplugNotice, Cluster: &c, DeadlineMS: 500, Session: "ab"},
 		{Type: TypeError, ID: 4, Msg: "no"},
+		{Type: TypeError, ID: 5, Class: ClassGone, Msg: "gone"},
 	} {
 		b, err := Encode(m)
 		if err != nil {

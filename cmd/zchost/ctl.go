@@ -23,7 +23,7 @@ const noticeDeadline = 5 * time.Second
 
 // errNotOffered is a plug request for a cluster or queue this VM is not
 // offered.
-var errNotOffered = errors.New("not offered to this vm")
+var errNotOffered = virtio.ErrNotOffered
 
 // vmExport is one VM zchost run exports a region to: the plug state and,
 // when the VM has a zc.ctl port (or --ctl), the control channel served for
