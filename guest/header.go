@@ -3,23 +3,26 @@ package guest
 import (
 	"bytes"
 	"encoding/binary"
+
+	"github.com/zcfabric/zc/ivshmem"
 )
 
-// Header fields read here until the ivshmem package's parser is wired in;
-// they match ivshmem/doc.go.
-const (
-	// Magic opens every zcfabric region.
-	Magic = "ZCFABRIC"
-	// clusterIDOffset is the byte offset of the little-endian uint32
-	// cluster id.
-	clusterIDOffset = 24
-)
+// Magic opens every zcfabric region.
+//
+// Deprecated: use ivshmem.Magic.
+const Magic = ivshmem.Magic
+
+// clusterIDOffset is the byte offset of the header's little-endian uint32
+// cluster id (ivshmem/doc.go), which ivshmem does not export: ClusterID
+// reads it without validating the rest of the header, as ivshmem.Parse
+// would.
+const clusterIDOffset = 24
 
 // ClusterID returns the cluster id of the region in b; ok is false when b is
-// too short or does not start with [Magic] (an unplugged BAR reads as
+// too short or does not start with ivshmem.Magic (an unplugged BAR reads as
 // zeros). It reads only; it does not validate the rest of the header.
 func ClusterID(b []byte) (id uint32, ok bool) {
-	if len(b) < clusterIDOffset+4 || !bytes.Equal(b[:len(Magic)], []byte(Magic)) {
+	if len(b) < clusterIDOffset+4 || !bytes.Equal(b[:len(ivshmem.Magic)], []byte(ivshmem.Magic)) {
 		return 0, false
 	}
 	return binary.LittleEndian.Uint32(b[clusterIDOffset:]), true

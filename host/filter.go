@@ -35,10 +35,9 @@ var ErrBadFilter = errors.New("bad BPF filter")
 // protocol, ifindex, ...: "ld vlan_avail"): a program using them is refused
 // in user space and must run in the kernel.
 type Filter struct {
-	src  string
-	raw  []bpf.RawInstruction
-	prog []bpf.Instruction
-	vm   *bpf.VM
+	src string
+	raw []bpf.RawInstruction
+	vm  *bpf.VM // nil when the program cannot run in user space
 }
 
 // ParseFilter parses a classic BPF program in the format `tcpdump -ddd`
@@ -86,7 +85,7 @@ func ParseFilter(s string) (*Filter, error) {
 // NewFilter returns a filter running raw; src is kept for String.
 func NewFilter(raw []bpf.RawInstruction, src string) (*Filter, error) {
 	prog, ok := bpf.Disassemble(raw)
-	f := &Filter{src: src, raw: raw, prog: prog}
+	f := &Filter{src: src, raw: raw}
 	if ok {
 		if vm, err := bpf.NewVM(prog); err == nil {
 			f.vm = vm
