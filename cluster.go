@@ -75,7 +75,6 @@ func (c *Config) defaults() {
 type Cluster struct {
 	r      *region
 	pool   *Pool
-	cfg    Config
 	closed sync.Once
 }
 
@@ -137,8 +136,8 @@ func CreateCluster(cfg Config) (*Cluster, error) {
 		return nil, fmt.Errorf("zc: create cluster %d: %w", cfg.ID, err)
 	}
 	r := newRegion(m, l, ivshmem.SideHost)
-	r.onEnd = func() { ivshmem.MarkClosed(m.Bytes); m.Remove() }
-	return &Cluster{r: r, pool: newPool(r, l.EngineFirst, l.EngineCount), cfg: cfg}, nil
+	r.onEnd = func() { protect(func() { ivshmem.MarkClosed(m.Bytes) }); m.Remove() }
+	return &Cluster{r: r, pool: newPool(r, l.EngineFirst, l.EngineCount)}, nil
 }
 
 func processAlive(pid uint32) bool {
@@ -212,7 +211,7 @@ func (c *Cluster) Consumer(q int) (*Queue, error) {
 func (c *Cluster) Close() error {
 	var err error
 	c.closed.Do(func() {
-		ivshmem.MarkClosed(c.r.b)
+		protect(func() { ivshmem.MarkClosed(c.r.b) }) // a truncated file faults: closed all the same
 		c.r.m.Remove()
 		err = c.r.unref()
 	})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/bits"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/zcfabric/zc/internal/idle"
@@ -39,19 +40,30 @@ type Queue struct {
 	hsPending  bool      // consumer: waiting for the producer's recovery
 	hsDeadline time.Time // consumer: when to stop waiting
 	hsSeen     uint32    // producer: the last handshake word handled
+	hsNext     time.Time // producer: no recovery before then (RecoverEvery)
+	hsQuiet    uint32    // producer: bursts left before the clock is read again
+	deferred   atomic.Uint64
 
 	hs     []uint32   // scratch, one burst
 	idle   uint32     // empty polls since the last liveness check
 	pace   idle.Pacer // consumer: RecvBurstWait's sleeps, adapted to the traffic
 	closed bool
-	err    error // sticky: ErrClosed or ErrCorrupt
+	err    error                 // sticky failure, on the owner's goroutine
+	failed atomic.Pointer[error] // err, published for Err
 }
 
 // MaxBurst is the largest burst a single call moves; longer slices are
 // served in several steps.
 const MaxBurst = 256
 
-func (r *region) attach(q uint32, end ivshmem.End, force bool) (*Queue, error) {
+func (r *region) attach(q uint32, end ivshmem.End, force bool) (qu *Queue, err error) {
+	if ferr := protect(func() { qu, err = r.attachEnd(q, end, force) }); ferr != nil {
+		return nil, fmt.Errorf("zc: attach cluster %d queue %d as %s: %w", r.l.ClusterID, q, end, ferr)
+	}
+	return qu, err
+}
+
+func (r *region) attachEnd(q uint32, end ivshmem.End, force bool) (*Queue, error) {
 	if q >= uint32(len(r.l.Queues)) {
 		return nil, fmt.Errorf("zc: attach cluster %d queue %d: %w (cluster has %d queues)", r.l.ClusterID, q, ErrNotFound, len(r.l.Queues))
 	}
@@ -120,18 +132,34 @@ func (q *Queue) BufferSize() int { return int(q.r.l.BufSize) }
 // consumer, or a producer fed by a worker).
 func (q *Queue) Pool() *Pool { p, _ := q.src.(*Pool); return p }
 
+// fail marks the queue failed for good: every later call returns err, and
+// nothing of this queue's shared memory is touched again (its counters go
+// on in process memory). Failure is local: the cluster's other queues,
+// and other regions, carry on.
 func (q *Queue) fail(op string, err error) error {
 	if q.err == nil {
 		// An unplugged BAR reads zeros: ring indices jump back and look
 		// corrupt. Say the queue went away when the header agrees.
 		if errors.Is(err, ErrCorrupt) {
-			if cerr := q.r.l.Check(q.r.b); cerr != nil {
+			var cerr error
+			if protect(func() { cerr = q.r.l.Check(q.r.b) }) == nil && cerr != nil {
 				err = cerr
 			}
 		}
 		q.err = fmt.Errorf("zc: %s %s: %w", op, q.Name(), err)
+		e := q.err
+		q.failed.Store(&e)
 	}
 	return q.err
+}
+
+// Err returns why the queue failed (wrapping ErrCorrupt, ErrGone,
+// ErrClosed or ErrFault), or nil while it works. Safe from any goroutine.
+func (q *Queue) Err() error {
+	if p := q.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // check looks at the region's header now and then while the queue is
@@ -145,7 +173,11 @@ func (q *Queue) check(op string) error {
 	}
 	q.idle++
 	if q.idle&63 == 0 {
-		if err := q.r.l.Check(q.r.b); err != nil {
+		var err error
+		if ferr := protect(func() { err = q.r.l.Check(q.r.b) }); ferr != nil {
+			err = ferr
+		}
+		if err != nil {
 			return q.fail(op, err)
 		}
 	}
@@ -154,9 +186,16 @@ func (q *Queue) check(op string) error {
 
 // RecvBurst moves up to len(pkts) packets (at most MaxBurst) out of the
 // queue without waiting and returns how many. Each packet stays the
-// caller's until Release. Entries with an invalid handle or length (a
-// broken or hostile producer) are counted as bad and skipped.
-func (q *Queue) RecvBurst(pkts []Packet) (int, error) {
+// caller's until Release. Entries with an invalid handle or length, or a
+// handle this consumer holds already (a broken or hostile producer), are
+// counted as bad and skipped.
+func (q *Queue) RecvBurst(pkts []Packet) (n int, err error) {
+	old := guardOn()
+	defer q.guardOff(old, "recv", &err)
+	return q.recvBurst(pkts)
+}
+
+func (q *Queue) recvBurst(pkts []Packet) (int, error) {
 	if q.in == nil {
 		return 0, fmt.Errorf("zc: recv %s: %w (attached as producer)", q.Name(), ErrWrongEnd)
 	}
@@ -179,8 +218,8 @@ func (q *Queue) RecvBurst(pkts []Packet) (int, error) {
 	k, nbad := 0, 0
 	var bytes uint64
 	for _, h := range q.hs[:n] {
-		if h >= q.r.l.NumBufs {
-			nbad++ // not a buffer of this region: drop the entry
+		if h >= q.r.l.NumBufs || q.held[h/64]&(1<<(h%64)) != 0 {
+			nbad++ // not a buffer of this region, or one delivered twice: drop the entry
 			continue
 		}
 		if !q.r.readMeta(h, &pkts[k]) {
@@ -202,7 +241,9 @@ func (q *Queue) RecvBurst(pkts []Packet) (int, error) {
 }
 
 // Release gives packets received from this queue back to their producer.
-func (q *Queue) Release(pkts ...Packet) error {
+func (q *Queue) Release(pkts ...Packet) (err error) {
+	old := guardOn()
+	defer q.guardOff(old, "release", &err)
 	if q.back == nil {
 		return fmt.Errorf("zc: release on %s: %w (attached as producer)", q.Name(), ErrWrongEnd)
 	}
@@ -223,6 +264,9 @@ func (q *Queue) Release(pkts ...Packet) error {
 // end holds go back (once): a double or stray release is an error and
 // sends nothing for that handle.
 func (q *Queue) releaseHandles(hs []uint32) error {
+	if q.err != nil {
+		return q.err
+	}
 	ok := hs[:0]
 	stray := 0
 	for _, h := range hs {
@@ -284,6 +328,9 @@ func (q *Queue) reclaim() {
 	if q.ret == nil || q.err != nil {
 		return
 	}
+	var err error
+	old := guardOn()
+	defer q.guardOff(old, "reclaim", &err)
 	q.recoverIfAsked()
 	q.reclaimReturns()
 }
@@ -325,7 +372,9 @@ func (q *Queue) reclaimReturns() {
 
 // Alloc fills pkts with free buffers from the producer's pool and returns
 // how many (0 when all are in flight).
-func (q *Queue) Alloc(pkts []Packet) (int, error) {
+func (q *Queue) Alloc(pkts []Packet) (n int, err error) {
+	old := guardOn()
+	defer q.guardOff(old, "alloc", &err)
 	p := q.Pool()
 	if p == nil {
 		return 0, fmt.Errorf("zc: alloc on %s: %w (no pool: a consumer, or fed by a worker)", q.Name(), ErrWrongEnd)
@@ -351,13 +400,18 @@ func (q *Queue) writeMeta(pkts []Packet) {
 
 // SendBurst sends packets from Alloc without copying and returns how many
 // went in; the rest stay the caller's (send them later, Drop or Free them).
-func (q *Queue) SendBurst(pkts []Packet) (int, error) {
+func (q *Queue) SendBurst(pkts []Packet) (n int, err error) {
+	old := guardOn()
+	defer q.guardOff(old, "send", &err)
 	if q.out == nil {
 		return 0, fmt.Errorf("zc: send %s: %w (attached as consumer)", q.Name(), ErrWrongEnd)
 	}
-	n := q.room(len(pkts))
-	q.writeMeta(pkts[:n])
-	return q.enqueue(pkts[:n])
+	if q.err != nil || q.closed {
+		return 0, q.check("send")
+	}
+	k := q.room(len(pkts))
+	q.writeMeta(pkts[:k])
+	return q.enqueue(pkts[:k])
 }
 
 // room returns how many of want packets fit now.
@@ -409,6 +463,13 @@ func (q *Queue) Drop(pkts []Packet) {
 	if q.out == nil || len(pkts) == 0 {
 		return
 	}
+	var err error
+	old := guardOn()
+	defer q.guardOff(old, "drop", &err)
+	q.drop(pkts)
+}
+
+func (q *Queue) drop(pkts []Packet) {
 	for i := 0; i < len(pkts); i += MaxBurst {
 		end := min(len(pkts), i+MaxBurst)
 		for j := i; j < end; j++ {
@@ -416,7 +477,18 @@ func (q *Queue) Drop(pkts []Packet) {
 		}
 		q.src.put(q.hs[:end-i])
 	}
-	q.out.Add(ivshmem.CountDrops, uint64(len(pkts)))
+	q.countDrops(len(pkts))
+}
+
+// countDrops counts n packets dropped on the way into this producer's
+// queue: in the region while it works, in process memory only once it
+// failed.
+func (q *Queue) countDrops(n int) {
+	if q.err != nil {
+		q.out.Count(ivshmem.CountDrops, uint64(n))
+		return
+	}
+	q.out.Add(ivshmem.CountDrops, uint64(n))
 }
 
 // SendBurstWait sends every packet, waiting while the queue is full:
@@ -435,7 +507,7 @@ func (q *Queue) SendBurstWait(ctx context.Context, pkts []Packet) (int, error) {
 			b = backoff{}
 			continue
 		}
-		if err := q.check("send"); err != nil {
+		if err := q.checkGuarded("send"); err != nil {
 			return sent, err
 		}
 		if err := b.wait(ctx); err != nil {
@@ -469,6 +541,13 @@ func (q *Queue) Send(data []byte) error {
 	return fmt.Errorf("zc: send %s: %w", q.Name(), ErrQueueFull)
 }
 
+// checkGuarded is check for callers outside a guarded method.
+func (q *Queue) checkGuarded(op string) (err error) {
+	old := guardOn()
+	defer q.guardOff(old, op, &err)
+	return q.check(op)
+}
+
 // Outstanding returns how many buffers the producer end has lent to the
 // consumer (in the ring, held, or on their way back).
 func (q *Queue) Outstanding() int { return int(q.outstanding) }
@@ -480,6 +559,18 @@ func (q *Queue) Close() error {
 	if q.closed {
 		return nil
 	}
+	if q.err != nil && !errors.Is(q.err, ErrCorrupt) {
+		// Gone or faulted: its memory is not to be touched again.
+		q.closed = true
+		return q.r.unref()
+	}
+	protect(q.detach)
+	q.closed = true
+	return q.r.unref()
+}
+
+// detach gives back what a consumer holds and frees this end's claim.
+func (q *Queue) detach() {
 	if q.r.l.Check(q.r.b) == nil {
 		if q.held != nil && q.err == nil {
 			var hs []uint32
@@ -498,8 +589,6 @@ func (q *Queue) Close() error {
 		}
 		q.r.unclaim(q.id, q.end)
 	}
-	q.closed = true
-	return q.r.unref()
 }
 
 // backoff waits between polls: spin with yields first (about 50-100 µs,
@@ -553,18 +642,43 @@ func (q *Queue) handshakeDone() bool {
 	return !q.hsPending
 }
 
+// RecoverEvery is the shortest time between two recoveries on one queue.
+// A recovery walks the data ring and the lent bitmap (tens of
+// microseconds for a large queue); the consumer can ask for one at will,
+// so a peer that keeps asking gets one per RecoverEvery and no more. A
+// consumer that attaches waits HandshakeWait for its answer, longer than
+// this.
+const RecoverEvery = 100 * time.Millisecond
+
 // recoverIfAsked answers a new consumer's handshake: it takes back every
 // buffer lent on this queue that is neither in the data ring nor on the
 // return ring, i.e. what the previous consumer held when it went away.
+// Rate-limited: see RecoverEvery. While a request waits, each call costs
+// a load and a compare, and one call in 256 reads the clock.
 func (q *Queue) recoverIfAsked() {
 	v := q.r.l.Handshake(q.r.b, q.id)
 	if v == q.hsSeen {
 		return
 	}
-	q.hsSeen = v
-	if v&ivshmem.HSStateMask != ivshmem.HSWait || !q.r.l.CASHandshake(q.r.b, q.id, v, v&^ivshmem.HSStateMask|ivshmem.HSRecover) {
+	if v&ivshmem.HSStateMask != ivshmem.HSWait {
+		q.hsSeen = v
 		return
 	}
+	if q.hsQuiet > 0 {
+		q.hsQuiet--
+		return
+	}
+	now := time.Now()
+	if now.Before(q.hsNext) {
+		q.hsQuiet = 255
+		q.deferred.Add(1)
+		return
+	}
+	q.hsSeen = v
+	if !q.r.l.CASHandshake(q.r.b, q.id, v, v&^ivshmem.HSStateMask|ivshmem.HSRecover) {
+		return
+	}
+	q.hsNext = now.Add(RecoverEvery)
 	done := v&^ivshmem.HSStateMask | ivshmem.HSDone
 	defer func() { q.r.l.SetHandshake(q.r.b, q.id, done); q.hsSeen = done }()
 	q.reclaimReturns()
@@ -603,3 +717,8 @@ func (q *Queue) recoverIfAsked() {
 	q.outstanding -= uint32(total)
 	q.ret.Add(ivshmem.CountBytes, uint64(total))
 }
+
+// RecoveriesDeferred counts recovery requests this producer end put off
+// because the previous one on the queue was less than RecoverEvery ago.
+// Safe from any goroutine.
+func (q *Queue) RecoveriesDeferred() uint64 { return q.deferred.Load() }

@@ -131,14 +131,21 @@ func openRegion(id uint32) (*region, error) {
 
 // validate parses a mapped region and checks it is cluster id, ready.
 func validate(m *ivshmem.Mapping, id uint32, side ivshmem.Side) (*region, error) {
-	l, err := ivshmem.Parse(m.Bytes)
+	var l ivshmem.Layout
+	var err error
+	if ferr := protect(func() { l, err = ivshmem.Parse(m.Bytes) }); ferr != nil {
+		err = ferr
+	}
 	if err != nil {
 		return nil, fmt.Errorf("zc: attach cluster %d (%s): %w", id, m.Path, err)
 	}
 	if l.ClusterID != id {
 		return nil, fmt.Errorf("zc: attach cluster %d (%s): %w: region is cluster %d", id, m.Path, ErrBadRegion, l.ClusterID)
 	}
-	if err := l.Check(m.Bytes); err != nil {
+	if ferr := protect(func() { err = l.Check(m.Bytes) }); ferr != nil {
+		err = ferr
+	}
+	if err != nil {
 		return nil, fmt.Errorf("zc: attach cluster %d (%s): %w", id, m.Path, err)
 	}
 	return newRegion(m, l, side), nil

@@ -1,7 +1,9 @@
 package zc
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/zcfabric/zc/ivshmem"
@@ -34,6 +36,24 @@ type QueueStats struct {
 	// whether they run in a guest.
 	Producer, Consumer           uint32
 	ProducerGuest, ConsumerGuest bool
+	// View says whose record the counters are. "producer" or "consumer":
+	// Queue.Stats of an attached end, whose own counters (Sent, SentBytes,
+	// Drops, Reclaimed, BadReturns, Recovered for a producer; Received,
+	// ReceivedBytes, Bad, Returned for a consumer) come from its process
+	// memory, where the peer cannot write; everything else (the other
+	// end's counters, Depth, the owners) is what the peer reported in the
+	// region. "region": every field read from the region (Inspect), as
+	// anyone attached may have written it.
+	View string `json:",omitempty"`
+	// State is "ok", or "failed" once the queue broke for good (Failure
+	// says why): from then on its packets are dropped and counted, and
+	// the rest of the cluster carries on. Empty when unknown (read from
+	// the region by a process that holds neither end).
+	State   string `json:",omitempty"`
+	Failure string `json:",omitempty"`
+	// RecoveriesDeferred counts recovery requests put off by the rate
+	// limit (RecoverEvery): a consumer asking again and again.
+	RecoveriesDeferred uint64 `json:",omitempty"`
 }
 
 func readQueueStats(b []byte, l *ivshmem.Layout, i int) QueueStats {
@@ -52,11 +72,38 @@ func readQueueStats(b []byte, l *ivshmem.Layout, i int) QueueStats {
 		Returned: rps[ivshmem.CountPackets], Reclaimed: rcs[ivshmem.CountPackets], BadReturns: rcs[ivshmem.CountDrops], Recovered: rcs[ivshmem.CountBytes],
 		Producer: po.PID, Consumer: co.PID,
 		ProducerGuest: po.Side == ivshmem.SideGuest, ConsumerGuest: co.Side == ivshmem.SideGuest,
+		View: "region",
 	}
 }
 
-// Stats returns this queue's counters.
-func (q *Queue) Stats() QueueStats { return readQueueStats(q.r.b, &q.r.l, int(q.id)) }
+// Stats returns this queue's counters: this end's own from process
+// memory, the peer's as the region reports them (see QueueStats.View).
+// Safe from any goroutine, also while another uses the queue; once the
+// queue failed the region is not read at all.
+func (q *Queue) Stats() QueueStats {
+	s := QueueStats{Queue: int(q.id), Slots: int(q.slots), State: "ok"}
+	ferr := q.Err()
+	if ferr == nil {
+		if err := protect(func() { s = readQueueStats(q.r.b, &q.r.l, int(q.id)) }); err != nil {
+			ferr = err
+		}
+	}
+	s.State = "ok"
+	if ferr != nil {
+		s.State, s.Failure = "failed", ferr.Error()
+	}
+	if q.out != nil {
+		s.View = "producer"
+		s.Sent, s.SentBytes, s.Drops = q.out.Own(ivshmem.CountPackets), q.out.Own(ivshmem.CountBytes), q.out.Own(ivshmem.CountDrops)
+		s.Reclaimed, s.BadReturns, s.Recovered = q.ret.Own(ivshmem.CountPackets), q.ret.Own(ivshmem.CountDrops), q.ret.Own(ivshmem.CountBytes)
+		s.RecoveriesDeferred = q.deferred.Load()
+	} else {
+		s.View = "consumer"
+		s.Received, s.ReceivedBytes, s.Bad = q.in.Own(ivshmem.CountPackets), q.in.Own(ivshmem.CountBytes), q.in.Own(ivshmem.CountDrops)
+		s.Returned = q.back.Own(ivshmem.CountPackets)
+	}
+	return s
+}
 
 // Stats returns the counters of every queue of the cluster.
 func (c *Cluster) Stats() []QueueStats { return c.r.stats() }
@@ -64,7 +111,9 @@ func (c *Cluster) Stats() []QueueStats { return c.r.stats() }
 func (r *region) stats() []QueueStats {
 	out := make([]QueueStats, len(r.l.Queues))
 	for i := range out {
-		out[i] = readQueueStats(r.b, &r.l, i)
+		if err := protect(func() { out[i] = readQueueStats(r.b, &r.l, i) }); err != nil {
+			out[i] = QueueStats{Queue: i, Slots: int(r.l.Queues[i].Slots), View: "region", State: "failed", Failure: err.Error()}
+		}
 	}
 	return out
 }
@@ -80,7 +129,14 @@ type ClusterInfo struct {
 	Buffers    int
 	Hugepages  bool
 	Shared     bool
-	Queues     []QueueStats
+	// State is "ok" for a region that validates, "corrupt" for one whose
+	// header no longer does (Failure says why; InspectVMRegions lists it
+	// instead of leaving it out). A per-VM region's bytes are the guest's
+	// to write: a valid-looking header proves nothing about who wrote it;
+	// zchost compares it with the agent's own record.
+	State   string `json:",omitempty"`
+	Failure string `json:",omitempty"`
+	Queues  []QueueStats
 }
 
 // Inspect maps cluster id's region without attaching to any queue and
@@ -105,11 +161,18 @@ func InspectVMRegions(id uint32) ([]ClusterInfo, error) {
 	for _, p := range paths {
 		m, err := ivshmem.Map(p)
 		if err != nil {
-			continue // gone since the glob
+			if !errors.Is(err, os.ErrNotExist) { // else gone since the glob
+				out = append(out, ClusterInfo{ID: id, Path: p, State: "corrupt", Failure: err.Error()})
+			}
+			continue
 		}
-		r, err := validate(m, id, ivshmem.SideHost)
+		var r *region
+		if ferr := protect(func() { r, err = validate(m, id, ivshmem.SideHost) }); ferr != nil {
+			err = ferr
+		}
 		if err != nil {
 			m.Close()
+			out = append(out, ClusterInfo{ID: id, Path: p, File: m.File, State: "corrupt", Failure: err.Error()})
 			continue
 		}
 		out = append(out, r.info(id))
@@ -123,6 +186,6 @@ func (r *region) info(id uint32) ClusterInfo {
 		ID: id, Path: r.m.Path, File: r.m.File, Size: r.l.RegionSize, Generation: r.l.Generation,
 		CreatorPID: r.l.CreatorPID, BufferSize: int(r.l.BufSize), Buffers: int(r.l.NumBufs),
 		Hugepages: r.l.Flags&ivshmem.FlagHugepages != 0, Shared: r.l.Flags&ivshmem.FlagShared != 0,
-		Queues: r.stats(),
+		State: "ok", Queues: r.stats(),
 	}
 }

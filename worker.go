@@ -4,8 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-
-	"github.com/zcfabric/zc/ivshmem"
+	"runtime/debug"
 )
 
 // Policy says what a producer does when an output queue is full.
@@ -23,8 +22,13 @@ const (
 // round-robin, or to every queue (fan-out, reference counted). Outputs in
 // the packets' own cluster get them without copying. An output in another
 // cluster (another trust domain: a VM's own region) gets one explicit
-// copy into a buffer of its own pool, counted in Copies. Not safe for
-// concurrent use.
+// copy into a buffer of its own pool, counted in Copies.
+//
+// Failure is local: an output whose queue breaks (its consumer corrupted
+// the ring, its region was unplugged, truncated or re-created) is failed
+// for good (Queue.Err), its share of the packets is dropped and counted on
+// it from then on, and every other output goes on. Push returns an error
+// only when ctx ends. Not safe for concurrent use.
 type Balancer struct {
 	out    []*Queue
 	cross  []bool // output j copies: it lives in another region
@@ -37,6 +41,9 @@ type Balancer struct {
 	rr     uint32
 	src    source
 	home   *region
+	// pending are the packets of the send in progress not yet delivered
+	// or given back: what a fault on the output's memory leaves to drop.
+	pending []Packet
 	// Copies counts packets copied into another region's buffers.
 	Copies uint64
 }
@@ -55,20 +62,51 @@ func NewBalancer(out []*Queue, mode HashMode, hash HashFunc, policy Policy) (*Ba
 	}
 	b := &Balancer{out: out, mode: mode, hash: hash, policy: policy, src: out[0].src, home: out[0].r, tmp: make([]Packet, MaxBurst), hs: make([]uint32, MaxBurst)}
 	for _, q := range out {
-		if q.out == nil {
-			return nil, fmt.Errorf("zc: balancer: %s: %w (need producer ends)", q.Name(), ErrWrongEnd)
-		}
-		cross := q.r != out[0].r
-		if cross && q.Pool() == nil {
-			return nil, fmt.Errorf("zc: balancer: %s is in another region and has no pool to copy into", q.Name())
-		}
-		if !cross && q.src != b.src {
-			return nil, fmt.Errorf("zc: balancer: %s and %s draw buffers from different pools", q.Name(), out[0].Name())
+		cross, err := b.fits(q)
+		if err != nil {
+			return nil, err
 		}
 		b.cross = append(b.cross, cross)
 		b.per = append(b.per, make([]Packet, 0, MaxBurst))
 	}
 	return b, nil
+}
+
+// fits checks that q can be an output (a producer end, drawing from the
+// balancer's pool or in another region with a pool to copy into) and
+// reports whether it takes copies.
+func (b *Balancer) fits(q *Queue) (cross bool, err error) {
+	if q.out == nil {
+		return false, fmt.Errorf("zc: balancer: %s: %w (need producer ends)", q.Name(), ErrWrongEnd)
+	}
+	cross = q.r != b.home
+	if cross && q.Pool() == nil {
+		return false, fmt.Errorf("zc: balancer: %s is in another region and has no pool to copy into", q.Name())
+	}
+	if !cross && q.src != b.src {
+		return false, fmt.Errorf("zc: balancer: %s and %s draw buffers from different pools", q.Name(), b.out[0].Name())
+	}
+	return cross, nil
+}
+
+// Outputs returns the output queues, in order (Replace changes them).
+func (b *Balancer) Outputs() []*Queue { return b.out }
+
+// Replace makes q output j in place of the one there (a VM's region
+// re-created after it failed): the packets hashed to j go to q from the
+// next Push. It returns the queue replaced, which the caller closes. Call
+// it on the goroutine that pushes.
+func (b *Balancer) Replace(j int, q *Queue) (*Queue, error) {
+	if j < 0 || j >= len(b.out) {
+		return nil, fmt.Errorf("zc: balancer: replace output %d of %d", j, len(b.out))
+	}
+	cross, err := b.fits(q)
+	if err != nil {
+		return nil, err
+	}
+	old := b.out[j]
+	b.out[j], b.cross[j] = q, cross
+	return old, nil
 }
 
 // From makes p the pool the pushed packets come from: outputs in p's
@@ -153,11 +191,56 @@ func (b *Balancer) push(ctx context.Context, pkts []Packet) error {
 }
 
 // send delivers pkts to output j: zero copy, or one copy into the
-// output's own region.
-func (b *Balancer) send(ctx context.Context, j int, q *Queue, pkts []Packet) error {
+// output's own region. A failure of the output's queue fails that queue
+// only: what was not delivered is dropped and counted on it, and send
+// returns nil. It returns an error only when ctx ends while it waits for
+// room (the packets left are dropped and counted).
+func (b *Balancer) send(ctx context.Context, j int, q *Queue, pkts []Packet) (err error) {
+	if q.err != nil {
+		b.lose(j, q, pkts)
+		return nil
+	}
+	// Touching the output's region can fault (its file truncated under
+	// us): the fault fails q, and what is pending is dropped.
+	b.pending = pkts
+	old := guardOn()
+	defer b.sendDone(old, j, q)
 	if !b.cross[j] {
 		return b.deliver(ctx, q, pkts)
 	}
+	return b.copyTo(ctx, j, q, pkts)
+}
+
+// sendDone ends a guarded send: a fault on the output's memory fails the
+// output and drops what was pending.
+func (b *Balancer) sendDone(old bool, j int, q *Queue) {
+	debug.SetPanicOnFault(old)
+	if v := recover(); v != nil {
+		if !isFault(v) {
+			panic(v)
+		}
+		q.fail("send", ErrFault)
+		b.lose(j, q, b.pending)
+	}
+	b.pending = nil
+}
+
+// lose drops packets meant for output j, counted on it: zero-copy ones go
+// back to the pool, the originals of copies are released.
+func (b *Balancer) lose(j int, q *Queue, pkts []Packet) {
+	if len(pkts) == 0 {
+		return
+	}
+	if !b.cross[j] {
+		q.drop(pkts)
+		return
+	}
+	q.countDrops(len(pkts))
+	b.release(pkts)
+}
+
+// copyTo delivers pkts to output j in another region, one copy each.
+func (b *Balancer) copyTo(ctx context.Context, j int, q *Queue, pkts []Packet) error {
 	var bo backoff
 	for len(pkts) > 0 {
 		n := q.room(len(pkts))
@@ -175,12 +258,9 @@ func (b *Balancer) send(ctx context.Context, j int, q *Queue, pkts []Packet) err
 		b.Copies += uint64(k)
 		b.release(pkts[:k])
 		pkts = pkts[k:]
-		if err != nil {
-			q.out.Add(ivshmem.CountDrops, uint64(len(pkts)))
-			b.release(pkts)
-			return err
-		}
-		if len(pkts) == 0 {
+		b.pending = pkts
+		if err != nil || len(pkts) == 0 {
+			b.lose(j, q, pkts) // a failed queue: the rest is its loss
 			return nil
 		}
 		if k > 0 {
@@ -188,13 +268,11 @@ func (b *Balancer) send(ctx context.Context, j int, q *Queue, pkts []Packet) err
 			continue
 		}
 		if b.policy == Drop {
-			q.out.Add(ivshmem.CountDrops, uint64(len(pkts)))
-			b.release(pkts)
+			b.lose(j, q, pkts)
 			return nil
 		}
 		if err := bo.wait(ctx); err != nil {
-			q.out.Add(ivshmem.CountDrops, uint64(len(pkts)))
-			b.release(pkts)
+			b.lose(j, q, pkts)
 			return fmt.Errorf("zc: send %s: %w", q.Name(), err)
 		}
 	}
@@ -213,28 +291,27 @@ func (b *Balancer) release(pkts []Packet) {
 }
 
 // deliver enqueues packets whose metadata is written; what does not fit
-// is dropped and counted, or waited for.
+// is dropped and counted, or waited for. A failed queue drops the rest.
 func (b *Balancer) deliver(ctx context.Context, q *Queue, pkts []Packet) error {
 	var bo backoff
 	for {
 		n, err := q.enqueue(pkts[:q.room(len(pkts))])
 		pkts = pkts[n:]
+		b.pending = pkts
 		if err != nil || len(pkts) == 0 {
-			if err != nil {
-				q.Drop(pkts)
-			}
-			return err
+			q.drop(pkts)
+			return nil
 		}
 		if n > 0 {
 			bo = backoff{}
 			continue
 		}
-		if b.policy == Drop {
-			q.Drop(pkts)
+		if b.policy == Drop || q.err != nil {
+			q.drop(pkts)
 			return nil
 		}
 		if err := bo.wait(ctx); err != nil {
-			q.Drop(pkts)
+			q.drop(pkts)
 			return fmt.Errorf("zc: send %s: %w", q.Name(), err)
 		}
 	}
@@ -268,12 +345,26 @@ func newRelay(in []*Queue, numBufs uint32) *relay {
 func (r *relay) owns(h uint32) bool        { return h < uint32(len(r.ref)) && r.ref[h] > 0 }
 func (r *relay) retain(h uint32, n uint16) { r.ref[h] += n }
 
-func (r *relay) adopt(pkts []Packet, from int) {
+// adopt takes ownership of packets received on input from and returns
+// those it may relay. A buffer it holds already (a producer that put the
+// same handle on two inputs) is refused: counted in dup and given back to
+// the input it just came from, so no output slot is ever taken by a
+// buffer twice.
+func (r *relay) adopt(pkts []Packet, from int, dup *uint64) []Packet {
+	ok := pkts[:0]
 	for i := range pkts {
 		h := pkts[i].handle
+		if r.ref[h] != 0 {
+			*dup++
+			one := [1]uint32{h}
+			r.in[from].releaseHandles(one[:])
+			continue
+		}
 		r.ref[h] = 1
 		r.origin[h] = uint16(from)
+		ok = append(ok, pkts[i])
 	}
+	return ok
 }
 
 func (r *relay) put(hs []uint32) {
@@ -315,8 +406,12 @@ type WorkerOptions struct {
 
 // WorkerStats count what a worker moved.
 type WorkerStats struct {
-	Received uint64 // packets taken from the inputs
-	Filtered uint64 // packets the filter refused
+	Received   uint64 // packets taken from the inputs
+	Filtered   uint64 // packets the filter refused
+	Duplicates uint64 // buffers that came in again while held (a broken producer): refused
+	// FailedInputs counts inputs that failed (their producer broke the
+	// ring, or their region went away); the worker goes on with the others.
+	FailedInputs int
 }
 
 // RunBalancer moves packets from the consumer ends in to the producer
@@ -329,7 +424,8 @@ func RunBalancer(ctx context.Context, in, out []*Queue, mode HashMode, hash Hash
 	if len(in) == 0 || len(out) == 0 {
 		return st, errors.New("zc: worker: needs input and output queues")
 	}
-	r := newRelay(in, in[0].r.l.NumBufs)
+	// Check everything before binding anything: a refused call leaves the
+	// queues as they were.
 	for _, q := range in {
 		if q.in == nil {
 			return st, fmt.Errorf("zc: worker: input %s: %w (need consumer ends)", q.Name(), ErrWrongEnd)
@@ -340,7 +436,10 @@ func RunBalancer(ctx context.Context, in, out []*Queue, mode HashMode, hash Hash
 	}
 	for _, q := range out {
 		if q.out == nil {
-			continue // NewBalancer reports it
+			return st, fmt.Errorf("zc: worker: output %s: %w (need producer ends)", q.Name(), ErrWrongEnd)
+		}
+		if q.r.l.ClusterID != in[0].r.l.ClusterID || q.r.l.Generation != in[0].r.l.Generation {
+			return st, fmt.Errorf("zc: worker: %s and %s are in different clusters (zero copy needs one)", in[0].Name(), q.Name())
 		}
 		if q.outstanding > 0 {
 			return st, fmt.Errorf("zc: worker: output %s has %d buffers on loan", q.Name(), q.outstanding)
@@ -348,14 +447,17 @@ func RunBalancer(ctx context.Context, in, out []*Queue, mode HashMode, hash Hash
 		if p, ok := q.src.(*Pool); ok && len(p.queues) > 1 {
 			return st, fmt.Errorf("zc: worker: output %s shares a pool with other queues (attach outputs with Cluster.Output or Open(name, AsProducer()))", q.Name())
 		}
+	}
+	if mode != ModeRoundRobin && mode != ModeFanout && hash == nil && mode.Func() == nil {
+		return st, fmt.Errorf("zc: worker: mode %d has no hash function", mode)
+	}
+	r := newRelay(in, in[0].r.l.NumBufs)
+	for _, q := range out {
 		q.src = r
 	}
 	bal, err := NewBalancer(out, mode, hash, opt.Policy)
 	if err != nil {
 		return st, err
-	}
-	if out[0].r.l.ClusterID != in[0].r.l.ClusterID || out[0].r.l.Generation != in[0].r.l.Generation {
-		return st, fmt.Errorf("zc: worker: %s and %s are in different clusters (zero copy needs one)", in[0].Name(), out[0].Name())
 	}
 	burst := opt.Burst
 	if burst <= 0 || burst > MaxBurst {
@@ -363,21 +465,32 @@ func RunBalancer(ctx context.Context, in, out []*Queue, mode HashMode, hash Hash
 	}
 	pkts := make([]Packet, burst)
 	keep := make([]Packet, 0, burst)
+	failed := make([]bool, len(in))
+	done := ctx.Done()
 	var bo backoff
-	for {
+	for iter := 0; ; iter++ {
 		got := 0
 		for i, q := range in {
+			if failed[i] {
+				continue
+			}
 			n, err := q.RecvBurst(pkts)
 			if err != nil {
-				return st, err
+				// The input's producer broke it, or its region went
+				// away: that input is lost, the others go on.
+				failed[i] = true
+				st.FailedInputs++
+				if st.FailedInputs == len(in) {
+					return st, fmt.Errorf("zc: worker: every input failed, last: %w", err)
+				}
+				continue
 			}
 			if n == 0 {
 				continue
 			}
 			got += n
 			st.Received += uint64(n)
-			r.adopt(pkts[:n], i)
-			batch := pkts[:n]
+			batch := r.adopt(pkts[:n], i, &st.Duplicates)
 			if opt.Filter != nil {
 				keep = keep[:0]
 				for j := range batch {
@@ -393,15 +506,20 @@ func RunBalancer(ctx context.Context, in, out []*Queue, mode HashMode, hash Hash
 				batch = keep
 			}
 			if err := bal.Push(ctx, batch); err != nil {
-				if ctx.Err() != nil {
-					return st, nil // stopped while waiting for room
-				}
-				return st, err
+				return st, nil // ctx ended while waiting for room: a normal stop
 			}
 		}
 		bal.Reclaim()
 		if got > 0 {
 			bo = backoff{}
+			// Under load too, a stop is noticed within 64 bursts.
+			if iter&63 == 0 {
+				select {
+				case <-done:
+					return st, nil
+				default:
+				}
+			}
 			continue
 		}
 		if err := bo.wait(ctx); err != nil {

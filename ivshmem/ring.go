@@ -91,14 +91,31 @@ func NewRingConsumer(b []byte, off uint64, slots uint32) (*RingConsumer, error) 
 // Size returns the number of slots.
 func (s *ringSide) Size() uint32 { return s.size }
 
-// Add adds v to one of this side's counters and publishes it.
+// Add adds v to one of this side's counters and publishes it in the
+// region. The value in process memory is the authoritative one (the peer
+// may overwrite the region's copy); it is stored atomically so Own can
+// read it from another goroutine.
 func (s *ringSide) Add(c Counter, v uint64) {
-	s.statVal[c] += v
-	storeRelease64(s.stat[c], s.statVal[c])
+	n := s.statVal[c] + v
+	storeRelease64(&s.statVal[c], n)
+	storeRelease64(s.stat[c], n)
 }
 
-// Counter returns this side's own value of counter c.
+// Count adds v to counter c in process memory only: for a side whose
+// region must not be touched any more (its queue failed, its file may be
+// truncated).
+func (s *ringSide) Count(c Counter, v uint64) {
+	storeRelease64(&s.statVal[c], s.statVal[c]+v)
+}
+
+// Counter returns this side's own value of counter c (on the goroutine
+// that uses the ring).
 func (s *ringSide) Counter(c Counter) uint64 { return s.statVal[c] }
+
+// Own returns this side's own value of counter c, kept in process memory
+// (not the region's copy, which the peer can write). Safe from any
+// goroutine.
+func (s *ringSide) Own(c Counter) uint64 { return atomic.LoadUint64(&s.statVal[c]) }
 
 // Free returns how many handles Enqueue can take now, reloading the
 // consumer index. It returns ErrCorrupt if the consumer index is invalid.

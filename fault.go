@@ -1,0 +1,65 @@
+package zc
+
+import (
+	"fmt"
+	"runtime/debug"
+)
+
+// ErrFault is what a queue fails with when touching its region faulted:
+// the backing file was truncated or replaced under the mapping (SIGBUS),
+// by a process that holds it writable (QEMU, a consumer). It wraps
+// ErrGone: for its users the queue went away.
+var ErrFault = fmt.Errorf("%w: region memory fault (its file was truncated or replaced)", ErrGone)
+
+// Region memory is a shared mapping of a file other processes can
+// truncate; touching a page past the new end raises SIGBUS, which would
+// kill the whole process. Every access to a region happens between
+// guardOn and guardOff (or inside protect): debug.SetPanicOnFault makes
+// the runtime turn the fault into a panic on that goroutine, and the
+// deferred guardOff turns the panic into ErrFault on the queue that
+// touched the memory. Only faults are caught: any other panic goes on.
+//
+// The pattern in each guarded method:
+//
+//	old := guardOn()
+//	defer q.guardOff(old, "recv", &err)
+
+// guardOn makes faults on this goroutine panics and returns the previous
+// setting, for guardOff.
+func guardOn() bool { return debug.SetPanicOnFault(true) }
+
+// isFault reports whether a recovered value is a memory fault (the
+// runtime's error for a faulting address has an Addr method).
+func isFault(v any) bool {
+	_, ok := v.(interface{ Addr() uintptr })
+	return ok
+}
+
+// guardOff restores the fault setting and turns a fault panic into the
+// queue's failure, stored in *err.
+func (q *Queue) guardOff(old bool, op string, err *error) {
+	debug.SetPanicOnFault(old)
+	if v := recover(); v != nil {
+		if !isFault(v) {
+			panic(v)
+		}
+		*err = q.fail(op, ErrFault)
+	}
+}
+
+// protect runs fn with faults on region memory turned into ErrFault.
+// For the paths that are not per packet (attach, close, stats).
+func protect(fn func()) (err error) {
+	old := guardOn()
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if v := recover(); v != nil {
+			if !isFault(v) {
+				panic(v)
+			}
+			err = ErrFault
+		}
+	}()
+	fn()
+	return nil
+}
