@@ -75,6 +75,7 @@ func (c *Config) defaults() {
 type Cluster struct {
 	r      *region
 	pool   *Pool
+	sum    uint32 // header checksum as written
 	closed sync.Once
 }
 
@@ -137,7 +138,7 @@ func CreateCluster(cfg Config) (*Cluster, error) {
 	}
 	r := newRegion(m, l, ivshmem.SideHost)
 	r.onEnd = func() { protect(func() { ivshmem.MarkClosed(m.Bytes) }); m.Remove() }
-	return &Cluster{r: r, pool: newPool(r, l.EngineFirst, l.EngineCount)}, nil
+	return &Cluster{r: r, pool: newPool(r, l.EngineFirst, l.EngineCount), sum: ivshmem.HeaderChecksum(m.Bytes)}, nil
 }
 
 func processAlive(pid uint32) bool {

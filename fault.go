@@ -63,3 +63,9 @@ func protect(fn func()) (err error) {
 	fn()
 	return nil
 }
+
+// CatchFault runs fn and returns ErrFault if it faulted on region memory
+// (a truncated region file) instead of letting SIGBUS end the process.
+// For code outside this package that writes into buffers (capture
+// sources filling the engine pool).
+func CatchFault(fn func()) error { return protect(fn) }

@@ -136,7 +136,9 @@ type ClusterInfo struct {
 	// zchost compares it with the agent's own record.
 	State   string `json:",omitempty"`
 	Failure string `json:",omitempty"`
-	Queues  []QueueStats
+	// Checksum is the header's CRC-32C word as the region holds it now.
+	Checksum uint32 `json:",omitempty"`
+	Queues   []QueueStats
 }
 
 // Inspect maps cluster id's region without attaching to any queue and
@@ -186,6 +188,19 @@ func (r *region) info(id uint32) ClusterInfo {
 		ID: id, Path: r.m.Path, File: r.m.File, Size: r.l.RegionSize, Generation: r.l.Generation,
 		CreatorPID: r.l.CreatorPID, BufferSize: int(r.l.BufSize), Buffers: int(r.l.NumBufs),
 		Hugepages: r.l.Flags&ivshmem.FlagHugepages != 0, Shared: r.l.Flags&ivshmem.FlagShared != 0,
-		State: "ok", Queues: r.stats(),
+		State: "ok", Checksum: r.headerChecksum(), Queues: r.stats(),
 	}
 }
+
+// headerChecksum reads the region's header checksum word now (0 if the
+// memory faults).
+func (r *region) headerChecksum() uint32 {
+	var v uint32
+	protect(func() { v = ivshmem.HeaderChecksum(r.b) })
+	return v
+}
+
+// Checksum returns the header checksum this process created the region
+// with: what the region must still hold for its header to be the one the
+// creator wrote.
+func (c *Cluster) Checksum() uint32 { return c.sum }

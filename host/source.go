@@ -46,6 +46,9 @@ type SourceStats struct {
 type EngineStats struct {
 	Packets, Bytes uint64
 	Elapsed        time.Duration
+	// Failed lists the sources that stopped on an error (each error names
+	// its source); the others went on.
+	Failed []error
 }
 
 // Engine moves packets from its sources through a balancer onto the
@@ -63,6 +66,14 @@ type Engine struct {
 	// packets (an AF_XDP source's fill ring is stocked), before the first
 	// Recv. Frames that arrive after it are not lost for want of a buffer.
 	OnStart func()
+	// OnSourceError, if set, is called (on Run's goroutine) when a source
+	// fails; Run goes on with the others.
+	OnSourceError func(s Source, err error)
+	// Control, if set, is polled between bursts (every 64 busy bursts and
+	// on every idle poll): each function received runs on Run's
+	// goroutine, the only one that may touch the pool and the balancer
+	// (Balancer.Replace).
+	Control <-chan func()
 
 	mu   sync.Mutex
 	snap []SourceStats // the sources' counters as last published by Run
@@ -99,9 +110,12 @@ type primer interface {
 	prime(pool *zc.Pool)
 }
 
-// Run moves packets until every source is exhausted or ctx ends. It
-// returns nil in both cases, and the first source or queue error
-// otherwise.
+// Run moves packets until every source is exhausted or failed, or ctx
+// ends, and returns nil. A source that fails (its error, or a fault on
+// the region memory it writes) stops alone: it is listed in
+// EngineStats.Failed and reported to OnSourceError. A queue that fails is
+// the balancer's business (the queue's loss only, see zc.Balancer). Under
+// full load a stop is noticed within 64 bursts.
 func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 	var st EngineStats
 	start := time.Now()
@@ -134,7 +148,11 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 			if !live[i] {
 				continue
 			}
-			n, err := s.Recv(e.Pool, pkts)
+			var n int
+			var err error
+			if ferr := zc.CatchFault(func() { n, err = s.Recv(e.Pool, pkts) }); ferr != nil {
+				n, err = 0, ferr
+			}
 			if n > 0 {
 				got += n
 				st.Packets += uint64(n)
@@ -142,19 +160,22 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 					st.Bytes += uint64(len(pkts[j].Data))
 				}
 				if perr := e.Balancer.Push(ctx, pkts[:n]); perr != nil {
-					if ctx.Err() != nil {
-						st.Elapsed = time.Since(start)
-						return st, nil
-					}
-					return st, perr
+					// Only a stop ends a push early: queues fail alone.
+					st.Elapsed = time.Since(start)
+					return st, nil
 				}
 			}
 			if errors.Is(err, io.EOF) {
 				live[i] = false
 				nlive--
 			} else if err != nil {
-				st.Elapsed = time.Since(start)
-				return st, fmt.Errorf("zchost: source %s: %w", s.Name(), err)
+				live[i] = false
+				nlive--
+				err = fmt.Errorf("zchost: source %s: %w", s.Name(), err)
+				st.Failed = append(st.Failed, err)
+				if e.OnSourceError != nil {
+					e.OnSourceError(s, err)
+				}
 			}
 		}
 		pace.Work(got)
@@ -165,14 +186,19 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 				published = now
 			}
 		}
-		if busy {
+		if busy && iter&63 != 0 {
 			continue
 		}
 		select { // not ctx.Err(): that takes a mutex on every idle poll
 		case <-done:
 			st.Elapsed = time.Since(start)
 			return st, nil
+		case f := <-e.Control:
+			f()
 		default:
+		}
+		if busy {
+			continue
 		}
 		e.Balancer.Reclaim()
 		if e.OnIdle != nil {

@@ -119,6 +119,12 @@ func Parse(b []byte) (Layout, error) {
 	return l, nil
 }
 
+// HeaderChecksum reads the header's CRC-32C word as the region holds it
+// now: a fingerprint of its immutable fields. Whoever created the region
+// keeps the value it wrote; a different one means the header was
+// rewritten (and re-signed, if it still parses). b must hold a header.
+func HeaderChecksum(b []byte) uint32 { return binary.LittleEndian.Uint32(b[offChecksum:]) }
+
 // State reads the region's mutable state word (StateReady, StateClosed, or
 // 0 while the creator initialises it). b must hold at least a header.
 func State(b []byte) uint32 { return loadU32(b, offState) }
