@@ -12,9 +12,11 @@ import (
 
 // AttachSpec says which region file to hot-plug and how.
 type AttachSpec struct {
-	// Path is the region's backing file on the host, e.g. /dev/shm/zc-99
-	// or a file on hugetlbfs. QEMU opens it, so it must be reachable from
-	// QEMU's mount namespace with QEMU's permissions.
+	// Path is the region's backing file on the host, e.g. /dev/shm/zc-99,
+	// a file on hugetlbfs, or a memfd as /proc/PID/fd/N. A memfd is handed
+	// to QEMU as a descriptor over the QMP socket (see [VM.AttachRegion]);
+	// any other file QEMU opens by this path, so it must be reachable from
+	// QEMU's mount namespace.
 	Path string
 	// Size is the region size in bytes, a power of two. Zero means the
 	// file's current size.
@@ -39,6 +41,10 @@ type Attachment struct {
 	// Path and Size are the region file and its size.
 	Path string
 	Size uint64
+	// ByFD is true when QEMU got the region as a file descriptor over the
+	// QMP socket (a memfd) rather than by Path. Its memory backend's
+	// mem-path is then /proc/self/fd/N, which is what [VM.Regions] shows.
+	ByFD bool
 }
 
 // DefaultDetachTimeout bounds the wait for DEVICE_DELETED when Detach's
@@ -51,6 +57,14 @@ const DefaultDetachTimeout = 10 * time.Second
 // both with fresh ids. On q35 without spec.Bus it picks a free
 // pcie-root-port (see [VM.FreeRootPort]). If device_add fails, the memory
 // object is removed again.
+//
+// Over a unix QMP socket ([Dial]) QEMU gets only what it needs: a memfd
+// region goes to it as a descriptor (add-fd with SCM_RIGHTS, then
+// mem-path=/proc/self/fd/N in QEMU, then remove-fd), so it needs no file
+// name and no permission; a region file that QEMU's user could not open
+// (QEMU is not root, not its owner, and not in its group with group
+// read-write; see [VM.PeerCred]) is given to QEMU's uid first, keeping its
+// group and mode.
 func (vm *VM) AttachRegion(ctx context.Context, spec AttachSpec) (Attachment, error) {
 	a, err := vm.attach(ctx, spec)
 	if err != nil {
@@ -86,15 +100,27 @@ func (vm *VM) attach(ctx context.Context, spec AttachSpec) (Attachment, error) {
 		}
 	}
 	mem, dev := newIDs(spec.Name)
-	err := vm.execute(ctx, "object-add", map[string]any{
+	o, err := vm.offer(ctx, spec.Path, mem)
+	if err != nil {
+		return Attachment{}, err
+	}
+	err = vm.execute(ctx, "object-add", map[string]any{
 		"qom-type": "memory-backend-file",
 		"id":       mem,
-		"mem-path": spec.Path,
+		"mem-path": o.memPath,
 		"size":     size,
 		"share":    true,
 	}, nil)
+	if o.byFD {
+		// The backend holds its own descriptor now (or failed); close the
+		// one add-fd left in QEMU. After a successful object-add a failure
+		// here leaks one descriptor in QEMU and nothing else.
+		if rerr := vm.removeFD(context.WithoutCancel(ctx), o.fdset); rerr != nil && err != nil {
+			err = errors.Join(err, rerr)
+		}
+	}
 	if err != nil {
-		return Attachment{}, fmt.Errorf("add memory backend %s: %w", mem, err)
+		return Attachment{}, errors.Join(fmt.Errorf("add memory backend %s: %w", mem, err), o.note)
 	}
 	args := map[string]any{"driver": "ivshmem-plain", "id": dev, "memdev": mem}
 	if bus != "" {
@@ -107,7 +133,7 @@ func (vm *VM) attach(ctx context.Context, spec AttachSpec) (Attachment, error) {
 		}
 		return Attachment{}, err
 	}
-	return Attachment{MemID: mem, DevID: dev, Bus: bus, Path: spec.Path, Size: size}, nil
+	return Attachment{MemID: mem, DevID: dev, Bus: bus, Path: spec.Path, Size: size, ByFD: o.byFD}, nil
 }
 
 // Detach unplugs an attachment: device_del, then a wait for QEMU's
@@ -144,6 +170,11 @@ func (vm *VM) detach(ctx context.Context, a Attachment) error {
 	}
 	if err := vm.execute(ctx, "object-del", map[string]any{"id": a.MemID}, nil); err != nil {
 		return fmt.Errorf("remove memory backend %s: %w", a.MemID, err)
+	}
+	if a.ByFD {
+		vm.attachMu.Lock()
+		vm.sweepFDs(ctx)
+		vm.attachMu.Unlock()
 	}
 	return nil
 }

@@ -26,6 +26,32 @@
 //     finds one, or fails with [ErrNoRootPort] telling what to add to the VM's
 //     command line.
 //
+// Who may open the region, measured on QEMU 7.2 with QEMU as another user
+// (-runas nobody):
+//
+//   - A region file QEMU opens itself must be open to QEMU's user. Region
+//     files are 0600 (ivshmem), so AttachRegion gives the file to QEMU's uid
+//     (keeping group and mode) unless QEMU runs as root, owns it, or is in its
+//     group with rw. QEMU's user comes from the QMP socket: SO_PEERCRED names
+//     the process, /proc/PID/status its filesystem ids ([VM.PeerCred]);
+//     SO_PEERCRED's own ids are the socket creator's, uid 0 under -runas.
+//   - A memfd needs no file at all. memory-backend-file opens mem-path with
+//     plain open(2): "/dev/fdset/N" after add-fd fails ("can't open backing
+//     store /dev/fdset/0 for guest RAM: No such file or directory"), the
+//     agent's /proc/PID/fd/N is refused ("... Permission denied"), and so is
+//     a getfd name (taken as a relative path). What works is add-fd with the
+//     memfd over the QMP socket (SCM_RIGHTS), then mem-path=/proc/self/fd/N
+//     with N the fd add-fd returned: QEMU reopens its own descriptor, which
+//     a memfd (inode mode 0777) allows whatever QEMU's user. AttachRegion does
+//     so for memfd regions and then remove-fd; QEMU keeps the memory backend's
+//     own descriptor. The same path does not help a 0600 tmpfs file (the
+//     reopen checks the inode: "Permission denied"). A memfd's seals
+//     (F_SEAL_SHRINK|F_SEAL_GROW) bind QEMU too: it cannot truncate the
+//     region under the agent, which a file owner can.
+//   - QEMU closes a removed fd set only while the VM runs: after remove-fd on
+//     a paused VM the set stays (query-fdsets lists it) until a remove-fd of
+//     it while running. AttachRegion and Detach sweep such sets of theirs.
+//
 // The transport is the [github.com/digitalocean/go-qemu/qmp.Monitor]
 // interface. [Dial] uses this package's own socket monitor, which keeps the
 // QMP error class of a failed command in an [*Error] (go-qemu's SocketMonitor

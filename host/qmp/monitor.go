@@ -6,10 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
 	goqmp "github.com/digitalocean/go-qemu/qmp"
+	"golang.org/x/sys/unix"
 )
 
 // SocketMonitor is a QMP connection over a stream socket that implements
@@ -155,10 +158,31 @@ func (m *SocketMonitor) Disconnect() error {
 // Run sends one command (a JSON object) and returns QEMU's reply. A reply
 // carrying an error is returned as [*Error] along with the raw reply.
 func (m *SocketMonitor) Run(command []byte) ([]byte, error) {
+	return m.RunWithFiles(command)
+}
+
+// RunWithFiles is Run with open files passed to QEMU along with the
+// command (SCM_RIGHTS on the same write), as QMP's add-fd and getfd want
+// them. QEMU gets its own descriptors; the files stay open here. Passing
+// files needs a unix socket: on any other connection RunWithFiles fails
+// with [ErrNotUnixSocket] without sending anything.
+func (m *SocketMonitor) RunWithFiles(command []byte, files ...*os.File) ([]byte, error) {
 	var head struct {
 		Execute string `json:"execute"`
 	}
 	_ = json.Unmarshal(command, &head)
+	var oob []byte
+	uc, isUnix := m.conn.(*net.UnixConn)
+	if len(files) > 0 {
+		if !isUnix {
+			return nil, fmt.Errorf("qmp %s: pass %d files: %w", head.Execute, len(files), ErrNotUnixSocket)
+		}
+		fds := make([]int, len(files))
+		for i, f := range files {
+			fds[i] = int(f.Fd())
+		}
+		oob = unix.UnixRights(fds...)
+	}
 	m.runMu.Lock()
 	defer m.runMu.Unlock()
 	select {
@@ -166,7 +190,19 @@ func (m *SocketMonitor) Run(command []byte) ([]byte, error) {
 		return nil, fmt.Errorf("qmp %s: %w", head.Execute, ErrClosed)
 	default:
 	}
-	if _, err := m.conn.Write(append(command, '\n')); err != nil {
+	line := append(command, '\n')
+	var err error
+	if oob == nil {
+		_, err = m.conn.Write(line)
+	} else {
+		var n int
+		n, _, err = uc.WriteMsgUnix(line, oob, nil)
+		if err == nil && n < len(line) {
+			_, err = m.conn.Write(line[n:])
+		}
+		runtime.KeepAlive(files)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", head.Execute, err)
 	}
 	select {

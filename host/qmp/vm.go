@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -137,9 +138,9 @@ type command struct {
 }
 
 // execute runs one command and decodes its "return" into out (if non-nil).
-// If ctx ends first, execute returns ctx's error; the command may still
-// complete in QEMU.
-func (vm *VM) execute(ctx context.Context, cmd string, args, out any) error {
+// files go to QEMU with the command (see [VM.run]). If ctx ends first,
+// execute returns ctx's error; the command may still complete in QEMU.
+func (vm *VM) execute(ctx context.Context, cmd string, args, out any, files ...*os.File) error {
 	b, err := json.Marshal(command{Execute: cmd, Arguments: args})
 	if err != nil {
 		return fmt.Errorf("qmp %s: %w", cmd, err)
@@ -150,7 +151,7 @@ func (vm *VM) execute(ctx context.Context, cmd string, args, out any) error {
 	}
 	done := make(chan result, 1)
 	go func() {
-		raw, err := vm.mon.Run(b)
+		raw, err := vm.run(b, files)
 		done <- result{raw, err}
 	}()
 	var res result
