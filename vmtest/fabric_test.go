@@ -96,6 +96,7 @@ type proc struct {
 	cmd    *exec.Cmd
 	mu     sync.Mutex
 	stdout bytes.Buffer
+	stderr bytes.Buffer // a copy of what went to the test log
 	done   chan struct{}
 	err    error
 }
@@ -118,6 +119,9 @@ func (h *hostTools) start(t *testing.T, bin string, args ...string) *proc {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			t.Logf("host %s: %s", name, sc.Text())
+			p.mu.Lock()
+			p.stderr.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
 		}
 		p.err = p.cmd.Wait()
 		close(p.done)
@@ -156,6 +160,13 @@ func (p *proc) wait(ctx context.Context) (string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.stdout.String(), p.err
+}
+
+// stderrText returns what the process wrote to stderr so far.
+func (p *proc) stderrText() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stderr.String()
 }
 
 // interrupt stops a serving zchost the way a user does (it detaches its

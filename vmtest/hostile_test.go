@@ -1,0 +1,208 @@
+package vmtest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// scribblePkg is the hostile tool: random words over a BAR or a region
+// file, a handshake hammer, a truncation.
+const scribblePkg = "github.com/zcfabric/zc/vmtest/internal/scribble"
+
+// scribbleSummary is the JSON line scribble prints at the end.
+type scribbleSummary struct {
+	Mode            string   `json:"mode"`
+	Target          string   `json:"target"`
+	Words           uint64   `json:"words"`
+	HandshakeWrites uint64   `json:"handshake_writes"`
+	Queues          []uint32 `json:"queues"`
+	Gone            bool     `json:"gone"`
+	Seed            uint64   `json:"seed"`
+	Error           string   `json:"error"`
+}
+
+// regionState is what the fault-isolation tests read of `zchost stats
+// --json`: a region's state and each queue's.
+type regionState struct {
+	Path    string
+	State   string
+	Failure string
+	Queues  []struct {
+		Queue          int
+		State, Failure string
+	}
+}
+
+type clusterStats struct {
+	regionState
+	VMRegions []regionState `json:"vm_regions"`
+}
+
+// hostileCase is one way the first VM attacks the agent.
+type hostileCase struct {
+	name string
+	// vm1 runs after the guest's honest zcount on queue 0; its last
+	// output line must contain ready. The guest's scribble summary is
+	// its last result.
+	vm1, ready string
+	// truncate: the host truncates vm1's region file once ready is seen.
+	truncate bool
+	// n is how many packets vm2 counts: at rate/2 per second, enough to
+	// outlast the attack.
+	n int
+}
+
+// TestHostileGuest: one zchost agent serves two VMs, each on a region of
+// its own (vm1 gets queue 0, vm2 queue 1), from an endless paced
+// generator. Both guests first attach honestly (the agent waits for both
+// consumers). Then vm1 turns hostile while vm2 counts n packets:
+//
+//   - scribble: vm1 writes random words over its whole BAR (header, queue
+//     table, rings, metadata) for 3 s, then hammers its handshake word
+//     for 3 s.
+//   - truncate: the host truncates vm1's region file to one page, as a
+//     hostile QEMU holding the file could (vm1 keeps its hands off the
+//     BAR: QEMU itself would take the SIGBUS).
+//
+// vm2 must count n verified packets with no drop, the agent must still
+// run afterwards, `zchost stats` must show vm1's region failed or corrupt
+// and vm2's ok, and SIGTERM must make the agent exit 0 with its summary,
+// unplugging both VMs (each guest sees its device go).
+func TestHostileGuest(t *testing.T) {
+	for _, c := range []hostileCase{
+		{name: "scribble", vm1: "scribble --bar -c %d --for 3s --handshake 3s --gone 120s", ready: "handshake requests", n: 24000},
+		{name: "truncate", vm1: "scribble --bar -c %d --for 0 --handshake 0 --gone 120s", ready: "scribble: waiting up to", truncate: true, n: 16000},
+	} {
+		t.Run(c.name, func(t *testing.T) { testHostileGuest(t, c) })
+	}
+}
+
+func testHostileGuest(t *testing.T, c hostileCase) {
+	const (
+		id     = 77
+		rate   = 4000 // packets per second, half to each queue
+		honest = 1000 // packets vm1 reads before it turns hostile
+	)
+	h := newHostTools(t)
+	ctx := testCtx(t, 170*time.Second)
+	scribble := filepath.Join(t.TempDir(), "scribble")
+	if err := os.WriteFile(scribble, BuildGo(t, scribblePkg), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	vm1 := Start(t, Name("vm1"), Timeout(3*time.Minute), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), GoBinary("scribble", scribblePkg), Script(fmt.Sprintf(`
+zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
+echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"
+echo "ZCRESULT $(%[3]s)"`, id, honest, fmt.Sprintf(c.vm1, id))))
+	vm2 := Start(t, Name("vm2"), Timeout(3*time.Minute), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(fmt.Sprintf(`
+zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
+echo "ZCRESULT $(zcount -i zc:%[1]d@1 -n %[2]d --verify --json --interval 0)"
+zcguest wait -c %[1]d --gone --timeout 120s --poll 5ms || exit 1
+sleep 1 # let QEMU see the eject before power-off`, id, c.n)))
+	agent := h.start(t, h.zchost, "run", "-c", fmt.Sprint(id), "-i", fmt.Sprintf("gen:len=%d,count=1000000000,rate=%d", frameLen, rate),
+		"-n", "2", "-m", "0", "--backing", "shm", "--stats-interval", "1s", "--wait-consumers", "90s",
+		"--vm", vm1.QMPPath()+"=0", "--vm", vm2.QMPPath()+"=1")
+	alive := func(when string) {
+		t.Helper()
+		select {
+		case <-agent.done:
+			t.Fatalf("zchost run exited %s: %v", when, agent.err)
+		default:
+		}
+	}
+
+	var s summary
+	if _, err := vm1.Result(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
+	s.check(t, "vm1 (still honest) queue 0", honest)
+	start, err := vm1.Expect(ctx, "scribble: cluster")
+	if err != nil {
+		t.Fatal(err)
+	}
+	end, err := vm1.Expect(ctx, c.ready)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.truncate {
+		path := filepath.Join(h.dir, fmt.Sprintf("zc-%d.vm1", id))
+		out := h.run(t, ctx, scribble, "--truncate", path, "--size", "4096")
+		var tr scribbleSummary
+		if err := json.Unmarshal([]byte(out), &tr); err != nil || tr.Error != "" {
+			t.Fatalf("scribble --truncate %s: %q: %v", path, out, err)
+		}
+		end.Time = time.Now()
+	}
+	t.Logf("vm1 hostile from %v to %v", start.Time.Format("15:04:05.000"), end.Time.Format("15:04:05.000"))
+	alive("while vm1 was hostile")
+
+	done, err := vm2.Result(ctx, &s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.check(t, "vm2 queue 1", uint64(c.n))
+	if s.Drops != 0 {
+		t.Errorf("vm2: queue 1 dropped %d packets while vm1 was hostile; it had room", s.Drops)
+	}
+	if !done.Time.After(end.Time) {
+		t.Errorf("vm2 finished counting at %v, before vm1's attack ended at %v: nothing was tested; raise n",
+			done.Time.Format("15:04:05.000"), end.Time.Format("15:04:05.000"))
+	}
+	alive("after vm1's attack")
+
+	var st clusterStats
+	out := h.run(t, ctx, h.zchost, "stats", "-c", fmt.Sprint(id), "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("zchost stats --json: %v\n%s", err, out)
+	}
+	regions := map[string]regionState{}
+	for _, r := range st.VMRegions {
+		regions[filepath.Ext(r.Path)] = r
+	}
+	if r, ok := regions[".vm1"]; !ok {
+		t.Errorf("zchost stats lists no region .vm1 (want it with State failed or corrupt); vm regions: %+v", st.VMRegions)
+	} else if r.State != "failed" && r.State != "corrupt" {
+		t.Errorf("zchost stats: vm1's region %s State %q (Failure %q), want failed or corrupt", r.Path, r.State, r.Failure)
+	} else {
+		t.Logf("vm1's region: State %s: %s", r.State, r.Failure)
+	}
+	if r, ok := regions[".vm2"]; !ok {
+		t.Errorf("zchost stats lists no region .vm2; vm regions: %+v", st.VMRegions)
+	} else if r.State != "ok" {
+		t.Errorf("zchost stats: vm2's region %s State %q (Failure %q), want ok", r.Path, r.State, r.Failure)
+	}
+
+	// SIGTERM: the agent unplugs both VMs and exits 0 by itself.
+	if err := agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	stopCtx, cancel := context.WithTimeout(ctx, 60*time.Second) // a hang bound, not a performance threshold
+	_, err = agent.wait(stopCtx)
+	cancel()
+	if err != nil {
+		t.Fatalf("zchost run after SIGTERM: %v", err)
+	}
+	if log := agent.stderrText(); !strings.Contains(log, "summary") {
+		t.Errorf("zchost run printed no summary on SIGTERM:\n%s", log)
+	}
+
+	var sc scribbleSummary
+	if _, err := vm1.Result(ctx, &sc); err != nil {
+		t.Fatal(err)
+	}
+	if sc.Error != "" || !sc.Gone || (!c.truncate && (sc.Words == 0 || sc.HandshakeWrites == 0)) {
+		t.Errorf("vm1 scribble: %+v; want no error, words and handshake requests written, the device gone after SIGTERM", sc)
+	}
+	t.Logf("vm1 scribble (seed %d): %d random words, %d handshake requests", sc.Seed, sc.Words, sc.HandshakeWrites)
+	for _, vm := range []*VM{vm2, vm1} {
+		if err := vm.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	}
+}
