@@ -50,6 +50,10 @@ type Config struct {
 	Path string
 	// Shared marks a shared trust domain (several VMs on one region).
 	Shared bool
+	// Group, when set, names a group (name or id) whose members may open
+	// the region file too (mode 0660); by default it is 0600, the creating
+	// user's only (see ivshmem.CreateOptions).
+	Group string
 }
 
 func (c *Config) defaults() {
@@ -118,7 +122,7 @@ func CreateCluster(cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zc: create cluster %d: %w", cfg.ID, err)
 	}
-	m, err := ivshmem.Create(cfg.Path, l.RegionSize, cfg.Backing, cfg.HugetlbDir)
+	m, err := ivshmem.CreateWith(cfg.Path, l.RegionSize, ivshmem.CreateOptions{Backing: cfg.Backing, HugetlbDir: cfg.HugetlbDir, Group: cfg.Group})
 	if err != nil {
 		return nil, fmt.Errorf("zc: create cluster %d: %w", cfg.ID, err)
 	}

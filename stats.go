@@ -78,15 +78,13 @@ func readQueueStats(b []byte, l *ivshmem.Layout, i int) QueueStats {
 
 // Stats returns this queue's counters: this end's own from process
 // memory, the peer's as the region reports them (see QueueStats.View).
-// Safe from any goroutine, also while another uses the queue; once the
-// queue failed the region is not read at all.
+// Safe from any goroutine, also while another uses the queue, and after
+// the region went away (a fault reading it leaves the peer's fields zero).
 func (q *Queue) Stats() QueueStats {
 	s := QueueStats{Queue: int(q.id), Slots: int(q.slots), State: "ok"}
 	ferr := q.Err()
-	if ferr == nil {
-		if err := protect(func() { s = readQueueStats(q.r.b, &q.r.l, int(q.id)) }); err != nil {
-			ferr = err
-		}
+	if err := protect(func() { s = readQueueStats(q.r.b, &q.r.l, int(q.id)) }); err != nil && ferr == nil {
+		ferr = err
 	}
 	s.State = "ok"
 	if ferr != nil {

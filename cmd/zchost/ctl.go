@@ -34,6 +34,7 @@ type vmExport struct {
 	target  *zc.Cluster
 	queues  []int
 	shared  bool
+	ctl     bool // plug on the guest's request only
 
 	mu     sync.Mutex
 	detach func(context.Context) error // nil while not plugged
@@ -51,7 +52,7 @@ var _ virtio.Handler = (*vmExport)(nil)
 // Without ctl the region is plugged now, and a zc.ctl port the VM already
 // has is served too (offers, and unplug-notices before the unplug).
 func newVMExport(ctx context.Context, log hclog.Logger, qmpPath string, target *zc.Cluster, queues []int, shared, ctl bool) (*vmExport, error) {
-	e := &vmExport{log: log, qmpPath: qmpPath, target: target, queues: queues, shared: shared}
+	e := &vmExport{log: log, qmpPath: qmpPath, target: target, queues: queues, shared: shared, ctl: ctl}
 	if !ctl {
 		detach, err := exportVM(ctx, log, qmpPath, target)
 		if err != nil {
@@ -169,6 +170,37 @@ func (e *vmExport) Plug(ctx context.Context, cluster uint32, queues []int) error
 	return nil
 }
 
+// replace unplugs the region the VM has (after a notice, as close does)
+// and exports c in its place: plugged now, or offered for the guest to
+// ask for (--ctl). The failed region's device goes away, so the guest's
+// readers of it get ErrGone and open the fresh one by the same name.
+func (e *vmExport) replace(ctx context.Context, c *zc.Cluster) error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return fmt.Errorf("replace region of vm %s: %w", e.qmpPath, zc.ErrGone)
+	}
+	detach := e.detach
+	e.detach = nil
+	e.target = c
+	e.mu.Unlock()
+	e.unplug(ctx, detach)
+	if e.ctl {
+		return nil
+	}
+	d, err := exportVM(ctx, e.log, e.qmpPath, c)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed { // closed meanwhile: undo
+		return d(ctx)
+	}
+	e.detach = d
+	return nil
+}
+
 // close notifies the guest (bounded by noticeDeadline) and unplugs the
 // region if plugged, then stops serving the control channel.
 func (e *vmExport) close() {
@@ -179,6 +211,16 @@ func (e *vmExport) close() {
 	e.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), noticeDeadline+15*time.Second)
 	defer cancel()
+	e.unplug(ctx, detach)
+	if e.srv != nil {
+		e.srv.Close()
+		<-e.served
+	}
+}
+
+// unplug sends the guest an unplug-notice (when it has a control channel)
+// and runs detach, if the region is plugged.
+func (e *vmExport) unplug(ctx context.Context, detach func(context.Context) error) {
 	if detach != nil {
 		if e.srv != nil {
 			start := time.Now()
@@ -195,9 +237,5 @@ func (e *vmExport) close() {
 		if err := detach(ctx); err != nil {
 			e.log.Error("detach", "vm", e.qmpPath, "error", err)
 		}
-	}
-	if e.srv != nil {
-		e.srv.Close()
-		<-e.served
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/host"
 	"github.com/zcfabric/zc/host/libvirt"
+	"github.com/zcfabric/zc/host/status"
 )
 
 func init() {
@@ -49,6 +50,8 @@ type runOpts struct {
 	ctl           bool
 	cpuprofile    string
 	drainTimeout  time.Duration
+	vmRecover     time.Duration
+	group         string
 	bpf           string
 	log           logFlags
 }
@@ -80,6 +83,8 @@ func runFlags(o *runOpts) *flag.FlagSet {
 	fs.IntVar(&o.queueBuffers, "queue-buffers", 0, "buffers each queue owns for an outside `producer` (zsend -o, a guest)")
 	fs.BoolVar(&o.lossless, "lossless", false, "back-pressure: wait for room instead of dropping when a queue is full")
 	fs.StringVar(&o.backing, "backing", "auto", "region memory: auto (hugetlbfs if mounted with free pages, else /dev/shm), shm, hugetlbfs, memfd")
+	fs.StringVar(&o.group, "group", "", "let this `group` (name or id) open the cluster's region file too (mode 0660; default 0600:\n"+
+		"only zchost's user, and QEMU's user for a VM's region, may open it)")
 	fs.StringVar(&o.hugeDir, "hugetlbfs", "", "hugetlbfs mount `dir` (default: found in /proc/mounts)")
 	fs.Var(&o.vms, "vm", "hot-plug into the running `VM[=Q,Q..]` (repeatable): its QMP socket path, or libvirt:DOMAIN[@SOCKET|URI]\n"+
 		"for a libvirt domain (a <shmem> device; regions in /dev/shm, no --ctl). By default each VM\n"+
@@ -89,6 +94,9 @@ func runFlags(o *runOpts) *flag.FlagSet {
 	fs.BoolVar(&o.ctl, "ctl", false, "offer the regions over each VM's zc.ctl control channel (virtio-serial; hot-plugged when the VM\n"+
 		"has none) and plug them when the guest asks (zcguest ctl plug) instead of at start. Without it a zc.ctl\n"+
 		"port the VM has is served too. Either way the guest gets an unplug-notice before an unplug")
+	fs.DurationVar(&o.vmRecover, "vm-recover", 10*time.Second, "a VM whose region fails (its guest broke a ring, or the region file was truncated) keeps\n"+
+		"its packets dropped and counted; after this `long` it gets a fresh region, plugged in place of the\n"+
+		"broken device (offered again with --ctl). Each further failure doubles the wait, up to 10m. 0: never")
 	fs.BoolVar(&o.shared, "shared", false, "put every VM on the cluster's own region (zero copy; only for guests you trust)")
 	fs.DurationVar(&o.interval, "stats-interval", time.Second, "print source and queue counters this often (0: never)")
 	fs.DurationVar(&o.waitConsumers, "wait-consumers", 0, "before the sources start, wait up to this `long` for every queue to have a consumer attached")
@@ -147,7 +155,7 @@ func runCmd(args []string) error {
 	}
 	c, err := zc.CreateCluster(zc.Config{
 		ID: uint32(o.cluster), Queues: o.queues, QueueLen: o.queueLen, BufferSize: o.bufferSize,
-		Buffers: buffers, QueueBuffers: o.queueBuffers, Backing: backing, HugetlbDir: o.hugeDir,
+		Buffers: buffers, QueueBuffers: o.queueBuffers, Backing: backing, HugetlbDir: o.hugeDir, Group: o.group,
 	})
 	if err != nil {
 		return err
@@ -192,6 +200,10 @@ func runCmd(args []string) error {
 	if err != nil {
 		return fmt.Errorf("%w: --vm: %v", errUsage, err)
 	}
+	g := &guard{log: log, c: c, control: make(chan func(), 1), recover: o.vmRecover, reported: map[*zc.Queue]bool{},
+		cfg: zc.Config{ID: uint32(o.cluster), Queues: o.queues, QueueLen: o.queueLen, BufferSize: o.bufferSize,
+			Backing: backing, HugetlbDir: o.hugeDir}}
+	defer os.Remove(status.Path(c.ID()))
 	exported := make([]bool, o.queues) // queues a VM reads: drained before exit
 	for k, vm := range specs {
 		if o.ctl && libvirt.IsSpec(vm.path) {
@@ -201,24 +213,31 @@ func runCmd(args []string) error {
 			exported[qi] = true
 		}
 		target := c
+		var vr *vmRegion
 		if !shared {
 			// The VM's own region: same cluster id and queue numbers, its
 			// own buffers; the balancer copies into it.
-			vc, err := zc.CreateCluster(zc.Config{
-				ID: uint32(o.cluster), Queues: o.queues, QueueLen: o.queueLen, BufferSize: o.bufferSize,
-				Buffers: len(vm.queues)*o.queueLen + 1024, Backing: backing, HugetlbDir: o.hugeDir,
-				Path: fmt.Sprintf("%s.vm%d", zc.RegionPath(uint32(o.cluster)), k+1),
-			})
+			cfg := g.cfg
+			cfg.Buffers = len(vm.queues)*o.queueLen + 1024
+			cfg.Path = vmRegionPath(uint32(o.cluster), k+1)
+			vc, err := zc.CreateCluster(cfg)
 			if err != nil {
 				return fmt.Errorf("region for vm %s: %w", vm.path, err)
 			}
-			defer vc.Close()
+			vr = &vmRegion{k: k + 1, spec: vm, c: vc}
+			// Closed at the end through vr: a recovery replaces them.
+			defer func() {
+				for _, q := range vr.queues {
+					q.Close()
+				}
+				vr.c.Close()
+			}()
 			for _, qi := range vm.queues {
 				q, err := vc.Producer(qi)
 				if err != nil {
 					return err
 				}
-				defer q.Close()
+				vr.queues = append(vr.queues, q)
 				outs[qi] = q
 			}
 			target = vc
@@ -229,6 +248,10 @@ func runCmd(args []string) error {
 			return err
 		}
 		defer ex.close()
+		if vr != nil {
+			vr.export = ex
+			g.vms = append(g.vms, vr)
+		}
 	}
 	policy := zc.Drop
 	if o.lossless {
@@ -246,37 +269,42 @@ func runCmd(args []string) error {
 		log.Info("balancing", "mode", mode, "lossless", o.lossless)
 	}
 
-	// The counters of the queues as fed: a queue moved into a VM's own
-	// region counts there.
-	stats := func() []zc.QueueStats {
-		if outs == nil {
-			return c.Stats()
-		}
-		st := make([]zc.QueueStats, len(outs))
-		for i, q := range outs {
-			st[i] = q.Stats()
-		}
-		return st
-	}
+	// The counters of the queues as fed (a queue moved into a VM's own
+	// region counts there), from the agent's own record.
+	g.bal, g.outs = bal, outs
+	stats := g.stats
+	stopGuard := every(guardEvery, func(now time.Time) { g.tick(ctx, now) })
+	defer func() { stopGuard(); g.wg.Wait() }()
 	if o.waitConsumers > 0 && len(sources) > 0 {
 		waitConsumers(ctx, log, stats, o.waitConsumers)
 	}
-	eng := &host.Engine{Pool: c.Pool(), Sources: sources, Balancer: bal,
-		OnStart: func() { log.Info("sources started") }}
+	eng := &host.Engine{Pool: c.Pool(), Sources: sources, Balancer: bal, Control: g.control,
+		OnStart: func() { log.Info("sources started") },
+		OnSourceError: func(s host.Source, err error) {
+			log.Error("source failed; the others go on", "source", s.Name(), "error", err)
+		}}
 	stopStats := startStats(log, stats, sources, eng.SourceStats, o.interval)
 	var st host.EngineStats
 	if len(sources) > 0 {
+		g.running.Store(true)
 		st, err = eng.Run(ctx)
+		g.running.Store(false)
 		if err != nil {
 			stopStats()
 			return err
 		}
-		log.Info("sources done", "packets", st.Packets, "bytes", st.Bytes, "seconds", st.Elapsed.Seconds())
+		log.Info("sources done", "packets", st.Packets, "bytes", st.Bytes, "seconds", st.Elapsed.Seconds(), "failed", len(st.Failed))
 	}
-	if len(sources) == 0 || o.keep {
+	switch {
+	case len(sources) == 0 || o.keep:
 		log.Info("serving; interrupt to stop")
 		<-ctx.Done()
-	} else {
+	case len(st.Failed) == len(sources) && ctx.Err() == nil:
+		// Nothing feeds the queues any more, but what they hold and their
+		// counters stay for the consumers and zchost stats.
+		log.Error("every source failed; serving the queues until interrupted", "errors", errors.Join(st.Failed...))
+		<-ctx.Done()
+	default:
 		drain(ctx, log, stats, exported, bal, o.drainTimeout)
 	}
 	stopStats()
@@ -291,8 +319,11 @@ func runCmd(args []string) error {
 // drain waits until every queue that has a consumer attached, or that a
 // VM reads, is empty (its consumer read everything), or ctx ends.
 // A consumer that stops reading (stuck, or a hostile guest) cannot hold
-// the agent: after stall with no packet read from any waiting queue it
-// gives up, saying how many packets were left.
+// the agent: after stall with no progress on any waiting queue it gives
+// up, saying how many packets were left. Progress is what the agent
+// itself saw come back (buffers returned and checked against its own
+// record of loans): the counters and indices a consumer writes may say
+// anything, and only decide how long to wait within that bound.
 func drain(ctx context.Context, log hclog.Logger, stats func() []zc.QueueStats, exported []bool, bal *zc.Balancer, stall time.Duration) {
 	t := time.NewTicker(2 * time.Millisecond)
 	defer t.Stop()
@@ -305,10 +336,10 @@ func drain(ctx context.Context, log hclog.Logger, stats func() []zc.QueueStats, 
 		var read uint64
 		left := 0
 		for i, s := range stats() {
-			if (s.Consumer != 0 || exported[i]) && s.Depth != 0 {
+			if s.State == "ok" && (s.Consumer != 0 || exported[i]) && s.Depth != 0 {
 				busy = append(busy, i)
-				read += s.Received
-				left += s.Depth
+				read += s.Reclaimed + s.Recovered // the host's own counts
+				left += max(s.Depth, 0)
 			}
 		}
 		if len(busy) == 0 {

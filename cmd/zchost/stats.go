@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host/status"
 )
 
 func init() {
@@ -36,6 +38,13 @@ func statsCmd(args []string) error {
 		if err != nil {
 			return err
 		}
+		agent, agentErr := status.Read(status.Path(uint32(id)))
+		if agentErr == nil {
+			info = mergeAgent(info, &agent)
+			for i := range vms {
+				vms[i] = mergeAgent(vms[i], &agent)
+			}
+		}
 		if asJSON {
 			enc := json.NewEncoder(os.Stdout)
 			enc.SetIndent("", "  ")
@@ -59,16 +68,69 @@ func statsCmd(args []string) error {
 	}
 }
 
+// mergeAgent puts the agent's own record (host/status) over what the
+// region says: its producer counters (kept in its process memory, where
+// no consumer or guest can write), the states of queues and regions it
+// saw fail, and a header check: a region whose header checksum is not
+// the one the agent wrote was rewritten, even if it parses.
+func mergeAgent(info zc.ClusterInfo, agent *status.File) zc.ClusterInfo {
+	rec, ok := agent.Find(info.Path)
+	if !ok {
+		return info
+	}
+	if info.State == "ok" && (info.Checksum != rec.Checksum || info.Generation != rec.Generation) {
+		info.State = "corrupt"
+		info.Failure = fmt.Sprintf("header rewritten: checksum %#x generation %d, the agent wrote %#x generation %d",
+			info.Checksum, info.Generation, rec.Checksum, rec.Generation)
+	}
+	if info.State == "ok" && rec.State != "ok" {
+		info.State, info.Failure = rec.State, rec.Failure
+	}
+	for _, a := range rec.Queues {
+		for i := range info.Queues {
+			q := &info.Queues[i]
+			if q.Queue != a.Queue {
+				continue
+			}
+			q.Sent, q.SentBytes, q.Drops = a.Sent, a.SentBytes, a.Drops
+			q.Reclaimed, q.BadReturns, q.Recovered = a.Reclaimed, a.BadReturns, a.Recovered
+			q.RecoveriesDeferred = a.RecoveriesDeferred
+			q.State, q.Failure, q.View = a.State, a.Failure, "agent"
+		}
+	}
+	return info
+}
+
 func printInfo(info zc.ClusterInfo) {
+	if info.State != "ok" && info.State != "" {
+		fmt.Printf("cluster %d  %s  %s: %s\n", info.ID, info.Path, strings.ToUpper(info.State), info.Failure)
+		if len(info.Queues) == 0 {
+			return
+		}
+	}
 	fmt.Printf("cluster %d  gen %d  creator pid %d  %s (%s)  %d bytes  %d buffers x %d bytes  hugepages=%v shared=%v\n",
 		info.ID, info.Generation, info.CreatorPID, info.Path, info.File, info.Size, info.Buffers, info.BufferSize, info.Hugepages, info.Shared)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "queue\tslots\tdepth\tsent\tsent bytes\tdrops\treceived\trecv bytes\tbad\treturned\tbad returns\trecovered\tproducer\tconsumer\t")
+	fmt.Fprintln(w, "queue\tstate\tslots\tdepth*\tsent\tsent bytes\tdrops\treceived*\trecv bytes*\tbad*\treturned*\tbad returns\trecovered\tproducer*\tconsumer*\t")
 	for _, q := range info.Queues {
-		fmt.Fprintf(w, "%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n", q.Queue, q.Slots, q.Depth, q.Sent, q.SentBytes,
+		state := q.State
+		if state == "" {
+			state = "?"
+		}
+		fmt.Fprintf(w, "%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n", q.Queue, state, q.Slots, q.Depth, q.Sent, q.SentBytes,
 			q.Drops, q.Received, q.ReceivedBytes, q.Bad, q.Returned, q.BadReturns, q.Recovered, owner(q.Producer, q.ProducerGuest), owner(q.Consumer, q.ConsumerGuest))
 	}
 	w.Flush()
+	for _, q := range info.Queues {
+		if q.Failure != "" {
+			fmt.Printf("queue %d failed: %s\n", q.Queue, q.Failure)
+		}
+	}
+	if len(info.Queues) > 0 && info.Queues[0].View == "agent" {
+		fmt.Println("* reported by the consumer (its process or guest writes these; the agent does not act on them); the rest is the agent's own record")
+	} else {
+		fmt.Println("* and every other counter: read from the region as its users wrote them (no agent record for it)")
+	}
 }
 
 func owner(pid uint32, guest bool) string {

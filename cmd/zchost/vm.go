@@ -112,7 +112,10 @@ func detachCmd(args []string) error {
 		}
 		files := clusterFiles(f.cluster)
 		for _, r := range regions {
-			if r.DevID == *dev || (*dev == "" && (files[r.Path] || isVMRegion(f.cluster, r.Path))) {
+			// A memfd region goes to QEMU by fd (mem-path /proc/self/fd/N):
+			// known by the ids attach gave it.
+			byID := strings.HasPrefix(r.MemID, fmt.Sprintf("zcmem-c%d-", f.cluster))
+			if r.DevID == *dev || (*dev == "" && (files[r.Path] || byID || isVMRegion(f.cluster, r.Path))) {
 				todo = append(todo, r)
 			}
 		}

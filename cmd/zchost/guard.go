@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host/status"
+)
+
+// guardEvery is how often the guard looks at the queues and writes the
+// status file.
+const guardEvery = 250 * time.Millisecond
+
+// Recovery back-off: a VM whose region failed gets a fresh one after
+// --vm-recover, then twice as long after each further failure, up to
+// maxRecoverWait.
+const maxRecoverWait = 10 * time.Minute
+
+// vmRegion is a VM's own region (its trust domain) and the agent's
+// producer ends in it.
+type vmRegion struct {
+	k      int // the region is vmRegionPath(cluster, k)
+	spec   vmSpec
+	c      *zc.Cluster
+	queues []*zc.Queue // producer ends, in spec.queues order
+	export *vmExport
+
+	// guard's, under guard.mu
+	failure    string
+	failedAt   time.Time
+	wait       time.Duration // before the next fresh region
+	recoveries int
+	recovering bool
+}
+
+// vmRegionPath names the k-th VM region of cluster id (k from 1): the
+// one place that writes the convention isVMRegion and
+// zc.InspectVMRegions read.
+func vmRegionPath(id uint32, k int) string { return fmt.Sprintf("%s.vm%d", zc.RegionPath(id), k) }
+
+// guard watches an agent's queues from the side: it reports each failed
+// queue once, re-creates a failed VM region after a back-off, and
+// publishes the agent's own record for zchost stats (host/status). The
+// balancer belongs to the engine's goroutine: guard swaps outputs only
+// through the engine's Control channel.
+type guard struct {
+	log     hclog.Logger
+	c       *zc.Cluster
+	cfg     zc.Config // the VM regions' template (Path set per region)
+	bal     *zc.Balancer
+	control chan func()
+	recover time.Duration  // 0: never re-create
+	running atomic.Bool    // the engine polls control
+	wg      sync.WaitGroup // recreations in flight
+
+	mu       sync.Mutex
+	outs     []*zc.Queue // the balancer's outputs as last swapped
+	vms      []*vmRegion
+	reported map[*zc.Queue]bool
+}
+
+// stats returns the counters of the queues as fed (host view).
+func (g *guard) stats() []zc.QueueStats {
+	g.mu.Lock()
+	outs := g.outs
+	g.mu.Unlock()
+	if outs == nil {
+		return g.c.Stats()
+	}
+	st := make([]zc.QueueStats, len(outs))
+	for i, q := range outs {
+		st[i] = q.Stats()
+	}
+	return st
+}
+
+// vmOf returns the VM region queue q is in, if any.
+func (g *guard) vmOf(q *zc.Queue) *vmRegion {
+	for _, v := range g.vms {
+		for _, vq := range v.queues {
+			if vq == q {
+				return v
+			}
+		}
+	}
+	return nil
+}
+
+// tick reports new failures, starts due recoveries and writes the status
+// file.
+func (g *guard) tick(ctx context.Context, now time.Time) {
+	g.mu.Lock()
+	for _, q := range g.outs {
+		err := q.Err()
+		if err == nil || g.reported[q] {
+			continue
+		}
+		g.reported[q] = true
+		v := g.vmOf(q)
+		if v == nil {
+			g.log.Error("queue failed; its packets are dropped and counted from now on, the other queues go on", "queue", q.Name(), "error", err)
+			continue
+		}
+		if v.failure == "" {
+			v.failure, v.failedAt = err.Error(), now
+			if v.wait == 0 {
+				v.wait = g.recover
+			}
+			args := []any{"vm", v.spec.path, "region", v.c.Path(), "queue", q.Name(), "error", err}
+			if g.recover > 0 {
+				args = append(args, "fresh_region_in", v.wait)
+			}
+			g.log.Error("vm region failed; its packets are dropped and counted from now on, other VMs go on", args...)
+		}
+	}
+	var due []*vmRegion
+	for _, v := range g.vms {
+		if v.failure != "" && !v.recovering && g.recover > 0 && g.running.Load() && now.Sub(v.failedAt) >= v.wait {
+			v.recovering = true
+			due = append(due, v)
+		}
+	}
+	g.mu.Unlock()
+	for _, v := range due {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			g.recreate(ctx, v)
+		}()
+	}
+	g.publish(now)
+}
+
+// recreate gives VM v a fresh region in place of its failed one: made
+// with the same name, swapped into the balancer on the engine's
+// goroutine, then plugged in place of the old device.
+func (g *guard) recreate(ctx context.Context, v *vmRegion) {
+	err := g.swap(ctx, v)
+	g.mu.Lock()
+	v.recovering = false
+	if err != nil {
+		v.failedAt = time.Now() // try again after another wait
+		g.mu.Unlock()
+		g.log.Error("vm region not re-created", "vm", v.spec.path, "error", err, "next_try_in", v.wait)
+		return
+	}
+	v.recoveries++
+	v.failure = ""
+	v.wait = min(2*v.wait, maxRecoverWait)
+	g.mu.Unlock()
+	g.log.Info("vm region re-created and plugged", "vm", v.spec.path, "region", v.c.Path(), "recoveries", v.recoveries)
+}
+
+func (g *guard) swap(ctx context.Context, v *vmRegion) error {
+	old := v.c
+	old.Close() // name removed, closed for attachers; mapped until its queues close
+	cfg := g.cfg
+	cfg.Path = vmRegionPath(g.c.ID(), v.k)
+	cfg.Buffers = len(v.spec.queues)*cfg.QueueLen + 1024
+	nc, err := zc.CreateCluster(cfg)
+	if err != nil {
+		return fmt.Errorf("fresh region for vm %s: %w", v.spec.path, err)
+	}
+	fresh := make([]*zc.Queue, len(v.spec.queues))
+	for i, qi := range v.spec.queues {
+		if fresh[i], err = nc.Producer(qi); err != nil {
+			nc.Close()
+			return err
+		}
+	}
+	// The balancer is the engine's: swap there.
+	var abandoned atomic.Bool
+	done := make(chan error, 1)
+	f := func() {
+		if abandoned.Load() {
+			return
+		}
+		for i, qi := range v.spec.queues {
+			if _, err := g.bal.Replace(qi, fresh[i]); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}
+	select {
+	case g.control <- f:
+	case <-ctx.Done():
+		nc.Close()
+		return ctx.Err()
+	}
+	select {
+	case err = <-done:
+	case <-time.After(5 * time.Second):
+		abandoned.Store(true)
+		err = fmt.Errorf("the engine did not take the fresh region (stopped?)")
+	}
+	if err != nil {
+		for _, q := range fresh {
+			q.Close()
+		}
+		nc.Close()
+		return fmt.Errorf("fresh region for vm %s: %w", v.spec.path, err)
+	}
+	g.mu.Lock()
+	olds := v.queues
+	v.c, v.queues = nc, fresh
+	for i, qi := range v.spec.queues {
+		g.outs[qi] = fresh[i]
+	}
+	g.mu.Unlock()
+	for _, q := range olds {
+		q.Close()
+	}
+	rctx, cancel := context.WithTimeout(ctx, noticeDeadline+15*time.Second)
+	defer cancel()
+	return v.export.replace(rctx, nc)
+}
+
+// publish writes the agent's record to the status file.
+func (g *guard) publish(now time.Time) {
+	f := status.File{Cluster: g.c.ID(), PID: os.Getpid(), Updated: now}
+	main := status.Region{Path: g.c.Path(), Generation: g.c.Generation(), Checksum: g.c.Checksum(), State: "ok"}
+	var vms []status.Region
+	g.mu.Lock()
+	for _, q := range g.outs {
+		if g.vmOf(q) != nil {
+			continue
+		}
+		st := q.Stats()
+		if st.State != "ok" && main.Failure == "" {
+			main.State, main.Failure = "failed", st.Failure
+		}
+		main.Queues = append(main.Queues, st)
+	}
+	for _, v := range g.vms {
+		r := status.Region{Path: v.c.Path(), VM: v.spec.path, Generation: v.c.Generation(), Checksum: v.c.Checksum(),
+			State: "ok", Failure: v.failure, Recoveries: v.recoveries}
+		switch {
+		case v.recovering:
+			r.State = "recovering"
+		case v.failure != "":
+			r.State = "failed"
+		}
+		for _, q := range v.queues {
+			r.Queues = append(r.Queues, q.Stats())
+		}
+		vms = append(vms, r)
+	}
+	g.mu.Unlock()
+	f.Regions = append([]status.Region{main}, vms...)
+	if err := status.Write(status.Path(g.c.ID()), f); err != nil {
+		g.log.Debug("status file", "error", err)
+	}
+}
