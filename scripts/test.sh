@@ -19,3 +19,4 @@ echo "== go test ./..."
 # tests (veth floods) each want the two CPUs; side by side they starve
 # each other's timing.
 go test -p 1 -count=1 -timeout 20m ./...
+echo "== fuzz (short)"; bash scripts/fuzz.sh
