@@ -26,6 +26,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -116,25 +118,83 @@ func program(mapFD, ifindex int) asm.Instructions {
 	}
 }
 
-// Send pushes n frames (the kernel may run a few more if the call is
-// interrupted; Sent counts exactly).
+// Send pushes n frames. A signal that interrupts the kernel's loop does
+// not cut it short: Send goes on with the frames not sent yet (Sent counts
+// exactly).
 func (f *Flood) Send(n uint32) error {
-	if n == 0 {
-		return nil
-	}
-	_, err := f.prog.Run(&ebpf.RunOptions{
-		Data:      f.frame,
-		Repeat:    n,
-		Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
-		BatchSize: f.batch,
-	})
-	if err != nil {
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EPERM) {
-			return fmt.Errorf("xdpgen: send %d frames out of %s: %w (%w)", n, f.ifname, ErrUnsupported, err)
+	_, err := f.send(context.Background(), n)
+	return err
+}
+
+// errENOTSUPP is the kernel's internal ENOTSUPP (524), which bpf(2)
+// returns for a program type without test runs.
+const errENOTSUPP = unix.Errno(524)
+
+// send pushes n frames, or fewer if ctx ends first: it then interrupts
+// the call in progress and returns false.
+func (f *Flood) send(ctx context.Context, n uint32) (bool, error) {
+	for n > 0 {
+		before, err := f.Sent()
+		if err != nil {
+			return false, err
 		}
-		return fmt.Errorf("xdpgen: send %d frames out of %s: %w", n, f.ifname, err)
+		err = f.runOnce(ctx, n)
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, unix.EINTR) {
+			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EPERM) || errors.Is(err, errENOTSUPP) {
+				return false, fmt.Errorf("xdpgen: send %d frames out of %s: %w (%w)", n, f.ifname, ErrUnsupported, err)
+			}
+			return false, fmt.Errorf("xdpgen: send %d frames out of %s: %w", n, f.ifname, err)
+		}
+		if ctx.Err() != nil {
+			return false, nil
+		}
+		after, err := f.Sent()
+		if err != nil {
+			return false, err
+		}
+		n -= uint32(min(after-before, uint64(n)))
 	}
-	return nil
+	return true, nil
+}
+
+// runOnce is one bpf(2) call for n frames. Once ctx ends, a watcher sends
+// SIGURG (which the Go runtime expects at any time: it is its preemption
+// signal) to the calling thread, every millisecond until the call
+// returns, so that the kernel's loop sees a pending signal and ends with
+// EINTR.
+func (f *Flood) runOnce(ctx context.Context, n uint32) error {
+	if ctx.Done() == nil {
+		return testRunLive(f.prog.FD(), f.frame, n, f.batch)
+	}
+	runtime.LockOSThread() // the signal must reach this thread
+	defer runtime.UnlockOSThread()
+	var (
+		mu     sync.Mutex
+		inCall = true
+		pid    = unix.Getpid()
+		tid    = unix.Gettid()
+	)
+	stop := context.AfterFunc(ctx, func() {
+		for {
+			mu.Lock()
+			if !inCall {
+				mu.Unlock()
+				return
+			}
+			_ = unix.Tgkill(pid, tid, unix.SIGURG)
+			mu.Unlock()
+			time.Sleep(time.Millisecond)
+		}
+	})
+	err := testRunLive(f.prog.FD(), f.frame, n, f.batch)
+	mu.Lock()
+	inCall = false
+	mu.Unlock()
+	stop()
+	return err
 }
 
 // Sent returns how many frames the program has run on (handed to the
@@ -150,6 +210,8 @@ func (f *Flood) Sent() (uint64, error) {
 // Run sends until count frames have gone (0: no limit), ctx is done or
 // the duration d has passed (0: no limit), at most pps frames a second
 // (0: as fast as the kernel builds them). It returns the frames sent.
+// When ctx ends, the kernel call in progress is interrupted: Run returns
+// within a millisecond or so, not at the end of the call.
 //
 // Each Send pays a fixed cost (the kernel sets up and tears down a page
 // pool; measured here: 15-20 ms, BenchmarkSend), so Run grows its calls until one
@@ -167,7 +229,7 @@ func (f *Flood) Run(ctx context.Context, count uint64, pps float64, d time.Durat
 		if count > 0 && sent >= count {
 			return sent, nil
 		}
-		if ctx.Err() != nil || (d > 0 && time.Since(start) >= d) {
+		if stopped(ctx.Done()) || (d > 0 && time.Since(start) >= d) {
 			return sent, nil
 		}
 		n := chunk
@@ -191,7 +253,8 @@ func (f *Flood) Run(ctx context.Context, count uint64, pps float64, d time.Durat
 			}
 		}
 		t0 := time.Now()
-		if err := f.Send(uint32(n)); err != nil {
+		whole, err := f.send(ctx, uint32(n))
+		if err != nil || !whole {
 			s, _ := f.Sent()
 			return s, err
 		}
@@ -200,6 +263,16 @@ func (f *Flood) Run(ctx context.Context, count uint64, pps float64, d time.Durat
 		if dt < 50*time.Millisecond && chunk < 1<<24 {
 			chunk *= 2
 		}
+	}
+}
+
+// stopped reports whether done is closed, without blocking.
+func stopped(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -139,6 +140,92 @@ func TestFloodStopsAtDeadline(t *testing.T) {
 	}
 	if c, _ := f.Sent(); c != sent {
 		t.Errorf("cancelled Run reported %d, counter says %d", sent, c)
+	}
+}
+
+// TestSendExactUnderSignals: signals that interrupt the kernel's loop
+// (here SIGURG, the Go runtime's own preemption signal, sent to the
+// sending thread every 200 µs) do not change what Send sends: exactly n
+// frames, no more (cilium/ebpf's retry would start the whole run again)
+// and no fewer.
+func TestSendExactUnderSignals(t *testing.T) {
+	p := pair(t)
+	f := openIn(t, p.B, netns.AppendFrame(nil, p.A.MAC, p.B.MAC, 1, 60), 0)
+	const n = 1 << 20
+	var kills atomic.Int64
+	err := p.B.Do(func() error {
+		tid := unix.Gettid()
+		stop := make(chan struct{})
+		storm := make(chan struct{})
+		go func() {
+			defer close(storm)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if unix.Tgkill(unix.Getpid(), tid, unix.SIGURG) == nil {
+					kills.Add(1)
+				}
+				time.Sleep(200 * time.Microsecond)
+			}
+		}()
+		err := f.Send(n)
+		close(stop)
+		<-storm
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent, err := f.Sent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d signals during the send", kills.Load())
+	if sent != n {
+		t.Fatalf("Send(%d) under signals sent %d", n, sent)
+	}
+}
+
+// TestRunInterruptedByCancel: an unpaced, unbounded Run (calls of 50 ms
+// or more each) returns soon after its context is cancelled, with the
+// exact count: the call in progress is interrupted, not waited for. The
+// 10 s bound is a hang guard; the time taken is logged.
+func TestRunInterruptedByCancel(t *testing.T) {
+	p := pair(t)
+	f := openIn(t, p.B, netns.AppendFrame(nil, p.A.MAC, p.B.MAC, 1, 60), 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	type result struct {
+		sent uint64
+		err  error
+		at   time.Time
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		r.err = p.B.Do(func() (err error) {
+			r.sent, err = f.Run(ctx, 0, 0, 0)
+			return err
+		})
+		r.at = time.Now()
+		done <- r
+	}()
+	time.Sleep(500 * time.Millisecond) // long enough for Run to grow its calls
+	cancelled := time.Now()
+	cancel()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		t.Logf("Run returned %v after the cancel, %d frames sent", r.at.Sub(cancelled), r.sent)
+		if c, _ := f.Sent(); c != r.sent || r.sent == 0 {
+			t.Errorf("Run reported %d, counter says %d; want the same, not 0", r.sent, c)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10 s of its context's cancel")
 	}
 }
 
