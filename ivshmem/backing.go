@@ -74,9 +74,10 @@ type Mapping struct {
 	File string
 	// Kind is the backing in use.
 	Kind   Backing
-	f      *os.File
-	tmp    string // set until Publish
-	closer func() error
+	f       *os.File
+	tmp     string // set until Publish
+	closer  func() error
+	removed bool // Remove ran: the names may belong to a successor now
 }
 
 // FindHugetlbfs returns the first hugetlbfs mount point in /proc/mounts.
@@ -332,6 +333,13 @@ func (m *Mapping) Close() error {
 // Remove deletes the region's name and, for hugetlbfs, its file. Mappings
 // that are still open keep the memory until they close.
 func (m *Mapping) Remove() error {
+	// Once only: after the first, the name may already be a new region's
+	// (a VM's region re-created under the same name while this one is
+	// still mapped).
+	if m.removed {
+		return nil
+	}
+	m.removed = true
 	var errs []error
 	if m.tmp != "" {
 		errs = append(errs, os.Remove(m.tmp))
