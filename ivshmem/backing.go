@@ -73,7 +73,7 @@ type Mapping struct {
 	// File is the real backing file QEMU's mem-path should use.
 	File string
 	// Kind is the backing in use.
-	Kind   Backing
+	Kind    Backing
 	f       *os.File
 	tmp     string // set until Publish
 	closer  func() error
