@@ -73,6 +73,7 @@ type hostileCase struct {
 //
 // vm2 must count n verified packets with no drop, the agent must still
 // run afterwards, `zchost stats` must show vm1's region failed or corrupt
+// (--vm-recover 0: the agent leaves it so; vm1 gets no fresh region)
 // and vm2's ok, and SIGTERM must make the agent exit 0 with its summary,
 // unplugging both VMs (each guest sees its device go).
 func TestHostileGuest(t *testing.T) {
@@ -106,7 +107,7 @@ echo "ZCRESULT $(zcount -i zc:%[1]d@1 -n %[2]d --verify --json --interval 0)"
 zcguest wait -c %[1]d --gone --timeout 120s --poll 5ms || exit 1
 sleep 1 # let QEMU see the eject before power-off`, id, c.n)))
 	agent := h.start(t, h.zchost, "run", "-c", fmt.Sprint(id), "-i", fmt.Sprintf("gen:len=%d,count=1000000000,rate=%d", frameLen, rate),
-		"-n", "2", "-m", "0", "--backing", "shm", "--stats-interval", "1s", "--wait-consumers", "90s",
+		"-n", "2", "-m", "0", "--backing", "shm", "--stats-interval", "1s", "--wait-consumers", "90s", "--vm-recover", "0",
 		"--vm", vm1.QMPPath()+"=0", "--vm", vm2.QMPPath()+"=1")
 	alive := func(when string) {
 		t.Helper()

@@ -175,9 +175,11 @@ func (c *child) wait(t *testing.T, guard time.Duration) {
 type statsJSON struct {
 	Path, State, Failure string
 	Queues               []struct {
-		Queue          int
-		State, Failure string
-		BadReturns     uint64
+		Queue              int
+		State, Failure     string
+		BadReturns         uint64
+		Recovered          uint64
+		RecoveriesDeferred uint64
 	}
 }
 
@@ -186,7 +188,8 @@ type statsJSON struct {
 // "scribble": it writes random words over that queue's rings and
 // handshake word, then hammers the handshake word with recovery
 // requests; "hammer": only the recovery requests, which a queue may not
-// refuse but must not let cost the other queues anything. Either way
+// refuse but must rate-limit (stats count the deferred ones) so that they
+// cost the other queues nothing. Either way
 // zcount counts every packet, verified, with no drop, the agent keeps
 // running and SIGTERM stops it cleanly; after the scribbling, stats show
 // queue 1 failed, and queue 0 ok.
@@ -256,7 +259,10 @@ func testHostileProcess(t *testing.T, scribbleFor, handshakeFor string, failed b
 	if q := st.Queues[1]; failed && q.State != "failed" {
 		t.Errorf("zchost stats: queue 1 State %q (Failure %q, bad returns %d), want failed", q.State, q.Failure, q.BadReturns)
 	} else {
-		t.Logf("queue 1: State %q: %s", q.State, q.Failure)
+		t.Logf("queue 1: State %q %s; recovered %d buffers, %d recovery requests deferred", q.State, q.Failure, q.Recovered, q.RecoveriesDeferred)
+	}
+	if q := st.Queues[1]; !failed && q.RecoveriesDeferred == 0 {
+		t.Errorf("zchost stats: queue 1 deferred no recovery request under the hammer (%+v): recoveries are not rate-limited", q)
 	}
 	if q := st.Queues[0]; q.State != "ok" {
 		t.Errorf("zchost stats: queue 0 State %q (Failure %q), want ok", q.State, q.Failure)
