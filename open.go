@@ -25,8 +25,9 @@ func AsProducer() OpenOption { return func(c *openConfig) { c.producer = true } 
 func Force() OpenOption { return func(c *openConfig) { c.force = true } }
 
 // Resolver finds the region of a cluster somewhere other than the host's
-// region directory: the guest package registers one that looks for an
-// ivshmem device. It returns ErrNotFound when it has nothing.
+// region directory: this package registers one that looks for an ivshmem
+// device through the guest package (resolve_linux.go). It returns
+// ErrNotFound when it has nothing.
 type Resolver func(cluster uint32) (*ivshmem.Mapping, ivshmem.Side, error)
 
 var resolvers []Resolver

@@ -23,7 +23,6 @@ type VM struct {
 
 	waitMu  sync.Mutex
 	waiters map[string]chan struct{} // device id → closed on DEVICE_DELETED
-	closed  bool
 
 	stop   context.CancelFunc
 	evDone chan struct{}
@@ -110,9 +109,6 @@ func (vm *VM) dispatch(events <-chan goqmp.Event) {
 		}
 		vm.waitMu.Unlock()
 	}
-	vm.waitMu.Lock()
-	vm.closed = true
-	vm.waitMu.Unlock()
 }
 
 // expectDeleted registers interest in DEVICE_DELETED for id before the
