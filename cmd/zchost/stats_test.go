@@ -1,0 +1,78 @@
+package main
+
+import (
+	"encoding/binary"
+	"hash/crc32"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host/status"
+)
+
+// TestStatsDistrustsVMRegions: what zchost stats makes of a VM's region
+// whose guest rewrote the header. Rewritten without a valid checksum, it
+// is listed as corrupt (it used to vanish from the list); rewritten and
+// re-signed with a fresh checksum, it still parses, and only the agent's
+// record (the status file) shows it is not the header the agent wrote.
+// The producer counters shown are the agent's, not the region's.
+func TestStatsDistrustsVMRegions(t *testing.T) {
+	dir, err := os.MkdirTemp("/dev/shm", "zcstats-")
+	if err != nil {
+		t.Skipf("needs /dev/shm: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Setenv("ZC_DIR", dir)
+	id := 0x7c000000 | rand.Uint32N(1<<24)
+	c, err := zc.CreateCluster(zc.Config{ID: id, Queues: 2, QueueLen: 16, Buffers: 64, Backing: zc.BackingShm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	vms := make([]*zc.Cluster, 2)
+	rec := status.File{Cluster: id, PID: os.Getpid(), Updated: time.Now()}
+	for k := range vms {
+		vms[k], err = zc.CreateCluster(zc.Config{ID: id, Queues: 2, QueueLen: 16, Buffers: 64, Backing: zc.BackingShm, Path: vmRegionPath(id, k+1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer vms[k].Close()
+		rec.Regions = append(rec.Regions, status.Region{Path: vms[k].Path(), VM: "vm", Generation: vms[k].Generation(),
+			Checksum: vms[k].Checksum(), State: "ok", Queues: []zc.QueueStats{{Queue: 0, Sent: 42, State: "ok", View: "producer"}}})
+	}
+	if err := status.Write(status.Path(id), rec); err != nil {
+		t.Fatal(err)
+	}
+	// The guests: vm1 scribbles on its creator pid (checksum now wrong),
+	// vm2 does the same and re-signs, and forges its sent counter.
+	b1, b2 := vms[0].Bytes(), vms[1].Bytes()
+	binary.LittleEndian.PutUint32(b1[104:], 4242)
+	binary.LittleEndian.PutUint32(b2[104:], 4242)
+	binary.LittleEndian.PutUint32(b2[108:], crc32.Checksum(b2[:108], crc32.MakeTable(crc32.Castagnoli)))
+
+	infos, err := zc.InspectVMRegions(id)
+	if err != nil || len(infos) != 2 {
+		t.Fatalf("inspect: %d regions, %v", len(infos), err)
+	}
+	agent, err := status.Read(status.Path(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byPath := map[string]zc.ClusterInfo{}
+	for _, in := range infos {
+		byPath[in.Path] = mergeAgent(in, &agent)
+	}
+	if in := byPath[vms[0].Path()]; in.State != "corrupt" || in.Failure == "" {
+		t.Errorf("vm1 (bad checksum): State %q Failure %q, want corrupt", in.State, in.Failure)
+	}
+	in := byPath[vms[1].Path()]
+	if in.State != "corrupt" || !strings.Contains(in.Failure, "header rewritten") {
+		t.Errorf("vm2 (re-signed): State %q Failure %q, want corrupt: header rewritten", in.State, in.Failure)
+	}
+	if len(in.Queues) == 0 || in.Queues[0].Sent != 42 || in.Queues[0].View != "agent" {
+		t.Errorf("vm2 queue 0: %+v, want the agent's sent count (42), view agent", in.Queues)
+	}
+}
