@@ -1,6 +1,7 @@
 package zc
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -123,6 +124,36 @@ func fuzzWatchdog(t *testing.T) func() {
 	return func() { tm.Stop() }
 }
 
+// fuzzFixture is a cluster created once per fuzzing process (in
+// /dev/shm, like any other) and restored before every execution: creating
+// and unmapping a region costs more than an execution (munmap alone is
+// ~80 µs on a two-CPU VM), and the campaign wants 10^7 of them.
+type fuzzFixture struct {
+	c        *Cluster
+	pristine []byte
+}
+
+func newFuzzFixture(f *testing.F, cfg Config) *fuzzFixture {
+	shmDir(f)
+	c, err := CreateCluster(cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { c.Close() })
+	return &fuzzFixture{c: c, pristine: append([]byte(nil), c.Bytes()...)}
+}
+
+// fresh returns the cluster as created: its bytes restored (rings,
+// metadata, owner and handshake words, header) and a new engine pool.
+// The queue ends of the last execution must be closed. Whatever process
+// memory a cluster keeps besides its pool must be reset here too.
+func (fx *fuzzFixture) fresh() *Cluster {
+	copy(fx.c.Bytes(), fx.pristine)
+	l := &fx.c.r.l
+	fx.c.pool = newPool(fx.c.r, l.EngineFirst, l.EngineCount)
+	return fx.c
+}
+
 // fzPeerErr reports whether err is what a hostile peer may cause on the
 // host end of its queue: the queue failed as corrupt, or its region
 // gone or closed (the peer wrote the header's magic or state word).
@@ -133,7 +164,6 @@ func fzPeerErr(err error) bool {
 // fzInBuffer checks that p's bytes lie inside buffer p.Handle() of the
 // region mapped at b.
 func fzInBuffer(t *testing.T, what string, l *ivshmem.Layout, b []byte, p *Packet) {
-	t.Helper()
 	h := uint64(p.Handle())
 	if h >= uint64(l.NumBufs) {
 		t.Fatalf("%s: handle %d of %d buffers", what, h, l.NumBufs)
@@ -182,17 +212,13 @@ func fzInBuffer(t *testing.T, what string, l *ivshmem.Layout, b []byte, p *Packe
 // loan that is not in the data ring, and the consumer's index says what
 // that is).
 func FuzzProducer(f *testing.F) {
-	shmDir(f)
-	l, err := ivshmem.Plan(ivshmem.Config{ClusterID: fuzzProducerID, Queues: 2, Slots: 16, BufSize: 256, Buffers: 40})
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, s := range fuzzProducerSeeds(&l) {
+	fx := newFuzzFixture(f, fuzzProducerConfig)
+	for _, s := range fuzzProducerSeeds(&fx.c.r.l) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		defer fuzzWatchdog(t)()
-		fuzzProducerOnce(t, in)
+		fuzzProducerOnce(t, fx.fresh(), in)
 	})
 }
 
@@ -244,14 +270,12 @@ type prodFuzz struct {
 	returnable []bool // lent, and the consumer could have given it back
 	allocated  []bool // handed out by Alloc, not sent, dropped or freed
 	hsTouched  [2]bool
+
+	before, after []byte // scratch for peerWords
 }
 
-func fuzzProducerOnce(t *testing.T, in []byte) {
-	c, err := CreateCluster(fuzzProducerConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+func fuzzProducerOnce(t *testing.T, c *Cluster, in []byte) {
+	var err error
 	n := c.r.l.NumBufs
 	s := &prodFuzz{t: t, c: c, l: &c.r.l, b: c.Bytes(), pkts: make([]Packet, 32),
 		lentOn: make([]int8, n), returnable: make([]bool, n), allocated: make([]bool, n)}
@@ -337,9 +361,9 @@ func (s *prodFuzz) peerReturn(q, n int) {
 	fzPut(s.b, r+fzProd, p+k)
 }
 
-// peerWords copies what only the consumers may write.
-func (s *prodFuzz) peerWords() []byte {
-	out := append([]byte(nil), s.b[:256]...)
+// peerWords copies what only the consumers may write into out[:0].
+func (s *prodFuzz) peerWords(out []byte) []byte {
+	out = append(out[:0], s.b[:256]...)
 	for q, ql := range s.l.Queues {
 		d := s.l.QueueTable + uint64(q)*ivshmem.QueueDescSize
 		out = append(out, s.b[d+48:d+56]...)
@@ -353,7 +377,6 @@ func (s *prodFuzz) peerWords() []byte {
 // host runs one host call: it first notes which loans the consumer could
 // have given back by now, then checks what the call did.
 func (s *prodFuzz) host(what string, call func()) {
-	s.t.Helper()
 	for q, ql := range s.l.Queues {
 		for i := range uint64(ql.Slots) {
 			if h := fzGet(s.b, ql.RetRing+fzSlots+4*i); h < s.l.NumBufs && s.lentOn[h] == int8(q+1) {
@@ -368,9 +391,9 @@ func (s *prodFuzz) host(what string, call func()) {
 			}
 		}
 	}
-	before := s.peerWords()
+	s.before = s.peerWords(s.before)
 	call()
-	if after := s.peerWords(); string(before) != string(after) {
+	if s.after = s.peerWords(s.after); !bytes.Equal(s.before, s.after) {
 		s.t.Fatalf("%s: the host wrote into words only the consumer owns", what)
 	}
 	for q := range 2 {
@@ -388,7 +411,6 @@ func (s *prodFuzz) host(what string, call func()) {
 
 // handedOut checks a buffer the host just took from its pool for q.
 func (s *prodFuzz) handedOut(what string, h uint32) {
-	s.t.Helper()
 	l := s.l
 	if h < l.EngineFirst || h >= l.EngineFirst+l.EngineCount {
 		s.t.Fatalf("%s: buffer %d is not one of the engine pool's [%d,+%d)", what, h, l.EngineFirst, l.EngineCount)
@@ -496,17 +518,13 @@ func (s *prodFuzz) hostSendCopy(q, size int) {
 // has nothing outstanding (no slot leaks), unless the script wrote into
 // that output's descriptor or rings or the header.
 func FuzzBalancerInput(f *testing.F) {
-	shmDir(f)
-	l, err := ivshmem.Plan(ivshmem.Config{ClusterID: fuzzBalancerID, Queues: 3, Slots: 16, BufSize: 256, Buffers: 16, QueueBuffers: 16})
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, s := range fuzzBalancerSeeds(&l) {
+	fx := newFuzzFixture(f, fuzzBalancerConfig)
+	for _, s := range fuzzBalancerSeeds(&fx.c.r.l) {
 		f.Add(s[0][0], s[1])
 	}
 	f.Fuzz(func(t *testing.T, flags byte, in []byte) {
 		defer fuzzWatchdog(t)()
-		fuzzBalancerOnce(t, flags, in)
+		fuzzBalancerOnce(t, fx.fresh(), flags, in)
 	})
 }
 
@@ -566,12 +584,8 @@ type balFuzz struct {
 	honest     bool   // the guest only sent honestly since the last run
 }
 
-func fuzzBalancerOnce(t *testing.T, flags byte, in []byte) {
-	c, err := CreateCluster(fuzzBalancerConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+func fuzzBalancerOnce(t *testing.T, c *Cluster, flags byte, in []byte) {
+	var err error
 	s := &balFuzz{t: t, l: &c.r.l, b: c.Bytes(), flags: flags, recv: make([]Packet, 32)}
 	if s.in, err = c.Consumer(0); err != nil {
 		t.Fatal(err)

@@ -92,16 +92,13 @@ func fuzzSeeds(l ivshmem.Layout) [][]byte {
 var fuzzConfig = Config{ID: fuzzClusterID, Queues: 2, QueueLen: 16, BufferSize: 256, Buffers: 64, Backing: BackingShm}
 
 func FuzzConsumer(f *testing.F) {
-	shmDir(f)
-	l, err := ivshmem.Plan(ivshmem.Config{ClusterID: fuzzClusterID, Queues: 2, Slots: 16, BufSize: 256, Buffers: 64})
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, s := range fuzzSeeds(l) {
+	fx := newFuzzFixture(f, fuzzConfig)
+	for _, s := range fuzzSeeds(fx.c.r.l) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, writes []byte) {
-		fuzzConsumerOnce(t, writes)
+		defer fuzzWatchdog(t)()
+		fuzzConsumerOnce(t, fx.fresh(), writes)
 	})
 }
 
@@ -125,12 +122,9 @@ type fuzzState struct {
 	pkts, recv []Packet
 }
 
-func fuzzConsumerOnce(t *testing.T, writes []byte) {
-	c, err := CreateCluster(fuzzConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+// fuzzConsumerOnce runs one input on c, a fresh cluster of fuzzConfig.
+func fuzzConsumerOnce(t *testing.T, c *Cluster, writes []byte) {
+	var err error
 	s := &fuzzState{t: t, c: c, held1: map[uint32]bool{}, pkts: make([]Packet, 16), recv: make([]Packet, 16)}
 	s.bufSize = uint64(c.BufferSize())
 	for q := range 2 {
@@ -139,16 +133,15 @@ func fuzzConsumerOnce(t *testing.T, writes []byte) {
 		}
 		defer s.prod[q].Close()
 	}
-	// Queue 0's consumer attaches by name, as another process would;
-	// queue 1's inside the creator.
-	if s.cons[0], err = Open(Name{fuzzClusterID, 0}.String()); err != nil {
-		t.Fatal(err)
+	// Both consumers attach inside the creator: a mapping of its own per
+	// execution (Open by name) would cost more than the rest of the run
+	// (munmap), and two-process attaching is tested in twoproc_test.go.
+	for q := range 2 {
+		if s.cons[q], err = c.Consumer(q); err != nil {
+			t.Fatal(err)
+		}
+		defer s.cons[q].Close()
 	}
-	defer s.cons[0].Close()
-	if s.cons[1], err = c.Consumer(1); err != nil {
-		t.Fatal(err)
-	}
-	defer s.cons[1].Close()
 
 	// Some traffic before the attack: packets in both data rings, some
 	// held by the consumers, one returned and not yet reclaimed.
@@ -199,9 +192,8 @@ func fuzzConsumerOnce(t *testing.T, writes []byte) {
 }
 
 // checkPacket checks that p's bytes lie inside its own buffer in q's
-// mapping of the region (queue 0's consumer maps the region itself).
+// mapping of the region.
 func (s *fuzzState) checkPacket(what string, q *Queue, p *Packet) {
-	s.t.Helper()
 	h := uint64(p.Handle())
 	if h >= uint64(s.c.r.l.NumBufs) {
 		s.t.Fatalf("%s: handle %d of %d buffers", what, h, s.c.r.l.NumBufs)
@@ -218,7 +210,6 @@ func (s *fuzzState) checkPacket(what string, q *Queue, p *Packet) {
 }
 
 func (s *fuzzState) fail(what string, err error) {
-	s.t.Helper()
 	if !allowedErr(err) {
 		s.t.Fatalf("%s: unexpected error %v", what, err)
 	}
@@ -315,5 +306,10 @@ func TestHostileReturnOfAnotherQueuesBuffer(t *testing.T) {
 		t.Fatal(err)
 	}
 	slot12 := l.Queues[0].RetRing + ivshmem.RingHeaderSize + 4*12
-	fuzzConsumerOnce(t, fuzzWrite(uint16(slot12-l.QueueTable), 8))
+	c, err := CreateCluster(fuzzConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fuzzConsumerOnce(t, c, fuzzWrite(uint16(slot12-l.QueueTable), 8))
 }
