@@ -400,19 +400,27 @@ func startStats(log hclog.Logger, stats func() []zc.QueueStats, sources []host.S
 		}
 		for i, s := range cur {
 			log.Info("queue", "q", i, "sent", s.Sent, "pps", uint64(float64(s.Sent-prev[i].Sent)/secs),
-				"drops", s.Drops, "received", s.Received, "depth", s.Depth, "consumer", s.Consumer)
+				"drops", s.Drops, "received_reported", s.Received, "depth", s.Depth, "consumer", s.Consumer, "state", s.State)
 		}
 		prev, prevSrc, last = cur, curSrc, now
 	})
 }
 
 func summary(log hclog.Logger, stats func() []zc.QueueStats, sources []host.Source, st host.EngineStats, copies uint64) {
+	// sent, drops and bad returns are the agent's own counts; received is
+	// what each consumer wrote in the region (a guest may write anything),
+	// so it is shown as reported and summed only over queues that work.
 	var sent, drops, recv uint64
 	for i, s := range stats() {
-		log.Info("queue total", "q", i, "sent", s.Sent, "drops", s.Drops, "received", s.Received, "bad_returns", s.BadReturns)
+		args := []any{"q", i, "sent", s.Sent, "drops", s.Drops, "received_reported", s.Received, "bad_returns", s.BadReturns}
+		if s.State != "ok" {
+			args = append(args, "state", s.State, "failure", s.Failure)
+		} else {
+			recv += s.Received
+		}
+		log.Info("queue total", args...)
 		sent += s.Sent
 		drops += s.Drops
-		recv += s.Received
 	}
 	for _, s := range sources {
 		ss := s.Stats()
@@ -422,7 +430,7 @@ func summary(log hclog.Logger, stats func() []zc.QueueStats, sources []host.Sour
 	if st.Elapsed > 0 {
 		pps = float64(st.Packets) / st.Elapsed.Seconds()
 	}
-	log.Info("summary", "copied_to_vm_regions", copies, "packets_in", st.Packets, "queued", sent, "dropped_queue_full", drops, "received_by_consumers", recv,
+	log.Info("summary", "copied_to_vm_regions", copies, "packets_in", st.Packets, "queued", sent, "dropped", drops, "received_reported_by_consumers", recv,
 		"pps", uint64(pps))
 }
 
