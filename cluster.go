@@ -216,7 +216,7 @@ func (c *Cluster) Consumer(q int) (*Queue, error) {
 func (c *Cluster) Close() error {
 	var err error
 	c.closed.Do(func() {
-		protect(func() { ivshmem.MarkClosed(c.r.b) }) // a truncated file faults: closed all the same
+		protect(func() { ivshmem.MarkClosed(c.r.b); c.r.l.WakeAll(c.r.b) }) // a truncated file faults: closed all the same
 		c.r.m.Remove()
 		err = c.r.unref()
 	})

@@ -13,8 +13,9 @@ import (
 )
 
 // Offsets inside a ring (see ivshmem/doc.go): the producer index, the
-// consumer index, the first slot.
-const ringProd, ringCons, ringSlot0 = 0, 128, 256
+// consumer index, the first slot; a data ring's slots are 16-byte
+// descriptors (handle, length, offset, flags).
+const ringProd, ringCons, ringSlot0 = 0, 128, ivshmem.RingHeaderSize
 
 // poke writes one little-endian word of region memory as a hostile peer
 // would: no protocol, no ordering.
@@ -128,11 +129,11 @@ func TestRecvSkipsDuplicateHandle(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The "producer" repeats slot 0's handle in slot 3 and 4.
+	// The "producer" repeats slot 0's descriptor in slot 3 and 4.
 	ring := c.r.l.Queues[0].DataRing
-	h := peek(c.r.b, ring+ringSlot0)
-	poke(c.r.b, ring+ringSlot0+12, h)
-	poke(c.r.b, ring+ringSlot0+16, h)
+	d0 := c.r.b[ring+ringSlot0 : ring+ringSlot0+ivshmem.DescSize]
+	copy(c.r.b[ring+ringSlot0+3*ivshmem.DescSize:], d0)
+	copy(c.r.b[ring+ringSlot0+4*ivshmem.DescSize:], d0)
 	poke(c.r.b, ring+ringProd, 5)
 	got := make([]Packet, 8)
 	n, err := cons.RecvBurst(got)
@@ -159,12 +160,11 @@ type rawProducer struct {
 func (p *rawProducer) send(hs ...uint32) {
 	ring := p.l.Queues[p.q].DataRing
 	for _, h := range hs {
-		if h < p.l.NumBufs {
-			m := p.l.Meta(p.b, h)
-			binary.LittleEndian.PutUint32(m[ivshmem.MetaOffLen:], 64)
-			binary.LittleEndian.PutUint32(m[ivshmem.MetaOffOff:], 0)
-		}
-		poke(p.b, ring+ringSlot0+4*uint64(p.pos%p.l.Queues[p.q].Slots), h)
+		slot := ring + ringSlot0 + ivshmem.DescSize*uint64(p.pos%p.l.Queues[p.q].Slots)
+		poke(p.b, slot, h)    // handle
+		poke(p.b, slot+4, 64) // length
+		poke(p.b, slot+8, 0)  // offset
+		poke(p.b, slot+12, 0) // flags
 		p.pos++
 	}
 	poke(p.b, ring+ringProd, p.pos)

@@ -18,7 +18,8 @@ type Packet struct {
 	Port uint32
 	// Seq is free for applications (the generator numbers packets).
 	Seq uint32
-	// Flags are free for applications.
+	// Flags are free for applications, but for bit 31 (the format's
+	// "metadata present" bit: not carried).
 	Flags uint32
 
 	handle uint32

@@ -44,7 +44,9 @@ type Queue struct {
 	hsQuiet    uint32    // producer: bursts left before the clock is read again
 	deferred   atomic.Uint64
 
-	hs     []uint32   // scratch, one burst
+	hs     []uint32       // scratch, one burst
+	descs  []ivshmem.Desc // scratch, one burst
+	wakes  atomic.Uint64  // wake-ups sent to the peer
 	idle   uint32     // empty polls since the last liveness check
 	pace   idle.Pacer // consumer: RecvBurstWait's sleeps, adapted to the traffic
 	closed bool
@@ -72,9 +74,9 @@ func (r *region) attachEnd(q uint32, end ivshmem.End, force bool) (*Queue, error
 		return nil, err
 	}
 	ql := r.l.Queues[q]
-	qu := &Queue{r: r, id: q, end: end, slots: ql.Slots, hs: make([]uint32, MaxBurst)}
+	qu := &Queue{r: r, id: q, end: end, slots: ql.Slots, hs: make([]uint32, MaxBurst), descs: make([]ivshmem.Desc, MaxBurst)}
 	if end == ivshmem.EndConsumer {
-		qu.in, err = ivshmem.NewRingConsumer(r.b, ql.DataRing, ql.Slots)
+		qu.in, err = ivshmem.NewDescConsumer(r.b, ql.DataRing, ql.Slots)
 		if err == nil {
 			qu.back, err = ivshmem.NewRingProducer(r.b, ql.RetRing, ql.Slots)
 		}
@@ -87,7 +89,7 @@ func (r *region) attachEnd(q uint32, end ivshmem.End, force bool) (*Queue, error
 			qu.hsPending, qu.hsDeadline = true, time.Now().Add(HandshakeWait)
 		}
 	} else {
-		qu.out, err = ivshmem.NewRingProducer(r.b, ql.DataRing, ql.Slots)
+		qu.out, err = ivshmem.NewDescProducer(r.b, ql.DataRing, ql.Slots)
 		if err == nil {
 			qu.ret, err = ivshmem.NewRingConsumer(r.b, ql.RetRing, ql.Slots)
 		}
@@ -206,7 +208,7 @@ func (q *Queue) recvBurst(pkts []Packet) (int, error) {
 		return 0, nil
 	}
 	want := min(len(pkts), MaxBurst)
-	n, err := q.in.Dequeue(q.hs[:want])
+	n, err := q.in.DequeueDescs(q.descs[:want])
 	if err != nil {
 		return 0, q.fail("recv", err)
 	}
@@ -217,14 +219,16 @@ func (q *Queue) recvBurst(pkts []Packet) (int, error) {
 	q.pace.Work(n)
 	k, nbad := 0, 0
 	var bytes uint64
-	for _, h := range q.hs[:n] {
+	for i := range q.descs[:n] {
+		d := &q.descs[i]
+		h := d.Handle
 		if h >= q.r.l.NumBufs || q.held[h/64]&(1<<(h%64)) != 0 {
 			nbad++ // not a buffer of this region, or one delivered twice: drop the entry
 			continue
 		}
-		if !q.r.readMeta(h, &pkts[k]) {
+		if !q.r.readDesc(d, &pkts[k]) {
 			nbad++
-			one := [1]uint32{h} // a real buffer with a bad record: give it back
+			one := [1]uint32{h} // a real buffer with a bad descriptor: give it back
 			q.back.Enqueue(one[:])
 			continue
 		}
@@ -282,6 +286,9 @@ func (q *Queue) releaseHandles(hs []uint32) error {
 	if err != nil {
 		return q.fail("release", err)
 	}
+	if k > 0 {
+		q.notify(q.back)
+	}
 	q.back.Add(ivshmem.CountPackets, uint64(k))
 	if k < len(hs) {
 		// The producer counts what it lent and never lends more than the
@@ -302,10 +309,14 @@ func (q *Queue) Recv(ctx context.Context) (Packet, error) {
 }
 
 // RecvBurstWait waits until at least one packet is there, then receives a
-// burst as RecvBurst does. It polls (a guest's ivshmem-plain has no
-// interrupt to wait on): a few polls at once, then sleeps whose length the queue adapts to its traffic, from 50 µs to 1 ms
-// (long enough to gather a burst, short enough that the producer does not
-// fill the queue meanwhile; see internal/idle).
+// burst as RecvBurst does. It polls a few times, then naps for times the
+// queue adapts to its traffic, from 50 µs to 1 ms (long enough to gather
+// a burst, short enough that the producer does not fill the queue
+// meanwhile; see internal/idle). Once a nap found nothing, a host
+// consumer of a host producer sleeps until the producer's next packet
+// wakes it (futex: no CPU while idle, woken in microseconds); a guest, or
+// a consumer of a guest's queue, keeps napping. ctx is looked at at least
+// every SleepSlice.
 func (q *Queue) RecvBurstWait(ctx context.Context, pkts []Packet) (int, error) {
 	done := ctx.Done()
 	for {
@@ -317,6 +328,13 @@ func (q *Queue) RecvBurstWait(ctx context.Context, pkts []Packet) (int, error) {
 		case <-done:
 			return 0, fmt.Errorf("zc: recv %s: %w", q.Name(), ctx.Err())
 		default:
+		}
+		if q.pace.Quiet() && q.canSleep() {
+			if err := q.sleepCtx(ctx, q.in, SleepSlice); err != nil {
+				return 0, err
+			}
+			q.pace.Reset()
+			continue
 		}
 		q.pace.Wait()
 	}
@@ -433,15 +451,19 @@ func (q *Queue) enqueue(pkts []Packet) (int, error) {
 	}
 	var bytes uint64
 	for i := range pkts {
-		q.hs[i] = pkts[i].handle
+		q.descs[i] = desc(&pkts[i])
 		bytes += uint64(len(pkts[i].Data))
 	}
-	k, err := q.out.Enqueue(q.hs[:len(pkts)])
-	for _, h := range q.hs[:k] {
+	k, err := q.out.EnqueueDescs(q.descs[:len(pkts)])
+	for i := range q.descs[:k] {
+		h := q.descs[i].Handle
 		q.lent[h/64] |= 1 << (h % 64)
 	}
 	if err != nil {
 		return 0, q.fail("send", err)
+	}
+	if k > 0 {
+		q.notify(q.out)
 	}
 	if k < len(pkts) {
 		// Outstanding counts everything in the ring: only a consumer that
@@ -510,7 +532,7 @@ func (q *Queue) SendBurstWait(ctx context.Context, pkts []Packet) (int, error) {
 		if err := q.checkGuarded("send"); err != nil {
 			return sent, err
 		}
-		if err := b.wait(ctx); err != nil {
+		if err := q.waitReturns(ctx, &b); err != nil {
 			return sent, fmt.Errorf("zc: send %s: %w", q.Name(), err)
 		}
 	}

@@ -52,37 +52,54 @@ func (r *region) buffer(h uint32) []byte { return r.l.Buffer(r.b, h) }
 
 func (r *region) meta(h uint32) []byte { return r.l.Meta(r.b, h) }
 
-// writeMeta records p in its buffer's metadata record.
+// hasMeta reports whether p carries optional fields, which travel in its
+// buffer's metadata record (length, offset and flags are in the ring's
+// descriptor).
+func hasMeta(p *Packet) bool { return p.Timestamp != 0 || p.Hash != 0 || p.Port != 0 || p.Seq != 0 }
+
+// writeMeta records p's optional fields in its buffer's metadata record,
+// when it has any.
 func (r *region) writeMeta(p *Packet) {
+	if !hasMeta(p) {
+		return
+	}
 	m := r.meta(p.handle)
 	le := binary.LittleEndian
-	le.PutUint32(m[ivshmem.MetaOffLen:], uint32(len(p.Data)))
-	le.PutUint32(m[ivshmem.MetaOffOff:], p.off)
 	le.PutUint64(m[ivshmem.MetaOffTime:], uint64(p.Timestamp))
 	le.PutUint32(m[ivshmem.MetaOffHash:], p.Hash)
-	le.PutUint32(m[ivshmem.MetaOffFlags:], p.Flags)
 	le.PutUint32(m[ivshmem.MetaOffPort:], p.Port)
 	le.PutUint32(m[ivshmem.MetaOffSeq:], p.Seq)
 }
 
-// readMeta fills p from buffer h's record, reading each field once and
+// desc is p's data ring descriptor.
+func desc(p *Packet) ivshmem.Desc {
+	f := p.Flags &^ ivshmem.DescMeta
+	if hasMeta(p) {
+		f |= ivshmem.DescMeta
+	}
+	return ivshmem.Desc{Handle: p.handle, Len: uint32(len(p.Data)), Off: p.off, Flags: f}
+}
+
+// readDesc fills p from descriptor d, whose handle the caller checked,
 // checking offset and length against the buffer size (the writer may be
-// hostile). It reports false for a record that does not fit.
-func (r *region) readMeta(h uint32, p *Packet) bool {
-	m := r.meta(h)
-	le := binary.LittleEndian
-	n, off := le.Uint32(m[ivshmem.MetaOffLen:]), le.Uint32(m[ivshmem.MetaOffOff:])
+// hostile), and reading the metadata record only when d says it holds
+// something. It reports false for a packet that does not fit its buffer.
+func (r *region) readDesc(d *ivshmem.Desc, p *Packet) bool {
 	size := r.l.BufSize
-	if off > size || n > size-off {
+	if d.Off > size || d.Len > size-d.Off {
 		return false
 	}
-	buf := r.buffer(h)
-	p.Data = buf[off : off+n : size]
-	p.off = off
-	p.handle = h
+	buf := r.buffer(d.Handle)
+	p.Data = buf[d.Off : d.Off+d.Len : size]
+	p.off, p.handle, p.Flags = d.Off, d.Handle, d.Flags&^ivshmem.DescMeta
+	if d.Flags&ivshmem.DescMeta == 0 {
+		p.Timestamp, p.Hash, p.Port, p.Seq = 0, 0, 0, 0
+		return true
+	}
+	m := r.meta(d.Handle)
+	le := binary.LittleEndian
 	p.Timestamp = int64(le.Uint64(m[ivshmem.MetaOffTime:]))
 	p.Hash = le.Uint32(m[ivshmem.MetaOffHash:])
-	p.Flags = le.Uint32(m[ivshmem.MetaOffFlags:])
 	p.Port = le.Uint32(m[ivshmem.MetaOffPort:])
 	p.Seq = le.Uint32(m[ivshmem.MetaOffSeq:])
 	return true

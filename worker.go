@@ -271,8 +271,11 @@ func (b *Balancer) copyTo(ctx context.Context, j int, q *Queue, pkts []Packet) e
 			b.lose(j, q, pkts)
 			return nil
 		}
-		if err := bo.wait(ctx); err != nil {
+		if err := q.waitReturns(ctx, &bo); err != nil {
 			b.lose(j, q, pkts)
+			if q.err != nil {
+				return nil // the queue failed: its loss
+			}
 			return fmt.Errorf("zc: send %s: %w", q.Name(), err)
 		}
 	}
@@ -310,8 +313,11 @@ func (b *Balancer) deliver(ctx context.Context, q *Queue, pkts []Packet) error {
 			q.drop(pkts)
 			return nil
 		}
-		if err := bo.wait(ctx); err != nil {
+		if err := q.waitReturns(ctx, &bo); err != nil {
 			q.drop(pkts)
+			if q.err != nil {
+				return nil // the queue failed: its loss
+			}
 			return fmt.Errorf("zc: send %s: %w", q.Name(), err)
 		}
 	}

@@ -84,6 +84,17 @@ func (g *Gen) Stats() SourceStats { return g.st }
 // Close implements Source.
 func (g *Gen) Close() error { return nil }
 
+// ReadyAt implements Waiter: a paced generator's next frame is due at a
+// known time (zero when unpaced, or before the first frame).
+func (g *Gen) ReadyAt() time.Time {
+	if g.cfg.Rate <= 0 || g.start.IsZero() {
+		return time.Time{}
+	}
+	return g.start.Add(time.Duration(float64(g.seq) / g.cfg.Rate * float64(time.Second)))
+}
+
+var _ Waiter = (*Gen)(nil)
+
 // Recv implements Source: it writes the next frames, paced to the rate.
 func (g *Gen) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 	want := uint64(len(pkts))

@@ -42,6 +42,15 @@ type SourceStats struct {
 	Filtered uint64
 }
 
+// Waiter is a source that knows when its next packet is due (a paced
+// generator): an engine whose every live source is a Waiter sleeps until
+// the earliest instead of polling.
+type Waiter interface {
+	// ReadyAt returns when the next packet is due, or the zero time when
+	// it does not know (poll).
+	ReadyAt() time.Time
+}
+
 // EngineStats count what an engine run moved.
 type EngineStats struct {
 	Packets, Bytes uint64
@@ -142,6 +151,7 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 	e.publish()
 	defer e.publish()
 	published, iter := time.Now(), 0
+	var timer *time.Timer
 	for nlive > 0 {
 		got := 0
 		for i, s := range e.Sources {
@@ -204,8 +214,62 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 		if e.OnIdle != nil {
 			e.OnIdle()
 		}
+		if d := e.idleFor(live); d > 0 {
+			// Every source is waiting for its time: sleep until then,
+			// woken early by a stop or a control function.
+			if timer == nil {
+				timer = time.NewTimer(d)
+			} else {
+				timer.Reset(d)
+			}
+			select {
+			case <-done:
+				timer.Stop()
+				st.Elapsed = time.Since(start)
+				return st, nil
+			case f := <-e.Control:
+				timer.Stop()
+				f()
+			case <-timer.C:
+			}
+			pace.Reset()
+			continue
+		}
 		pace.Wait()
 	}
 	st.Elapsed = time.Since(start)
 	return st, nil
+}
+
+// longIdle is the shortest sleep the engine takes on a timer rather than
+// with the pacer's naps (Go timers are about a millisecond late here).
+const longIdle = 2 * time.Millisecond
+
+// idleFor returns how long the engine may sleep because every live source
+// said when its next packet is due (Waiter), or 0 to go on polling. The
+// sleep ends a little early (the timer's lateness) and at most after
+// publishEvery, so the published counters stay fresh.
+func (e *Engine) idleFor(live []bool) time.Duration {
+	var next time.Time
+	for i, s := range e.Sources {
+		if !live[i] {
+			continue
+		}
+		w, ok := s.(Waiter)
+		if !ok {
+			return 0
+		}
+		at := w.ReadyAt()
+		if at.IsZero() {
+			return 0
+		}
+		if next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	d := time.Until(next) - time.Millisecond
+	if d < longIdle {
+		return 0
+	}
+	return min(d, publishEvery)
 }

@@ -5,13 +5,13 @@
 // plus the code that creates and maps region files (tmpfs, hugetlbfs,
 // memfd). It knows nothing of hosts, guests or QEMU.
 //
-// # Layout (version 1, all fields little-endian)
+// # Layout (version 2, all fields little-endian)
 //
 //	offset        size  field
 //	------------  ----  -----------------------------------------------
 //	header page (4096 bytes at 0)
 //	0             8     magic "ZCFABRIC"
-//	8             4     version (1)
+//	8             4     version (2; a reader refuses any other, naming both)
 //	12            4     header size (4096)
 //	16            8     region size (power of two, == mapped size)
 //	24            4     cluster id
@@ -49,21 +49,32 @@
 //	                    (0 go, 1 consumer waits, 2 producer recovering, 3 done)
 //	+60           4     (reserved)
 //
-//	rings (2*Q rings from align128(T+64*Q), each 256+4*S bytes rounded to 128)
+//	rings (from align128(T+64*Q), per queue its data ring then its return
+//	ring; a data ring is 384+16*S bytes, a return ring 384+4*S, each
+//	rounded up to 128)
 //	+0            4     producer index (free running uint32)
 //	+8            8*3   producer's counters: packets, bytes, drops
 //	+128          4     consumer index
 //	+136          8*3   consumer's counters: packets, bytes, bad entries
-//	+256          4*S   slots: buffer handles
+//	+256          4     wake word, written by the consumer: 0 polling,
+//	                    1 asleep in futex(2) on the producer index word,
+//	                    2 asleep on its ivshmem-doorbell interrupt
+//	+260..383           (reserved)
+//	+384                slots. Data ring: S descriptors of 16 bytes:
+//	  +0          4       buffer handle
+//	  +4          4       length of the packet
+//	  +8          4       offset of the packet inside its buffer
+//	  +12         4       flags: bit 31 the metadata record is valid,
+//	                      bits 0..30 the application's
+//	                    Return ring: S buffer handles of 4 bytes.
 //
-//	metadata (N records of 32 bytes at M, record h describes buffer h)
-//	+0            4     length of the packet
-//	+4            4     offset of the packet inside its buffer
-//	+8            8     timestamp, Unix ns
-//	+16           4     hash
-//	+20           4     flags
-//	+24           4     port (source interface or queue)
-//	+28           4     sequence (free for applications)
+//	metadata (N records of 32 bytes at M, record h describes buffer h;
+//	written only for a packet whose descriptor has bit 31 set)
+//	+0            8     timestamp, Unix ns
+//	+8            4     hash
+//	+12           4     port (source interface or queue)
+//	+16           4     sequence (free for applications)
+//	+20..31             (reserved)
 //
 //	buffers (N buffers of B bytes at D; buffer h at D + h*B)
 //	D + N*B ... region size: unused (rounding to a power of two)
@@ -108,13 +119,43 @@
 //
 // # Publication order
 //
-// Producer: write the packet into the buffer, then its metadata record,
-// then the handle into the data ring's slot, then store the producer index
-// (release). Consumer: load the producer index (acquire), read slots,
-// metadata and packet, and when done push the handle on the return ring
-// the same way. On amd64 a release store is a plain MOV in assembly (TSO
-// makes it release; Go's atomic.Store is a full-barrier XCHG that halves
-// ring throughput); elsewhere and under -race it is atomic.Store.
+// Producer: write the packet into the buffer, then (if it has optional
+// fields) its metadata record, then the descriptor into the data ring's
+// slot, then store the producer index. Consumer: load the producer index
+// (acquire), read descriptors, metadata and packet, and when done push
+// the handle on the return ring the same way. The consumer's index store
+// is a release store: on amd64 a plain MOV in assembly (TSO makes it
+// release; Go's atomic.Store is a full-barrier XCHG); elsewhere and under
+// -race it is atomic.Store. The producer's index store is sequentially
+// consistent (see Sleeping and waking).
+//
+// # Sleeping and waking
+//
+// The ptnet/need_wakeup pattern, per ring. The consumer of a ring that
+// found it empty, and wants to sleep rather than poll, stores its wake
+// code in the wake word (a sequentially consistent store), loads the
+// producer index again, and sleeps only if the ring is still empty; awake
+// again it stores 0. The producer stores its index (sequentially
+// consistent), then loads the wake word; only when it is set does it
+// clear it (compare-and-swap) and wake the consumer once: FUTEX_WAKE on
+// the producer index word for code 1, a doorbell interrupt for code 2. The
+// two full barriers make a lost wake-up impossible (each side's store is
+// ordered before its load of the other's word); a busy ring makes no
+// system call, because nobody announces a sleep. Who sleeps on what: the
+// consumer of a data ring waits for packets; the producer of a queue,
+// which is the consumer of the queue's return ring, waits for returned
+// buffers (a lossless producer whose queue is full). A peer that keeps
+// its wake word set costs the other side one wake-up per burst it sends
+// there, nothing more; a peer that never wakes costs the sleeper its
+// timeout (the sleeper never sleeps longer than a second at a time).
+//
+// # Version 1
+//
+// Version 1 had 4-byte data ring slots (handles), a 256-byte ring header
+// without the wake word, and the packet's length and offset in its
+// metadata record, written for every packet. The two are not
+// compatible: a reader of one refuses a region of the other (Parse:
+// ErrVersion, naming both versions).
 //
 // # Lifecycle
 //

@@ -25,4 +25,8 @@ var (
 	ErrConfig = errors.New("bad configuration")
 	// ErrBusy: the end of a queue is already attached by a live party.
 	ErrBusy = errors.New("queue end busy")
+	// ErrVersion: the region is of another format version than this
+	// binary reads (an older or newer zcfabric made it). Wraps
+	// ErrBadRegion.
+	ErrVersion = fmt.Errorf("%w: format version mismatch", ErrBadRegion)
 )

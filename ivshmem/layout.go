@@ -1,12 +1,14 @@
 package ivshmem
 
-// Byte offsets and sizes of the region format, version 1. doc.go draws them;
+// Byte offsets and sizes of the region format, version 2. doc.go draws them;
 // layout_test.go pins them. Every multi-byte field is little-endian.
 const (
 	// Magic is the first eight bytes of every region: "ZCFABRIC".
 	Magic = "ZCFABRIC"
 	// Version is the format version this package writes and accepts.
-	Version = 1
+	// Version 1 (zcfabric before the wake-up protocol) had 4-byte data
+	// ring slots, no wake-up words and a metadata record for every packet.
+	Version = 2
 
 	// HeaderSize is the size of the header page at offset 0.
 	HeaderSize = 4096
@@ -14,8 +16,11 @@ const (
 	QueueDescSize = 64
 	// MetaSize is the size of one buffer's metadata record.
 	MetaSize = 32
-	// RingHeaderSize is the size of a ring's two index lines.
-	RingHeaderSize = 256
+	// RingHeaderSize is the size of a ring's header: the producer's
+	// line, the consumer's line and the wake-up line.
+	RingHeaderSize = 384
+	// DescSize is the size of a data ring slot: a packet descriptor.
+	DescSize = 16
 	// LineSize separates data written by different parties (two x86 cache
 	// lines, because the adjacent-line prefetcher moves them in pairs).
 	LineSize = 128
@@ -82,19 +87,43 @@ const (
 	rOffProdStat = 8   // three u64 counters owned by the ring's producer
 	rOffCons     = 128 // consumer index, u32
 	rOffConsStat = 136 // three u64 counters owned by the ring's consumer
+	rOffWake     = 256 // the ring's consumer is asleep: Wake* code, u32
 	rOffSlots    = RingHeaderSize
 )
 
-// Buffer metadata field offsets, relative to the record (see doc.go):
-// what region.go in package zc reads and writes.
+// Wake-up codes: what the consumer of a ring writes in its wake word
+// before it sleeps, telling the producer whether and how to wake it.
 const (
-	MetaOffLen   = 0  // u32 packet length
-	MetaOffOff   = 4  // u32 offset of the packet in its buffer
-	MetaOffTime  = 8  // i64 timestamp, ns
-	MetaOffHash  = 16 // u32 hash
-	MetaOffFlags = 20 // u32 flags
-	MetaOffPort  = 24 // u32 ingress port
-	MetaOffSeq   = 28 // u32 sequence number
+	// WakeNone: the consumer polls; the producer does nothing.
+	WakeNone = 0
+	// WakeFutex: a host process sleeps in futex(2) on the ring's producer
+	// index word; the producer wakes it with FUTEX_WAKE.
+	WakeFutex = 1
+	// WakeDoorbell: a guest sleeps on its ivshmem-doorbell interrupt; the
+	// host wakes it through the doorbell server.
+	WakeDoorbell = 2
+)
+
+// Desc is a data ring slot: a packet in buffer Handle, Len bytes at Off.
+// Flags bit 31 (DescMeta) says the buffer's metadata record holds the
+// optional fields (timestamp, hash, port, sequence); the other bits are
+// the application's.
+type Desc struct {
+	Handle, Len, Off, Flags uint32
+}
+
+// DescMeta marks a descriptor whose buffer's metadata record is valid.
+const DescMeta = 1 << 31
+
+// Buffer metadata field offsets, relative to the record (see doc.go):
+// what region.go in package zc reads and writes. The record is written
+// only for packets whose descriptor has DescMeta; length, offset and flags
+// travel in the descriptor.
+const (
+	MetaOffTime = 0  // i64 timestamp, ns
+	MetaOffHash = 8  // u32 hash
+	MetaOffPort = 12 // u32 ingress port
+	MetaOffSeq  = 16 // u32 sequence number
 )
 
 // Region states, in the mutable state word.
@@ -113,10 +142,16 @@ const (
 	FlagShared = 1 << 1
 )
 
-// RingBytes is the size of a ring of n slots: its header and n 32-bit
-// slots, rounded up to LineSize.
+// RingBytes is the size of a return ring of n slots: its header and n
+// 32-bit handles, rounded up to LineSize.
 func RingBytes(slots uint32) uint64 {
 	return alignUp(RingHeaderSize+4*uint64(slots), LineSize)
+}
+
+// DescRingBytes is the size of a data ring of n slots: its header and n
+// 16-byte descriptors, rounded up to LineSize.
+func DescRingBytes(slots uint32) uint64 {
+	return alignUp(RingHeaderSize+DescSize*uint64(slots), LineSize)
 }
 
 func alignUp(v, a uint64) uint64 { return (v + a - 1) &^ (a - 1) }

@@ -31,7 +31,7 @@ func TestGoldenHeader(t *testing.T) {
 	l, b := writeRegion(t, testConfig())
 	want := []byte{
 		'Z', 'C', 'F', 'A', 'B', 'R', 'I', 'C', // magic
-		1, 0, 0, 0, // version
+		2, 0, 0, 0, // version
 		0, 16, 0, 0, // header size 4096
 		0, 0x40, 0, 0, 0, 0, 0, 0, // region size 16384
 		99, 0, 0, 0, // cluster id
@@ -46,15 +46,16 @@ func TestGoldenHeader(t *testing.T) {
 		0, 0, 0, 0, // engine pool first
 		16, 0, 0, 0, // engine pool count
 		0, 0, 0, 0, // reserved
-		0x80, 0x16, 0, 0, 0, 0, 0, 0, // metadata at 5760
+		0x80, 0x18, 0, 0, 0, 0, 0, 0, // metadata at 6272
 		0, 0x20, 0, 0, 0, 0, 0, 0, // buffers at 8192
 		0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, // created
 		0x92, 0x10, 0, 0, // creator pid 4242
 	}
-	// 4096 header + 2*64 table = 4224, then 4 rings of 256+4*8 rounded up
-	// to 384: metadata at 5760, 24*32 bytes of it, buffers at the next page
+	// 4096 header + 2*64 table = 4224, then per queue a data ring of
+	// 384+16*8 = 512 and a return ring of 384+4*8 rounded up to 512:
+	// metadata at 6272, 24*32 bytes of it, buffers at the next page
 	// (8192), 24*256 bytes of them: 14336, rounded to 16384.
-	if l.MetaOff != 5760 || l.BufOff != 8192 || l.RegionSize != 16384 {
+	if l.MetaOff != 6272 || l.BufOff != 8192 || l.RegionSize != 16384 {
 		t.Fatalf("layout moved: meta %d bufs %d size %d", l.MetaOff, l.BufOff, l.RegionSize)
 	}
 	if got := b[:len(want)]; !bytes.Equal(got, want) {
@@ -66,16 +67,19 @@ func TestGoldenHeader(t *testing.T) {
 	desc := []byte{
 		1, 0, 0, 0, // id
 		8, 0, 0, 0, // slots
-		0x80, 0x13, 0, 0, 0, 0, 0, 0, // data ring at 4224+2*384 = 4992
-		0x00, 0x15, 0, 0, 0, 0, 0, 0, // return ring at 5376
+		0x80, 0x14, 0, 0, 0, 0, 0, 0, // data ring at 4224+512+512 = 5248
+		0x80, 0x16, 0, 0, 0, 0, 0, 0, // return ring at 5760
 		20, 0, 0, 0, // pool first: 16 + 1*4
 		4, 0, 0, 0, // pool count
 	}
 	if got := b[4096+64 : 4096+64+len(desc)]; !bytes.Equal(got, desc) {
 		t.Fatalf("descriptor 1\n got %v\nwant %v", got, desc)
 	}
-	if RingBytes(8) != 384 || RingBytes(32) != 384 || RingBytes(33) != 512 {
-		t.Fatalf("ring sizes %d %d %d", RingBytes(8), RingBytes(32), RingBytes(33))
+	if RingBytes(8) != 512 || RingBytes(32) != 512 || RingBytes(33) != 640 {
+		t.Fatalf("return ring sizes %d %d %d", RingBytes(8), RingBytes(32), RingBytes(33))
+	}
+	if DescRingBytes(8) != 512 || DescRingBytes(16) != 640 {
+		t.Fatalf("data ring sizes %d %d", DescRingBytes(8), DescRingBytes(16))
 	}
 }
 
@@ -109,7 +113,8 @@ func TestParseRejects(t *testing.T) {
 		{"short", func(b []byte) []byte { return b[:100] }, ErrBadRegion},
 		{"zeros", func(b []byte) []byte { return make([]byte, len(b)) }, ErrClosed},
 		{"magic", func(b []byte) []byte { b[0] = 'X'; return b }, ErrBadRegion},
-		{"version", func(b []byte) []byte { b[8] = 2; fix(b); return b }, ErrBadRegion},
+		{"version", func(b []byte) []byte { b[8] = 1; fix(b); return b }, ErrVersion},
+		{"future", func(b []byte) []byte { b[8] = 3; fix(b); return b }, ErrVersion},
 		{"checksum", func(b []byte) []byte { b[24] = 98; return b }, ErrBadRegion},
 		{"size", func(b []byte) []byte { return b[:len(b)/2] }, ErrBadRegion},
 		{"queues", func(b []byte) []byte { le.PutUint32(b[offNumQueues:], 5000); fix(b); return b }, ErrBadRegion},
@@ -231,4 +236,21 @@ func alignedCopy(b []byte) []byte {
 	out := u64bytes(w)[:len(b)]
 	copy(out, b)
 	return out
+}
+
+// TestVersionMismatchNamesBoth: a region of another format version is
+// refused with one error that names both versions.
+func TestVersionMismatchNamesBoth(t *testing.T) {
+	_, b := writeRegion(t, testConfig())
+	b[offVersion] = 1
+	binary.LittleEndian.PutUint32(b[offChecksum:], crcOf(b))
+	_, err := Parse(b)
+	if !errors.Is(err, ErrVersion) || !errors.Is(err, ErrBadRegion) {
+		t.Fatalf("Parse = %v, want ErrVersion", err)
+	}
+	for _, want := range []string{"version 1", "reads version 2"} {
+		if !bytes.Contains([]byte(err.Error()), []byte(want)) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
 }

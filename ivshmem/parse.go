@@ -27,7 +27,7 @@ func Parse(b []byte) (Layout, error) {
 		return Layout{}, bad("magic %q, want %q", b[offMagic:offMagic+8], Magic)
 	}
 	if v := le.Uint32(b[offVersion:]); v != Version {
-		return Layout{}, bad("version %d, want %d", v, Version)
+		return Layout{}, fmt.Errorf("%w: region format version %d, this binary reads version %d (host and guest binaries must read the same format version: see the README, \"Format versions\")", ErrVersion, v, Version)
 	}
 	if sum, want := crc32.Checksum(b[:checksummed], castagnoli), le.Uint32(b[offChecksum:]); sum != want {
 		return Layout{}, bad("header checksum %#08x, computed %#08x", want, sum)
@@ -102,13 +102,13 @@ func Parse(b []byte) (Layout, error) {
 		if !isPow2(uint64(q.Slots)) || q.Slots < 2 || q.Slots > MaxSlots {
 			return Layout{}, bad("queue %d: %d slots", i, q.Slots)
 		}
-		rb := RingBytes(q.Slots)
-		for _, r := range [2]uint64{q.DataRing, q.RetRing} {
-			if r%LineSize != 0 || r < tableEnd || r > l.MetaOff || rb > l.MetaOff-r {
-				return Layout{}, bad("queue %d: ring at %d (+%d) outside the ring area", i, r, rb)
+		db, rb := DescRingBytes(q.Slots), RingBytes(q.Slots)
+		for _, r := range [2]struct{ off, size uint64 }{{q.DataRing, db}, {q.RetRing, rb}} {
+			if r.off%LineSize != 0 || r.off < tableEnd || r.off > l.MetaOff || r.size > l.MetaOff-r.off {
+				return Layout{}, bad("queue %d: ring at %d (+%d) outside the ring area", i, r.off, r.size)
 			}
 		}
-		if q.DataRing < q.RetRing+rb && q.RetRing < q.DataRing+rb {
+		if q.DataRing < q.RetRing+rb && q.RetRing < q.DataRing+db {
 			return Layout{}, bad("queue %d: data and return rings overlap", i)
 		}
 		if uint64(q.PoolFirst)+uint64(q.PoolCount) > uint64(l.NumBufs) {

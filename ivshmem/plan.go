@@ -91,17 +91,17 @@ func Plan(cfg Config) (Layout, error) {
 		Queues:      make([]QueueLayout, cfg.Queues),
 	}
 	off := alignUp(HeaderSize+uint64(cfg.Queues)*QueueDescSize, LineSize)
-	rb := RingBytes(cfg.Slots)
+	db, rb := DescRingBytes(cfg.Slots), RingBytes(cfg.Slots)
 	for i := range l.Queues {
 		l.Queues[i] = QueueLayout{
 			ID:        uint32(i),
 			Slots:     cfg.Slots,
 			DataRing:  off,
-			RetRing:   off + rb,
+			RetRing:   off + db,
 			PoolFirst: cfg.Buffers + uint32(i)*cfg.QueueBuffers,
 			PoolCount: cfg.QueueBuffers,
 		}
-		off += 2 * rb
+		off += db + rb
 	}
 	l.MetaOff = off
 	l.BufOff = alignUp(off+total*MetaSize, PageSize)

@@ -3,25 +3,33 @@ package ivshmem
 import (
 	"fmt"
 	"sync/atomic"
+	"time"
 )
 
-// A ring is a single-producer, single-consumer array of 32-bit buffer
-// handles in shared memory. Its producer and consumer indices are free
+// A ring is a single-producer, single-consumer array in shared memory:
+// 16-byte packet descriptors (a queue's data ring) or 32-bit buffer
+// handles (its return ring). Its producer and consumer indices are free
 // running uint32 counters on separate 128-byte lines; slot i%size holds
 // entry i. The ring holds prod-cons entries, never more than size.
 //
 // Publication order (producer): write the buffers and their metadata,
-// write the handles into the slots, then store the producer index with
-// release semantics. Consumer: load the producer index (acquire), read the
-// slots and the buffers, then store the consumer index (release), which
-// hands the slots back. On amd64 the release store is a plain MOV (TSO);
-// elsewhere a sync/atomic store.
+// write the entries into the slots, then store the producer index.
+// Consumer: load the producer index (acquire), read the slots and the
+// buffers, then store the consumer index, which hands the slots back.
 //
-// Each side keeps its own index in process memory and never reads it back
-// from the region: only the peer's index is loaded, and it is checked
-// (0 <= prod-cons <= size) before use. A peer that breaks the rule gets
-// ErrCorrupt and loses its queue.
-
+// Wake-up (the need_wakeup pattern): a third line holds the consumer's
+// wake word. A consumer that found the ring empty and wants to sleep
+// stores a Wake* code there, then looks at the ring again (a wake-up sent
+// in between is not lost), then sleeps. The producer, after storing its
+// index, loads the wake word and wakes the consumer only when it is set,
+// so a busy ring costs no system call. Both sides order their store
+// before the other's word with a full barrier: the producer's index store
+// is sequentially consistent (a locked XCHG on amd64, on a line it owns),
+// and so is the consumer's wake store. A producer that meets a set word
+// clears it (CAS) and wakes once: a peer that keeps setting it costs one
+// wake-up per burst sent to it, and can neither block the producer nor
+// make it spin.
+//
 // Counter names the three 64-bit counters each side of a ring owns.
 type Counter int
 
@@ -37,7 +45,9 @@ const (
 type ringSide struct {
 	mine    *uint32 // this side's index word in the region
 	peer    *uint32 // the other side's index word
-	slots   []uint32
+	wake    *uint32 // the consumer's wake word
+	slots   []uint32 // a return ring's handles
+	descs   []Desc   // a data ring's descriptors
 	mask    uint32
 	size    uint32
 	pos     uint32 // this side's index, authoritative
@@ -52,16 +62,24 @@ type RingProducer struct{ ringSide }
 // RingConsumer is the consuming side of a ring. Not safe for concurrent use.
 type RingConsumer struct{ ringSide }
 
-func (s *ringSide) init(b []byte, off uint64, slots uint32, producer bool) error {
-	if !isPow2(uint64(slots)) || slots > MaxSlots || off%LineSize != 0 || RingBytes(slots) > uint64(len(b)) || off > uint64(len(b))-RingBytes(slots) || !aligned(b) {
+func (s *ringSide) init(b []byte, off uint64, slots uint32, producer, desc bool) error {
+	size := RingBytes(slots)
+	if desc {
+		size = DescRingBytes(slots)
+	}
+	if !isPow2(uint64(slots)) || slots > MaxSlots || off%LineSize != 0 || size > uint64(len(b)) || off > uint64(len(b))-size || !aligned(b) {
 		return fmt.Errorf("%w: ring at %d with %d slots in %d bytes", ErrBadRegion, off, slots, len(b))
 	}
 	mineOff, peerOff, statOff := off+rOffCons, off+rOffProd, off+rOffConsStat
 	if producer {
 		mineOff, peerOff, statOff = off+rOffProd, off+rOffCons, off+rOffProdStat
 	}
-	s.mine, s.peer = u32ptr(b, mineOff), u32ptr(b, peerOff)
-	s.slots = u32slice(b, off+rOffSlots, slots)
+	s.mine, s.peer, s.wake = u32ptr(b, mineOff), u32ptr(b, peerOff), u32ptr(b, off+rOffWake)
+	if desc {
+		s.descs = descSlice(b, off+rOffSlots, slots)
+	} else {
+		s.slots = u32slice(b, off+rOffSlots, slots)
+	}
 	s.size, s.mask = slots, slots-1
 	for i := range s.stat {
 		s.stat[i] = u64ptr(b, statOff+8*uint64(i))
@@ -76,16 +94,32 @@ func (s *ringSide) init(b []byte, off uint64, slots uint32, producer bool) error
 	return nil
 }
 
-// NewRingProducer attaches the producing side of the ring at b[off:].
+// NewRingProducer attaches the producing side of the handle ring (a
+// return ring) at b[off:].
 func NewRingProducer(b []byte, off uint64, slots uint32) (*RingProducer, error) {
 	p := &RingProducer{}
-	return p, p.init(b, off, slots, true)
+	return p, p.init(b, off, slots, true, false)
 }
 
-// NewRingConsumer attaches the consuming side of the ring at b[off:].
+// NewRingConsumer attaches the consuming side of the handle ring at
+// b[off:].
 func NewRingConsumer(b []byte, off uint64, slots uint32) (*RingConsumer, error) {
 	c := &RingConsumer{}
-	return c, c.init(b, off, slots, false)
+	return c, c.init(b, off, slots, false, false)
+}
+
+// NewDescProducer attaches the producing side of the descriptor ring (a
+// data ring) at b[off:].
+func NewDescProducer(b []byte, off uint64, slots uint32) (*RingProducer, error) {
+	p := &RingProducer{}
+	return p, p.init(b, off, slots, true, true)
+}
+
+// NewDescConsumer attaches the consuming side of the descriptor ring at
+// b[off:].
+func NewDescConsumer(b []byte, off uint64, slots uint32) (*RingConsumer, error) {
+	c := &RingConsumer{}
+	return c, c.init(b, off, slots, false, true)
 }
 
 // Size returns the number of slots.
@@ -128,32 +162,69 @@ func (p *RingProducer) Free() (uint32, error) {
 	return c + p.size - p.pos, nil
 }
 
-// Enqueue appends up to len(hs) handles and returns how many it took
-// (fewer when the ring is full). It reloads the consumer index only when
-// the cached one shows too little room.
-func (p *RingProducer) Enqueue(hs []uint32) (int, error) {
+// room returns how many of want entries fit now, reloading the consumer
+// index only when the cached one shows too little room.
+func (p *RingProducer) room(want int) (uint32, error) {
 	free := p.cached + p.size - p.pos
-	if uint32(len(hs)) > free {
+	if uint32(want) > free {
 		f, err := p.Free()
 		if err != nil {
 			return 0, err
 		}
 		free = f
 	}
-	n := uint32(len(hs))
-	if n > free {
-		n = free
-	}
-	if n == 0 {
-		return 0, nil
+	return min(uint32(want), free), nil
+}
+
+// publish stores the producer index after n new entries. The store is
+// sequentially consistent: the wake word is loaded after it (see Waiting).
+func (p *RingProducer) publish(n uint32) {
+	p.pos += n
+	atomic.StoreUint32(p.mine, p.pos)
+}
+
+// Enqueue appends up to len(hs) handles to a handle ring and returns how
+// many it took (fewer when the ring is full).
+func (p *RingProducer) Enqueue(hs []uint32) (int, error) {
+	n, err := p.room(len(hs))
+	if err != nil || n == 0 {
+		return 0, err
 	}
 	i := p.pos & p.mask
 	k := copy(p.slots[i:], hs[:n])
 	copy(p.slots, hs[k:n])
-	p.pos += n
-	storeRelease(p.mine, p.pos)
+	p.publish(n)
 	return int(n), nil
 }
+
+// EnqueueDescs appends up to len(ds) descriptors to a descriptor ring
+// and returns how many it took (fewer when the ring is full).
+func (p *RingProducer) EnqueueDescs(ds []Desc) (int, error) {
+	n, err := p.room(len(ds))
+	if err != nil || n == 0 {
+		return 0, err
+	}
+	i := p.pos & p.mask
+	k := copy(p.descs[i:], ds[:n])
+	copy(p.descs, ds[k:n])
+	p.publish(n)
+	return int(n), nil
+}
+
+// Waiting returns the consumer's wake request (a Wake* code, or a value a
+// broken peer wrote) after the last enqueue, and clears it: the caller
+// wakes the consumer once (Wake for WakeFutex). WakeNone costs one load
+// of a line the consumer rarely writes.
+func (p *RingProducer) Waiting() uint32 {
+	v := atomic.LoadUint32(p.wake)
+	if v == WakeNone || !atomic.CompareAndSwapUint32(p.wake, v, WakeNone) {
+		return WakeNone
+	}
+	return v
+}
+
+// Wake wakes a consumer sleeping in futex(2) on this ring (WakeFutex).
+func (p *RingProducer) Wake() { futexWake(p.mine) }
 
 // Len returns the number of handles ready to dequeue, reloading the
 // producer index. It returns ErrCorrupt if the producer index is invalid.
@@ -166,23 +237,27 @@ func (c *RingConsumer) Len() (uint32, error) {
 	return p - c.pos, nil
 }
 
-// Dequeue moves up to len(hs) handles out of the ring into hs and returns
-// how many. The handles are the peer's values: the caller checks them.
-func (c *RingConsumer) Dequeue(hs []uint32) (int, error) {
+// avail returns how many of want entries are ready, reloading the
+// producer index only when the cached one shows too few.
+func (c *RingConsumer) avail(want int) (uint32, error) {
 	avail := c.cached - c.pos
-	if uint32(len(hs)) > avail {
+	if uint32(want) > avail {
 		a, err := c.Len()
 		if err != nil {
 			return 0, err
 		}
 		avail = a
 	}
-	n := uint32(len(hs))
-	if n > avail {
-		n = avail
-	}
-	if n == 0 {
-		return 0, nil
+	return min(uint32(want), avail), nil
+}
+
+// Dequeue moves up to len(hs) handles out of a handle ring into hs and
+// returns how many. The handles are the peer's values: the caller checks
+// them.
+func (c *RingConsumer) Dequeue(hs []uint32) (int, error) {
+	n, err := c.avail(len(hs))
+	if err != nil || n == 0 {
+		return 0, err
 	}
 	i := c.pos & c.mask
 	k := copy(hs[:n], c.slots[i:])
@@ -190,6 +265,49 @@ func (c *RingConsumer) Dequeue(hs []uint32) (int, error) {
 	c.pos += n
 	storeRelease(c.mine, c.pos)
 	return int(n), nil
+}
+
+// DequeueDescs moves up to len(ds) descriptors out of a descriptor ring
+// and returns how many. Every field is the peer's value: the caller
+// checks them.
+func (c *RingConsumer) DequeueDescs(ds []Desc) (int, error) {
+	n, err := c.avail(len(ds))
+	if err != nil || n == 0 {
+		return 0, err
+	}
+	i := c.pos & c.mask
+	k := copy(ds[:n], c.descs[i:])
+	copy(ds[k:n], c.descs)
+	c.pos += n
+	storeRelease(c.mine, c.pos)
+	return int(n), nil
+}
+
+// Announce tells the producer this consumer is about to sleep (mode, a
+// Wake* code), then looks at the ring again: it returns true, with the
+// word cleared, when entries arrived meanwhile (do not sleep). After a
+// false, sleep (FutexWait for WakeFutex) and call Clear when awake.
+func (c *RingConsumer) Announce(mode uint32) (bool, error) {
+	atomic.StoreUint32(c.wake, mode)
+	n, err := c.Len()
+	if err != nil || n > 0 {
+		c.Clear()
+		return true, err
+	}
+	return false, nil
+}
+
+// Interrupt wakes this consumer from FutexWait (from another goroutine:
+// its context ended).
+func (c *RingConsumer) Interrupt() { futexWake(c.peer) }
+
+// Clear withdraws a wake-up request (the consumer is awake).
+func (c *RingConsumer) Clear() { atomic.StoreUint32(c.wake, WakeNone) }
+
+// FutexWait sleeps until the producer index moves from the value last
+// seen, a wake-up, or timeout: after Announce(WakeFutex) returned false.
+func (c *RingConsumer) FutexWait(timeout time.Duration) error {
+	return futexWait(c.peer, c.cached, timeout)
 }
 
 // RingCounters reads both sides' counters and indices of the ring at
@@ -212,7 +330,21 @@ func (p *RingProducer) InRing(fn func(h uint32)) error {
 		return ErrCorrupt
 	}
 	for i := c; i != p.pos; i++ {
-		fn(p.slots[i&p.mask])
+		if p.descs != nil {
+			fn(p.descs[i&p.mask].Handle)
+		} else {
+			fn(p.slots[i&p.mask])
+		}
 	}
 	return nil
+}
+
+// WakeAll wakes every process sleeping on any ring of the region in b
+// (futex on the producer indices): the creator closes the region, and
+// the sleepers must look at it now rather than at their next timeout.
+func (l *Layout) WakeAll(b []byte) {
+	for _, q := range l.Queues {
+		futexWake(u32ptr(b, q.DataRing+rOffProd))
+		futexWake(u32ptr(b, q.RetRing+rOffProd))
+	}
 }

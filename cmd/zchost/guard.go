@@ -59,6 +59,8 @@ type guard struct {
 	running atomic.Bool    // the engine polls control
 	wg      sync.WaitGroup // recreations in flight
 
+	ticks    int // publish the status file every fourth tick, or on a change
+
 	mu       sync.Mutex
 	outs     []*zc.Queue // the balancer's outputs as last swapped
 	vms      []*vmRegion
@@ -93,8 +95,9 @@ func (g *guard) vmOf(q *zc.Queue) *vmRegion {
 }
 
 // tick reports new failures, starts due recoveries and writes the status
-// file.
+// file (every fourth tick, and at once on a change).
 func (g *guard) tick(ctx context.Context, now time.Time) {
+	changed := false
 	g.mu.Lock()
 	for _, q := range g.outs {
 		err := q.Err()
@@ -102,6 +105,7 @@ func (g *guard) tick(ctx context.Context, now time.Time) {
 			continue
 		}
 		g.reported[q] = true
+		changed = true
 		v := g.vmOf(q)
 		if v == nil {
 			g.log.Error("queue failed; its packets are dropped and counted from now on, the other queues go on", "queue", q.Name(), "error", err)
@@ -134,7 +138,9 @@ func (g *guard) tick(ctx context.Context, now time.Time) {
 			g.recreate(ctx, v)
 		}()
 	}
-	g.publish(now)
+	if g.ticks++; changed || len(due) > 0 || g.ticks%4 == 1 {
+		g.publish(now)
+	}
 }
 
 // recreate gives VM v a fresh region in place of its failed one: made

@@ -87,11 +87,15 @@ func run() int {
 		}
 		n, err := q.RecvBurst(pkts[:want])
 		if n == 0 && err == nil {
-			// Idle: wait with a deadline so the stats line keeps coming.
-			// (Only here: a context per busy burst would allocate.)
-			tctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-			n, err = q.RecvBurstWait(tctx, pkts[:want])
-			cancel()
+			// Idle: wait until a packet comes, or until the next stats line
+			// is due. (Only here: a context per busy burst would allocate.)
+			if interval > 0 {
+				tctx, cancel := context.WithDeadline(ctx, lastT.Add(interval))
+				n, err = q.RecvBurstWait(tctx, pkts[:want])
+				cancel()
+			} else {
+				n, err = q.RecvBurstWait(ctx, pkts[:want])
+			}
 		}
 		for i := range pkts[:n] {
 			d := pkts[i].Data

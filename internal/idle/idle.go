@@ -45,6 +45,7 @@ type Pacer struct {
 	fresh    bool          // packets handled since the last Wait
 	gathered int           // packets handled since the last sleep
 	nap      time.Duration // next sleep
+	woke     bool          // woken from a sleep (Reset), no busy poll since
 }
 
 // Work records a poll that handled n packets; n >= BusyBurst ends an idle
@@ -58,6 +59,7 @@ func (i *Pacer) Work(n int) {
 	i.gathered += n
 	if n >= BusyBurst {
 		i.n = 0
+		i.woke = false
 	}
 }
 
@@ -88,6 +90,19 @@ func (i *Pacer) Wait() {
 	i.gathered = 0
 	Nap(i.nap)
 }
+
+// Quiet reports whether the loop may sleep until it is woken instead of
+// napping: it is past its free polls, and its last nap gathered nothing,
+// or it was woken from such a sleep and found no burst since (a trickle:
+// a packet now and then, each worth a wake-up, none worth a nap). A loop
+// that can be woken (a futex the producer wakes) then sleeps there, and
+// calls Reset when it wakes.
+func (i *Pacer) Quiet() bool {
+	return i.n > idlePolls && (i.woke || i.nap != 0 && i.gathered == 0)
+}
+
+// Reset starts the free polls over, after a sleep that ended on a wake-up.
+func (i *Pacer) Reset() { i.n, i.woke = 0, true }
 
 // Nap sleeps for about d on the calling thread with nanosleep(2), at timer
 // precision (time.Sleep of less than a millisecond takes about 1.1 ms on

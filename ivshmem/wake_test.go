@@ -1,0 +1,112 @@
+package ivshmem
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func newDescRing(t testing.TB, slots uint32) ([]byte, *RingProducer, *RingConsumer) {
+	t.Helper()
+	b := alignedCopy(make([]byte, DescRingBytes(slots)))
+	p, err := NewDescProducer(b, 0, slots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewDescConsumer(b, 0, slots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, p, c
+}
+
+// TestDescRingWraps: descriptors go through whole, in order, across the
+// wrap, and a full ring takes no more.
+func TestDescRingWraps(t *testing.T) {
+	_, p, c := newDescRing(t, 8)
+	out := make([]Desc, 16)
+	for round := uint32(0); round < 50; round++ {
+		in := make([]Desc, 5)
+		for i := range in {
+			in[i] = Desc{Handle: round + uint32(i), Len: 60 + uint32(i), Off: 2, Flags: DescMeta | round}
+		}
+		if n, err := p.EnqueueDescs(in); n != 5 || err != nil {
+			t.Fatalf("round %d: enqueue %d %v", round, n, err)
+		}
+		if n, _ := p.EnqueueDescs(in); n != 3 {
+			t.Fatalf("round %d: a ring with 3 free slots took %d", round, n)
+		}
+		n, err := c.DequeueDescs(out)
+		if n != 8 || err != nil {
+			t.Fatalf("round %d: dequeue %d %v", round, n, err)
+		}
+		for i := range 8 {
+			if want := in[i%5]; out[i] != want {
+				t.Fatalf("round %d slot %d: %+v, want %+v", round, i, out[i], want)
+			}
+		}
+	}
+}
+
+// TestWakeProtocol: a consumer that announces and sleeps is woken by the
+// producer's next enqueue; a busy ring (nobody announced) asks for no
+// wake-up.
+func TestWakeProtocol(t *testing.T) {
+	_, p, c := newDescRing(t, 64)
+	if p.EnqueueDescs([]Desc{{Handle: 1}}); p.Waiting() != WakeNone {
+		t.Fatal("a wake-up asked while nobody sleeps")
+	}
+	c.DequeueDescs(make([]Desc, 1))
+	woke := make(chan time.Duration, 1)
+	var asleep atomic.Bool
+	go func() {
+		ready, err := c.Announce(WakeFutex)
+		if err != nil || ready {
+			woke <- -1
+			return
+		}
+		asleep.Store(true)
+		start := time.Now()
+		c.FutexWait(10 * time.Second) // a hang bound
+		c.Clear()
+		woke <- time.Since(start)
+	}()
+	for !asleep.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond) // let it reach futex(2)
+	p.EnqueueDescs([]Desc{{Handle: 2}})
+	if w := p.Waiting(); w != WakeFutex {
+		t.Fatalf("Waiting = %d, want WakeFutex", w)
+	}
+	p.Wake()
+	if d := <-woke; d < 0 || d >= 10*time.Second {
+		t.Fatalf("consumer not woken by the enqueue (slept %v)", d)
+	}
+	if p.Waiting() != WakeNone {
+		t.Fatal("the request was not cleared")
+	}
+	// Announcing with entries waiting returns at once, word cleared.
+	if ready, err := c.Announce(WakeFutex); !ready || err != nil {
+		t.Fatalf("Announce with an entry waiting: %v %v", ready, err)
+	}
+	if p.Waiting() != WakeNone {
+		t.Fatal("Announce left its word set")
+	}
+}
+
+// TestHostileWakeWord: whatever a peer writes in the wake word, the
+// producer takes it once and clears it; it never blocks.
+func TestHostileWakeWord(t *testing.T) {
+	b, p, _ := newDescRing(t, 8)
+	for _, v := range []uint32{WakeFutex, WakeDoorbell, 0xdeadbeef, 7} {
+		atomic.StoreUint32(u32ptr(b, rOffWake), v)
+		if got := p.Waiting(); got != v {
+			t.Fatalf("Waiting = %#x, want %#x", got, v)
+		}
+		if got := p.Waiting(); got != WakeNone {
+			t.Fatalf("second Waiting = %#x, want none", got)
+		}
+		p.Wake() // a wake-up with nobody asleep: harmless
+	}
+}

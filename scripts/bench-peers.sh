@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# zcfabric against a real peer on the same two CPUs, one run each, side by
+# side: DPDK's memif PMD between two dpdk-testpmd processes (txonly into
+# rxonly, 64-byte frames, burst 32, one forwarding CPU each, --no-huge),
+# and zsend into zcount through a zcfabric queue (sender on CPU 0,
+# receiver on CPU 1, no --verify).
+#
+#   scripts/bench-peers.sh [-s SECONDS] [-n PACKETS]
+#
+# Needs Debian's dpdk package (dpdk-testpmd) for the memif half; without
+# it that half is skipped and said so. Run as root on a quiet machine.
+set -eu
+SECS=10 N=50000000
+while getopts s:n: o; do
+	case $o in
+	s) SECS=$OPTARG ;;
+	n) N=$OPTARG ;;
+	*) sed -n '2,/^set -eu/p' "$0" | sed '$d' >&2; exit 2 ;;
+	esac
+done
+cd "$(dirname "$0")/.."
+W=$(mktemp -d)
+PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"' EXIT
+go build -o "$W/" ./cmd/zchost ./examples/zcount ./examples/zsend
+
+# memif: testpmd rxonly (server) and txonly (client).
+if command -v dpdk-testpmd >/dev/null; then
+	S=$W/memif.sock
+	common="--no-huge -m 1024 --no-pci --no-telemetry"
+	dpdk-testpmd -l 0,1 --main-lcore 0 $common --file-prefix rx --vdev=net_memif0,role=server,socket=$S -- \
+		--forward-mode=rxonly --nb-cores=1 --burst=32 --total-num-mbufs=32768 --stats-period 1 </dev/null >"$W/rx.log" 2>&1 &
+	PIDS+=($!)
+	sleep 2
+	dpdk-testpmd -l 0,1 --main-lcore 1 $common --file-prefix tx --vdev=net_memif0,role=client,socket=$S -- \
+		--forward-mode=txonly --txpkts=64 --nb-cores=1 --burst=32 --total-num-mbufs=32768 --stats-period 1 </dev/null >"$W/tx.log" 2>&1 &
+	PIDS+=($!)
+	sleep $((SECS + 5)) # the link takes a few seconds to come up
+	kill "${PIDS[@]}" 2>/dev/null || true
+	wait 2>/dev/null || true
+	PIDS=()
+	# The rx rates once the link is up: the median of the last SECS.
+	MEMIF=$(grep -o 'Rx-pps: *[0-9]*' "$W/rx.log" | awk '{print $2}' | awk '$1 > 0' | tail -n "$SECS" | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}')
+	echo "memif (dpdk-testpmd txonly -> rxonly): $MEMIF pps rx (median of the last ${SECS} s)"
+else
+	MEMIF=0
+	echo "memif: skipped (no dpdk-testpmd: apt-get install dpdk)"
+fi
+
+# zcfabric: zsend -> queue -> zcount.
+export ZC_DIR=$W
+ID=$((30000 + $$ % 20000))
+"$W/zchost" run -c $ID -n 1 --queue-buffers 4096 --backing shm --stats-interval 0 2>"$W/agent.log" &
+PIDS+=($!)
+for _ in $(seq 50); do [ -e "$W/zc-$ID" ] && break; sleep 0.1; done
+taskset -c 1 "$W/zcount" -i zc:$ID@0 -n "$N" --interval 0 --json >"$W/count.json" &
+CP=$!
+sleep 0.5
+taskset -c 0 "$W/zsend" -o zc:$ID@0 -n "$N" -l 64 >"$W/send.out" 2>&1
+wait $CP
+ZC=$(grep -o '"pps":[0-9.e+]*' "$W/count.json" | cut -d: -f2)
+echo "zcfabric (zsend -> zcount, $N packets): $ZC pps"
+awk -v z="$ZC" -v m="$MEMIF" 'BEGIN { if (m > 0) printf "ratio zcfabric/memif: %.2fx\n", z/m }'

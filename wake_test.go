@@ -1,0 +1,132 @@
+package zc
+
+import (
+	"context"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/zcfabric/zc/ivshmem"
+)
+
+// cpuTime is the process's user+system CPU time so far.
+func cpuTime(t *testing.T) time.Duration {
+	t.Helper()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestIdleConsumerSleeps: a host consumer waiting on an empty queue of a
+// host producer sleeps in futex(2): over two seconds the process uses
+// next to no CPU (the v1 pacer napped every millisecond: 2.7% of a CPU),
+// and the next packet wakes it.
+func TestIdleConsumerSleeps(t *testing.T) {
+	c := newCluster(t, Config{ID: 40, Queues: 1, QueueLen: 64, Buffers: 128})
+	must := mustQ(t)
+	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
+	got := make(chan time.Time, 1)
+	go func() {
+		pkts := make([]Packet, 8)
+		n, err := cons.RecvBurstWait(context.Background(), pkts)
+		if err != nil || n != 1 {
+			t.Errorf("RecvBurstWait: %d %v", n, err)
+		}
+		got <- time.Now()
+	}()
+	time.Sleep(100 * time.Millisecond) // past the polls and naps
+	before, start := cpuTime(t), time.Now()
+	time.Sleep(2 * time.Second)
+	used, wall := cpuTime(t)-before, time.Since(start)
+	t.Logf("idle consumer: %v of CPU in %v (%.3f%%)", used, wall, 100*used.Seconds()/wall.Seconds())
+	// Generous: a consumer napping at the pacer's longest nap would use
+	// about 50 ms here; one asleep in futex wakes ten times a second.
+	if used > 20*time.Millisecond {
+		t.Errorf("an idle consumer used %v of CPU in %v: it is not asleep", used, wall)
+	}
+	sent := time.Now()
+	if err := prod.Send([]byte("wake")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case at := <-got:
+		t.Logf("woken %v after the send", at.Sub(sent))
+	case <-time.After(5 * time.Second): // a hang bound
+		t.Fatal("the consumer was not woken by the packet")
+	}
+	if prod.Wakes() == 0 {
+		t.Error("the producer sent no wake-up")
+	}
+}
+
+// TestLosslessProducerSleeps: a producer waiting for room on a full
+// queue sleeps until the consumer's returns wake it, and then sends
+// everything.
+func TestLosslessProducerSleeps(t *testing.T) {
+	c := newCluster(t, Config{ID: 41, Queues: 1, QueueLen: 16, Buffers: 64})
+	must := mustQ(t)
+	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
+	pkts := make([]Packet, 48)
+	n, _ := prod.Alloc(pkts)
+	done := make(chan int, 1)
+	go func() {
+		k, err := prod.SendBurstWait(context.Background(), pkts[:n])
+		if err != nil {
+			t.Errorf("SendBurstWait: %v", err)
+		}
+		done <- k
+	}()
+	time.Sleep(200 * time.Millisecond) // the queue is full: the producer waits
+	before := cpuTime(t)
+	time.Sleep(time.Second)
+	if used := cpuTime(t) - before; used > 20*time.Millisecond {
+		t.Errorf("a producer waiting for room used %v of CPU in 1 s", used)
+	}
+	recv := make([]Packet, 16)
+	total := 0
+	deadline := time.Now().Add(5 * time.Second)
+	for total < n && time.Now().Before(deadline) {
+		k, _ := cons.RecvBurstWait(context.Background(), recv)
+		total += k
+		cons.Release(recv[:k]...)
+	}
+	if k := <-done; k != n || total != n {
+		t.Fatalf("sent %d, received %d, want %d", k, total, n)
+	}
+}
+
+// TestHostileWakeWordCostsWakeupsOnly: a consumer that keeps its wake
+// word set gets a wake-up per burst sent to it and nothing else: the
+// producer goes on sending, and its other queue gets nothing of it.
+func TestHostileWakeWordCostsWakeupsOnly(t *testing.T) {
+	c := newCluster(t, Config{ID: 42, Queues: 2, QueueLen: 64, Buffers: 256})
+	must := mustQ(t)
+	p0, p1 := must(c.Producer(0)), must(c.Producer(1))
+	c0 := must(c.Consumer(0))
+	must(c.Consumer(1))
+	wake := c.r.l.Queues[1].DataRing + 256
+	var bursts atomic.Int64
+	for i := range 200 {
+		poke(c.r.b, wake, ivshmem.WakeFutex) // the hostile consumer of queue 1
+		if err := p1.Send([]byte{byte(i)}); err != nil && i < 64 {
+			t.Fatal(err)
+		}
+		if err := p0.Send([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]Packet, 1)
+		if n, _ := c0.RecvBurst(got); n == 1 {
+			c0.Release(got...)
+			bursts.Add(1)
+		}
+	}
+	if bursts.Load() != 200 || p0.Wakes() != 0 {
+		t.Fatalf("honest queue: %d of 200, %d wake-ups", bursts.Load(), p0.Wakes())
+	}
+	if w := p1.Wakes(); w == 0 || w > 200 {
+		t.Fatalf("hostile queue: %d wake-ups for 200 sends", w)
+	}
+}
