@@ -44,8 +44,8 @@ const (
 	fuzzStepSize = 8
 	fuzzMaxSteps = 256
 	// fuzzHang is how long one execution may take before it counts as a
-	// hang. Not a performance bound: an execution takes about a
-	// millisecond; only a call that never returns gets near it.
+	// hang. Not a performance bound: an execution takes tens of
+	// microseconds; only a call that never returns gets near it.
 	fuzzHang = 30 * time.Second
 )
 
