@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"reflect"
 	"testing"
 	"time"
@@ -43,8 +44,8 @@ const (
 	fuzzStepSize = 8
 	fuzzMaxSteps = 256
 	// fuzzHang is how long one execution may take before it counts as a
-	// hang. Not a performance bound: an execution takes about a
-	// millisecond; only a call that never returns gets near it.
+	// hang. Not a performance bound: an execution takes tens of
+	// microseconds; only a call that never returns gets near it.
 	fuzzHang = 30 * time.Second
 )
 
@@ -489,8 +490,10 @@ func (s *prodFuzz) hostSendCopy(q, size int) {
 // same process. The flags byte picks the worker: its low three bits the
 // mode (0 round-robin, 1 IP pair, 2 fan-out, 3 5-tuple, 4 GTP; 5-7 a
 // pipeline stage that drops packets whose first byte is odd), bit 3 the
-// Wait policy, bits 4-7 the burst (1+flags>>4). Queue 0 has buffers of its
-// own, the guest's pool. Steps (op):
+// Wait policy, bits 4-6 the burst (1+flags>>4&7), bit 7 a guest that
+// reclaims its return ring while the outputs' consumers release (else
+// only when the script says). Queue 0 has buffers of its own, the guest's
+// pool. Steps (op):
 //
 //	0 raw write (see above)
 //	1 produce: the guest sends up to b%17 packets from its pool, c bytes
@@ -501,9 +504,9 @@ func (s *prodFuzz) hostSendCopy(q, size int) {
 //	3 repeat: the guest puts the last handle it sent again, 1+b%4 times
 //	4 the guest stores v as the data ring's producer index
 //	5 reclaim: the guest takes back what the host returned, honestly
-//	6 run: the worker runs until its input is idle (a context that has
-//	  ended: it returns after 16 empty polls), the outputs' consumers
-//	  receive everything and release it, the outputs reclaim
+//	6 run: the worker runs until it can do nothing more (fzIdleCtx),
+//	  then the outputs' consumers receive everything and release it,
+//	  and the outputs reclaim
 //	7 nothing
 //
 // Steps right after a run with bit 7 of a set are applied while the
@@ -539,6 +542,10 @@ func fuzzBalancerSeeds(l *ivshmem.Layout) [][2][]byte {
 	run, reclaim := fuzzStep{op: 6}, fuzzStep{op: 5}
 	mid := func(s fuzzStep) fuzzStep { s.a |= 0x80; return s }
 	seed := func(flags byte, steps ...fuzzStep) [2][]byte { return [2][]byte{{flags}, fzScript(steps...)} }
+	var overfill []fuzzStep
+	for h := range uint32(16) {
+		overfill = append(overfill, mid(forge(h, 32, 0)))
+	}
 	return [][2][]byte{
 		seed(0),
 		// Honest traffic through every mode.
@@ -560,6 +567,12 @@ func fuzzBalancerSeeds(l *ivshmem.Layout) [][2][]byte {
 		seed(0, produce(4, 64), fuzzStep{op: 4, v: 1000}, run),
 		seed(1, produce(8, 64), run, mid(produce(4, 64)), mid(fuzzStep{op: 3}), mid(fuzzStep{op: 4, v: 3}), reclaim, produce(2, 64), run),
 		seed(5, produce(8, 64), run, mid(fuzzStep{op: 3, b: 3}), mid(fzRaw(l, in.DataRing, 0)), produce(4, 64), run),
+		// More packets than an output holds, by buffers the guest names
+		// outside its pool while the worker runs: drops (Drop policy) and
+		// waits that end (Wait, the context has ended).
+		seed(1|0x80, append([]fuzzStep{produce(16, 64), run}, overfill...)...),
+		seed(1|8|0x30|0x80, append([]fuzzStep{produce(16, 64), run}, overfill...)...),
+		seed(1|0x10, append([]fuzzStep{produce(16, 64), run}, overfill...)...),
 		// The header wiped: every queue goes away.
 		seed(0, produce(4, 64), fzRaw(l, 0, 0), run),
 	}
@@ -736,8 +749,7 @@ func (s *balFuzz) run(exact bool) {
 	}
 	rr := s.l.Queues[0].RetRing
 	retStart := fzGet(s.b, rr+fzProd) // the worker's own index
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // the worker returns once its input is idle
+	ctx := s.idleContext()
 	midStep := func(p *Packet) {
 		fzInBuffer(t, "worker input", s.l, s.b, p)
 		if len(s.mid) > 0 {
@@ -746,7 +758,7 @@ func (s *balFuzz) run(exact bool) {
 			s.guest(st)
 		}
 	}
-	opt := WorkerOptions{Burst: 1 + int(s.flags>>4)}
+	opt := WorkerOptions{Burst: 1 + int(s.flags>>4&7)}
 	if s.flags&8 != 0 {
 		opt.Policy = Wait
 	}
@@ -808,8 +820,16 @@ func (s *balFuzz) run(exact bool) {
 		}
 	}
 	for j, oc := range s.oc {
-		if err := oc.Release(all[j]...); !fzPeerErr(err) {
-			t.Fatalf("output %d: release: %v", j, err)
+		// In fours, the outputs reclaiming (which gives the buffers back
+		// to the guest) and, with flag bit 7, the guest reclaiming too.
+		for pk := all[j]; len(pk) > 0; pk = pk[min(4, len(pk)):] {
+			if err := oc.Release(pk[:min(4, len(pk))]...); !fzPeerErr(err) {
+				t.Fatalf("output %d: release: %v", j, err)
+			}
+			s.out[j].reclaim()
+			if s.flags&0x80 != 0 {
+				s.guest(fuzzStep{op: 5})
+			}
 		}
 		s.out[j].reclaim()
 		if !s.outTouched[j] && !s.header {
@@ -818,4 +838,77 @@ func (s *balFuzz) run(exact bool) {
 			}
 		}
 	}
+	// Every buffer the worker took from the guest went back to it.
+	clean := !s.header && err == nil && s.in.Err() == nil
+	for j := range s.out {
+		clean = clean && !s.outTouched[j]
+	}
+	if held := fzHeld(s.in); clean && held != 0 {
+		t.Fatalf("input: the worker still holds %d of the guest's buffers after every output gave its packets back (flags %#x)", held, s.flags)
+	}
+}
+
+// fzIdleCtx is the worker's context in FuzzBalancerInput: it ends when
+// the worker can do nothing more, so that a run is one deterministic
+// call. It ends (for good) when Done is called and the input is idle
+// (its ring empty, or failed), or when Done was called four times in a
+// row without the input's consumer index moving (the worker waits for
+// room in an output nobody drains while it runs). RunBalancer calls Done
+// at its start and on every 16th poll while it waits, never from another
+// goroutine.
+type fzIdleCtx struct {
+	context.Context
+	idle         func() bool
+	mark         func() uint32
+	last         uint32
+	still        int
+	stopped      bool
+	open, closed chan struct{}
+}
+
+func (s *balFuzz) idleContext() *fzIdleCtx {
+	r := s.l.Queues[0].DataRing
+	c := &fzIdleCtx{
+		Context: context.Background(),
+		idle: func() bool {
+			return s.in.Err() != nil || fzGet(s.b, r+fzProd) == fzGet(s.b, r+fzCons)
+		},
+		mark:   func() uint32 { return fzGet(s.b, r+fzCons) },
+		open:   make(chan struct{}),
+		closed: make(chan struct{}),
+	}
+	close(c.closed)
+	c.last = c.mark()
+	return c
+}
+
+func (c *fzIdleCtx) Done() <-chan struct{} {
+	if !c.stopped {
+		if m := c.mark(); m != c.last {
+			c.last, c.still = m, 0
+		} else {
+			c.still++
+		}
+		c.stopped = c.idle() || c.still >= 4
+	}
+	if c.stopped {
+		return c.closed
+	}
+	return c.open
+}
+
+func (c *fzIdleCtx) Err() error {
+	if c.stopped {
+		return context.Canceled
+	}
+	return nil
+}
+
+// fzHeld counts the buffers consumer end q holds.
+func fzHeld(q *Queue) int {
+	n := 0
+	for _, w := range q.held {
+		n += bits.OnesCount64(w)
+	}
+	return n
 }

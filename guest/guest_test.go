@@ -47,7 +47,7 @@ func fakeDevice(t *testing.T, root, addr, vendor, device string, bar []byte) str
 
 func region(cluster uint32, size int) []byte {
 	b := make([]byte, size)
-	copy(b, Magic)
+	copy(b, ivshmem.Magic)
 	binary.LittleEndian.PutUint32(b[24:], cluster)
 	for i := 32; i < size; i++ {
 		b[i] = byte(i * 7)

@@ -7,10 +7,6 @@ import (
 	"github.com/zcfabric/zc/ivshmem"
 )
 
-// Magic opens every zcfabric region.
-//
-// Deprecated: use ivshmem.Magic.
-const Magic = ivshmem.Magic
 
 // clusterIDOffset is the byte offset of the header's little-endian uint32
 // cluster id (ivshmem/doc.go), which ivshmem does not export: ClusterID

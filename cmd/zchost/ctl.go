@@ -21,6 +21,16 @@ import (
 // unplug-notice before it unplugs anyway.
 const noticeDeadline = 5 * time.Second
 
+// classifyCtl maps the errors a plug request can meet onto the classes
+// the guest is told (virtio sentinels; the rest is "internal", its text
+// logged on the host only).
+func classifyCtl(err error) error {
+	if errors.Is(err, zc.ErrClosed) { // ErrGone wraps it
+		return virtio.ErrGone
+	}
+	return nil
+}
+
 // errNotOffered is a plug request for a cluster or queue this VM is not
 // offered.
 var errNotOffered = virtio.ErrNotOffered
@@ -79,6 +89,7 @@ func newVMExport(ctx context.Context, log hclog.Logger, qmpPath string, target *
 		return e, nil
 	}
 	e.srv = virtio.NewServer(conn, e)
+	e.srv.Classify = classifyCtl
 	e.srv.Logf = func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...), "vm", qmpPath) }
 	e.served = make(chan struct{})
 	go func() {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -58,6 +59,21 @@ func statsLoop(log hclog.Logger, interval time.Duration, cur func() (pkts, bytes
 	})
 }
 
+// reattachEvery is how often zchost tx tries to attach a failed queue
+// again.
+const reattachEvery = time.Second
+
+const txHelp = `
+A producer cannot stop tx: entries it writes wrong (a handle out of range or
+delivered twice, bad metadata) are counted (bad) and skipped. When the queue
+itself fails (its ring corrupt, its region gone or re-created) tx logs it once,
+counts it (queue_failures) and tries to attach the queue again every second,
+sending again once it works (a re-created cluster). tx ends on SIGINT or
+SIGTERM, after -n packets, or when the cluster no longer exists (its creator
+removed the region: zchost run ended), with a summary and exit status 0; it
+fails (status 1) only for its own faults, such as its interface going away.
+`
+
 func txCmd(args []string) error {
 	var (
 		in, out  string
@@ -67,6 +83,8 @@ func txCmd(args []string) error {
 		lf       logFlags
 	)
 	fs := newFlags("tx", "-i zc:ID@Q -o IF [-n COUNT]")
+	usage := fs.Usage
+	fs.Usage = func() { usage(); fmt.Fprint(fs.Output(), txHelp) }
 	for _, n := range []string{"i", "in"} {
 		fs.StringVar(&in, n, "", "`queue` to send from (zc:ID@Q, consumer end)")
 	}
@@ -83,12 +101,20 @@ func txCmd(args []string) error {
 	if in == "" || out == "" || fs.NArg() > 0 {
 		return fmt.Errorf("%w: need -i zc:ID@Q and -o IF", errUsage)
 	}
+	name, err := zc.ParseName(in)
+	if err != nil {
+		return fmt.Errorf("%w: -i %s: %w", errUsage, in, err)
+	}
 	log := lf.logger("zchost-tx")
 	q, err := zc.Open(in)
 	if err != nil {
 		return fmt.Errorf("tx: open %s: %w", in, err)
 	}
-	defer q.Close()
+	defer func() {
+		if q != nil {
+			q.Close()
+		}
+	}()
 	sink, err := host.OpenSink(out)
 	if err != nil {
 		return err
@@ -104,13 +130,90 @@ func txCmd(args []string) error {
 		s := sink.Stats()
 		return s.Packets, s.Bytes, []any{"ring_full", s.Full, "too_long", s.TooLong}
 	})
-	st, err := host.TransmitQueue(ctx, q, sink, count)
+	var (
+		st       host.TxStats
+		bad      uint64          // entries refused, over every attach
+		base     = q.Stats().Bad // the queue's count when attached
+		failures int             // times the queue failed after moving packets
+		moved    = true          // packets went since the last failure logged
+		start    = time.Now()
+	)
+	for {
+		left := uint64(0)
+		if count > 0 {
+			left = count - st.Packets
+		}
+		part, terr := host.TransmitQueue(ctx, q, sink, left)
+		st.Add(part)
+		if terr == nil {
+			break // signalled, or -n reached
+		}
+		if q.Err() == nil {
+			err = terr // the sink's failure, not the producer's
+			break
+		}
+		bad += q.Stats().Bad - base
+		q.Close()
+		q = nil
+		if _, serr := os.Stat(zc.RegionPath(name.Cluster)); errors.Is(serr, os.ErrNotExist) {
+			log.Info("cluster no longer exists: tx ends", "queue", in, "error", terr)
+			break
+		}
+		moved = moved || part.Packets > 0
+		if moved {
+			failures++
+			log.Warn("queue failed: its packets are lost until it is attached again", "queue", in, "error", terr, "retry_every", reattachEvery)
+		} else {
+			log.Debug("queue failed again", "queue", in, "error", terr)
+		}
+		moved = false
+		if q, err = reattach(ctx, log, in); q == nil {
+			if err != nil {
+				log.Info("cluster no longer exists: tx ends", "queue", in, "error", err)
+				err = nil
+			}
+			break
+		}
+		base = q.Stats().Bad
+	}
 	stopStats()
+	st.Elapsed = time.Since(start)
+	if q != nil {
+		bad += q.Stats().Bad - base
+	}
+	if st.NotHeld > 0 {
+		log.Warn("the queue refused packets handed back to it (released twice?)", "calls", st.NotHeld)
+	}
 	s := sink.Stats()
 	log.Info("summary", "pkts", st.Packets, "bytes", st.Bytes, "seconds", st.Elapsed.Seconds(),
 		"pps", uint64(float64(st.Packets)/max(st.Elapsed.Seconds(), 1e-9)), "sent", s.Packets, "too_long", s.TooLong, "ring_full", s.Full,
-		"kernel_tx_invalid", s.KernelDrops, "if_tx_dropped", s.IfTxDropped)
+		"kernel_tx_invalid", s.KernelDrops, "if_tx_dropped", s.IfTxDropped, "bad", bad, "not_held", st.NotHeld, "queue_failures", failures)
 	return err
+}
+
+// reattach attaches the consumer end of queue name again, trying every
+// reattachEvery, until it works, ctx ends (nil, nil) or the cluster no
+// longer exists (nil and the error: only its creator removes a region, so
+// a producer cannot cause it).
+func reattach(ctx context.Context, log hclog.Logger, name string) (*zc.Queue, error) {
+	t := time.NewTicker(reattachEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-t.C:
+		}
+		q, err := zc.Open(name)
+		switch {
+		case err == nil:
+			log.Debug("queue attached again", "queue", name)
+			return q, nil
+		case errors.Is(err, zc.ErrNotFound):
+			return nil, err
+		}
+		log.Debug("attach again", "queue", name, "error", err)
+	}
 }
 
 func bounceCmd(args []string) error {
