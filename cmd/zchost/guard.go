@@ -59,7 +59,7 @@ type guard struct {
 	running atomic.Bool    // the engine polls control
 	wg      sync.WaitGroup // recreations in flight
 
-	ticks    int // publish the status file every fourth tick, or on a change
+	ticks int // publish the status file every fourth tick, or on a change
 
 	mu       sync.Mutex
 	outs     []*zc.Queue // the balancer's outputs as last swapped

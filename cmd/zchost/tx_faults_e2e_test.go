@@ -28,6 +28,7 @@ type hostileProducer struct {
 	q    ivshmem.QueueLayout
 	data *ivshmem.RingProducer
 	ret  *ivshmem.RingConsumer
+	lens map[uint32]uint32 // descriptor length per buffer, set by fill
 }
 
 func mapHostile(t *testing.T, id uint32) *hostileProducer {
@@ -51,7 +52,7 @@ func mapHostile(t *testing.T, id uint32) *hostileProducer {
 func (h *hostileProducer) attach(t *testing.T) {
 	t.Helper()
 	var err error
-	if h.data, err = ivshmem.NewRingProducer(h.b, h.q.DataRing, h.q.Slots); err != nil {
+	if h.data, err = ivshmem.NewDescProducer(h.b, h.q.DataRing, h.q.Slots); err != nil {
 		t.Fatal(err)
 	}
 	if h.ret, err = ivshmem.NewRingConsumer(h.b, h.q.RetRing, h.q.Slots); err != nil {
@@ -63,7 +64,8 @@ func (h *hostileProducer) attach(t *testing.T) {
 func (h *hostileProducer) handle(i int) uint32 { return h.q.PoolFirst + uint32(i) }
 
 // fill writes test frame seq (from src to dst) into buffer hd and its
-// metadata record; n overrides the recorded length when > 0.
+// metadata record (the sequence); n overrides the length its descriptor
+// will carry when > 0.
 func (h *hostileProducer) fill(hd uint32, dst, src []byte, seq uint32, n int) {
 	buf := h.b[h.l.BufOff+uint64(hd)*uint64(h.l.BufSize):][:h.l.BufSize]
 	frame := netns.AppendFrame(buf[:0], dst, src, seq, netns.FrameLen(seq, 1400))
@@ -72,16 +74,23 @@ func (h *hostileProducer) fill(hd uint32, dst, src []byte, seq uint32, n int) {
 	}
 	meta := h.b[h.l.MetaOff+uint64(hd)*ivshmem.MetaSize:][:ivshmem.MetaSize]
 	clear(meta)
-	binary.LittleEndian.PutUint32(meta[ivshmem.MetaOffLen:], uint32(n))
-	binary.LittleEndian.PutUint32(meta[ivshmem.MetaOffOff:], 0)
 	binary.LittleEndian.PutUint32(meta[ivshmem.MetaOffSeq:], seq)
+	if h.lens == nil {
+		h.lens = map[uint32]uint32{}
+	}
+	h.lens[hd] = uint32(n)
 }
 
-// publish puts the handles in the data ring with one index store, so the
-// consumer sees them in one burst.
+// publish puts descriptors of the handles (with the lengths fill gave
+// them) in the data ring with one index store, so the consumer sees them
+// in one burst.
 func (h *hostileProducer) publish(t *testing.T, hs ...uint32) {
 	t.Helper()
-	if n, err := h.data.Enqueue(hs); err != nil || n != len(hs) {
+	ds := make([]ivshmem.Desc, len(hs))
+	for i, hd := range hs {
+		ds[i] = ivshmem.Desc{Handle: hd, Len: h.lens[hd], Flags: ivshmem.DescMeta}
+	}
+	if n, err := h.data.EnqueueDescs(ds); err != nil || n != len(hs) {
 		t.Fatalf("enqueue %v: %d, %v", hs, n, err)
 	}
 }

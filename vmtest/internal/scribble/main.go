@@ -227,8 +227,7 @@ func runRegion(o opts) (Summary, error) {
 			return s, fmt.Errorf("region %s: queue %d of %d", o.region, o.queue, len(l.Queues))
 		}
 		q := l.Queues[o.queue]
-		rb := ivshmem.RingBytes(q.Slots)
-		spans = []span{{q.DataRing, q.DataRing + rb}, {q.RetRing, q.RetRing + rb}}
+		spans = []span{{q.DataRing, q.DataRing + ivshmem.DescRingBytes(q.Slots)}, {q.RetRing, q.RetRing + ivshmem.RingBytes(q.Slots)}}
 		qs = []uint32{uint32(o.queue)}
 	}
 	fmt.Fprintf(os.Stderr, "scribble: region %s, %d bytes, queues %v\n", o.region, len(m.Bytes), qs)
