@@ -342,7 +342,7 @@ func (s *prodFuzz) peerConsume(q, n int) {
 	}
 	k := min(uint32(n), p-c)
 	for i := range k {
-		s.held[q] = append(s.held[q], fzGet(s.b, r+fzSlots+4*uint64((c+i)%16)))
+		s.held[q] = append(s.held[q], fzGet(s.b, r+fzSlots+ivshmem.DescSize*uint64((c+i)%16)))
 	}
 	fzPut(s.b, r+fzCons, c+k)
 }
@@ -471,7 +471,7 @@ func (s *prodFuzz) hostSendCopy(q, size int) {
 		case err == nil:
 			// The host's own slot, just written: the buffer it lent.
 			r := s.l.Queues[q].DataRing
-			h := fzGet(s.b, r+fzSlots+4*uint64((fzGet(s.b, r+fzProd)-1)%16))
+			h := fzGet(s.b, r+fzSlots+ivshmem.DescSize*uint64((fzGet(s.b, r+fzProd)-1)%16))
 			if h >= s.l.NumBufs {
 				s.t.Fatalf("send a copy: buffer %d of %d", h, s.l.NumBufs)
 			}
@@ -580,17 +580,18 @@ func fuzzBalancerSeeds(l *ivshmem.Layout) [][2][]byte {
 
 // balFuzz is one run of FuzzBalancerInput.
 type balFuzz struct {
-	t     *testing.T
-	l     *ivshmem.Layout
-	b     []byte
-	flags byte
-	in    *Queue   // the worker's input: the host consumer of queue 0
-	out   []*Queue // the worker's outputs
-	oc    []*Queue // the outputs' honest consumers
-	free  []uint32 // the guest's free buffers
-	last  uint32   // the handle the guest sent last
-	mid   []fuzzStep
-	recv  []Packet
+	t      *testing.T
+	l      *ivshmem.Layout
+	b      []byte
+	lenOff map[uint32][2]uint32 // length and offset the guest gives each buffer
+	flags  byte
+	in     *Queue   // the worker's input: the host consumer of queue 0
+	out    []*Queue // the worker's outputs
+	oc     []*Queue // the outputs' honest consumers
+	free   []uint32 // the guest's free buffers
+	last   uint32   // the handle the guest sent last
+	mid    []fuzzStep
+	recv   []Packet
 
 	outTouched []bool // a raw write hit output j's descriptor or rings
 	header     bool   // a raw write hit the header
@@ -651,18 +652,23 @@ func fuzzBalancerOnce(t *testing.T, c *Cluster, flags byte, in []byte) {
 func (s *balFuzz) guest(st fuzzStep) {
 	l, b := s.l, s.b
 	r := l.Queues[0].DataRing
+	// A descriptor carries the length and offset meta gave the handle last.
 	push := func(h uint32) {
 		p := fzGet(b, r+fzProd)
-		fzPut(b, r+fzSlots+4*uint64(p%16), h)
+		slot := r + fzSlots + ivshmem.DescSize*uint64(p%16)
+		lo := s.lenOff[h]
+		fzPut(b, slot, h)
+		fzPut(b, slot+4, lo[0])
+		fzPut(b, slot+8, lo[1])
+		fzPut(b, slot+12, 0)
 		fzPut(b, r+fzProd, p+1)
 		s.last = h
 	}
 	meta := func(h, n, off uint32) {
-		if h < l.NumBufs {
-			m := l.Meta(b, h)
-			binary.LittleEndian.PutUint32(m[ivshmem.MetaOffLen:], n)
-			binary.LittleEndian.PutUint32(m[ivshmem.MetaOffOff:], off)
+		if s.lenOff == nil {
+			s.lenOff = map[uint32][2]uint32{}
 		}
+		s.lenOff[h] = [2]uint32{n, off}
 	}
 	if st.op != 1 && st.op != 5 {
 		s.honest = false
@@ -677,7 +683,7 @@ func (s *balFuzz) guest(st fuzzStep) {
 			ql := l.Queues[j+1]
 			d := l.QueueTable + uint64(j+1)*ivshmem.QueueDescSize
 			if off >= d && off < d+ivshmem.QueueDescSize ||
-				off >= ql.DataRing && off < ql.DataRing+ivshmem.RingBytes(ql.Slots) ||
+				off >= ql.DataRing && off < ql.DataRing+ivshmem.DescRingBytes(ql.Slots) ||
 				off >= ql.RetRing && off < ql.RetRing+ivshmem.RingBytes(ql.Slots) {
 				s.outTouched[j] = true
 			}

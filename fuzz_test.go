@@ -58,18 +58,24 @@ func fuzzSeeds(l ivshmem.Layout) [][]byte {
 		}
 		return out
 	}
-	const prodIdx, consIdx, slot0 = 0, 128, 256
+	const prodIdx, consIdx, slot0 = 0, 128, ivshmem.RingHeaderSize
+	const desc = ivshmem.DescSize // a data ring slot: handle, length, offset, flags
 	return [][]byte{
 		nil,
 		// Producer index far ahead of the consumer: ErrCorrupt.
 		fuzzWrite(rel(q0.DataRing+prodIdx), 1000),
 		// Producer index just ahead, slots pointing outside the buffers.
-		cat(fuzzWrite(rel(q0.DataRing+prodIdx), 8), fuzzWrite(rel(q0.DataRing+slot0+4*6), 0xffffffff), fuzzWrite(rel(q0.DataRing+slot0+4*7), l.NumBufs)),
-		// A metadata record with a huge length, and one with an offset
-		// past the buffer end.
-		cat(fuzzWrite(rel(l.MetaOff+0*ivshmem.MetaSize), 1<<20), fuzzWrite(rel(l.MetaOff+4*ivshmem.MetaSize+4), 300)),
+		cat(fuzzWrite(rel(q0.DataRing+prodIdx), 8), fuzzWrite(rel(q0.DataRing+slot0+desc*6), 0xffffffff), fuzzWrite(rel(q0.DataRing+slot0+desc*7), l.NumBufs)),
+		// A descriptor with a huge length, and one with an offset past
+		// the buffer end.
+		cat(fuzzWrite(rel(q0.DataRing+slot0+desc*0+4), 1<<20), fuzzWrite(rel(q0.DataRing+slot0+desc*4+8), 300)),
 		// Length + offset wrapping around 2^32.
-		cat(fuzzWrite(rel(l.MetaOff+5*ivshmem.MetaSize), 0xfffffff0), fuzzWrite(rel(l.MetaOff+5*ivshmem.MetaSize+4), 0x20)),
+		cat(fuzzWrite(rel(q0.DataRing+slot0+desc*5+4), 0xfffffff0), fuzzWrite(rel(q0.DataRing+slot0+desc*5+8), 0x20)),
+		// A descriptor that says its metadata record is valid, over a
+		// record of garbage.
+		cat(fuzzWrite(rel(q0.DataRing+slot0+desc*2+12), 1<<31|7), fuzzWrite(rel(l.MetaOff+2*ivshmem.MetaSize), 0xffffffff)),
+		// Wake words: a request to be woken, and garbage.
+		cat(fuzzWrite(rel(q0.DataRing+256), ivshmem.WakeFutex), fuzzWrite(rel(q0.RetRing+256), 0xdeadbeef)),
 		// The consumer index of the data ring moved backwards (the
 		// producer sees a consumer that lies).
 		fuzzWrite(rel(q0.DataRing+consIdx), 0xfffffff0),
@@ -285,7 +291,7 @@ func (s *fuzzState) queued(q int) map[uint32]bool {
 	prod, cons, _, _ := ivshmem.RingCounters(b, ql.DataRing)
 	out := map[uint32]bool{}
 	for i := cons; i != prod && i-cons <= ql.Slots; i++ {
-		off := ql.DataRing + ivshmem.RingHeaderSize + 4*uint64(i%ql.Slots)
+		off := ql.DataRing + ivshmem.RingHeaderSize + ivshmem.DescSize*uint64(i%ql.Slots)
 		out[binary.LittleEndian.Uint32(b[off:])] = true
 	}
 	return out

@@ -1,6 +1,7 @@
 package ivshmem
 
 import (
+	"errors"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -109,4 +110,60 @@ func TestHostileWakeWord(t *testing.T) {
 		}
 		p.Wake() // a wake-up with nobody asleep: harmless
 	}
+}
+
+// FuzzWakeWords drives a descriptor ring from both ends while a hostile
+// peer writes its indices, slots and wake word between steps. Whatever it
+// writes: no call blocks (a futex wait is bounded by its timeout and
+// returns), Waiting returns what the word held and clears it, a dequeue
+// never returns more entries than the ring holds, and every error is
+// ErrCorrupt.
+func FuzzWakeWords(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 3, 4, 5})
+	f.Add([]byte{1, 0, 6, 0xff, 0xff, 0xff, 0xff, 2, 3})
+	f.Add([]byte{6, 1, 0, 0, 0, 3, 4, 5, 6, 2, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, script []byte) {
+		const slots = 8
+		b, p, c := newDescRing(t, slots)
+		ds := make([]Desc, 2*slots)
+		for i := 0; i < len(script); i++ {
+			switch op := script[i] % 8; op {
+			case 0:
+				n, err := p.EnqueueDescs(ds[:1+int(script[i]>>3)%slots])
+				if err != nil && !errors.Is(err, ErrCorrupt) || n > slots {
+					t.Fatalf("enqueue: %d %v", n, err)
+				}
+			case 1:
+				n, err := c.DequeueDescs(ds)
+				if err != nil && !errors.Is(err, ErrCorrupt) || n > slots {
+					t.Fatalf("dequeue: %d %v", n, err)
+				}
+			case 2:
+				before := atomic.LoadUint32(u32ptr(b, rOffWake))
+				if got := p.Waiting(); got != before && got != WakeNone {
+					t.Fatalf("Waiting = %#x, word held %#x", got, before)
+				}
+				if atomic.LoadUint32(u32ptr(b, rOffWake)) != WakeNone {
+					t.Fatal("Waiting left the word set")
+				}
+			case 3:
+				if _, err := c.Announce(WakeFutex); err != nil && !errors.Is(err, ErrCorrupt) {
+					t.Fatal(err)
+				}
+			case 4:
+				c.FutexWait(time.Microsecond)
+				c.Clear()
+			case 5:
+				p.Wake()
+			case 6, 7: // the peer writes a word: producer, consumer, wake, a slot
+				if i+5 > len(script) {
+					return
+				}
+				v := uint32(script[i+1]) | uint32(script[i+2])<<8 | uint32(script[i+3])<<16 | uint32(script[i+4])<<24
+				offs := []uint64{rOffProd, rOffCons, rOffWake, rOffSlots + 4*uint64(script[i]>>3%32)}
+				atomic.StoreUint32(u32ptr(b, offs[int(script[i]>>3)%len(offs)]), v)
+				i += 4
+			}
+		}
+	})
 }

@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 targets=(
 	./ivshmem:FuzzParse          # region header and queue table (a guest's BAR)
 	./ivshmem:FuzzRingConsumer   # a ring's producer index and slots
+	./ivshmem:FuzzWakeWords      # a descriptor ring and its wake word, written by the peer
 	.:FuzzConsumer               # host consumer ends under a hostile producer
 	.:FuzzProducer               # host producer ends under a hostile consumer
 	.:FuzzBalancerInput          # RunBalancer/RunPipeline fed by a hostile producer

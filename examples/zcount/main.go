@@ -2,7 +2,7 @@
 // stats line per second and a summary at the end. It uses only package
 // zc, so the same binary runs on the host and inside a VM:
 //
-//	zcount -i zc:99@0 [-n N] [--json] [--verify]
+//	zcount -i zc:99@0 [-n N] [--json] [--verify] [--latency]
 package main
 
 import (
@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/zcfabric/zc"
@@ -31,6 +32,11 @@ type Summary struct {
 	Corrupt    uint64  `json:"corrupt,omitempty"`
 	OutOfOrder uint64  `json:"out_of_order,omitempty"`
 	Error      string  `json:"error,omitempty"`
+	// Latency: from each packet's timestamp (set by its producer: zsend,
+	// a capture) to its receipt, microseconds (--latency).
+	LatencyP50 float64 `json:"latency_p50_us,omitempty"`
+	LatencyP99 float64 `json:"latency_p99_us,omitempty"`
+	LatencyMax float64 `json:"latency_max_us,omitempty"`
 }
 
 func main() { os.Exit(run()) }
@@ -45,6 +51,7 @@ func run() int {
 		force    bool
 		interval time.Duration
 		wait     time.Duration
+		latency  bool
 	)
 	fs.StringVar(&name, "i", "", "queue to count, zc:CLUSTER@QUEUE (required)")
 	fs.Uint64Var(&count, "n", 0, "exit after `N` packets (0: until interrupted or the queue closes)")
@@ -53,6 +60,7 @@ func run() int {
 	fs.BoolVar(&force, "force", false, "take over the consumer end even if another party holds it")
 	fs.DurationVar(&interval, "interval", time.Second, "print a stats line this often (0: never)")
 	fs.DurationVar(&wait, "wait", 0, "wait up to this long for the cluster to appear (0: fail at once)")
+	fs.BoolVar(&latency, "latency", false, "measure each packet's delay from its timestamp (producer and consumer on one host)\nand print the median, 99th percentile and maximum")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: zcount -i zc:CLUSTER@QUEUE [-n N] [--json] [--verify]\n\nCounts packets on a zcfabric queue (host or VM guest alike).\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -77,6 +85,7 @@ func run() int {
 	start := time.Now()
 	lastT, lastN := start, uint64(0)
 	pkts := make([]zc.Packet, 64)
+	var delays []int64 // --latency: ns per packet
 	var next uint64
 	haveNext := false
 	exit := 0
@@ -95,6 +104,14 @@ func run() int {
 				cancel()
 			} else {
 				n, err = q.RecvBurstWait(ctx, pkts[:want])
+			}
+		}
+		if latency && n > 0 {
+			now := time.Now().UnixNano()
+			for i := range pkts[:n] {
+				if ts := pkts[i].Timestamp; ts > 0 && now >= ts {
+					delays = append(delays, now-ts)
+				}
 			}
 		}
 		for i := range pkts[:n] {
@@ -154,6 +171,11 @@ func run() int {
 	}
 	st := q.Stats()
 	s.Drops, s.Bad = st.Drops, st.Bad
+	if len(delays) > 0 {
+		slices.Sort(delays)
+		us := func(q float64) float64 { return float64(delays[int(q*float64(len(delays)-1))]) / 1e3 }
+		s.LatencyP50, s.LatencyP99, s.LatencyMax = us(0.5), us(0.99), us(1)
+	}
 	if asJSON {
 		json.NewEncoder(os.Stdout).Encode(s)
 	} else {
@@ -161,6 +183,9 @@ func run() int {
 			name, s.Packets, s.Bytes, s.Seconds, s.PPS, s.Drops, s.Bad)
 		if verify {
 			fmt.Printf("verified %d, corrupt %d, out of order %d\n", s.Verified, s.Corrupt, s.OutOfOrder)
+		}
+		if len(delays) > 0 {
+			fmt.Printf("latency µs: p50 %.1f, p99 %.1f, max %.1f (%d packets)\n", s.LatencyP50, s.LatencyP99, s.LatencyMax, len(delays))
 		}
 	}
 	if verify && (s.Corrupt > 0 || s.OutOfOrder > 0) && exit == 0 {
