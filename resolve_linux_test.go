@@ -2,12 +2,17 @@ package zc
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/zcfabric/zc/ivshmem"
 )
 
 // fakeIvshmem adds an ivshmem-plain device to a fake sysfs tree whose
@@ -112,4 +117,32 @@ func TestOpenGuestResolver(t *testing.T) {
 		t.Fatalf("Recv after the BAR turned to zeros = %v, want ErrGone (and ErrClosed)", err)
 	}
 	t.Logf("consumer after unplug: %v", err)
+}
+
+// TestMixedVersionsRefused: a region of format version 1 (an older agent
+// or guest binary made it) is refused with one error naming both
+// versions, on the host (region file) and in a guest (ivshmem BAR) alike.
+func TestMixedVersionsRefused(t *testing.T) {
+	c := newCluster(t, Config{ID: 43, QueueLen: 16, Buffers: 32})
+	b := c.Bytes()
+	binary.LittleEndian.PutUint32(b[8:], 1) // the version word
+	binary.LittleEndian.PutUint32(b[108:], crc32.Checksum(b[:108], crc32.MakeTable(crc32.Castagnoli)))
+	check := func(where string) {
+		t.Helper()
+		_, err := Open("zc:43@0")
+		if !errors.Is(err, ivshmem.ErrVersion) || !errors.Is(err, ErrBadRegion) {
+			t.Fatalf("%s: Open = %v, want ErrVersion", where, err)
+		}
+		for _, want := range []string{"version 1", "reads version 2"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("%s: %q does not say %q", where, err, want)
+			}
+		}
+	}
+	check("host")
+	sysfs := t.TempDir()
+	fakeIvshmem(t, sysfs, "0000:00:05.0", c.File())
+	t.Setenv("ZC_DIR", t.TempDir()) // no host region: the guest resolver finds the BAR
+	t.Setenv("ZC_SYSFS", sysfs)
+	check("guest")
 }
