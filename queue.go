@@ -47,8 +47,8 @@ type Queue struct {
 	hs     []uint32       // scratch, one burst
 	descs  []ivshmem.Desc // scratch, one burst
 	wakes  atomic.Uint64  // wake-ups sent to the peer
-	idle   uint32     // empty polls since the last liveness check
-	pace   idle.Pacer // consumer: RecvBurstWait's sleeps, adapted to the traffic
+	idle   uint32         // empty polls since the last liveness check
+	pace   idle.Pacer     // consumer: RecvBurstWait's sleeps, adapted to the traffic
 	closed bool
 	err    error                 // sticky failure, on the owner's goroutine
 	failed atomic.Pointer[error] // err, published for Err

@@ -43,9 +43,9 @@ const (
 )
 
 type ringSide struct {
-	mine    *uint32 // this side's index word in the region
-	peer    *uint32 // the other side's index word
-	wake    *uint32 // the consumer's wake word
+	mine    *uint32  // this side's index word in the region
+	peer    *uint32  // the other side's index word
+	wake    *uint32  // the consumer's wake word
 	slots   []uint32 // a return ring's handles
 	descs   []Desc   // a data ring's descriptors
 	mask    uint32
