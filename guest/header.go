@@ -7,7 +7,6 @@ import (
 	"github.com/zcfabric/zc/ivshmem"
 )
 
-
 // clusterIDOffset is the byte offset of the header's little-endian uint32
 // cluster id (ivshmem/doc.go), which ivshmem does not export: ClusterID
 // reads it without validating the rest of the header, as ivshmem.Parse
