@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -50,5 +51,26 @@ func Open(name string, wait time.Duration, force bool, opts ...zc.OpenOption) (c
 		stop()
 		return nil, nil, nil, err
 	}
+	if path := os.Getenv("ZC_CPUPROFILE"); path != "" {
+		stop = profile(path, stop)
+	}
 	return ctx, stop, q, nil
+}
+
+// profile starts a CPU profile into path ($ZC_CPUPROFILE: for measuring
+// the tools, go tool pprof reads it) and returns stop extended to end it.
+func profile(path string, stop context.CancelFunc) context.CancelFunc {
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cpu profile: %v\n", err)
+		return stop
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+		stop()
+	}
 }
