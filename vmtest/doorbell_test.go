@@ -82,16 +82,15 @@ func startBell(t *testing.T, ctx context.Context, opts ...Option) *bellSetup {
 	t.Cleanup(func() { srv.Close() })
 	opts = append([]Option{Modules(VFIOModules...), GoBinary("bell", bellPkg), Script(fmt.Sprintf("bell -rounds %d -restart", bellRounds))}, opts...)
 	vm := Start(t, opts...)
-	// Dial once the guest booted: QEMU's socket file appears at bind, a
-	// moment before it listens.
-	if _, err := vm.Expect(ctx, BootedMarker); err != nil {
-		t.Fatal(err)
-	}
-	c, err := qmp.Dial(ctx, vm.QMPPath())
+	c, err := qmp.Dial(ctx, vm.QMPPath()) // Start returns once QEMU listens
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	// Plug once the guest runs, as an agent would into a running VM.
+	if _, err := vm.Expect(ctx, BootedMarker); err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	att, err := c.AttachDoorbell(ctx, qmp.DoorbellSpec{Socket: srv.Path(), Size: bellSize, Vectors: srv.Vectors(), Name: "bell"})
 	if err != nil {

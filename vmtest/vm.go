@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,7 +52,8 @@ func Accel() (accel, cpu string) {
 
 // Start boots a guest for t. It skips t in -short mode and when QEMU,
 // busybox or a kernel is missing, and fails it when the guest cannot be
-// built or started. It returns once QEMU's QMP socket exists.
+// built or started. It returns once QEMU listens on its QMP socket, so a
+// test may dial [VM.QMPPath] at once.
 func Start(t testing.TB, opts ...Option) *VM {
 	t.Helper()
 	testgate.Short(t, "boots a QEMU guest")
@@ -139,27 +141,33 @@ func Start(t testing.TB, opts ...Option) *VM {
 		vm.Kill()
 		os.RemoveAll(dir)
 	})
-	if err := vm.waitSocket(10 * time.Second); err != nil {
+	if err := vm.waitQMP(c.timeout); err != nil {
 		t.Fatalf("vmtest: %s: %v", c.name, err)
 	}
 	return vm
 }
 
-// waitSocket waits until QEMU has created its QMP socket, so that callers
-// can dial QMPPath as soon as Start returns.
-func (vm *VM) waitSocket(timeout time.Duration) error {
+// waitQMP waits until a connection to QEMU's QMP socket succeeds, so that
+// callers can dial QMPPath as soon as Start returns. The socket file
+// appears when QEMU binds it, a moment before QEMU listens: a dial in
+// between fails with "connection refused" (seen under load). The probe
+// connection is closed at once; QEMU then serves the next client. It gives
+// up when QEMU exits or after timeout.
+func (vm *VM) waitQMP(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		if _, err := os.Stat(vm.qmp); err == nil {
+		c, err := net.Dial("unix", vm.qmp)
+		if err == nil {
+			c.Close()
 			return nil
 		}
 		select {
 		case <-vm.exited:
-			return fmt.Errorf("QEMU exited before creating its QMP socket: %v", vm.exitErr)
+			return fmt.Errorf("QEMU exited before listening on its QMP socket: %v", vm.exitErr)
 		case <-time.After(5 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("no QMP socket at %s after %v", vm.qmp, timeout)
+			return fmt.Errorf("QEMU not listening on its QMP socket %s after %v: %w", vm.qmp, timeout, err)
 		}
 	}
 }
