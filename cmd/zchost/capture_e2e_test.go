@@ -88,7 +88,14 @@ type agentProc struct {
 // started.
 func startAgent(t *testing.T, args []string) *agentProc {
 	t.Helper()
-	a := &agentProc{cmd: exec.Command("ip", args...), done: make(chan error, 1)}
+	return waitSources(t, launch(t, exec.Command("ip", args...)))
+}
+
+// launch starts cmd with its log read line by line, and kills it at
+// cleanup if it still runs.
+func launch(t *testing.T, cmd *exec.Cmd) *agentProc {
+	t.Helper()
+	a := &agentProc{cmd: cmd, done: make(chan error, 1)}
 	var err error
 	if a.log, err = newAgentLog(a.cmd); err != nil {
 		t.Fatal(err)
@@ -105,6 +112,12 @@ func startAgent(t *testing.T, args []string) *agentProc {
 			<-a.done
 		}
 	})
+	return a
+}
+
+// waitSources waits for an agent to log that its sources started.
+func waitSources(t *testing.T, a *agentProc) *agentProc {
+	t.Helper()
 	if !a.log.waitFor("sources started", 30*time.Second) {
 		t.Fatalf("zchost did not start its sources\n%s", a.log.String())
 	}

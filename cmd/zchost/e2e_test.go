@@ -44,6 +44,19 @@ func binaries(t testing.TB) string {
 	return binDir
 }
 
+// shmDir points ZC_DIR at a fresh folder on /dev/shm (named prefix...)
+// for the test, removed at its end.
+func shmDir(t *testing.T, prefix string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", prefix)
+	if err != nil {
+		t.Fatalf("temp dir on /dev/shm: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Setenv("ZC_DIR", dir)
+	return dir
+}
+
 type buildError struct {
 	pkg string
 	err error

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -33,12 +32,7 @@ func TestFloodIntoAFXDPCapture(t *testing.T) {
 	testgate.NetAdmin(t)
 	const total = 4000
 	bin := binaries(t)
-	dir, err := os.MkdirTemp("/dev/shm", "zcflood-")
-	if err != nil {
-		t.Fatalf("temp dir on /dev/shm: %v", err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	t.Setenv("ZC_DIR", dir)
+	shmDir(t, "zcflood-")
 	p := netns.New(t, netns.Config{})
 	id := 0x7c000000 | rand.Uint32N(1<<24)
 	ids := strconv.FormatUint(uint64(id), 10)

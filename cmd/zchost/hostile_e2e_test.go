@@ -64,28 +64,9 @@ func hostileEnv(t *testing.T) []string {
 // runs, and waits for it to log that its sources started.
 func startRun(t *testing.T, env []string, args ...string) *agentProc {
 	t.Helper()
-	a := &agentProc{cmd: exec.Command(filepath.Join(binaries(t), "zchost"), append([]string{"run"}, args...)...), done: make(chan error, 1)}
-	a.cmd.Env = env
-	var err error
-	if a.log, err = newAgentLog(a.cmd); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { a.done <- a.cmd.Wait() }()
-	t.Cleanup(func() {
-		select {
-		case <-a.done:
-		default:
-			a.cmd.Process.Kill()
-			<-a.done
-		}
-	})
-	if !a.log.waitFor("sources started", 30*time.Second) {
-		t.Fatalf("zchost did not start its sources\n%s", a.log.String())
-	}
-	return a
+	cmd := exec.Command(filepath.Join(binaries(t), "zchost"), append([]string{"run"}, args...)...)
+	cmd.Env = env
+	return waitSources(t, launch(t, cmd))
 }
 
 // running fails the test if the agent has exited.

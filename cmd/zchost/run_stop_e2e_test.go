@@ -2,7 +2,6 @@ package main
 
 import (
 	"math/rand/v2"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -13,23 +12,12 @@ import (
 	"github.com/zcfabric/zc/internal/testgate"
 )
 
-// stopDir points ZC_DIR at a fresh folder on /dev/shm for the test.
-func stopDir(t *testing.T) {
-	t.Helper()
-	dir, err := os.MkdirTemp("/dev/shm", "zcstop-")
-	if err != nil {
-		t.Fatalf("temp dir on /dev/shm: %v", err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	t.Setenv("ZC_DIR", dir)
-}
-
 // TestRunStopsUnderGenerator: zchost run with an unpaced, endless
 // generator and a consumer reading flat out exits on SIGTERM, status 0,
 // with its summary (the engine used to look for a stop only when idle).
 func TestRunStopsUnderGenerator(t *testing.T) {
 	bin := binaries(t)
-	stopDir(t)
+	shmDir(t, "zcstop-")
 	var took []stopTimes
 	for range stopRuns() {
 		id := strconv.FormatUint(uint64(0x7e000000|rand.Uint32N(1<<24)), 10)
@@ -50,7 +38,7 @@ func TestRunStopsUnderGenerator(t *testing.T) {
 func TestRunStopsUnderCaptureFlood(t *testing.T) {
 	testgate.NetAdmin(t)
 	bin := binaries(t)
-	stopDir(t)
+	shmDir(t, "zcstop-")
 	p := netns.New(t, netns.Config{})
 	zchost := filepath.Join(bin, "zchost")
 	if out, err := exec.Command("ip", "netns", "exec", p.B.NS, zchost, "flood", "-o", p.B.Ifname, "-n", "1",

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -201,12 +200,7 @@ func txRunning(t *testing.T, tx *agentProc, when string) {
 func TestTxIgnoresProducerFaults(t *testing.T) {
 	testgate.NetAdmin(t)
 	bin := binaries(t)
-	dir, err := os.MkdirTemp("/dev/shm", "zctxf-")
-	if err != nil {
-		t.Fatalf("temp dir on /dev/shm: %v", err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	t.Setenv("ZC_DIR", dir)
+	shmDir(t, "zctxf-")
 	p := netns.New(t, netns.Config{})
 	id := 0x7e000000 | rand.Uint32N(1<<24)
 	c, err := zc.CreateCluster(zc.Config{ID: id, Queues: 1, QueueLen: 64, Buffers: 64, QueueBuffers: 64,
@@ -309,12 +303,7 @@ func startTx(t *testing.T, argv ...string) *agentProc {
 func TestTxEndsWhenClusterGone(t *testing.T) {
 	testgate.NetAdmin(t)
 	bin := binaries(t)
-	dir, err := os.MkdirTemp("/dev/shm", "zctxg-")
-	if err != nil {
-		t.Fatalf("temp dir on /dev/shm: %v", err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	t.Setenv("ZC_DIR", dir)
+	shmDir(t, "zctxg-")
 	p := netns.New(t, netns.Config{})
 	id := 0x7e000000 | rand.Uint32N(1<<24)
 	c, err := zc.CreateCluster(zc.Config{ID: id, Queues: 1, QueueLen: 64, Buffers: 64, BufferSize: 2048, Backing: zc.BackingShm})

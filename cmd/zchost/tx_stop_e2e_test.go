@@ -42,23 +42,7 @@ func stopRuns() int {
 // packets moving, so that SIGTERM finds it under load.
 func startLoaded(t *testing.T, want int, argv ...string) *agentProc {
 	t.Helper()
-	a := &agentProc{cmd: exec.Command(argv[0], argv[1:]...), done: make(chan error, 1)}
-	var err error
-	if a.log, err = newAgentLog(a.cmd); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { a.done <- a.cmd.Wait() }()
-	t.Cleanup(func() {
-		select {
-		case <-a.done:
-		default:
-			a.cmd.Process.Kill()
-			<-a.done
-		}
-	})
+	a := launch(t, exec.Command(argv[0], argv[1:]...))
 	guard := time.After(30 * time.Second)
 	for seen := 0; seen < want; {
 		select {
@@ -142,12 +126,7 @@ func report(t *testing.T, what string, took []stopTimes) {
 func TestTxStopsUnderLoad(t *testing.T) {
 	testgate.NetAdmin(t)
 	bin := binaries(t)
-	dir, err := os.MkdirTemp("/dev/shm", "zcstop-")
-	if err != nil {
-		t.Fatalf("temp dir on /dev/shm: %v", err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	t.Setenv("ZC_DIR", dir)
+	shmDir(t, "zcstop-")
 	p := netns.New(t, netns.Config{})
 	ids := strconv.FormatUint(uint64(0x7d000000|rand.Uint32N(1<<24)), 10)
 	agent := startAgent(t, []string{"netns", "exec", p.A.NS, filepath.Join(bin, "zchost"), "run",
