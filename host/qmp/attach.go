@@ -150,22 +150,9 @@ func (vm *VM) Detach(ctx context.Context, a Attachment) error {
 }
 
 func (vm *VM) detach(ctx context.Context, a Attachment) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, DefaultDetachTimeout)
-		defer cancel()
-	}
-	deleted, unregister := vm.expectDeleted(a.DevID)
-	defer unregister()
-	err := vm.execute(ctx, "device_del", map[string]any{"id": a.DevID}, nil)
-	switch {
-	case err == nil, isUnplugPending(err):
-		if err := vm.waitDeleted(ctx, deleted); err != nil {
-			return err
-		}
-	case errors.Is(err, ErrDeviceNotFound):
-		// Already unplugged, e.g. a retried Detach after a timeout.
-	default:
+	ctx, cancel := detachDeadline(ctx)
+	defer cancel()
+	if _, err := vm.unplug(ctx, a.DevID); err != nil {
 		return err
 	}
 	if err := vm.execute(ctx, "object-del", map[string]any{"id": a.MemID}, nil); err != nil {
@@ -177,6 +164,30 @@ func (vm *VM) detach(ctx context.Context, a Attachment) error {
 		vm.attachMu.Unlock()
 	}
 	return nil
+}
+
+// detachDeadline gives ctx DefaultDetachTimeout unless it has a deadline.
+func detachDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, DefaultDetachTimeout)
+}
+
+// unplug sends device_del for dev and waits for DEVICE_DELETED. A device
+// already gone (a retried detach after a timeout) counts as unplugged,
+// and gone says so.
+func (vm *VM) unplug(ctx context.Context, dev string) (gone bool, err error) {
+	deleted, unregister := vm.expectDeleted(dev)
+	defer unregister()
+	err = vm.execute(ctx, "device_del", map[string]any{"id": dev}, nil)
+	switch {
+	case err == nil, isUnplugPending(err):
+		return false, vm.waitDeleted(ctx, deleted)
+	case errors.Is(err, ErrDeviceNotFound):
+		return true, nil
+	}
+	return false, err
 }
 
 // isUnplugPending reports QEMU's refusal of a second device_del while the

@@ -123,23 +123,10 @@ func (vm *VM) DetachDoorbell(ctx context.Context, a DoorbellAttachment) error {
 }
 
 func (vm *VM) detachDoorbell(ctx context.Context, a DoorbellAttachment) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, DefaultDetachTimeout)
-		defer cancel()
-	}
-	deleted, unregister := vm.expectDeleted(a.DevID)
-	defer unregister()
-	err := vm.execute(ctx, "device_del", map[string]any{"id": a.DevID}, nil)
-	gone := false
-	switch {
-	case err == nil, isUnplugPending(err):
-		if err := vm.waitDeleted(ctx, deleted); err != nil {
-			return err
-		}
-	case errors.Is(err, ErrDeviceNotFound):
-		gone = true // a retried detach
-	default:
+	ctx, cancel := detachDeadline(ctx)
+	defer cancel()
+	gone, err := vm.unplug(ctx, a.DevID)
+	if err != nil {
 		return err
 	}
 	if err := vm.execute(ctx, "chardev-remove", map[string]any{"id": a.ChardevID}, nil); err != nil {
