@@ -247,8 +247,8 @@ const longIdle = 2 * time.Millisecond
 
 // idleFor returns how long the engine may sleep because every live source
 // said when its next packet is due (Waiter), or 0 to go on polling. The
-// sleep ends a little early (the timer's lateness) and at most after
-// publishEvery, so the published counters stay fresh.
+// sleep ends a little early (the timer's lateness), and lasts at most a
+// second (the published counters are refreshed on waking).
 func (e *Engine) idleFor(live []bool) time.Duration {
 	var next time.Time
 	for i, s := range e.Sources {
@@ -271,5 +271,5 @@ func (e *Engine) idleFor(live []bool) time.Duration {
 	if d < longIdle {
 		return 0
 	}
-	return min(d, publishEvery)
+	return min(d, time.Second)
 }

@@ -15,7 +15,7 @@ import (
 
 // guardEvery is how often the guard looks at the queues and writes the
 // status file.
-const guardEvery = 250 * time.Millisecond
+const guardEvery = time.Second
 
 // Recovery back-off: a VM whose region failed gets a fresh one after
 // --vm-recover, then twice as long after each further failure, up to
@@ -59,8 +59,6 @@ type guard struct {
 	running atomic.Bool    // the engine polls control
 	wg      sync.WaitGroup // recreations in flight
 
-	ticks int // publish the status file every fourth tick, or on a change
-
 	mu       sync.Mutex
 	outs     []*zc.Queue // the balancer's outputs as last swapped
 	vms      []*vmRegion
@@ -95,9 +93,8 @@ func (g *guard) vmOf(q *zc.Queue) *vmRegion {
 }
 
 // tick reports new failures, starts due recoveries and writes the status
-// file (every fourth tick, and at once on a change).
+// file.
 func (g *guard) tick(ctx context.Context, now time.Time) {
-	changed := false
 	g.mu.Lock()
 	for _, q := range g.outs {
 		err := q.Err()
@@ -105,7 +102,6 @@ func (g *guard) tick(ctx context.Context, now time.Time) {
 			continue
 		}
 		g.reported[q] = true
-		changed = true
 		v := g.vmOf(q)
 		if v == nil {
 			g.log.Error("queue failed; its packets are dropped and counted from now on, the other queues go on", "queue", q.Name(), "error", err)
@@ -138,9 +134,7 @@ func (g *guard) tick(ctx context.Context, now time.Time) {
 			g.recreate(ctx, v)
 		}()
 	}
-	if g.ticks++; changed || len(due) > 0 || g.ticks%4 == 1 {
-		g.publish(now)
-	}
+	g.publish(now)
 }
 
 // recreate gives VM v a fresh region in place of its failed one: made

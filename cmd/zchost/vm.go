@@ -28,13 +28,14 @@ type attachment struct {
 	VM      string `json:"vm"`
 	MemID   string `json:"mem"`
 	DevID   string `json:"dev"`
+	Chardev string `json:"chardev,omitempty"` // an ivshmem-doorbell's
 	Bus     string `json:"bus,omitempty"`
 	Path    string `json:"path"`
 	Size    uint64 `json:"size"`
 }
 
 func toAttachment(cluster uint32, vm string, a qmp.Attachment) attachment {
-	return attachment{Cluster: cluster, VM: vm, MemID: a.MemID, DevID: a.DevID, Bus: a.Bus, Path: a.Path, Size: a.Size}
+	return attachment{Cluster: cluster, VM: vm, MemID: a.MemID, DevID: a.DevID, Chardev: a.ChardevID, Bus: a.Bus, Path: a.Path, Size: a.Size}
 }
 
 // vmFlags are the flags attach and detach share.
@@ -86,7 +87,7 @@ func detachCmd(args []string) error {
 	fs := newFlags("detach", "--qmp PATH|libvirt:DOMAIN[@SOCKET|URI] (-c ID | --dev ID [--mem ID])")
 	var f vmFlags
 	f.add(fs)
-	dev := fs.String("dev", "", "the ivshmem-plain device `id` to unplug (as attach printed it; for libvirt the device alias)")
+	dev := fs.String("dev", "", "the ivshmem-plain or ivshmem-doorbell device `id` to unplug (as attach printed it; for libvirt the device alias)")
 	mem := fs.String("mem", "", "its memory-backend `id` (default: read from the device; libvirt removes its own)")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -30,12 +30,17 @@ type AttachSpec struct {
 }
 
 // Attachment is a region plugged into a VM: what [VM.Detach] needs to
-// remove it.
+// remove it. It is an ivshmem-plain device with its memory backend, or, as
+// [VM.Regions] lists them, an ivshmem-doorbell device with its chardev
+// (ChardevID set, MemID and Path empty; see [VM.AttachDoorbell]).
 type Attachment struct {
 	// MemID is the id of the memory-backend-file object.
 	MemID string
-	// DevID is the id of the ivshmem-plain device.
+	// DevID is the id of the ivshmem-plain or ivshmem-doorbell device.
 	DevID string
+	// ChardevID is, for an ivshmem-doorbell device only, the id of the
+	// socket chardev connected to its ivshmem server.
+	ChardevID string
 	// Bus is the bus the device was plugged into ("" for the default).
 	Bus string
 	// Path and Size are the region file and its size.
@@ -142,7 +147,15 @@ func (vm *VM) attach(ctx context.Context, spec AttachSpec) (Attachment, error) {
 // [ErrDetachTimeout] at ctx's deadline, or after [DefaultDetachTimeout] when
 // ctx has none; the attachment then stays and Detach may be retried. A
 // device that is already gone ([ErrDeviceNotFound]) counts as unplugged.
+// A doorbell device (ChardevID set) goes as [VM.DetachDoorbell] removes it:
+// chardev-remove instead of object-del.
 func (vm *VM) Detach(ctx context.Context, a Attachment) error {
+	if a.ChardevID != "" {
+		if err := vm.detachDoorbell(ctx, DoorbellAttachment{ChardevID: a.ChardevID, DevID: a.DevID, Bus: a.Bus}); err != nil {
+			return fmt.Errorf("zc: detach doorbell %s (chardev %s) from vm %s: %w", a.DevID, a.ChardevID, vm.name, err)
+		}
+		return nil
+	}
 	if err := vm.detach(ctx, a); err != nil {
 		return fmt.Errorf("zc: detach region %s (%s) from vm %s: %w", a.Path, a.DevID, vm.name, err)
 	}
