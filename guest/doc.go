@@ -19,4 +19,32 @@
 //
 // The sysfs root is a parameter ("" means /sys) so tests can point it at a
 // fake tree of regular files, which Map maps like the real thing.
+//
+// # Doorbell
+//
+// A region may come as an ivshmem-doorbell device instead (same PCI ids),
+// whose memory and eventfds the host agent's ivshmem server hands QEMU
+// (package host/doorbell). It is there so that a reader that found its
+// queue empty can sleep rather than poll, woken by the host, and so that
+// the guest can wake a sleeping host consumer. [OpenDoorbell] maps BAR0
+// through sysfs's resource0 (no driver needed): [Doorbell.Ring] writes its
+// Doorbell register to interrupt the host. [Doorbell.Wait] sleeps until
+// the device interrupts the guest. QEMU 7.2's ivshmem-doorbell interrupts
+// through MSI-X only (no INTx), so uio_pci_generic, an INTx-only driver,
+// cannot take it; OpenDoorbell binds the device to the in-tree vfio-pci
+// driver instead, which takes only devices in an IOMMU group: the VM must
+// be q35 with -device intel-iommu,intremap=on (under KVM also -machine
+// kernel-irqchip=split), with the VFIO modules loaded in the guest (or
+// the guest kernel has VFIO's no-IOMMU mode, which Debian's lack).
+// Otherwise Wait returns [ErrNoInterrupts] at once, saying why (as
+// [Doorbell.Interrupts] does), and the caller polls the queue as with
+// ivshmem-plain; Ring still works. BAR2 is mapped with [Device.Map]
+// whichever driver is bound.
+//
+// An unplug ends a blocked Wait with [ErrDoorbellGone]. A restart of the
+// host agent changes nothing here: the new agent takes QEMU's eventfds back
+// (host/doorbell's Recover), and the same device and Doorbell go on
+// working. Where it cannot, interrupts just stop coming until the agent
+// re-plugs the device, so a reader bounds each [Doorbell.Wait] (its ctx)
+// and then looks at the queue again.
 package guest

@@ -59,4 +59,27 @@
 // any other Monitor, such as go-qemu's SocketMonitor or qmptest fakes.
 // go-qemu's generated qmp/raw API predates ivshmem-plain's memdev property,
 // so the few commands needed are built here by hand.
+//
+// # Doorbells
+//
+// [VM.AttachDoorbell] plugs an ivshmem-doorbell device rather than an
+// ivshmem-plain one, so that the host can wake a guest reader that sleeps
+// on an empty queue and the guest can wake a sleeping host consumer (a
+// write to a BAR0 register). Its memory and eventfds come from the agent's
+// ivshmem server (package host/doorbell), not from a memory backend:
+//
+//	chardev-add socket           id=<chr> path=<server socket> server=off
+//	device_add  ivshmem-doorbell id=<dev> chardev=<chr> vectors=<n> [bus=<root port>]
+//
+// QEMU reads the region's descriptor from the server inside device_add.
+// Unplug is device_del, DEVICE_DELETED, chardev-remove ([VM.DetachDoorbell];
+// [VM.Detach] does the same for a doorbell [VM.Regions] listed). On QEMU 7.2
+// the device interrupts its guest through MSI-X only, never INTx, so the
+// guest cannot use uio_pci_generic: it binds the device to the in-tree
+// vfio-pci driver (package guest), which needs an IOMMU group, i.e. a q35
+// VM started with -device intel-iommu,intremap=on (under KVM also -machine
+// kernel-irqchip=split). Without it the guest can ring the host but cannot
+// be woken: it polls. An agent restart needs no re-plug: the new server
+// takes QEMU's eventfds back (host/doorbell's Recover); if it cannot, the
+// guest polls until the doorbell is plugged again.
 package qmp
