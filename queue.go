@@ -329,12 +329,21 @@ func (q *Queue) RecvBurstWait(ctx context.Context, pkts []Packet) (int, error) {
 			return 0, fmt.Errorf("zc: recv %s: %w", q.Name(), ctx.Err())
 		default:
 		}
-		if q.pace.Quiet() && q.canSleep() {
-			if err := q.sleepCtx(ctx, q.in, SleepSlice); err != nil {
-				return 0, err
+		if q.pace.Quiet() {
+			switch q.sleepMode() {
+			case ivshmem.WakeFutex:
+				if err := q.sleepCtx(ctx, q.in, SleepSlice); err != nil {
+					return 0, err
+				}
+				q.pace.Reset()
+				continue
+			case ivshmem.WakeDoorbell:
+				if err := q.sleepBell(ctx); err != nil && !errors.Is(err, errReady) {
+					return 0, err
+				}
+				q.pace.Reset()
+				continue
 			}
-			q.pace.Reset()
-			continue
 		}
 		q.pace.Wait()
 	}

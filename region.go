@@ -1,11 +1,13 @@
 package zc
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/zcfabric/zc/ivshmem"
@@ -24,6 +26,21 @@ type region struct {
 	mu    sync.Mutex
 	refs  int
 	onEnd func() // called when the last reference goes
+
+	// ringGuest, set by the creator (Cluster.OnGuestWake), wakes a guest
+	// consumer asleep on its ivshmem doorbell.
+	ringGuest atomic.Pointer[func()]
+	// bell is a guest's doorbell, opened on the first sleep (bellOnce);
+	// bellErr says why there is none (the guest polls).
+	bellOnce sync.Once
+	bell     sleeper
+	bellErr  error
+}
+
+// sleeper is a guest's way to wait for the host's ring (guest.Doorbell).
+type sleeper interface {
+	Wait(ctx context.Context) (uint64, error)
+	Close() error
 }
 
 func newRegion(m *ivshmem.Mapping, l ivshmem.Layout, side ivshmem.Side) *region {
@@ -43,6 +60,9 @@ func (r *region) unref() error {
 	}
 	if r.onEnd != nil {
 		r.onEnd()
+	}
+	if r.bell != nil {
+		r.bell.Close()
 	}
 	return r.m.Close()
 }

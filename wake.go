@@ -2,6 +2,8 @@ package zc
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/zcfabric/zc/internal/idle"
@@ -10,12 +12,18 @@ import (
 
 // Sleeping and waking (format v2): a side that runs out of work polls a
 // little, naps a little (idle.Pacer), and once a nap gathered nothing it
-// announces in the ring's wake word that it sleeps and sleeps in futex(2)
-// on the producer index, until the producer's next enqueue wakes it (see
-// ivshmem's ring.go for the protocol). Only host processes sleep so: a
-// futex in a guest's mapping of its BAR is not the host's, so a guest
-// side, or a host side whose peer is a guest, keeps polling (the ivshmem
-// doorbell is the guest's way to be woken).
+// announces in the ring's wake word that it sleeps, and sleeps until the
+// producer's next enqueue wakes it (see ivshmem's ring.go for the
+// protocol):
+//
+//   - a host process whose peer is a host process sleeps in futex(2) on
+//     the producer index (WakeFutex);
+//   - a guest consumer whose region came as an ivshmem-doorbell device it
+//     can take interrupts from (guest.Doorbell: vfio-pci, q35 with a
+//     virtual IOMMU) sleeps on the interrupt (WakeDoorbell), and the
+//     producer in the agent rings it (Cluster.OnGuestWake);
+//   - anything else polls: a guest without a doorbell, and a host side
+//     whose peer is a guest (a guest cannot wake a host futex).
 
 // SleepSlice is the longest single sleep: the sleeper then looks at the
 // region (closed, re-created) and sleeps again. It bounds what a withheld
@@ -29,11 +37,126 @@ const SleepSlice = time.Second
 // entries were enqueued on p. A peer that keeps asking costs one wake-up
 // per burst sent to it.
 func (q *Queue) notify(p *ivshmem.RingProducer) {
-	if p.Waiting() == ivshmem.WakeFutex && q.r.side == ivshmem.SideHost {
-		p.Wake()
-		q.wakes.Add(1)
+	switch p.Waiting() {
+	case ivshmem.WakeFutex:
+		if q.r.side == ivshmem.SideHost {
+			p.Wake()
+			q.wakes.Add(1)
+		}
+	case ivshmem.WakeDoorbell:
+		if f := q.r.ringGuest.Load(); f != nil {
+			(*f)()
+			q.wakes.Add(1)
+		}
 	}
 }
+
+// OnGuestWake sets what wakes a guest consumer of this cluster's region
+// that sleeps on its ivshmem doorbell (the agent rings the VM through its
+// doorbell server): called on the producer's goroutine, once per burst
+// the sleeper asked for; it must not block. nil removes it.
+func (c *Cluster) OnGuestWake(f func()) {
+	if f == nil {
+		c.r.ringGuest.Store(nil)
+		return
+	}
+	c.r.ringGuest.Store(&f)
+}
+
+// openBell opens the doorbell of the guest device whose BAR2 is path
+// (set where guests are supported: resolve_linux.go).
+var openBell func(path string) (sleeper, error)
+
+// guestBell returns the region's doorbell, opening it on first use; nil
+// when the guest cannot sleep on one (WakeMode says why).
+func (r *region) guestBell() sleeper {
+	r.bellOnce.Do(func() {
+		if openBell == nil {
+			r.bellErr = errors.New("no doorbell support on this system")
+			return
+		}
+		r.bell, r.bellErr = openBell(r.m.Path)
+	})
+	return r.bell
+}
+
+// sleepMode is how this end sleeps when idle: WakeFutex, WakeDoorbell, or
+// WakeNone (it polls).
+func (q *Queue) sleepMode() uint32 {
+	if q.r.side == ivshmem.SideGuest {
+		if q.in != nil && q.r.guestBell() != nil {
+			return ivshmem.WakeDoorbell
+		}
+		return ivshmem.WakeNone
+	}
+	if q.canSleep() {
+		return ivshmem.WakeFutex
+	}
+	return ivshmem.WakeNone
+}
+
+// WakeMode says how this end waits when its queue is idle: "futex" (a host
+// process, woken by its host peer), "doorbell" (a guest, woken by the
+// host's interrupt), or "poll: REASON".
+func (q *Queue) WakeMode() string {
+	switch q.sleepMode() {
+	case ivshmem.WakeFutex:
+		return "futex"
+	case ivshmem.WakeDoorbell:
+		return "doorbell"
+	}
+	switch {
+	case q.r.side == ivshmem.SideGuest && q.in == nil:
+		return "poll: a guest producer waits for returns by polling"
+	case q.r.side == ivshmem.SideGuest:
+		return fmt.Sprintf("poll: no doorbell interrupts (%v)", q.r.bellErr)
+	}
+	return "poll: the peer is a guest (it cannot wake a host process)"
+}
+
+// sleepBell is sleep on a guest's doorbell: announce, look again, wait for
+// the host's interrupt (at most SleepSlice, or until ctx ends).
+func (q *Queue) sleepBell(ctx context.Context) (err error) {
+	bell := q.r.guestBell()
+	if err := q.announce(ivshmem.WakeDoorbell); err != nil || bell == nil {
+		return err
+	}
+	tctx, cancel := context.WithTimeout(ctx, SleepSlice)
+	_, werr := bell.Wait(tctx)
+	cancel()
+	q.clearWake()
+	q.idle |= 63 // look at the region on the next empty poll
+	if werr != nil && ctx.Err() == nil && !errors.Is(werr, context.DeadlineExceeded) {
+		idle.Nap(200 * time.Microsecond) // unplugged or closed: RecvBurst says so next
+	}
+	return nil
+}
+
+// announce stores mode in the data ring's wake word (guarded); it
+// returns errReady when packets arrived meanwhile.
+func (q *Queue) announce(mode uint32) (err error) {
+	old := guardOn()
+	defer q.guardOff(old, "wait", &err)
+	ready, err := q.in.Announce(mode)
+	if err != nil {
+		return q.fail("wait", err)
+	}
+	if ready {
+		return errReady
+	}
+	return nil
+}
+
+// clearWake withdraws the data ring's wake request (guarded).
+func (q *Queue) clearWake() {
+	var err error
+	old := guardOn()
+	defer q.guardOff(old, "wait", &err)
+	q.in.Clear()
+}
+
+// errReady: packets arrived while a consumer announced its sleep.
+var errReady = errors.New("ready")
 
 // Wakes returns how many wake-ups this end sent to its peer (each one
 // futex(2) call). Safe from any goroutine.

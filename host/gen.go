@@ -20,6 +20,8 @@ type GenConfig struct {
 	Rate float64
 	// Flows is the number of distinct IP flows (default 64).
 	Flows int
+	// After delays the first frame (a queue idle at first, then a burst).
+	After time.Duration
 }
 
 // ParseGen parses the option list of "gen:len=64,count=1000000,rate=1e6,flows=64".
@@ -31,7 +33,7 @@ func ParseGen(opts string) (GenConfig, error) {
 	for _, kv := range strings.Split(opts, ",") {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
-			return c, fmt.Errorf("gen: option %q: want key=value (len, count, rate, flows)", kv)
+			return c, fmt.Errorf("gen: option %q: want key=value (len, count, rate, flows, after)", kv)
 		}
 		var err error
 		switch k {
@@ -48,8 +50,10 @@ func ParseGen(opts string) (GenConfig, error) {
 			c.Rate, err = strconv.ParseFloat(v, 64)
 		case "flows":
 			c.Flows, err = strconv.Atoi(v)
+		case "after":
+			c.After, err = time.ParseDuration(v)
 		default:
-			err = fmt.Errorf("unknown option (want len, count, rate, flows)")
+			err = fmt.Errorf("unknown option (want len, count, rate, flows, after)")
 		}
 		if err != nil {
 			return c, fmt.Errorf("gen: option %s=%s: %w", k, v, err)
@@ -87,7 +91,13 @@ func (g *Gen) Close() error { return nil }
 // ReadyAt implements Waiter: a paced generator's next frame is due at a
 // known time (zero when unpaced, or before the first frame).
 func (g *Gen) ReadyAt() time.Time {
-	if g.cfg.Rate <= 0 || g.start.IsZero() {
+	if g.start.IsZero() {
+		return time.Time{}
+	}
+	if g.seq == 0 && g.cfg.After > 0 {
+		return g.start // still waiting out After
+	}
+	if g.cfg.Rate <= 0 {
 		return time.Time{}
 	}
 	return g.start.Add(time.Duration(float64(g.seq) / g.cfg.Rate * float64(time.Second)))
@@ -106,7 +116,10 @@ func (g *Gen) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 	}
 	now := time.Now()
 	if g.start.IsZero() {
-		g.start = now
+		g.start = now.Add(g.cfg.After)
+	}
+	if now.Before(g.start) {
+		return 0, nil
 	}
 	if g.cfg.Rate > 0 {
 		due := uint64(now.Sub(g.start).Seconds()*g.cfg.Rate) + 1

@@ -45,6 +45,7 @@ type vmExport struct {
 	queues  []int
 	shared  bool
 	ctl     bool // plug on the guest's request only
+	bell    bool // plug as ivshmem-doorbell (exportDoorbell)
 
 	mu     sync.Mutex
 	detach func(context.Context) error // nil while not plugged
@@ -61,10 +62,10 @@ var _ virtio.Handler = (*vmExport)(nil)
 // when it has none) and the guest asks for the plug (zcguest ctl plug).
 // Without ctl the region is plugged now, and a zc.ctl port the VM already
 // has is served too (offers, and unplug-notices before the unplug).
-func newVMExport(ctx context.Context, log hclog.Logger, qmpPath string, target *zc.Cluster, queues []int, shared, ctl bool) (*vmExport, error) {
-	e := &vmExport{log: log, qmpPath: qmpPath, target: target, queues: queues, shared: shared, ctl: ctl}
+func newVMExport(ctx context.Context, log hclog.Logger, qmpPath string, target *zc.Cluster, queues []int, shared, ctl, bell bool) (*vmExport, error) {
+	e := &vmExport{log: log, qmpPath: qmpPath, target: target, queues: queues, shared: shared, ctl: ctl, bell: bell}
 	if !ctl {
-		detach, err := exportVM(ctx, log, qmpPath, target)
+		detach, err := e.export(ctx, target)
 		if err != nil {
 			return nil, err
 		}
@@ -173,12 +174,20 @@ func (e *vmExport) Plug(ctx context.Context, cluster uint32, queues []int) error
 	if e.detach != nil {
 		return nil
 	}
-	detach, err := exportVM(ctx, e.log, e.qmpPath, e.target)
+	detach, err := e.export(ctx, e.target)
 	if err != nil {
 		return err
 	}
 	e.detach = detach
 	return nil
+}
+
+// export plugs c into the VM: as ivshmem-plain, or with a doorbell.
+func (e *vmExport) export(ctx context.Context, c *zc.Cluster) (func(context.Context) error, error) {
+	if e.bell {
+		return exportDoorbell(ctx, e.log, e.qmpPath, c)
+	}
+	return exportVM(ctx, e.log, e.qmpPath, c)
 }
 
 // replace unplugs the region the VM has (after a notice, as close does)
@@ -199,7 +208,7 @@ func (e *vmExport) replace(ctx context.Context, c *zc.Cluster) error {
 	if e.ctl {
 		return nil
 	}
-	d, err := exportVM(ctx, e.log, e.qmpPath, c)
+	d, err := e.export(ctx, c)
 	if err != nil {
 		return err
 	}

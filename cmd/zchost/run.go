@@ -51,6 +51,7 @@ type runOpts struct {
 	cpuprofile    string
 	drainTimeout  time.Duration
 	vmRecover     time.Duration
+	doorbell      bool
 	group         string
 	bpf           string
 	log           logFlags
@@ -62,7 +63,7 @@ func runFlags(o *runOpts) *flag.FlagSet {
 		fs.UintVar(&o.cluster, n, 99, "cluster `id` consumers attach to as zc:ID@QUEUE")
 	}
 	for _, n := range []string{"i", "in"} {
-		fs.Var(&o.in, n, "packet `source`, repeatable: gen:len=64,count=1000000[,rate=PPS][,flows=N], pcap:FILE,\n"+
+		fs.Var(&o.in, n, "packet `source`, repeatable: gen:len=64,count=1000000[,rate=PPS][,flows=N][,after=5s], pcap:FILE,\n"+
 			"zc:IF (best of AF_XDP/AF_PACKET), afxdp:IF[@Q][?mode=copy|zerocopy&xdp=native|generic&ring=N],\n"+
 			"afpacket:IF. None: create the cluster and\n"+
 			"wait (queues fed by producers that attach, e.g. zsend -o zc:ID@Q)")
@@ -97,6 +98,10 @@ func runFlags(o *runOpts) *flag.FlagSet {
 	fs.DurationVar(&o.vmRecover, "vm-recover", 10*time.Second, "a VM whose region fails (its guest broke a ring, or the region file was truncated) keeps\n"+
 		"its packets dropped and counted; after this `long` it gets a fresh region, plugged in place of the\n"+
 		"broken device (offered again with --ctl). Each further failure doubles the wait, up to 10m. 0: never")
+	fs.BoolVar(&o.doorbell, "doorbell", false, "plug each VM's region as an ivshmem-doorbell device that zchost serves, so guest readers sleep on an\n"+
+		"interrupt instead of polling and wake in microseconds (QMP VMs only; the guest needs a q35 machine with\n"+
+		"-device intel-iommu,intremap=on and the vfio-pci module: QEMU's doorbell interrupts only through MSI-X;\n"+
+		"other guests poll, and say so)")
 	fs.BoolVar(&o.shared, "shared", false, "put every VM on the cluster's own region (zero copy; only for guests you trust)")
 	fs.DurationVar(&o.interval, "stats-interval", time.Second, "print source and queue counters this often (0: never)")
 	fs.DurationVar(&o.waitConsumers, "wait-consumers", 0, "before the sources start, wait up to this `long` for every queue to have a consumer attached")
@@ -209,6 +214,9 @@ func runCmd(args []string) error {
 		if o.ctl && libvirt.IsSpec(vm.path) {
 			return fmt.Errorf("%w: --vm %s: %v", errUsage, vm.path, errLibvirtCtl)
 		}
+		if o.doorbell && libvirt.IsSpec(vm.path) {
+			return fmt.Errorf("%w: --vm %s: --doorbell plugs through QMP; libvirt domains get ivshmem-plain (guests poll)", errUsage, vm.path)
+		}
 		for _, qi := range vm.queues {
 			exported[qi] = true
 		}
@@ -243,7 +251,7 @@ func runCmd(args []string) error {
 			target = vc
 			log.Info("vm region", "vm", vm.path, "path", vc.Path(), "queues", vm.queues, "size", vc.Size())
 		}
-		ex, err := newVMExport(ctx, log, vm.path, target, vm.queues, shared, o.ctl)
+		ex, err := newVMExport(ctx, log, vm.path, target, vm.queues, shared, o.ctl, o.doorbell)
 		if err != nil {
 			return err
 		}

@@ -86,6 +86,7 @@ func run() int {
 	lastT, lastN := start, uint64(0)
 	pkts := make([]zc.Packet, 64)
 	var delays []int64 // --latency: ns per packet
+	saidMode := false
 	var next uint64
 	haveNext := false
 	exit := 0
@@ -95,6 +96,12 @@ func run() int {
 			want = int(min(uint64(want), count-s.Packets))
 		}
 		n, err := q.RecvBurst(pkts[:want])
+		if n == 0 && err == nil && !saidMode {
+			// Once, how this reader waits when idle: it matters in a guest
+			// (an interrupt, or polling that keeps a vCPU busy).
+			fmt.Fprintf(os.Stderr, "zcount: %s: idle waits: %s\n", name, q.WakeMode())
+			saidMode = true
+		}
 		if n == 0 && err == nil {
 			// Idle: wait until a packet comes, or until the next stats line
 			// is due. (Only here: a context per busy burst would allocate.)

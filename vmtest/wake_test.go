@@ -1,0 +1,106 @@
+package vmtest
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestGuestSleepsOnDoorbell: zchost run --doorbell plugs a VM's region as
+// an ivshmem-doorbell device it serves. The guest's zcount (the same
+// binary as ever) finds it can take the device's interrupts (vfio-pci, q35
+// with a virtual IOMMU) and sleeps on them while its queue is idle: QEMU
+// uses little CPU meanwhile. A burst sent later wakes it and is counted
+// exactly. A second zcount, asleep when the agent stops and unplugs the
+// region, ends with "the queue went away" instead of hanging. The same run
+// without --doorbell (ivshmem-plain: the guest polls) gives QEMU's CPU to
+// compare with, in the same test.
+func TestGuestSleepsOnDoorbell(t *testing.T) {
+	var cpu [2]time.Duration
+	for i, bell := range []bool{true, false} {
+		t.Run(map[bool]string{true: "doorbell", false: "plain"}[bell], func(t *testing.T) { cpu[i] = testGuestSleeps(t, bell) })
+	}
+	if cpu[0] > 0 && cpu[1] > 0 {
+		t.Logf("QEMU CPU while the guest's reader was idle: %v sleeping on the doorbell, %v polling (%.1fx less)",
+			cpu[0], cpu[1], cpu[1].Seconds()/cpu[0].Seconds())
+	}
+}
+
+func testGuestSleeps(t *testing.T, bell bool) time.Duration {
+	const (
+		id = 79
+		n  = 2000
+	)
+	h := newHostTools(t)
+	ctx := testCtx(t, 150*time.Second)
+	vm := Start(t, Machine("q35"), QEMUArgs(IntelIOMMUArgs...), Modules(VFIOModules...), Timeout(2*time.Minute),
+		GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(fmt.Sprintf(`
+zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
+echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"
+echo "ZCRESULT $(zcount -i zc:%[1]d@0 --json --interval 0)"`, id, n)))
+	args := []string{"run", "-c", fmt.Sprint(id), "-i", fmt.Sprintf("gen:len=%d,count=%d,after=6s", frameLen, n),
+		"-n", "1", "--keep", "--backing", "shm", "--stats-interval", "0", "--wait-consumers", "90s", "--vm", vm.QMPPath()}
+	if bell {
+		args = append(args, "--doorbell")
+	}
+	agent := h.start(t, h.zchost, args...)
+
+	// The guest's reader is attached and idle for six seconds: measure
+	// QEMU's CPU over three of them.
+	for !strings.Contains(agent.stderrText(), "sources started") {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the agent never started its sources:\n%s", agent.stderrText())
+		case <-agent.done:
+			t.Fatalf("zchost run exited: %v\n%s", agent.err, agent.stderrText())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	time.Sleep(1500 * time.Millisecond) // past the reader's polls and naps
+	cpu0, err := vm.CPUTime()
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	cpu1, err := vm.CPUTime()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle := cpu1 - cpu0
+	t.Logf("QEMU CPU while the guest's zcount waited (doorbell %v): %v in 3 s (%.1f%% of a CPU)", bell, idle, 100*idle.Seconds()/3)
+	// A generous bound: a guest that polls keeps its vCPU, and so QEMU's
+	// TCG thread, busy most of the time.
+	if bell && idle > 900*time.Millisecond {
+		t.Errorf("QEMU used %v of CPU in 3 s while the guest should sleep", idle)
+	}
+
+	var s summary
+	if _, err := vm.Result(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
+	s.check(t, "guest woken by the doorbell", n)
+	want := map[bool]string{true: "idle waits: doorbell", false: "idle waits: poll: no doorbell interrupts"}[bell]
+	if _, err := vm.Expect(ctx, want); err != nil {
+		t.Errorf("the guest's zcount did not say %q: %v", want, err)
+	}
+	time.Sleep(2 * time.Second) // the second zcount attaches and sleeps
+	if err := agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	stopCtx, cancel := context.WithTimeout(ctx, 60*time.Second) // a hang bound
+	defer cancel()
+	if _, err := agent.wait(stopCtx); err != nil {
+		t.Fatalf("zchost run after SIGTERM: %v", err)
+	}
+	var gone summary
+	if _, err := vm.Result(ctx, &gone); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(gone.Error, "went away") {
+		t.Errorf("the sleeping reader after the unplug: %+v, want the error \"the queue went away\"", gone)
+	}
+	return idle
+}
