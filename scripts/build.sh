@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds every binary into bin/ (git-ignored): the Go commands and
-# examples, and the libpcap shim bin/libzcpcap.so (pcapshim/zcpcap.c; it
+# examples, and the libpcap shim bin/libzcpcap.so (pcapshim/src/zcpcap.c; it
 # needs a C compiler and the libpcap headers, libpcap-dev, which
 # scripts/setup.sh installs). Run from anywhere:
 #
@@ -19,5 +19,5 @@ if ! echo '#include <pcap/pcap.h>' | "$CC" -E -x c - >/dev/null 2>&1; then
   echo "build.sh: no libpcap headers: bin/libzcpcap.so not built (apt-get install libpcap-dev)" >&2
   exit 1
 fi
-"$CC" -O2 -Wall -Wextra -fPIC -shared -o bin/libzcpcap.so pcapshim/zcpcap.c -ldl
+"$CC" -O2 -Wall -Wextra -fPIC -shared -o bin/libzcpcap.so pcapshim/src/zcpcap.c -ldl
 echo "build.sh: built $(ls bin | tr '\n' ' ')"
