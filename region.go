@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/zcfabric/zc/ivshmem"
 )
@@ -28,18 +29,22 @@ type region struct {
 	onEnd func() // called when the last reference goes
 
 	// ringGuest, set by the creator (Cluster.OnGuestWake), wakes a guest
-	// consumer asleep on its ivshmem doorbell.
+	// consumer asleep on its ivshmem doorbell; waitGuest (OnGuestRing)
+	// waits for a guest's ring.
 	ringGuest atomic.Pointer[func()]
-	// bell is a guest's doorbell, opened on the first sleep (bellOnce);
-	// bellErr says why there is none (the guest polls).
+	waitGuest atomic.Pointer[func(time.Duration)]
+	// bell is a guest's doorbell, opened on first use (bellOnce); bellErr
+	// says why it cannot wait for interrupts (nil bell: why there is none).
 	bellOnce sync.Once
-	bell     sleeper
+	bell     bellDevice
 	bellErr  error
 }
 
-// sleeper is a guest's way to wait for the host's ring (guest.Doorbell).
-type sleeper interface {
+// bellDevice is a guest's ivshmem doorbell (guest.Doorbell): it waits for
+// the host's interrupt and rings the host.
+type bellDevice interface {
 	Wait(ctx context.Context) (uint64, error)
+	Ring(peer, vector uint16)
 	Close() error
 }
 

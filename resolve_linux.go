@@ -21,9 +21,10 @@ func init() {
 
 // openGuestBell opens the doorbell of the ivshmem device whose BAR2 is
 // path (sysfs .../resource2): only an ivshmem-doorbell device has one (its
-// MSI-X table is BAR1: resource1), and only one whose interrupts this
-// guest can take (guest.Doorbell) is worth sleeping on.
-func openGuestBell(path string) (sleeper, error) {
+// MSI-X table is BAR1: resource1). It rings the host in any guest; it
+// waits for the host's interrupts only where the guest can take them
+// (guest.Doorbell): noIntr says why not.
+func openGuestBell(path string) (b bellDevice, noIntr error) {
 	dir := filepath.Dir(path)
 	if _, err := os.Stat(filepath.Join(dir, "resource1")); err != nil {
 		return nil, errors.New("an ivshmem-plain device: no doorbell")
@@ -36,15 +37,11 @@ func openGuestBell(path string) (sleeper, error) {
 		if d.Dir != dir && filepath.Join(guest.SysfsRoot(), "bus", "pci", "devices", d.Addr) != dir {
 			continue
 		}
-		b, err := guest.OpenDoorbell(d, guest.DoorbellOptions{})
+		db, err := guest.OpenDoorbell(d, guest.DoorbellOptions{})
 		if err != nil {
 			return nil, err
 		}
-		if err := b.Interrupts(); err != nil {
-			b.Close()
-			return nil, err
-		}
-		return b, nil
+		return db, db.Interrupts()
 	}
 	return nil, fmt.Errorf("no ivshmem device at %s", dir)
 }

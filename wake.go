@@ -44,7 +44,13 @@ func (q *Queue) notify(p *ivshmem.RingProducer) {
 			q.wakes.Add(1)
 		}
 	case ivshmem.WakeDoorbell:
-		if f := q.r.ringGuest.Load(); f != nil {
+		if q.r.side == ivshmem.SideGuest {
+			// The host side sleeps on its doorbell eventfd: ring peer 0.
+			if b, _ := q.r.guestBell(); b != nil {
+				b.Ring(0, 0)
+				q.wakes.Add(1)
+			}
+		} else if f := q.r.ringGuest.Load(); f != nil {
 			(*f)()
 			q.wakes.Add(1)
 		}
@@ -63,13 +69,26 @@ func (c *Cluster) OnGuestWake(f func()) {
 	c.r.ringGuest.Store(&f)
 }
 
-// openBell opens the doorbell of the guest device whose BAR2 is path
-// (set where guests are supported: resolve_linux.go).
-var openBell func(path string) (sleeper, error)
+// OnGuestRing sets how a producer in this process waits for a guest
+// consumer's ring (the agent: its doorbell server's host eventfd), at most
+// the duration given: a lossless producer waiting for the guest to return
+// buffers then sleeps instead of polling. nil removes it.
+func (c *Cluster) OnGuestRing(wait func(time.Duration)) {
+	if wait == nil {
+		c.r.waitGuest.Store(nil)
+		return
+	}
+	c.r.waitGuest.Store(&wait)
+}
 
-// guestBell returns the region's doorbell, opening it on first use; nil
-// when the guest cannot sleep on one (WakeMode says why).
-func (r *region) guestBell() sleeper {
+// openBell opens the doorbell of the guest device whose BAR2 is path
+// (set where guests are supported: resolve_linux.go); noIntr says why it
+// cannot wait for interrupts.
+var openBell func(path string) (b bellDevice, noIntr error)
+
+// guestBell returns the region's doorbell, opening it on first use (nil
+// when the device has none), and whether it can wait for interrupts.
+func (r *region) guestBell() (bellDevice, bool) {
 	r.bellOnce.Do(func() {
 		if openBell == nil {
 			r.bellErr = errors.New("no doorbell support on this system")
@@ -77,20 +96,23 @@ func (r *region) guestBell() sleeper {
 		}
 		r.bell, r.bellErr = openBell(r.m.Path)
 	})
-	return r.bell
+	return r.bell, r.bell != nil && r.bellErr == nil
 }
 
 // sleepMode is how this end sleeps when idle: WakeFutex, WakeDoorbell, or
 // WakeNone (it polls).
 func (q *Queue) sleepMode() uint32 {
 	if q.r.side == ivshmem.SideGuest {
-		if q.in != nil && q.r.guestBell() != nil {
+		if _, ok := q.r.guestBell(); ok && q.in != nil {
 			return ivshmem.WakeDoorbell
 		}
 		return ivshmem.WakeNone
 	}
 	if q.canSleep() {
 		return ivshmem.WakeFutex
+	}
+	if q.out != nil && q.r.waitGuest.Load() != nil {
+		return ivshmem.WakeDoorbell // a producer waiting for a guest's returns
 	}
 	return ivshmem.WakeNone
 }
@@ -111,14 +133,17 @@ func (q *Queue) WakeMode() string {
 	case q.r.side == ivshmem.SideGuest:
 		return fmt.Sprintf("poll: no doorbell interrupts (%v)", q.r.bellErr)
 	}
-	return "poll: the peer is a guest (it cannot wake a host process)"
+	return "poll: the peer is a guest, and no doorbell of this process serves it"
 }
 
 // sleepBell is sleep on a guest's doorbell: announce, look again, wait for
 // the host's interrupt (at most SleepSlice, or until ctx ends).
 func (q *Queue) sleepBell(ctx context.Context) (err error) {
-	bell := q.r.guestBell()
-	if err := q.announce(ivshmem.WakeDoorbell); err != nil || bell == nil {
+	bell, ok := q.r.guestBell()
+	if !ok {
+		return nil
+	}
+	if err := q.announce(ivshmem.WakeDoorbell); err != nil {
 		return err
 	}
 	tctx, cancel := context.WithTimeout(ctx, SleepSlice)
@@ -216,7 +241,11 @@ func (q *Queue) sleepCtx(ctx context.Context, c *ivshmem.RingConsumer, d time.Du
 // ring when the consumer is a host process, else naps. It returns ctx's
 // error when ctx ends.
 func (q *Queue) waitReturns(ctx context.Context, b *backoff) error {
-	if b.n < 512 || !q.canSleep() {
+	if b.n < 512 {
+		return b.wait(ctx)
+	}
+	mode := q.sleepMode()
+	if mode == ivshmem.WakeNone {
 		return b.wait(ctx)
 	}
 	select {
@@ -225,5 +254,29 @@ func (q *Queue) waitReturns(ctx context.Context, b *backoff) error {
 	default:
 	}
 	b.n++
-	return q.sleep(q.ret, 10*time.Millisecond)
+	if mode == ivshmem.WakeFutex {
+		return q.sleep(q.ret, 10*time.Millisecond)
+	}
+	// The consumer is a guest that rings this process's doorbell server.
+	return q.sleepGuestRing(10 * time.Millisecond)
+}
+
+// sleepGuestRing announces on the return ring that this producer sleeps
+// until the guest consumer rings (OnGuestRing), at most d.
+func (q *Queue) sleepGuestRing(d time.Duration) (err error) {
+	wait := q.r.waitGuest.Load()
+	if wait == nil {
+		return nil
+	}
+	old := guardOn()
+	defer q.guardOff(old, "wait", &err)
+	ready, err := q.ret.Announce(ivshmem.WakeDoorbell)
+	if err != nil {
+		return q.fail("wait", err)
+	}
+	if !ready {
+		(*wait)(d)
+		q.ret.Clear()
+	}
+	return nil
 }

@@ -104,3 +104,56 @@ echo "ZCRESULT $(zcount -i zc:%[1]d@0 --json --interval 0)"`, id, n)))
 	}
 	return idle
 }
+
+// TestHostSleepsOnGuestRing: the other direction. A lossless agent feeds a
+// guest reader faster than the guest (under TCG) can read; while the queue
+// is full the agent waits for the guest's returns. With --doorbell it
+// sleeps until the guest rings (the guest rings once it returned buffers
+// and saw the agent's request); without, it polls. The guest counts every
+// packet exactly either way; the agent's CPU and the run's length are
+// logged side by side (docs/PERFORMANCE.md).
+func TestHostSleepsOnGuestRing(t *testing.T) {
+	var cpu [2]time.Duration
+	for i, bell := range []bool{true, false} {
+		t.Run(map[bool]string{true: "doorbell", false: "plain"}[bell], func(t *testing.T) { cpu[i] = testHostSleeps(t, bell) })
+	}
+	if cpu[0] > 0 && cpu[1] > 0 {
+		t.Logf("agent CPU feeding a slower guest losslessly: %v waiting for its rings, %v polling (%.1fx less)",
+			cpu[0], cpu[1], cpu[1].Seconds()/cpu[0].Seconds())
+	}
+}
+
+func testHostSleeps(t *testing.T, bell bool) time.Duration {
+	const (
+		id = 80
+		n  = 60000
+	)
+	h := newHostTools(t)
+	ctx := testCtx(t, 150*time.Second)
+	vm := Start(t, Machine("q35"), QEMUArgs(IntelIOMMUArgs...), Modules(VFIOModules...), Timeout(2*time.Minute),
+		GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(fmt.Sprintf(`
+zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
+echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"`, id, n)))
+	args := []string{"run", "-c", fmt.Sprint(id), "-i", fmt.Sprintf("gen:len=%d,count=%d", frameLen, n),
+		"-n", "1", "-q", "1024", "--lossless", "--backing", "shm", "--stats-interval", "0", "--wait-consumers", "90s", "--vm", vm.QMPPath()}
+	if bell {
+		args = append(args, "--doorbell")
+	}
+	agent := h.start(t, h.zchost, args...)
+	var s summary
+	if _, err := vm.Result(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
+	s.check(t, "guest fed losslessly", n)
+	used, err := ProcCPUTime(agent.cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("agent CPU (doorbell %v): %v for %d packets", bell, used, n)
+	stopCtx, cancel := context.WithTimeout(ctx, 60*time.Second) // a hang bound
+	defer cancel()
+	if _, err := agent.wait(stopCtx); err != nil {
+		t.Fatalf("zchost run: %v", err)
+	}
+	return used
+}

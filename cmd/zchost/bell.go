@@ -17,8 +17,10 @@ import (
 // ivshmem-doorbell device served by an ivshmem server of its own (one
 // per region: host/doorbell), so that a guest reader of c sleeps on an
 // interrupt instead of polling, and the producers in this process ring it
-// (zc.Cluster.OnGuestWake). It returns the function that unplugs the
-// device and stops the server. QMP VMs only.
+// (zc.Cluster.OnGuestWake); a lossless producer waiting for the guest to
+// return buffers sleeps until the guest rings back (OnGuestRing). It
+// returns the function that unplugs the device and stops the server. QMP
+// VMs only.
 func exportDoorbell(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluster) (detach func(context.Context) error, err error) {
 	fail := func(err error) (func(context.Context) error, error) {
 		return nil, fmt.Errorf("export cluster %d to vm %s with a doorbell: %w", c.ID(), qmpPath, err)
@@ -65,11 +67,19 @@ func exportDoorbell(ctx context.Context, log hclog.Logger, qmpPath string, c *zc
 			srv.Notify(p, 0)
 		}
 	})
+	// A lossless producer waiting for the guest's returns sleeps until the
+	// guest rings (it does once it returned buffers and saw the request).
+	c.OnGuestRing(func(d time.Duration) {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		srv.WaitHost(ctx, 0)
+		cancel()
+	})
 	log.Info("exported to vm with a doorbell", "vm", qmpPath, "device", a.DevID, "chardev", a.ChardevID, "bus", a.Bus, "took", time.Since(start))
 	return func(ctx context.Context) error {
 		defer cleanup()
 		defer srv.Close()
 		c.OnGuestWake(nil)
+		c.OnGuestRing(nil)
 		vm, err := qmp.Dial(ctx, qmpPath)
 		if err != nil {
 			return fmt.Errorf("unexport cluster %d from vm %s: %w", c.ID(), qmpPath, err)
