@@ -58,7 +58,9 @@
 //	+136          8*3   consumer's counters: packets, bytes, bad entries
 //	+256          4     wake word, written by the consumer: 0 polling,
 //	                    1 asleep in futex(2) on the producer index word,
-//	                    2 asleep on its ivshmem-doorbell interrupt
+//	                    2 asleep on the ivshmem doorbell (a guest consumer:
+//	                    the host rings its interrupt; the host consumer of
+//	                    a guest's ring: the guest rings peer 0, the agent)
 //	+260..383           (reserved)
 //	+384                slots. Data ring: S descriptors of 16 bytes:
 //	  +0          4       buffer handle
@@ -138,7 +140,9 @@
 // again it stores 0. The producer stores its index (sequentially
 // consistent), then loads the wake word; only when it is set does it
 // clear it (compare-and-swap) and wake the consumer once: FUTEX_WAKE on
-// the producer index word for code 1, a doorbell interrupt for code 2. The
+// the producer index word for code 1, a doorbell ring for code 2 (the
+// host through its ivshmem server to the guest's interrupt; a guest by
+// writing peer 0, vector 0 to its device's Doorbell register). The
 // two full barriers make a lost wake-up impossible (each side's store is
 // ordered before its load of the other's word); a busy ring makes no
 // system call, because nobody announces a sleep. Who sleeps on what: the

@@ -99,8 +99,9 @@ const (
 	// WakeFutex: a host process sleeps in futex(2) on the ring's producer
 	// index word; the producer wakes it with FUTEX_WAKE.
 	WakeFutex = 1
-	// WakeDoorbell: a guest sleeps on its ivshmem-doorbell interrupt; the
-	// host wakes it through the doorbell server.
+	// WakeDoorbell: the consumer sleeps on the ivshmem doorbell: a guest
+	// on its interrupt (the host rings it through its ivshmem server), the
+	// agent on its server's host eventfd (the guest rings peer 0).
 	WakeDoorbell = 2
 )
 
