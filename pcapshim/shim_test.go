@@ -461,3 +461,56 @@ func TestNextEx(t *testing.T) {
 	}
 	a.wait(t)
 }
+
+// TestDeadReaderReplaced: a tcpdump killed while it reads leaves a stale
+// owner word and buffers nobody returns; the next tcpdump replaces it
+// (its process is gone), the attach handshake has zchost take those
+// buffers back, and the lossless producer finishes: every frame reached
+// one of the two readers, the second one's in order.
+func TestDeadReaderReplaced(t *testing.T) {
+	e := newEnv(t)
+	const n = 30000
+	a := e.startAgent(66, "-i", fmt.Sprintf("gen:len=64,count=%d,rate=50000", n), "-n", "1", "--wait-consumers", "20s", "--lossless")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	first := e.preloaded(ctx, "tcpdump", "-i", "zc:66@0", "-w", os.DevNull)
+	stderr, err := first.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() && !strings.Contains(sc.Text(), "listening on") {
+	}
+	time.Sleep(100 * time.Millisecond) // let it hold some buffers
+	first.Process.Kill()
+	first.Wait()
+
+	out := filepath.Join(t.TempDir(), "second.pcap")
+	res, _ := e.preloaded(ctx, "tcpdump", "-i", "zc:66@0", "-w", out).CombinedOutput()
+	// It reads until zchost closes the cluster, and says so.
+	if !strings.Contains(string(res), "closed by its creator") {
+		t.Errorf("second tcpdump did not end with the cluster closed:\n%s", res)
+	}
+	log := a.wait(t)
+	if !strings.Contains(log, fmt.Sprintf("sent=%d drops=0", n)) {
+		t.Errorf("zchost did not send all %d frames:\n%s", n, log)
+	}
+	frames := readPcap(t, out)
+	if len(frames) == 0 {
+		t.Fatalf("the second reader got nothing:\n%s", res)
+	}
+	prev := int64(-1)
+	for i, f := range frames {
+		seq, err := zc.CheckSynth(f)
+		if err != nil || int64(seq) <= prev {
+			t.Fatalf("frame %d: seq %d after %d: %v", i, seq, prev, err)
+		}
+		prev = int64(seq)
+	}
+	if prev != n-1 {
+		t.Errorf("the second reader's last frame is seq %d, want %d", prev, n-1)
+	}
+}
