@@ -33,6 +33,15 @@ var (
 	buildErr  error
 )
 
+// TestMain removes what tools built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
 // tools builds the shim, zchost and the nextex test program once, into a
 // directory that lives as long as the test binary, and returns it. It
 // skips the test when cc, tcpdump or the libpcap headers are missing.
