@@ -255,7 +255,7 @@ func (q *Queue) waitReturns(ctx context.Context, b *backoff) error {
 	}
 	b.n++
 	if mode == ivshmem.WakeFutex {
-		return q.sleep(q.ret, 10*time.Millisecond)
+		return q.sleepCtx(ctx, q.ret, SleepSlice)
 	}
 	// The consumer is a guest that rings this process's doorbell server.
 	return q.sleepGuestRing(10 * time.Millisecond)
