@@ -106,8 +106,8 @@ echo "ZCRESULT $(zcount -i zc:%[1]d@0 --json --interval 0)"`, id, n)))
 }
 
 // TestHostSleepsOnGuestRing: the other direction. A lossless agent feeds a
-// guest reader faster than the guest (under TCG) can read; while the queue
-// is full the agent waits for the guest's returns. With --doorbell it
+// guest reader through a 64-slot queue, so it waits for the guest's
+// returns a thousand times. With --doorbell it
 // sleeps until the guest rings (the guest rings once it returned buffers
 // and saw the agent's request); without, it polls. The guest counts every
 // packet exactly either way; the agent's CPU and the run's length are
@@ -135,7 +135,7 @@ func testHostSleeps(t *testing.T, bell bool) time.Duration {
 zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
 echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"`, id, n)))
 	args := []string{"run", "-c", fmt.Sprint(id), "-i", fmt.Sprintf("gen:len=%d,count=%d", frameLen, n),
-		"-n", "1", "-q", "1024", "--lossless", "--backing", "shm", "--stats-interval", "0", "--wait-consumers", "90s", "--vm", vm.QMPPath()}
+		"-n", "1", "-q", "64", "--lossless", "--backing", "shm", "--stats-interval", "0", "--wait-consumers", "90s", "--vm", vm.QMPPath()}
 	if bell {
 		args = append(args, "--doorbell")
 	}
@@ -145,15 +145,13 @@ echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"`, 
 		t.Fatal(err)
 	}
 	s.check(t, "guest fed losslessly", n)
-	used, err := ProcCPUTime(agent.cmd.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("agent CPU (doorbell %v): %v for %d packets", bell, used, n)
 	stopCtx, cancel := context.WithTimeout(ctx, 60*time.Second) // a hang bound
 	defer cancel()
 	if _, err := agent.wait(stopCtx); err != nil {
 		t.Fatalf("zchost run: %v", err)
 	}
+	ps := agent.cmd.ProcessState
+	used := ps.UserTime() + ps.SystemTime()
+	t.Logf("agent CPU (doorbell %v): %v for %d packets through a 64-slot queue", bell, used, n)
 	return used
 }
