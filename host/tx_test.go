@@ -170,6 +170,13 @@ func TestBounce(t *testing.T) {
 	}
 	defer tx.Close()
 
+	// Stock the AF_XDP fill ring before the first frame is sent: Bounce
+	// does on its first Recv, but its goroutine may start late, and the
+	// frames that find no buffer are dropped while the sender waits for
+	// them (it keeps a window of 32 in flight).
+	if p, ok := srcs[0].(primer); ok {
+		p.prime(c.Pool())
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var st TxStats

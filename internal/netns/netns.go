@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -120,7 +121,31 @@ func New(t testing.TB, cfg Config) *Pair {
 			t.Fatalf("netns: set up %s in %s: %v", e.Ifname, e.NS, err)
 		}
 	}
+	// The kernel turns a veth's carrier on (and gives it a queueing
+	// discipline) through linkwatch, which may run up to a second later:
+	// a frame sent before that is dropped without a trace, and a test
+	// that sends a window of frames then waits for them stalls for good.
+	for _, e := range []End{p.A, p.B} {
+		if err := waitUp(e, 5*time.Second); err != nil {
+			t.Fatalf("netns: %v", err)
+		}
+	}
 	return p
+}
+
+// waitUp waits until e's link reports operational state UP.
+func waitUp(e End, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		out, err := exec.Command("ip", "-n", e.NS, "-o", "link", "show", e.Ifname).CombinedOutput()
+		if err == nil && bytes.Contains(out, []byte("state UP")) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s in %s not up after %v: %s", e.Ifname, e.NS, d, bytes.TrimSpace(out))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // remove deletes both namespaces; the veth pair goes with them.
