@@ -28,8 +28,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"time"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
