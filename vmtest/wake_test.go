@@ -19,13 +19,18 @@ import (
 // without --doorbell (ivshmem-plain: the guest polls) gives QEMU's CPU to
 // compare with, in the same test.
 func TestGuestSleepsOnDoorbell(t *testing.T) {
+	bellOrPoll(t, "QEMU CPU while the guest's reader was idle", testGuestSleeps)
+}
+
+// bellOrPoll runs test with --doorbell and without (the guest polls) and
+// logs what the two cost (what test returns: a CPU time).
+func bellOrPoll(t *testing.T, what string, test func(t *testing.T, bell bool) time.Duration) {
 	var cpu [2]time.Duration
 	for i, bell := range []bool{true, false} {
-		t.Run(map[bool]string{true: "doorbell", false: "plain"}[bell], func(t *testing.T) { cpu[i] = testGuestSleeps(t, bell) })
+		t.Run(map[bool]string{true: "doorbell", false: "plain"}[bell], func(t *testing.T) { cpu[i] = test(t, bell) })
 	}
 	if cpu[0] > 0 && cpu[1] > 0 {
-		t.Logf("QEMU CPU while the guest's reader was idle: %v sleeping on the doorbell, %v polling (%.1fx less)",
-			cpu[0], cpu[1], cpu[1].Seconds()/cpu[0].Seconds())
+		t.Logf("%s: %v with the doorbell, %v polling (%.1fx less)", what, cpu[0], cpu[1], cpu[1].Seconds()/cpu[0].Seconds())
 	}
 }
 
@@ -113,14 +118,7 @@ echo "ZCRESULT $(zcount -i zc:%[1]d@0 --json --interval 0)"`, id, n)))
 // packet exactly either way; the agent's CPU and the run's length are
 // logged side by side (docs/PERFORMANCE.md).
 func TestHostSleepsOnGuestRing(t *testing.T) {
-	var cpu [2]time.Duration
-	for i, bell := range []bool{true, false} {
-		t.Run(map[bool]string{true: "doorbell", false: "plain"}[bell], func(t *testing.T) { cpu[i] = testHostSleeps(t, bell) })
-	}
-	if cpu[0] > 0 && cpu[1] > 0 {
-		t.Logf("agent CPU feeding a slower guest losslessly: %v waiting for its rings, %v polling (%.1fx less)",
-			cpu[0], cpu[1], cpu[1].Seconds()/cpu[0].Seconds())
-	}
+	bellOrPoll(t, "agent CPU feeding a guest losslessly", testHostSleeps)
 }
 
 func testHostSleeps(t *testing.T, bell bool) time.Duration {
