@@ -110,7 +110,7 @@ func TestHostileWakeWordCostsWakeupsOnly(t *testing.T) {
 	wake := c.r.l.Queues[1].DataRing + 256
 	var bursts atomic.Int64
 	for i := range 200 {
-		poke(c.r.b, wake, ivshmem.WakeFutex) // the hostile consumer of queue 1
+		poke(c.r.b, wake, uint32(i+1)<<2|ivshmem.WakeFutex) // the hostile consumer of queue 1: a new "sleep" each time
 		if err := p1.Send([]byte{byte(i)}); err != nil && i < 64 {
 			t.Fatal(err)
 		}

@@ -56,7 +56,8 @@
 //	+8            8*3   producer's counters: packets, bytes, drops
 //	+128          4     consumer index
 //	+136          8*3   consumer's counters: packets, bytes, bad entries
-//	+256          4     wake word, written by the consumer: 0 polling,
+//	+256          4     wake word, written by the consumer only: its sleep
+//	                    number << 2 | code; code 0 polling,
 //	                    1 asleep in futex(2) on the producer index word,
 //	                    2 asleep on the ivshmem doorbell (a guest consumer:
 //	                    the host rings its interrupt; the host consumer of
@@ -137,9 +138,10 @@
 // found it empty, and wants to sleep rather than poll, stores its wake
 // code in the wake word (a sequentially consistent store), loads the
 // producer index again, and sleeps only if the ring is still empty; awake
-// again it stores 0. The producer stores its index (sequentially
-// consistent), then loads the wake word; only when it is set does it
-// clear it (compare-and-swap) and wake the consumer once: FUTEX_WAKE on
+// again it stores its number with code 0. Each sleep has a new number. The
+// producer stores its index (sequentially consistent), then loads the
+// wake word; only when its code is set and the word differs from the last
+// one it answered does it wake the consumer, once: FUTEX_WAKE on
 // the producer index word for code 1, a doorbell ring for code 2 (the
 // host through its ivshmem server to the guest's interrupt; a guest by
 // writing peer 0, vector 0 to its device's Doorbell register). The

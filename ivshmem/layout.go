@@ -103,6 +103,9 @@ const (
 	// on its interrupt (the host rings it through its ivshmem server), the
 	// agent on its server's host eventfd (the guest rings peer 0).
 	WakeDoorbell = 2
+
+	// wakeCode masks the code in a wake word (the rest: the sleep number).
+	wakeCode = 3
 )
 
 // Desc is a data ring slot: a packet in buffer Handle, Len bytes at Off.

@@ -25,10 +25,11 @@ import (
 // so a busy ring costs no system call. Both sides order their store
 // before the other's word with a full barrier: the producer's index store
 // is sequentially consistent (a locked XCHG on amd64, on a line it owns),
-// and so is the consumer's wake store. A producer that meets a set word
-// clears it (CAS) and wakes once: a peer that keeps setting it costs one
-// wake-up per burst sent to it, and can neither block the producer nor
-// make it spin.
+// and so is the consumer's wake store. The word is the consumer's sleep
+// number << 2 | its Wake* code, a new number each sleep; the producer
+// never writes it, and wakes once per number it sees (it remembers the
+// last): a peer that keeps writing new numbers costs one wake-up per
+// burst sent to it, and can neither block the producer nor make it spin.
 //
 // Counter names the three 64-bit counters each side of a ring owns.
 type Counter int
@@ -52,6 +53,8 @@ type ringSide struct {
 	size    uint32
 	pos     uint32 // this side's index, authoritative
 	cached  uint32 // last validated value of the peer's index
+	sleeps  uint32 // consumer: its sleep number (the wake word's upper bits)
+	woken   uint32 // producer: the last wake word it answered
 	stat    [numCounters]*uint64
 	statVal [numCounters]uint64
 }
@@ -85,7 +88,10 @@ func (s *ringSide) init(b []byte, off uint64, slots uint32, producer, desc bool)
 		s.stat[i] = u64ptr(b, statOff+8*uint64(i))
 		s.statVal[i] = atomic.LoadUint64(s.stat[i])
 	}
-	// Take over where the previous holder of this side stopped.
+	// Take over where the previous holder of this side stopped; a new
+	// consumer numbers its sleeps after the last one's.
+	s.sleeps = atomic.LoadUint32(s.wake) >> 2
+	s.woken = atomic.LoadUint32(s.wake)
 	s.pos = atomic.LoadUint32(s.mine)
 	s.cached = atomic.LoadUint32(s.peer)
 	if producer && s.pos-s.cached > s.size || !producer && s.cached-s.pos > s.size {
@@ -211,16 +217,18 @@ func (p *RingProducer) EnqueueDescs(ds []Desc) (int, error) {
 	return int(n), nil
 }
 
-// Waiting returns the consumer's wake request (a Wake* code, or a value a
-// broken peer wrote) after the last enqueue, and clears it: the caller
-// wakes the consumer once (Wake for WakeFutex). WakeNone costs one load
-// of a line the consumer rarely writes.
+// Waiting returns the consumer's wake request after the last enqueue: a
+// Wake* code (the low two bits of the word), once per sleep; WakeNone when
+// nobody sleeps or this sleep was answered already. The caller wakes the
+// consumer (Wake for WakeFutex). It costs one load of a line the consumer
+// rarely writes, and writes nothing.
 func (p *RingProducer) Waiting() uint32 {
 	v := atomic.LoadUint32(p.wake)
-	if v == WakeNone || !atomic.CompareAndSwapUint32(p.wake, v, WakeNone) {
+	if v&wakeCode == WakeNone || v == p.woken {
 		return WakeNone
 	}
-	return v
+	p.woken = v
+	return v & wakeCode
 }
 
 // Wake wakes a consumer sleeping in futex(2) on this ring (WakeFutex).
@@ -288,7 +296,8 @@ func (c *RingConsumer) DequeueDescs(ds []Desc) (int, error) {
 // word cleared, when entries arrived meanwhile (do not sleep). After a
 // false, sleep (FutexWait for WakeFutex) and call Clear when awake.
 func (c *RingConsumer) Announce(mode uint32) (bool, error) {
-	atomic.StoreUint32(c.wake, mode)
+	c.sleeps++
+	atomic.StoreUint32(c.wake, c.sleeps<<2|mode&wakeCode)
 	n, err := c.Len()
 	if err != nil || n > 0 {
 		c.Clear()
@@ -302,7 +311,7 @@ func (c *RingConsumer) Announce(mode uint32) (bool, error) {
 func (c *RingConsumer) Interrupt() { futexWake(c.peer) }
 
 // Clear withdraws a wake-up request (the consumer is awake).
-func (c *RingConsumer) Clear() { atomic.StoreUint32(c.wake, WakeNone) }
+func (c *RingConsumer) Clear() { atomic.StoreUint32(c.wake, c.sleeps<<2) }
 
 // FutexWait sleeps until the producer index moves from the value last
 // seen, a wake-up, or timeout: after Announce(WakeFutex) returned false.

@@ -301,6 +301,8 @@ struct zc {
 	uint32_t nap_ns;
 	uint64_t drops0; /* the producer's drop counter at attach */
 	uint64_t recv, passed, filtered, bad, wakes, sleeps;
+	uint32_t sleep_no; /* our sleep number: the data ring's wake word is sleep_no << 2 | code */
+	uint32_t woken;    /* the last return-ring wake word answered */
 	char err[PCAP_ERRBUF_SIZE];
 };
 
@@ -577,9 +579,11 @@ static int give_back(struct zc *z)
 	z->rpos += n;
 	/* Sequentially consistent, then the wake word (need_wakeup). */
 	__atomic_store_n((uint32_t *)(z->rr + R_PROD), z->rpos, __ATOMIC_SEQ_CST);
-	uint32_t *wake = (uint32_t *)(z->rr + R_WAKE);
-	uint32_t v = __atomic_load_n(wake, __ATOMIC_SEQ_CST);
-	if (v != 0 && __atomic_compare_exchange_n(wake, &v, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST) && v == WAKE_FUTEX) {
+	/* The word is the sleeper's number << 2 | code: answer each number once,
+	 * never write it (it is the producer's, the other end's, to write). */
+	uint32_t v = __atomic_load_n((uint32_t *)(z->rr + R_WAKE), __ATOMIC_SEQ_CST);
+	if ((v & 3) == WAKE_FUTEX && v != z->woken) {
+		z->woken = v;
 		futex_wake((uint32_t *)(z->rr + R_PROD));
 		z->wakes++;
 	}
@@ -716,7 +720,10 @@ static void wait_some(struct zc *z, int64_t max_ns)
 		return;
 	}
 	uint32_t *wake = (uint32_t *)(z->dr + R_WAKE), *prod = (uint32_t *)(z->dr + R_PROD);
-	__atomic_store_n(wake, WAKE_FUTEX, __ATOMIC_SEQ_CST);
+	if (z->sleep_no == 0) /* number our sleeps after the last reader's */
+		z->sleep_no = __atomic_load_n(wake, __ATOMIC_SEQ_CST) >> 2;
+	z->sleep_no++;
+	__atomic_store_n(wake, z->sleep_no << 2 | WAKE_FUTEX, __ATOMIC_SEQ_CST);
 	uint32_t p = __atomic_load_n(prod, __ATOMIC_SEQ_CST);
 	if (p == z->dpos) {
 		if (max_ns > 100000000)
@@ -726,7 +733,7 @@ static void wait_some(struct zc *z, int64_t max_ns)
 		z->sleeps++;
 		z->idle |= 63; /* look at the region on the next empty poll */
 	}
-	__atomic_store_n(wake, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(wake, z->sleep_no << 2, __ATOMIC_SEQ_CST);
 	z->nap_ns = 0;
 }
 
