@@ -32,8 +32,9 @@ import (
 // A raw write (op 0 in both targets) stores v at an offset of the region
 // chosen as FuzzConsumer's writes are: bit 15 of b|c<<8 set targets the
 // header's first 256 bytes (state word at 128), else the area from the
-// queue table to the buffers (descriptors with their owner and handshake
-// words, rings with their indices, counters and slots, metadata), modulo
+// queue table to the buffers (queue descriptors with their owner and
+// handshake words, rings with their indices, counters, wake words and
+// slots, metadata), modulo
 // its size, rounded down to a multiple of 4. Scripts are cut at
 // fuzzMaxSteps.
 //
@@ -105,6 +106,7 @@ func fzOff(l *ivshmem.Layout, off uint16) uint64 {
 const (
 	fzProd  = 0
 	fzCons  = 128
+	fzWake  = 256 // the ring consumer's wake word
 	fzSlots = ivshmem.RingHeaderSize
 )
 
@@ -201,8 +203,8 @@ func fzInBuffer(t *testing.T, what string, l *ivshmem.Layout, b []byte, p *Packe
 //
 // After every host call: no panic; errors only wrap ErrCorrupt, ErrGone
 // or ErrClosed (and ErrQueueFull, ErrNoBuffers, an oversized packet for
-// Send); the host wrote none of the consumer's words (its data ring index
-// and counters, the return ring's index, counters and slots, the
+// Send); the host wrote none of the consumer's words (its data ring index,
+// counters and wake word, the return ring's index, counters and slots, the
 // consumer's owner word, the header), only its own and the handshake;
 // every queue's Outstanding is at most its slots and at most what the
 // test knows it lent there. Every buffer Alloc gives (and Send sends) is
@@ -246,6 +248,10 @@ func fuzzProducerSeeds(l *ivshmem.Layout) [][]byte {
 		// Forged returns: a buffer never lent, one lent on queue 1, a
 		// duplicate, a handle out of range.
 		with(fuzzStep{op: 6, v: 39}, fuzzStep{op: 6, a: 2, v: 1}, fuzzStep{op: 6, v: 0}, fuzzStep{op: 6, v: 0}, fuzzStep{op: 6, v: 0xffffffff}, reclaim, send(0, 32, 10)),
+		// Wake words: the consumer asleep in futex(2), on a doorbell (there
+		// is none), garbage. The host wakes it or not; it never writes it.
+		with(fzRaw(l, q0.DataRing+fzWake, 1<<2|ivshmem.WakeFutex), send(0, 4, 10), fzRaw(l, q0.DataRing+fzWake, 2<<2|ivshmem.WakeDoorbell),
+			send(0, 4, 10), fzRaw(l, q1.DataRing+fzWake, 0xdeadbeef), send(1, 4, 10), reclaim, fuzzStep{op: 7, c: 20}),
 		// The handshake hammer: a recovery asked for after every burst.
 		with(fuzzStep{op: 5}, send(0, 4, 10), fuzzStep{op: 5}, send(0, 4, 10), fuzzStep{op: 5, a: 2, v: 0xffffffff}, reclaim, fuzzStep{op: 5, a: 1}, send(1, 8, 10)),
 		// Counters and owner words forged, the header's state and magic.
@@ -499,8 +505,8 @@ func (s *prodFuzz) hostSendCopy(q, size int) {
 //	1 produce: the guest sends up to b%17 packets from its pool, c bytes
 //	  each (synthetic frames, so the hashes have flows to read), honestly
 //	2 forge: the guest puts v (v modulo the buffer count with a&1) in the
-//	  next data slot, writes b*2 as its length and c*2 as its offset in
-//	  the metadata record (when the handle is a buffer), bumps its index
+//	  next data descriptor with b*2 as its length and c*2 as its offset
+//	  (later sends of that handle carry them too), bumps its index
 //	3 repeat: the guest puts the last handle it sent again, 1+b%4 times
 //	4 the guest stores v as the data ring's producer index
 //	5 reclaim: the guest takes back what the host returned, honestly
