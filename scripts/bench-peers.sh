@@ -7,7 +7,7 @@
 #
 #   scripts/bench-peers.sh [-s SECONDS] [-n PACKETS]
 #
-# Needs Debian's dpdk package (dpdk-testpmd) for the memif half; without
+# Needs Debian's dpdk-dev package (dpdk-testpmd) for the memif half; without
 # it that half is skipped and said so. Run as root on a quiet machine.
 set -eu
 SECS=10 N=50000000
@@ -28,15 +28,16 @@ go build -o "$W/" ./cmd/zchost ./examples/zcount ./examples/zsend
 if command -v dpdk-testpmd >/dev/null; then
 	S=$W/memif.sock
 	common="--no-huge -m 1024 --no-pci --no-telemetry"
-	dpdk-testpmd -l 0,1 --main-lcore 0 $common --file-prefix rx --vdev=net_memif0,role=server,socket=$S -- \
-		--forward-mode=rxonly --nb-cores=1 --burst=32 --total-num-mbufs=32768 --stats-period 1 </dev/null >"$W/rx.log" 2>&1 &
+	# testpmd without -i forwards until its stdin ends: keep it open.
+	sleep $((SECS + 12)) | dpdk-testpmd -l 0,1 --main-lcore 0 $common --file-prefix rx --vdev=net_memif0,role=server,socket=$S -- \
+		--forward-mode=rxonly --nb-cores=1 --burst=32 --total-num-mbufs=32768 --stats-period 1 >"$W/rx.log" 2>&1 &
 	PIDS+=($!)
 	sleep 2
-	dpdk-testpmd -l 0,1 --main-lcore 1 $common --file-prefix tx --vdev=net_memif0,role=client,socket=$S -- \
-		--forward-mode=txonly --txpkts=64 --nb-cores=1 --burst=32 --total-num-mbufs=32768 --stats-period 1 </dev/null >"$W/tx.log" 2>&1 &
+	sleep $((SECS + 8)) | dpdk-testpmd -l 0,1 --main-lcore 1 $common --file-prefix tx --vdev=net_memif0,role=client,socket=$S -- \
+		--forward-mode=txonly --txpkts=64 --nb-cores=1 --burst=32 --total-num-mbufs=32768 --stats-period 1 >"$W/tx.log" 2>&1 &
 	PIDS+=($!)
 	sleep $((SECS + 5)) # the link takes a few seconds to come up
-	kill "${PIDS[@]}" 2>/dev/null || true
+	pkill -f "file-prefix (rx|tx) --vdev=net_memif0,role=(server|client),socket=$S" 2>/dev/null || true
 	wait 2>/dev/null || true
 	PIDS=()
 	# The rx rates once the link is up: the median of the last SECS.
@@ -44,7 +45,7 @@ if command -v dpdk-testpmd >/dev/null; then
 	echo "memif (dpdk-testpmd txonly -> rxonly): $MEMIF pps rx (median of the last ${SECS} s)"
 else
 	MEMIF=0
-	echo "memif: skipped (no dpdk-testpmd: apt-get install dpdk)"
+	echo "memif: skipped (no dpdk-testpmd: apt-get install dpdk-dev)"
 fi
 
 # zcfabric: zsend -> queue -> zcount.
