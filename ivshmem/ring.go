@@ -89,9 +89,10 @@ func (s *ringSide) init(b []byte, off uint64, slots uint32, producer, desc bool)
 		s.statVal[i] = atomic.LoadUint64(s.stat[i])
 	}
 	// Take over where the previous holder of this side stopped; a new
-	// consumer numbers its sleeps after the last one's.
+	// consumer numbers its sleeps after the last one's. A new producer
+	// has answered no sleep yet: a consumer asleep as it attaches gets
+	// its wake-up (woken stays 0, never a sleeping word).
 	s.sleeps = atomic.LoadUint32(s.wake) >> 2
-	s.woken = atomic.LoadUint32(s.wake)
 	s.pos = atomic.LoadUint32(s.mine)
 	s.cached = atomic.LoadUint32(s.peer)
 	if producer && s.pos-s.cached > s.size || !producer && s.cached-s.pos > s.size {

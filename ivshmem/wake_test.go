@@ -170,3 +170,21 @@ func FuzzWakeWords(f *testing.F) {
 		}
 	})
 }
+
+// TestWakeNewProducer: a producer that attaches while the consumer sleeps
+// wakes it with its first enqueue (a restarted zsend, the agent coming
+// back).
+func TestWakeNewProducer(t *testing.T) {
+	b, _, c := newDescRing(t, 8)
+	if ready, err := c.Announce(WakeFutex); ready || err != nil {
+		t.Fatalf("Announce: %v %v", ready, err)
+	}
+	p, err := NewDescProducer(b, 0, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.EnqueueDescs([]Desc{{Handle: 1}})
+	if w := p.Waiting(); w != WakeFutex {
+		t.Fatalf("a new producer's Waiting = %d, want WakeFutex for the consumer already asleep", w)
+	}
+}
