@@ -79,8 +79,9 @@ func (c *Config) defaults() {
 type Cluster struct {
 	r      *region
 	pool   *Pool
-	sum    uint32 // header checksum as written
-	closed sync.Once
+	sum     uint32 // header checksum as written
+	adopted bool   // taken over from a creator that is gone (AdoptCluster)
+	closed  sync.Once
 }
 
 // CreateCluster creates cluster cfg.ID and publishes it under its name. A
@@ -103,22 +104,7 @@ func CreateCluster(cfg Config) (*Cluster, error) {
 			return nil, fmt.Errorf("zc: create cluster %d: %w (%s, pid %d)", cfg.ID, ErrExists, cfg.Path, l.CreatorPID)
 		}
 	}
-	var flags uint32
-	if cfg.Shared {
-		flags |= ivshmem.FlagShared
-	}
-	icfg := ivshmem.Config{
-		ClusterID: cfg.ID, Queues: uint32(cfg.Queues), Slots: uint32(cfg.QueueLen),
-		BufSize: uint32(cfg.BufferSize), Buffers: uint32(cfg.Buffers), QueueBuffers: uint32(cfg.QueueBuffers),
-		Flags: flags, Generation: gen, Created: time.Now().UnixNano(), CreatorPID: uint32(os.Getpid()),
-	}
-	if cfg.Backing == BackingAuto || cfg.Backing == BackingHugetlb {
-		icfg.MinSize = ivshmem.HugePageSize
-	}
-	if cfg.Queues < 0 || cfg.QueueLen < 0 || cfg.BufferSize < 0 || cfg.Buffers < 0 || cfg.QueueBuffers < 0 {
-		return nil, fmt.Errorf("zc: create cluster %d: %w: negative size", cfg.ID, ivshmem.ErrConfig)
-	}
-	l, err := ivshmem.Plan(icfg)
+	l, err := cfg.plan(gen, time.Now().UnixNano(), uint32(os.Getpid()))
 	if err != nil {
 		return nil, fmt.Errorf("zc: create cluster %d: %w", cfg.ID, err)
 	}
@@ -143,6 +129,27 @@ func CreateCluster(cfg Config) (*Cluster, error) {
 	r := newRegion(m, l, ivshmem.SideHost)
 	r.onEnd = func() { protect(func() { ivshmem.MarkClosed(m.Bytes) }); m.Remove() }
 	return &Cluster{r: r, pool: newPool(r, l.EngineFirst, l.EngineCount), sum: ivshmem.HeaderChecksum(m.Bytes)}, nil
+}
+
+// plan computes the layout of the region cfg (with defaults applied)
+// describes.
+func (cfg *Config) plan(gen uint64, created int64, pid uint32) (ivshmem.Layout, error) {
+	if cfg.Queues < 0 || cfg.QueueLen < 0 || cfg.BufferSize < 0 || cfg.Buffers < 0 || cfg.QueueBuffers < 0 {
+		return ivshmem.Layout{}, fmt.Errorf("%w: negative size", ivshmem.ErrConfig)
+	}
+	var flags uint32
+	if cfg.Shared {
+		flags |= ivshmem.FlagShared
+	}
+	icfg := ivshmem.Config{
+		ClusterID: cfg.ID, Queues: uint32(cfg.Queues), Slots: uint32(cfg.QueueLen),
+		BufSize: uint32(cfg.BufferSize), Buffers: uint32(cfg.Buffers), QueueBuffers: uint32(cfg.QueueBuffers),
+		Flags: flags, Generation: gen, Created: created, CreatorPID: pid,
+	}
+	if cfg.Backing == BackingAuto || cfg.Backing == BackingHugetlb {
+		icfg.MinSize = ivshmem.HugePageSize
+	}
+	return ivshmem.Plan(icfg)
 }
 
 func processAlive(pid uint32) bool {
@@ -197,6 +204,9 @@ func (c *Cluster) Producer(q int) (*Queue, error) {
 		return nil, err
 	}
 	qu.setSource(c.pool)
+	if c.adopted {
+		qu.takeRing()
+	}
 	return qu, nil
 }
 

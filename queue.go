@@ -42,6 +42,7 @@ type Queue struct {
 	hsSeen     uint32    // producer: the last handshake word handled
 	hsNext     time.Time // producer: no recovery before then (RecoverEvery)
 	hsQuiet    uint32    // producer: bursts left before the clock is read again
+	unknown    uint64    // producer: an earlier producer's loans not back yet (takeRing)
 	deferred   atomic.Uint64
 
 	hs     []uint32       // scratch, one burst

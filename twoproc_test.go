@@ -73,8 +73,11 @@ func runHelper(mode string) (helperResult, error) {
 	if burst <= 0 || burst > MaxBurst {
 		burst = 32
 	}
-	if mode == "socket" {
+	switch mode {
+	case "socket":
 		return helperSocket(count, burst)
+	case "create":
+		return helperCreate(count)
 	}
 	q, err := Open(os.Getenv(envQueue))
 	if err != nil {

@@ -126,6 +126,23 @@ func (l *Layout) Write(b []byte) error {
 	if uint64(len(b)) != l.RegionSize {
 		return fmt.Errorf("%w: write layout of %d bytes into %d", ErrConfig, l.RegionSize, len(b))
 	}
+	l.writeHeader(b)
+	le := binary.LittleEndian
+	for i, q := range l.Queues {
+		d := b[l.QueueTable+uint64(i)*QueueDescSize:]
+		le.PutUint32(d[qOffID:], q.ID)
+		le.PutUint32(d[qOffSlots:], q.Slots)
+		le.PutUint64(d[qOffDataRing:], q.DataRing)
+		le.PutUint64(d[qOffRetRing:], q.RetRing)
+		le.PutUint32(d[qOffPoolFirst:], q.PoolFirst)
+		le.PutUint32(d[qOffPoolCount:], q.PoolCount)
+		le.PutUint32(d[qOffFlags:], q.Flags)
+	}
+	return nil
+}
+
+// writeHeader writes l's header fields into b and signs them.
+func (l *Layout) writeHeader(b []byte) {
 	le := binary.LittleEndian
 	copy(b[offMagic:], Magic)
 	le.PutUint32(b[offVersion:], Version)
@@ -147,16 +164,20 @@ func (l *Layout) Write(b []byte) error {
 	le.PutUint64(b[offCreated:], uint64(l.Created))
 	le.PutUint32(b[offCreatorPID:], l.CreatorPID)
 	le.PutUint32(b[offChecksum:], crc32.Checksum(b[:checksummed], castagnoli))
-	for i, q := range l.Queues {
-		d := b[l.QueueTable+uint64(i)*QueueDescSize:]
-		le.PutUint32(d[qOffID:], q.ID)
-		le.PutUint32(d[qOffSlots:], q.Slots)
-		le.PutUint64(d[qOffDataRing:], q.DataRing)
-		le.PutUint64(d[qOffRetRing:], q.RetRing)
-		le.PutUint32(d[qOffPoolFirst:], q.PoolFirst)
-		le.PutUint32(d[qOffPoolCount:], q.PoolCount)
-		le.PutUint32(d[qOffFlags:], q.Flags)
+}
+
+// Retake makes this process the creator of the region in b, which holds
+// l already (a successor of a creator that is gone adopts its region):
+// the header is written again from l with pid as its creator and signed.
+// Nothing else changes: rings, counters, buffers and the state word stay,
+// and so do the readers attached to the region. b must hold l.RegionSize
+// bytes.
+func (l *Layout) Retake(b []byte, pid uint32) error {
+	if uint64(len(b)) != l.RegionSize {
+		return fmt.Errorf("%w: retake layout of %d bytes in %d", ErrConfig, l.RegionSize, len(b))
 	}
+	l.CreatorPID = pid
+	l.writeHeader(b)
 	return nil
 }
 
