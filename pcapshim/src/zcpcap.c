@@ -6,9 +6,11 @@
  *
  * The library defines the pcap_* entry points a capture tool calls. For a
  * device named zc:CLUSTER@QUEUE it serves the queue itself: it maps the
- * host region $ZC_DIR/zc-CLUSTER (default /dev/shm), attaches as the
- * consumer of the queue and hands the tool pointers into the shared
- * buffers. Every other name, and every call on another handle, goes to the
+ * host region $ZC_DIR/zc-CLUSTER (default /dev/shm), or, when there is
+ * none, in a guest, the BAR2 of the ivshmem PCI device that carries the
+ * cluster ($ZC_SYSFS/bus/pci/devices, default /sys: zc.Open's guest
+ * resolver), attaches as the consumer of the queue and hands the tool
+ * pointers into the shared buffers. Every other name, and every call on another handle, goes to the
  * real libpcap through dlsym(RTLD_NEXT, ...), so a preloaded tcpdump still
  * captures eth0 exactly as before.
  *
@@ -40,8 +42,10 @@
  * queue. A small table maps those pcap_t pointers to queue state.
  *
  * Deviations from the Go consumer (documented in README.md too):
- *  - host regions only; a guest's ivshmem device (zc.Open's resolver) is
- *    not looked for yet.
+ *  - a guest reader polls (naps up to 1 ms): it does not take the
+ *    device's interrupts (zc needs VFIO for that), so it never sleeps on
+ *    its doorbell; it does ring the host's doorbell for a producer that
+ *    waits for returned buffers.
  *  - no SIGBUS protection: a region file truncated under the reader kills
  *    the tool (zchost never truncates a region it created; it unlinks it).
  *  - time stamps are microseconds (pcap_set_tstamp_precision(NANO) is
@@ -62,6 +66,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -90,6 +95,7 @@
 #define HS_WAIT 1u
 #define HS_DONE 3u
 #define WAKE_FUTEX 1u
+#define WAKE_DOORBELL 2u
 #define MAX_BURST 256
 #define SNAP_MAX 262144
 #define HS_WAIT_NS 200000000ll /* zc.HandshakeWait */
@@ -258,12 +264,17 @@ struct zc {
 	uint32_t cluster, queue;
 	int activated;
 	int snaplen, timeout_ms, nonblock;
+	int pollfd; /* pcap_fileno's eventfd (always readable), -1: none */
 	int precision;
 
-	/* the mapping */
+	/* the mapping: a host region file, or a guest's ivshmem BAR2 */
 	int fd;
 	uint8_t *base;
 	uint64_t size;
+	uint32_t side;      /* SIDE_HOST, or SIDE_GUEST for an ivshmem device */
+	char devdir[1024];  /* guest: the device's sysfs directory */
+	uint8_t *regs;      /* guest: BAR0 (registers) mapped, to ring the doorbell */
+	int regs_tried;
 	struct layout l;
 	uint64_t owner; /* our owner word: SIDE_HOST<<32 | pid */
 
@@ -297,7 +308,8 @@ struct zc {
 
 	volatile int brk;
 	int failed, gone;
-	uint32_t idle;
+	uint32_t idle;   /* empty polls in a row: the region is looked at every 64 */
+	uint32_t bursts; /* and every 256 bursts */
 	uint32_t nap_ns;
 	uint64_t drops0; /* the producer's drop counter at attach */
 	uint64_t recv, passed, filtered, bad, wakes, sleeps;
@@ -388,10 +400,18 @@ static int verbose(void)
 	return v != NULL && *v != 0 && *v != '0';
 }
 
+static int device_gone(struct zc *z);
+
 /* region_ok is ivshmem's Layout.Check: the region is still the
- * incarnation we attached to and ready. */
+ * incarnation we attached to and ready. In a guest, the device must still
+ * be in sysfs too: an unplugged BAR's stale mapping reads zeros (the
+ * magic check), and its sysfs directory vanishes first. */
 static int region_ok(struct zc *z)
 {
+	if (device_gone(z)) {
+		seterr(z, "cluster %u gone (region unplugged: its ivshmem device left %s)", z->cluster, z->devdir);
+		return 0;
+	}
 	if (memcmp(z->base, "ZCFABRIC", 8) != 0 || ld64(z->base + 32) != z->l.generation) {
 		seterr(z, "cluster %u gone (region unplugged or re-created)", z->cluster);
 		return 0;
@@ -419,42 +439,259 @@ static int fail(struct zc *z, const char *what)
 
 static uint8_t *qdesc(struct zc *z) { return z->base + z->l.qtable + (uint64_t)z->queue * QDESC_SIZE; }
 
-static int owner_stale(uint64_t cur)
+/* owner_stale reports whether the holder of an owner word is gone: only
+ * a host process, seen from a host process (zc's region.claim); a guest
+ * cannot see the host's processes, nor the host a guest's. */
+static int owner_stale(struct zc *z, uint64_t cur)
 {
 	uint32_t side = (uint32_t)(cur >> 32), pid = (uint32_t)cur;
-	if (side != SIDE_HOST)
+	if (side != SIDE_HOST || z->side != SIDE_HOST)
 		return 0;
 	return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
 }
 
-/* attach maps the region and claims the consumer end (zc.Open). It
- * returns 0 or a PCAP_ERROR code with z->err set. */
+/* ---- guests: ivshmem devices (guest.Find, guest.Resolve) ---- */
+
+#define IVSHMEM_VENDOR 0x1af4
+#define IVSHMEM_DEVICE 0x1110
+#define REG_DOORBELL 12 /* BAR0: peer << 16 | vector rings a peer */
+
+static const char *zc_sysfs(void)
+{
+	const char *d = getenv("ZC_SYSFS");
+	return d != NULL && *d != 0 ? d : "/sys";
+}
+
+/* has_id reports whether sysfs attribute dir/name holds want ("0x1af4"). */
+static int has_id(const char *dir, const char *name, unsigned long want)
+{
+	char path[1024], buf[32];
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 2)
+		return 0;
+	buf[n] = 0;
+	char *end;
+	unsigned long v = strtoul(buf, &end, 16);
+	return buf[0] == '0' && (buf[1] == 'x' || buf[1] == 'X') && end != buf && (*end == 0 || *end == '\n') && v == want;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* ivshmem_devices lists the ivshmem devices (vendor 0x1af4, device
+ * 0x1110) under the sysfs root's bus/pci/devices, sorted by address as
+ * guest.Find does: *out is a malloc'd array of malloc'd addresses. It
+ * returns how many, 0 when there is no such directory. */
+static int ivshmem_devices(char ***out)
+{
+	char dir[1024];
+	snprintf(dir, sizeof dir, "%s/bus/pci/devices", zc_sysfs());
+	*out = NULL;
+	DIR *d = opendir(dir);
+	if (d == NULL)
+		return 0;
+	char **v = NULL;
+	int n = 0, cap = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		char dev[1300];
+		if (e->d_name[0] == '.' || strlen(e->d_name) > 255)
+			continue;
+		snprintf(dev, sizeof dev, "%s/%s", dir, e->d_name);
+		if (!has_id(dev, "vendor", IVSHMEM_VENDOR) || !has_id(dev, "device", IVSHMEM_DEVICE))
+			continue;
+		if (n == cap) {
+			cap = cap ? 2 * cap : 8;
+			char **nv = realloc(v, (size_t)cap * sizeof *v);
+			if (nv == NULL)
+				break;
+			v = nv;
+		}
+		if ((v[n] = strdup(e->d_name)) == NULL)
+			break;
+		n++;
+	}
+	closedir(d);
+	qsort(v, (size_t)n, sizeof *v, cmp_str);
+	*out = v;
+	return n;
+}
+
+static void free_strs(char **v, int n)
+{
+	for (int i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+/* map_file maps path (a region file, or a device's resource2: sysfs
+ * gives it the size of its BAR) read-write and shared. It returns 0, or
+ * -1 with errno set (EINVAL: a size no region can have; ENODATA: a BAR
+ * that is not assigned). */
+static int map_file(const char *path, int flags, int *fd, uint8_t **base, uint64_t *size)
+{
+	*fd = open(path, O_RDWR | O_CLOEXEC | flags);
+	if (*fd < 0)
+		return -1;
+	struct stat st;
+	int e = 0;
+	if (fstat(*fd, &st) != 0)
+		e = errno;
+	else if (st.st_size == 0)
+		e = ENODATA;
+	else if (st.st_size < (off_t)HDR_SIZE || (uint64_t)st.st_size > MAX_REGION)
+		e = EINVAL;
+	if (e == 0) {
+		void *m = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+		if (m != MAP_FAILED) {
+			*base = m;
+			*size = (uint64_t)st.st_size;
+			return 0;
+		}
+		e = errno;
+	}
+	close(*fd);
+	*fd = -1;
+	errno = e;
+	return -1;
+}
+
+/* map_device maps the BAR2 of ivshmem device addr (guest.Device.Map): it
+ * writes "1" to its enable attribute first (harmless when enabled,
+ * absent in fake trees), then maps resource2. */
+static int map_device(const char *addr, char *dir, size_t dirlen, int *fd, uint8_t **base, uint64_t *size)
+{
+	char path[1100];
+	if ((size_t)snprintf(dir, dirlen, "%s/bus/pci/devices/%s", zc_sysfs(), addr) >= dirlen) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	snprintf(path, sizeof path, "%s/enable", dir);
+	int efd = open(path, O_WRONLY | O_CLOEXEC);
+	if (efd >= 0) {
+		if (write(efd, "1", 1) < 0) {
+			/* ignored, as guest.Device.Map does */
+		}
+		close(efd);
+	}
+	snprintf(path, sizeof path, "%s/resource2", dir);
+	return map_file(path, O_SYNC, fd, base, size);
+}
+
+/* region_cluster is guest.ClusterID: the cluster id of a mapped region,
+ * read without validating the rest; -1 when it does not start with the
+ * magic (an unplugged BAR reads zeros). */
+static int64_t region_cluster(const uint8_t *b, uint64_t size)
+{
+	if (size < 28 || memcmp(b, "ZCFABRIC", 8) != 0)
+		return -1;
+	return le32(b + 24);
+}
+
+/* find_guest is guest.Resolve: the first ivshmem device (by address)
+ * whose region names cluster c, left mapped in z. It returns 0, or
+ * PCAP_ERROR_NO_SUCH_DEVICE with why in msg. */
+static int find_guest(struct zc *z, char *msg, size_t msglen)
+{
+	char **addrs;
+	int n = ivshmem_devices(&addrs), skipped = 0, first_err = 0;
+	for (int i = 0; i < n; i++) {
+		int fd;
+		uint8_t *b;
+		uint64_t size;
+		char dir[sizeof z->devdir];
+		if (map_device(addrs[i], dir, sizeof dir, &fd, &b, &size) != 0) {
+			if (errno != ENODATA && skipped++ == 0)
+				first_err = errno;
+			continue;
+		}
+		if (region_cluster(b, size) != (int64_t)z->cluster) {
+			munmap(b, size);
+			close(fd);
+			continue;
+		}
+		z->fd = fd;
+		z->base = b;
+		z->size = size;
+		z->side = SIDE_GUEST;
+		snprintf(z->devdir, sizeof z->devdir, "%s", dir);
+		free_strs(addrs, n);
+		return 0;
+	}
+	free_strs(addrs, n);
+	if (skipped > 0)
+		snprintf(msg, msglen, "no ivshmem device carries it among %d under %s/bus/pci/devices (%d could not be mapped: %s)", n,
+			 zc_sysfs(), skipped, strerror(first_err));
+	else
+		snprintf(msg, msglen, "no ivshmem device carries it among %d under %s/bus/pci/devices", n, zc_sysfs());
+	return PCAP_ERROR_NO_SUCH_DEVICE;
+}
+
+/* device_gone reports whether a guest's ivshmem device left sysfs, as it
+ * does when the host unplugs it (guest.Gone). */
+static int device_gone(struct zc *z)
+{
+	struct stat st;
+	return z->side == SIDE_GUEST && stat(z->devdir, &st) != 0 && errno == ENOENT;
+}
+
+/* ring_host rings peer 0 (the host agent), vector 0, through the Doorbell
+ * register of the device's BAR0 (guest.Doorbell.Ring): a host producer
+ * that sleeps on its doorbell waiting for our returns. Only an
+ * ivshmem-doorbell device has one (its MSI-X table is BAR1: resource1). */
+static void ring_host(struct zc *z)
+{
+	if (!z->regs_tried) {
+		z->regs_tried = 1;
+		char path[1100];
+		struct stat st;
+		snprintf(path, sizeof path, "%s/resource1", z->devdir);
+		if (stat(path, &st) != 0)
+			return;
+		snprintf(path, sizeof path, "%s/resource0", z->devdir);
+		int fd = open(path, O_RDWR | O_SYNC | O_CLOEXEC);
+		if (fd < 0)
+			return;
+		if (fstat(fd, &st) == 0 && st.st_size >= REG_DOORBELL + 4) {
+			void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+			if (m != MAP_FAILED)
+				z->regs = m;
+		}
+		close(fd);
+	}
+	if (z->regs != NULL)
+		st32(z->regs + REG_DOORBELL, 0);
+}
+
+/* attach maps the region and claims the consumer end (zc.Open): the host
+ * region $ZC_DIR/zc-C, else (in a guest) the ivshmem device that carries
+ * cluster C. It returns 0 or a PCAP_ERROR code with z->err set. */
 static int attach(struct zc *z)
 {
 	char path[4096];
 	snprintf(path, sizeof path, "%s/zc-%u", zc_dir(), z->cluster);
-	z->fd = open(path, O_RDWR | O_CLOEXEC);
-	if (z->fd < 0) {
+	z->side = SIDE_HOST;
+	if (map_file(path, 0, &z->fd, &z->base, &z->size) != 0) {
 		int e = errno;
 		if (e == ENOENT) {
-			seterr(z, "no such cluster %u (no %s; is zchost running with -c %u?)", z->cluster, path, z->cluster);
-			return PCAP_ERROR_NO_SUCH_DEVICE;
+			char msg[512];
+			if (find_guest(z, msg, sizeof msg) != 0) {
+				seterr(z, "no such cluster %u (no %s; is zchost running with -c %u? %s)", z->cluster, path, z->cluster, msg);
+				return PCAP_ERROR_NO_SUCH_DEVICE;
+			}
+			snprintf(path, sizeof path, "%s/resource2", z->devdir);
+		} else if (e == EINVAL || e == ENODATA) {
+			seterr(z, "%s: not a region (size)", path);
+			return PCAP_ERROR;
+		} else {
+			seterr(z, "open %s: %s", path, strerror(e));
+			return e == EACCES || e == EPERM ? PCAP_ERROR_PERM_DENIED : PCAP_ERROR;
 		}
-		seterr(z, "open %s: %s", path, strerror(e));
-		return e == EACCES || e == EPERM ? PCAP_ERROR_PERM_DENIED : PCAP_ERROR;
 	}
-	struct stat st;
-	if (fstat(z->fd, &st) != 0 || st.st_size < (off_t)HDR_SIZE || (uint64_t)st.st_size > MAX_REGION) {
-		seterr(z, "%s: not a region (size)", path);
-		return PCAP_ERROR;
-	}
-	z->size = (uint64_t)st.st_size;
-	void *m = mmap(NULL, z->size, PROT_READ | PROT_WRITE, MAP_SHARED, z->fd, 0);
-	if (m == MAP_FAILED) {
-		seterr(z, "map %s: %s", path, strerror(errno));
-		return PCAP_ERROR;
-	}
-	z->base = m;
 	uint8_t hdr[HDR_SIZE], qd[QDESC_SIZE];
 	memcpy(hdr, z->base, HDR_SIZE);
 	char msg[256];
@@ -489,7 +726,7 @@ static int attach(struct zc *z)
 	int replaced = 0, ok = 0;
 	for (int i = 0; i < 8 && !ok; i++) {
 		uint64_t cur = ld64(ow);
-		if (cur != 0 && !owner_stale(cur)) {
+		if (cur != 0 && !owner_stale(z, cur)) {
 			seterr(z, "queue taken: the consumer of queue %u is held by pid %u", z->queue, (uint32_t)cur);
 			return PCAP_ERROR;
 		}
@@ -582,10 +819,17 @@ static int give_back(struct zc *z)
 	/* The word is the sleeper's number << 2 | code: answer each number once,
 	 * never write it (it is the producer's, the other end's, to write). */
 	uint32_t v = __atomic_load_n((uint32_t *)(z->rr + R_WAKE), __ATOMIC_SEQ_CST);
-	if ((v & 3) == WAKE_FUTEX && v != z->woken) {
+	if ((v & 3) != 0 && v != z->woken) {
+		/* zc.Queue.notify: a host futex from the host, the agent's
+		 * doorbell from a guest; anything else it cannot answer. */
 		z->woken = v;
-		futex_wake((uint32_t *)(z->rr + R_PROD));
-		z->wakes++;
+		if ((v & 3) == WAKE_FUTEX && z->side == SIDE_HOST) {
+			futex_wake((uint32_t *)(z->rr + R_PROD));
+			z->wakes++;
+		} else if ((v & 3) == WAKE_DOORBELL && z->side == SIDE_GUEST) {
+			ring_host(z);
+			z->wakes++;
+		}
 	}
 	z->rstat += n;
 	st64(z->rr + R_PROD_STAT, z->rstat);
@@ -627,6 +871,11 @@ static int fetch(struct zc *z)
 		return 0;
 	}
 	z->idle = 0;
+	if ((++z->bursts & 255) == 0 && !region_ok(z)) {
+		/* a busy queue looks at the region too, now and then */
+		z->failed = z->gone = 1;
+		return PCAP_ERROR;
+	}
 	uint32_t n = avail < MAX_BURST ? avail : MAX_BURST, mask = z->l.slots - 1;
 	struct desc d[MAX_BURST];
 	for (uint32_t i = 0; i < n; i++)
@@ -701,21 +950,27 @@ static void nap(long ns)
 	nanosleep(&ts, NULL); /* EINTR: a signal, maybe pcap_breakloop */
 }
 
-/* producer_is_guest: a guest producer cannot wake a host futex. */
-static int producer_is_guest(struct zc *z) { return (uint32_t)(ld64(qdesc(z) + 40) >> 32) == SIDE_GUEST; }
+/* cannot_sleep: a guest producer cannot wake a host futex, nor a host
+ * producer a futex in a guest (zc.Queue.canSleep; a guest without
+ * interrupts polls). */
+static int cannot_sleep(struct zc *z) { return z->side != SIDE_HOST || (uint32_t)(ld64(qdesc(z) + 40) >> 32) == SIDE_GUEST; }
 
 /* wait_some waits a little for packets: short naps that grow from 50 to
- * 200 µs, and once the queue stayed empty for a while (about 40 naps) a
+ * 200 µs, and once the queue stayed empty for a while (about 40 polls) a
  * futex sleep on the producer index (the need_wakeup protocol of
  * ivshmem/doc.go, "Sleeping and waking"), at most max_ns. */
 static void wait_some(struct zc *z, int64_t max_ns)
 {
-	z->idle++;
-	if (z->idle < 40 || producer_is_guest(z)) {
+	/* z->idle counts empty polls (fetch); it looks at the region every 64 */
+	if (z->idle < 40 || cannot_sleep(z)) {
+		/* naps of 50 to 200 µs, up to 1 ms for a reader that cannot sleep */
+		uint32_t most = z->idle < 40 ? 200000 : 1000000;
 		if (z->nap_ns < 50000)
 			z->nap_ns = 50000;
-		else if (z->nap_ns < 200000)
+		else if (z->nap_ns < most)
 			z->nap_ns += 25000;
+		if (z->nap_ns > most)
+			z->nap_ns = most;
 		nap(max_ns < z->nap_ns ? (long)max_ns : (long)z->nap_ns);
 		return;
 	}
@@ -771,13 +1026,27 @@ static int deliver(struct zc *z, int cnt, pcap_handler cb, u_char *user, int *st
 	return done;
 }
 
+/* wait_deadline is when pcap_dispatch and pcap_next_ex give up waiting
+ * (0: never): the read timeout, and at most POLLED_WAIT_MS once the tool
+ * took pcap_fileno's descriptor, which is always readable, so that a tool
+ * that polls it before each pcap_dispatch (softflowd) still gets back to
+ * its timers and other descriptors while the queue is idle. */
+#define POLLED_WAIT_MS 100
+static int64_t wait_deadline(struct zc *z)
+{
+	int ms = z->timeout_ms;
+	if (z->pollfd >= 0 && (ms <= 0 || ms > POLLED_WAIT_MS))
+		ms = POLLED_WAIT_MS;
+	return ms > 0 ? now_ns(CLOCK_MONOTONIC) + (int64_t)ms * 1000000 : 0;
+}
+
 static int zc_dispatch(struct zc *z, int cnt, pcap_handler cb, u_char *user)
 {
 	if (!z->activated) {
 		seterr(z, "not activated");
 		return PCAP_ERROR_NOT_ACTIVATED;
 	}
-	int64_t deadline = z->timeout_ms > 0 ? now_ns(CLOCK_MONOTONIC) + (int64_t)z->timeout_ms * 1000000 : 0;
+	int64_t deadline = wait_deadline(z);
 	for (;;) {
 		if (check_brk(z))
 			return PCAP_ERROR_BREAK;
@@ -852,7 +1121,7 @@ static int zc_next_ex(struct zc *z, struct pcap_pkthdr **h, const u_char **data)
 		if (put_back(z, z->last) != 0 || give_back(z) != 0)
 			return PCAP_ERROR;
 	}
-	int64_t deadline = z->timeout_ms > 0 ? now_ns(CLOCK_MONOTONIC) + (int64_t)z->timeout_ms * 1000000 : 0;
+	int64_t deadline = wait_deadline(z);
 	for (;;) {
 		if (check_brk(z))
 			return PCAP_ERROR_BREAK;
@@ -897,6 +1166,9 @@ static void detach(struct zc *z)
 		munmap(z->base, z->size);
 		z->base = NULL;
 	}
+	if (z->regs != NULL)
+		munmap(z->regs, 4096);
+	z->regs = NULL;
 	if (z->fd >= 0)
 		close(z->fd);
 	z->fd = -1;
@@ -932,6 +1204,7 @@ pcap_t *pcap_create(const char *source, char *errbuf)
 	z->cluster = c;
 	z->queue = q;
 	z->fd = -1;
+	z->pollfd = -1;
 	z->snaplen = SNAP_MAX;
 	return z->p;
 }
@@ -1197,13 +1470,21 @@ int pcap_get_selectable_fd(pcap_t *p)
 	return -1; /* no descriptor to select on: shared memory */
 }
 
+/* pcap_fileno: tools that poll this descriptor before each pcap_dispatch
+ * (softflowd) never read a queue whose descriptor is -1, so it is an
+ * eventfd that is always readable, and from then on pcap_dispatch waits
+ * at most POLLED_WAIT_MS (wait_deadline). pcap_get_selectable_fd stays -1:
+ * dumpcap selects on that one and then reads one packet per call. */
 int pcap_fileno(pcap_t *p)
 {
-	if (lookup(p) == NULL) {
+	struct zc *z = lookup(p);
+	if (z == NULL) {
 		REAL(int, pcap_fileno, (pcap_t *));
 		return real_pcap_fileno(p);
 	}
-	return -1;
+	if (z->pollfd < 0 && z->activated)
+		z->pollfd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
+	return z->pollfd;
 }
 
 int pcap_setnonblock(pcap_t *p, int nb, char *errbuf)
@@ -1243,6 +1524,8 @@ void pcap_close(pcap_t *p)
 			(unsigned long long)z->wakes, (unsigned long long)z->sleeps, z->failed ? ", failed: " : "", z->failed ? z->err : "");
 	detach(z);
 	unenroll(z);
+	if (z->pollfd >= 0)
+		close(z->pollfd);
 	free(z->filter.bf_insns);
 	free(z->held);
 	real_pcap_close(p);
@@ -1269,6 +1552,22 @@ static int add_dev(pcap_if_t ***tail, const char *name, const char *desc)
 	return 0;
 }
 
+/* add_queue appends queue q of cluster id, whose descriptor (copied out)
+ * is qd; dev names the guest's ivshmem device, NULL on a host. */
+static int add_queue(pcap_if_t ***tail, uint32_t id, uint32_t q, const uint8_t *qd, const char *dev)
+{
+	uint64_t cons = le64(qd + 48);
+	char name[48], desc[400], where[300] = "";
+	snprintf(name, sizeof name, "zc:%u@%u", id, q);
+	if (dev != NULL)
+		snprintf(where, sizeof where, ", ivshmem device %s", dev);
+	if (cons == 0)
+		snprintf(desc, sizeof desc, "zcfabric cluster %u queue %u%s", id, q, where);
+	else
+		snprintf(desc, sizeof desc, "zcfabric cluster %u queue %u (consumer attached: pid %u%s)", id, q, (uint32_t)cons, where);
+	return add_dev(tail, name, desc);
+}
+
 /* add_region lists the queues of the host region file path. */
 static void add_region(pcap_if_t ***tail, const char *path, uint32_t id)
 {
@@ -1287,19 +1586,42 @@ static void add_region(pcap_if_t ***tail, const char *path, uint32_t id)
 	}
 	for (uint32_t q = 0; q < l.nqueues; q++) {
 		uint8_t qd[QDESC_SIZE];
-		if (pread(fd, qd, QDESC_SIZE, (off_t)(l.qtable + (uint64_t)q * QDESC_SIZE)) != (ssize_t)QDESC_SIZE)
-			break;
-		uint64_t cons = le64(qd + 48);
-		char name[48], desc[160];
-		snprintf(name, sizeof name, "zc:%u@%u", id, q);
-		if (cons == 0)
-			snprintf(desc, sizeof desc, "zcfabric cluster %u queue %u", id, q);
-		else
-			snprintf(desc, sizeof desc, "zcfabric cluster %u queue %u (consumer attached: pid %u)", id, q, (uint32_t)cons);
-		if (add_dev(tail, name, desc) != 0)
+		if (pread(fd, qd, QDESC_SIZE, (off_t)(l.qtable + (uint64_t)q * QDESC_SIZE)) != (ssize_t)QDESC_SIZE ||
+		    add_queue(tail, id, q, qd, NULL) != 0)
 			break;
 	}
 	close(fd);
+}
+
+/* add_device lists the queues of the ivshmem device addr (a guest's
+ * region) when it carries a valid, ready region of a cluster not listed
+ * yet (a host region, or an earlier device, is the one zc.Open picks):
+ * its id is appended to ids. */
+static void add_device(pcap_if_t ***tail, const char *addr, uint32_t *ids, int *n, int max)
+{
+	int fd;
+	uint8_t *b;
+	uint64_t size;
+	char dir[1024], msg[256];
+	if (map_device(addr, dir, sizeof dir, &fd, &b, &size) != 0)
+		return;
+	close(fd);
+	uint8_t hdr[HDR_SIZE];
+	struct layout l;
+	memcpy(hdr, b, HDR_SIZE);
+	int ok = parse_header(hdr, size, 0, NULL, &l, msg, sizeof msg) == 0 && le32(hdr + 128) == STATE_READY && *n < max;
+	for (int i = 0; ok && i < *n; i++)
+		ok = ids[i] != l.cluster;
+	if (ok) {
+		ids[(*n)++] = l.cluster;
+		for (uint32_t q = 0; q < l.nqueues; q++) {
+			uint8_t qd[QDESC_SIZE];
+			memcpy(qd, b + l.qtable + (uint64_t)q * QDESC_SIZE, QDESC_SIZE);
+			if (add_queue(tail, l.cluster, q, qd, addr) != 0)
+				break;
+		}
+	}
+	munmap(b, size);
 }
 
 static int cmp_u32(const void *a, const void *b)
@@ -1334,6 +1656,12 @@ int pcap_findalldevs(pcap_if_t **alldevs, char *errbuf)
 		snprintf(path, sizeof path, "%s/zc-%u", zc_dir(), ids[i]);
 		add_region(&tail, path, ids[i]);
 	}
+	/* A guest's queues: its ivshmem devices, by address. */
+	char **addrs;
+	int nd = ivshmem_devices(&addrs);
+	for (int i = 0; i < nd; i++)
+		add_device(&tail, addrs[i], ids, &n, 256);
+	free_strs(addrs, nd);
 	pcap_if_t *rest = NULL;
 	int r = real_pcap_findalldevs(&rest, errbuf);
 	if (r != 0 && head == NULL)
