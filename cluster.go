@@ -232,3 +232,17 @@ func (c *Cluster) Close() error {
 	})
 	return err
 }
+
+// Leave unmaps the cluster without closing it: its name, its devices and
+// its readers stay, for a successor to adopt (AdoptCluster), as if this
+// process had been killed. Close every queue attached through it first.
+func (c *Cluster) Leave() error {
+	var err error
+	c.closed.Do(func() {
+		c.r.mu.Lock()
+		c.r.onEnd = nil
+		c.r.mu.Unlock()
+		err = c.r.unref()
+	})
+	return err
+}

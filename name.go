@@ -46,3 +46,22 @@ func Dir() string {
 func RegionPath(id uint32) string {
 	return filepath.Join(Dir(), "zc-"+strconv.FormatUint(uint64(id), 10))
 }
+
+// VMRegionPath names the k-th region (k from 1) the agent made for a VM
+// of cluster id, RegionPath(id)+".vmK": a VM's own trust domain. This is
+// the one place that writes the convention; IsVMRegionPath and
+// InspectVMRegions read it.
+func VMRegionPath(id uint32, k int) string {
+	return RegionPath(id) + ".vm" + strconv.Itoa(k)
+}
+
+// IsVMRegionPath reports whether path (a region name or the file it
+// resolves to) is one of cluster id's VM regions, and which.
+func IsVMRegionPath(id uint32, path string) (k int, ok bool) {
+	rest, ok := strings.CutPrefix(filepath.Base(path), filepath.Base(RegionPath(id))+".vm")
+	if !ok || rest == "" || strings.Trim(rest, "0123456789") != "" {
+		return 0, false
+	}
+	k, err := strconv.Atoi(rest)
+	return k, err == nil
+}

@@ -178,22 +178,6 @@ func TestDropsAccounted(t *testing.T) {
 	t.Logf("received %d, dropped %d (counted)", recv, drops)
 }
 
-func TestParseVMs(t *testing.T) {
-	v, err := parseVMs([]string{"/a.qmp=0,2", "/b.qmp=1"}, 3, true)
-	if err != nil || len(v) != 2 || len(v[0].queues) != 2 || v[1].queues[0] != 1 {
-		t.Fatalf("%+v %v", v, err)
-	}
-	if _, err := parseVMs([]string{"/a.qmp", "/b.qmp"}, 2, true); err == nil {
-		t.Fatal("two VMs on the same queues without --shared accepted")
-	}
-	if _, err := parseVMs([]string{"/a.qmp", "/b.qmp"}, 2, false); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := parseVMs([]string{"/a.qmp=5"}, 2, true); err == nil {
-		t.Fatal("queue out of range accepted")
-	}
-}
-
 // TestDrainGivesUpOnStalledConsumer: a consumer that attaches and never
 // reads (a stuck process, a hostile guest) cannot hold zchost at the end
 // of its sources: after --drain-timeout without progress it exits,

@@ -35,7 +35,7 @@ func TestStatsDistrustsVMRegions(t *testing.T) {
 	vms := make([]*zc.Cluster, 2)
 	rec := status.File{Cluster: id, PID: os.Getpid(), Updated: time.Now()}
 	for k := range vms {
-		vms[k], err = zc.CreateCluster(zc.Config{ID: id, Queues: 2, QueueLen: 16, Buffers: 64, Backing: zc.BackingShm, Path: vmRegionPath(id, k+1)})
+		vms[k], err = zc.CreateCluster(zc.Config{ID: id, Queues: 2, QueueLen: 16, Buffers: 64, Backing: zc.BackingShm, Path: zc.VMRegionPath(id, k+1)})
 		if err != nil {
 			t.Fatal(err)
 		}

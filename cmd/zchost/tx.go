@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/zcfabric/zc/internal/ticker"
 	"math/rand/v2"
 	"os"
 	"os/signal"
@@ -20,30 +21,9 @@ func init() {
 	register("bounce", "receive on one interface, send out of another (RX and TX together)", bounceCmd)
 }
 
-// every calls fn with the tick time every interval, on a goroutine of its
-// own, until the returned function is called (which waits for a running
-// fn). interval <= 0: never.
-func every(interval time.Duration, fn func(now time.Time)) func() {
-	if interval <= 0 {
-		return func() {}
-	}
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case now := <-t.C:
-				fn(now)
-			}
-		}
-	}()
-	return func() { close(done); <-finished }
-}
+// every calls fn every interval until the returned function is called
+// (ticker.Every).
+func every(interval time.Duration, fn func(now time.Time)) func() { return ticker.Every(interval, fn) }
 
 // statsLoop logs what cur reports every interval until the returned
 // function is called.

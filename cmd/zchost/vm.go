@@ -11,9 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/host/qmp"
+	"github.com/zcfabric/zc/host/vmm"
 )
 
 func init() {
@@ -46,7 +46,7 @@ type vmFlags struct {
 }
 
 func (f *vmFlags) add(fs *flag.FlagSet) {
-	fs.StringVar(&f.qmp, "qmp", "", "the `VM`: "+vmHelp)
+	fs.StringVar(&f.qmp, "qmp", "", "the `VM`: "+vmm.Help)
 	for _, n := range []string{"c", "cluster"} {
 		fs.Int64Var(&f.cluster, n, -1, "cluster `id`")
 	}
@@ -71,12 +71,12 @@ func attachCmd(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
-	vm, err := dialVM(ctx, f.qmp)
+	vm, err := vmm.Dial(ctx, f.qmp)
 	if err != nil {
 		return fmt.Errorf("attach cluster %d: %w", id, err)
 	}
 	defer vm.Close()
-	a, err := vm.attach(ctx, info.File, info.Size, fmt.Sprintf("c%d", id), *bus)
+	a, err := vm.Attach(ctx, info.File, info.Size, fmt.Sprintf("c%d", id), *bus)
 	if err != nil {
 		return fmt.Errorf("attach cluster %d: %w", id, err)
 	}
@@ -97,7 +97,7 @@ func detachCmd(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
-	vm, err := dialVM(ctx, f.qmp)
+	vm, err := vmm.Dial(ctx, f.qmp)
 	if err != nil {
 		return fmt.Errorf("detach: %w", err)
 	}
@@ -107,7 +107,7 @@ func detachCmd(args []string) error {
 	if *dev != "" && *mem != "" {
 		todo = append(todo, qmp.Attachment{DevID: *dev, MemID: *mem})
 	} else {
-		regions, err := vm.regions(ctx)
+		regions, err := vm.Regions(ctx)
 		if err != nil {
 			return fmt.Errorf("detach: %w", err)
 		}
@@ -130,7 +130,7 @@ func detachCmd(args []string) error {
 	enc := json.NewEncoder(os.Stdout)
 	var errs []error
 	for _, a := range todo {
-		if err := vm.detach(ctx, a); err != nil {
+		if err := vm.Detach(ctx, a); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -162,57 +162,9 @@ func clusterFiles(id int64) map[string]bool {
 	return files
 }
 
-// isVMRegion reports whether path is one of cluster id's per-VM regions,
-// which zchost run names RegionPath(id) + ".vmN".
+// isVMRegion reports whether path is one of cluster id's per-VM regions
+// (zc.VMRegionPath).
 func isVMRegion(id int64, path string) bool {
-	base := filepath.Base(zc.RegionPath(uint32(id))) + ".vm"
-	rest, ok := strings.CutPrefix(filepath.Base(path), base)
-	if !ok || rest == "" {
-		return false
-	}
-	for _, r := range rest {
-		if r < '0' || r > '9' {
-			return false
-		}
-	}
-	return true
-}
-
-// exportVM hot-plugs cluster c into the running VM qmpPath names (a QMP
-// socket, on q35 behind a free pcie-root-port, see qmp.VM.FreeRootPort; or
-// libvirt:DOMAIN, see dialVM) and returns the function that unplugs it.
-// The connection is closed in between: QEMU serves one QMP client per
-// socket, and zchost detach or a VM manager may need it while the cluster
-// runs. detach dials again; a region already unplugged by someone else
-// counts as detached.
-func exportVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluster) (detach func(context.Context) error, err error) {
-	vm, err := dialVM(ctx, qmpPath)
-	if err != nil {
-		return nil, fmt.Errorf("export cluster %d to vm %s: %w", c.ID(), qmpPath, err)
-	}
-	start := time.Now()
-	a, err := vm.attach(ctx, c.File(), c.Size(), fmt.Sprintf("c%d", c.ID()), "")
-	vm.Close()
-	if err != nil {
-		return nil, fmt.Errorf("export cluster %d to vm %s: %w", c.ID(), qmpPath, err)
-	}
-	log.Info("exported to vm", "vm", qmpPath, "device", a.DevID, "memdev", a.MemID, "bus", a.Bus, "took", time.Since(start))
-	return func(ctx context.Context) error {
-		vm, err := dialVM(ctx, qmpPath)
-		if err != nil {
-			return fmt.Errorf("unexport cluster %d from vm %s: %w", c.ID(), qmpPath, err)
-		}
-		defer vm.Close()
-		present, err := vm.regions(ctx)
-		if err != nil {
-			return fmt.Errorf("unexport cluster %d from vm %s: %w", c.ID(), qmpPath, err)
-		}
-		for _, r := range present {
-			if r.DevID == a.DevID {
-				return vm.detach(ctx, a)
-			}
-		}
-		log.Info("already unplugged", "vm", qmpPath, "device", a.DevID)
-		return nil
-	}, nil
+	_, ok := zc.IsVMRegionPath(uint32(id), path)
+	return ok
 }

@@ -8,38 +8,6 @@ import (
 	"github.com/zcfabric/zc/host/libvirt"
 )
 
-func TestParseVMsLibvirt(t *testing.T) {
-	specs, err := parseVMs([]string{
-		"/run/vm1.qmp=0",
-		"libvirt:web1=1",
-		"libvirt:web2@qemu+unix:///system?socket=/run/x/libvirt-sock=2,3",
-		"libvirt:web3@qemu+unix:///system?socket=/run/a=b",
-	}, 4, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []vmSpec{
-		{"/run/vm1.qmp", []int{0}},
-		{"libvirt:web1", []int{1}},
-		{"libvirt:web2@qemu+unix:///system?socket=/run/x/libvirt-sock", []int{2, 3}},
-		{"libvirt:web3@qemu+unix:///system?socket=/run/a=b", []int{0, 1, 2, 3}},
-	}
-	for i, w := range want {
-		if specs[i].path != w.path || len(specs[i].queues) != len(w.queues) {
-			t.Errorf("spec %d = %+v, want %+v", i, specs[i], w)
-			continue
-		}
-		for j := range w.queues {
-			if specs[i].queues[j] != w.queues[j] {
-				t.Errorf("spec %d = %+v, want %+v", i, specs[i], w)
-			}
-		}
-	}
-	if _, err := parseVMs([]string{"libvirt:web1=4"}, 4, false); err == nil {
-		t.Error("queue 4 of 4 accepted")
-	}
-}
-
 func TestAttachDetachLibvirtNames(t *testing.T) {
 	t.Setenv("ZC_DIR", t.TempDir())
 	// detach reads the VM name first: a bad one is a spec error, an

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path"
 	"sort"
+	"strings"
 )
 
 // Regions lists the ivshmem devices plugged into the VM (at boot or
@@ -70,5 +71,66 @@ func (vm *VM) regions(ctx context.Context) ([]Attachment, error) {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].DevID < out[j].DevID })
+	return out, nil
+}
+
+// SweepBackends removes the memory-backend-file objects whose id starts
+// with prefix and that no ivshmem-plain device uses: what an agent
+// killed between object-add and device_add left behind (ids are never
+// reused, so the agent that comes back cannot take them over). It
+// returns the ids removed.
+func (vm *VM) SweepBackends(ctx context.Context, prefix string) ([]string, error) {
+	gone, err := vm.sweepBackends(ctx, prefix)
+	if err != nil {
+		return gone, fmt.Errorf("zc: sweep memory backends %s* of vm %s: %w", prefix, vm.name, err)
+	}
+	return gone, nil
+}
+
+func (vm *VM) sweepBackends(ctx context.Context, prefix string) ([]string, error) {
+	var objs []struct {
+		Name string `json:"name"`
+		Type string `json:"type"`
+	}
+	if err := vm.execute(ctx, "qom-list", map[string]any{"path": "/objects"}, &objs); err != nil {
+		return nil, err
+	}
+	as, err := vm.regions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	used := map[string]bool{}
+	for _, a := range as {
+		used[a.MemID] = true
+	}
+	var gone []string
+	for _, o := range objs {
+		if o.Type != "child<memory-backend-file>" || !strings.HasPrefix(o.Name, prefix) || used[o.Name] {
+			continue
+		}
+		if err := vm.execute(ctx, "object-del", map[string]any{"id": o.Name}, nil); err != nil {
+			return gone, fmt.Errorf("remove memory backend %s: %w", o.Name, err)
+		}
+		gone = append(gone, o.Name)
+	}
+	return gone, nil
+}
+
+// Objects lists the ids of the user-created objects (qom-list /objects)
+// of the given QOM type, e.g. "memory-backend-file".
+func (vm *VM) Objects(ctx context.Context, typ string) ([]string, error) {
+	var objs []struct {
+		Name string `json:"name"`
+		Type string `json:"type"`
+	}
+	if err := vm.execute(ctx, "qom-list", map[string]any{"path": "/objects"}, &objs); err != nil {
+		return nil, fmt.Errorf("zc: list objects of vm %s: %w", vm.name, err)
+	}
+	var out []string
+	for _, o := range objs {
+		if o.Type == "child<"+typ+">" {
+			out = append(out, o.Name)
+		}
+	}
 	return out, nil
 }

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -25,7 +25,7 @@ const maxRecoverWait = 10 * time.Minute
 // vmRegion is a VM's own region (its trust domain) and the agent's
 // producer ends in it.
 type vmRegion struct {
-	k      int // the region is vmRegionPath(cluster, k)
+	k      int // the region is zc.VMRegionPath(cluster, k)
 	spec   vmSpec
 	c      *zc.Cluster
 	queues []*zc.Queue // producer ends, in spec.queues order
@@ -38,11 +38,6 @@ type vmRegion struct {
 	recoveries int
 	recovering bool
 }
-
-// vmRegionPath names the k-th VM region of cluster id (k from 1): the
-// one place that writes the convention isVMRegion and
-// zc.InspectVMRegions read.
-func vmRegionPath(id uint32, k int) string { return fmt.Sprintf("%s.vm%d", zc.RegionPath(id), k) }
 
 // guard watches an agent's queues from the side: it reports each failed
 // queue once, re-creates a failed VM region after a back-off, and
@@ -63,6 +58,7 @@ type guard struct {
 	outs     []*zc.Queue // the balancer's outputs as last swapped
 	vms      []*vmRegion
 	reported map[*zc.Queue]bool
+	changed  func() // after a region was re-created (the agent's state file)
 }
 
 // stats returns the counters of the queues as fed (host view).
@@ -155,13 +151,16 @@ func (g *guard) recreate(ctx context.Context, v *vmRegion) {
 	v.wait = min(2*v.wait, maxRecoverWait)
 	g.mu.Unlock()
 	g.log.Info("vm region re-created and plugged", "vm", v.spec.path, "region", v.c.Path(), "recoveries", v.recoveries)
+	if g.changed != nil {
+		g.changed()
+	}
 }
 
 func (g *guard) swap(ctx context.Context, v *vmRegion) error {
 	old := v.c
 	old.Close() // name removed, closed for attachers; mapped until its queues close
 	cfg := g.cfg
-	cfg.Path = vmRegionPath(g.c.ID(), v.k)
+	cfg.Path = zc.VMRegionPath(g.c.ID(), v.k)
 	cfg.Buffers = len(v.spec.queues)*cfg.QueueLen + 1024
 	nc, err := zc.CreateCluster(cfg)
 	if err != nil {

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -8,12 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/host/qmp"
+	"github.com/zcfabric/zc/host/vmm"
 	"github.com/zcfabric/zc/virtio"
 )
 
@@ -62,9 +64,22 @@ var _ virtio.Handler = (*vmExport)(nil)
 // when it has none) and the guest asks for the plug (zcguest ctl plug).
 // Without ctl the region is plugged now, and a zc.ctl port the VM already
 // has is served too (offers, and unplug-notices before the unplug).
-func newVMExport(ctx context.Context, log hclog.Logger, qmpPath string, target *zc.Cluster, queues []int, shared, ctl, bell bool) (*vmExport, error) {
+//
+// With adopt (target was adopted from a predecessor agent) a device the
+// VM still has on target's file is taken over as it is: no re-plug, the
+// guest's readers go on. Memory backends of this cluster that no device
+// uses (a predecessor killed between object-add and device_add) are
+// removed.
+func newVMExport(ctx context.Context, log hclog.Logger, qmpPath string, target *zc.Cluster, queues []int, shared, ctl, bell, adopt bool) (*vmExport, error) {
 	e := &vmExport{log: log, qmpPath: qmpPath, target: target, queues: queues, shared: shared, ctl: ctl, bell: bell}
-	if !ctl {
+	if adopt {
+		detach, err := adoptVM(ctx, log, qmpPath, target, bell)
+		if err != nil {
+			return nil, err
+		}
+		e.detach = detach
+	}
+	if !ctl && e.detach == nil {
 		detach, err := e.export(ctx, target)
 		if err != nil {
 			return nil, err
@@ -238,6 +253,26 @@ func (e *vmExport) close() {
 	}
 }
 
+// abandon stops serving the control channel and leaves the region
+// plugged, for the next agent to adopt.
+func (e *vmExport) abandon() {
+	e.mu.Lock()
+	e.closed = true
+	e.detach = nil
+	e.mu.Unlock()
+	if e.srv != nil {
+		e.srv.Close()
+		<-e.served
+	}
+}
+
+// plugged reports whether the region is plugged now.
+func (e *vmExport) plugged() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.detach != nil
+}
+
 // unplug sends the guest an unplug-notice (when it has a control channel)
 // and runs detach, if the region is plugged.
 func (e *vmExport) unplug(ctx context.Context, detach func(context.Context) error) {
@@ -257,5 +292,101 @@ func (e *vmExport) unplug(ctx context.Context, detach func(context.Context) erro
 		if err := detach(ctx); err != nil {
 			e.log.Error("detach", "vm", e.qmpPath, "error", err)
 		}
+	}
+}
+
+// exportVM hot-plugs cluster c into the running VM qmpPath names (a QMP
+// socket, on q35 behind a free pcie-root-port, see qmp.VM.FreeRootPort; or
+// libvirt:DOMAIN, see dialVM) and returns the function that unplugs it.
+// The connection is closed in between: QEMU serves one QMP client per
+// socket, and zchost detach or a VM manager may need it while the cluster
+// runs. detach dials again; a region already unplugged by someone else
+// counts as detached.
+func exportVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluster) (detach func(context.Context) error, err error) {
+	vm, err := vmm.Dial(ctx, qmpPath)
+	if err != nil {
+		return nil, fmt.Errorf("export cluster %d to vm %s: %w", c.ID(), qmpPath, err)
+	}
+	start := time.Now()
+	a, err := vm.Attach(ctx, c.File(), c.Size(), fmt.Sprintf("c%d", c.ID()), "")
+	vm.Close()
+	if err != nil {
+		return nil, fmt.Errorf("export cluster %d to vm %s: %w", c.ID(), qmpPath, err)
+	}
+	log.Info("exported to vm", "vm", qmpPath, "device", a.DevID, "memdev", a.MemID, "bus", a.Bus, "took", time.Since(start))
+	return detachFunc(log, qmpPath, c, a), nil
+}
+
+// adoptVM finds the device a predecessor plugged into the VM for c's
+// region (its memory backend maps c's file) and returns the function
+// that unplugs it, or nil when there is none. Memory backends of c's
+// cluster that no device uses are removed on the way. A doorbell device
+// cannot be taken over (its ivshmem server died with the predecessor,
+// and QEMU cannot reconnect a running guest's doorbell to a new one): it
+// is unplugged, and the caller plugs a fresh one.
+func adoptVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluster, bell bool) (func(context.Context) error, error) {
+	vm, err := vmm.Dial(ctx, qmpPath)
+	if err != nil {
+		return nil, fmt.Errorf("adopt cluster %d in vm %s: %w", c.ID(), qmpPath, err)
+	}
+	defer vm.Close()
+	if o, ok := vm.(vmm.Sweeper); ok {
+		gone, err := o.SweepBackends(ctx, fmt.Sprintf("zcmem-c%d-", c.ID()))
+		if err != nil {
+			log.Warn("orphan memory backends not swept", "vm", qmpPath, "error", err)
+		} else if len(gone) > 0 {
+			log.Info("removed memory backends no device used (a predecessor stopped between object-add and device_add)", "vm", qmpPath, "backends", gone)
+		}
+	}
+	present, err := vm.Regions(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("adopt cluster %d in vm %s: %w", c.ID(), qmpPath, err)
+	}
+	for _, a := range present {
+		if a.ChardevID != "" && strings.Contains(a.DevID, fmt.Sprintf("-c%d-", c.ID())) {
+			log.Info("unplugging the predecessor's doorbell device (its server is gone); a fresh one follows", "vm", qmpPath, "device", a.DevID)
+			if err := vm.Detach(ctx, a); err != nil {
+				return nil, fmt.Errorf("adopt cluster %d in vm %s: %w", c.ID(), qmpPath, err)
+			}
+			continue
+		}
+		if a.Path == "" || (a.Path != c.File() && a.Path != c.Path()) {
+			continue
+		}
+		if bell {
+			log.Info("unplugging the predecessor's plain device: this export wants a doorbell", "vm", qmpPath, "device", a.DevID)
+			if err := vm.Detach(ctx, a); err != nil {
+				return nil, fmt.Errorf("adopt cluster %d in vm %s: %w", c.ID(), qmpPath, err)
+			}
+			continue
+		}
+		log.Info("device adopted: the guest keeps its region", "vm", qmpPath, "device", a.DevID, "memdev", a.MemID, "region", c.Path())
+		return detachFunc(log, qmpPath, c, a), nil
+	}
+	return nil, nil
+}
+
+// detachFunc returns the function that unplugs attachment a of c from
+// the VM: it dials again (QEMU serves one QMP client per socket, and
+// zchost detach or a VM manager may need it meanwhile); a region already
+// unplugged by someone else counts as detached.
+func detachFunc(log hclog.Logger, qmpPath string, c *zc.Cluster, a qmp.Attachment) func(context.Context) error {
+	return func(ctx context.Context) error {
+		vm, err := vmm.Dial(ctx, qmpPath)
+		if err != nil {
+			return fmt.Errorf("unexport cluster %d from vm %s: %w", c.ID(), qmpPath, err)
+		}
+		defer vm.Close()
+		present, err := vm.Regions(ctx)
+		if err != nil {
+			return fmt.Errorf("unexport cluster %d from vm %s: %w", c.ID(), qmpPath, err)
+		}
+		for _, r := range present {
+			if r.DevID == a.DevID {
+				return vm.Detach(ctx, a)
+			}
+		}
+		log.Info("already unplugged", "vm", qmpPath, "device", a.DevID)
+		return nil
 	}
 }

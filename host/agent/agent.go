@@ -1,0 +1,416 @@
+// Package agent is zchost's agent as a library: it creates (or, after a
+// restart, adopts) a cluster, captures or generates packets into it,
+// balances them over its queues, and exports queues to running VMs, each
+// VM on a region of its own. `zchost run` builds a Config from its flags,
+// `zchost daemon` from a configuration file; both run this code.
+//
+// The life of an Agent: New sets everything up (cluster, sources, VM
+// regions, hot-plugs), Run feeds the queues until the sources end (then
+// waits for the consumers to drain) or ctx ends, Close unplugs and
+// removes what New made, or with Config.KeepPlugged leaves it all in
+// place for a successor to adopt.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host"
+	"github.com/zcfabric/zc/host/status"
+	"github.com/zcfabric/zc/host/vmm"
+	"github.com/zcfabric/zc/internal/ticker"
+)
+
+// Export is one VM a cluster's queues are exported to.
+type Export struct {
+	// VM is a QMP socket path, or libvirt:DOMAIN[@SOCKET|URI] (vmm.Help).
+	VM string
+	// Queues are the queues the VM reads (none: all).
+	Queues []int
+}
+
+// Config is what an agent runs: one cluster. Zero fields take the
+// defaults of zchost run's flags.
+type Config struct {
+	// ID is the cluster id consumers attach to as zc:ID@Q.
+	ID uint32
+	// Queues, QueueLen, Buffers, BufferSize, QueueBuffers, Backing,
+	// HugetlbDir and Group shape the cluster (zc.Config). Buffers 0:
+	// room for every queue to be full, plus 1024, plus each AF_XDP
+	// socket's fill ring.
+	Queues, QueueLen, Buffers, BufferSize, QueueBuffers int
+	Backing                                             zc.Backing
+	HugetlbDir, Group                                   string
+	// Sources are packet sources as host.ParseSource reads them
+	// (gen:..., pcap:FILE, afxdp:IF, afpacket:IF, zc:IF). None: the
+	// queues are fed by producers that attach (zsend -o zc:ID@Q).
+	Sources []string
+	// BPF is a classic BPF program (tcpdump -ddd) applied to every source.
+	BPF string
+	// Mode is the balancing mode; Lossless waits for room instead of
+	// dropping when a queue is full.
+	Mode     zc.HashMode
+	Lossless bool
+	// Exports are the VMs to hot-plug into. Shared puts every VM on the
+	// cluster's own region (zero copy, trusted guests); otherwise each VM
+	// gets a region of its own filled by one counted copy. Ctl offers
+	// the regions over each VM's zc.ctl channel instead of plugging them
+	// at start; Doorbell plugs ivshmem-doorbell devices (QMP only).
+	Exports               []Export
+	Shared, Ctl, Doorbell bool
+	// VMRecover is the wait before a failed VM region is re-created (0:
+	// never).
+	VMRecover time.Duration
+	// DrainTimeout bounds the wait for consumers that stopped reading
+	// after the sources ended; WaitConsumers is how long to wait before
+	// starting for every queue to have a consumer.
+	DrainTimeout, WaitConsumers time.Duration
+	// StatsInterval is how often Run logs counters (0: never).
+	StatsInterval time.Duration
+	// Keep serves the queues after the sources end until ctx ends.
+	Keep bool
+	// Adopt takes over the regions a previous agent left (killed, or
+	// stopped with KeepPlugged) instead of replacing them, so that their
+	// readers keep reading (see zc.AdoptCluster); StateDir is where the
+	// agent records what it plugged where, for its successor.
+	Adopt    bool
+	StateDir string
+	// KeepPlugged makes Close leave the regions and devices in place
+	// (for an upgrade: the next agent adopts them).
+	KeepPlugged bool
+	// Log receives the agent's logs (default: hclog's default).
+	Log hclog.Logger
+}
+
+// ErrConfig is a Config that cannot run.
+var ErrConfig = errors.New("bad agent configuration")
+
+// errLibvirtCtl refuses Ctl for libvirt domains: the zc.ctl port is found
+// and hot-plugged over QMP.
+var errLibvirtCtl = errors.New("--ctl is not supported for libvirt domains (the zc.ctl port is managed over QMP)")
+
+// Agent runs one cluster: see the package documentation.
+type Agent struct {
+	cfg      Config
+	log      hclog.Logger
+	c        *zc.Cluster
+	sources  []host.Source
+	outs     []*zc.Queue // the cluster's own producer ends
+	g        *guard
+	bal      *zc.Balancer
+	exports  []*vmExport
+	exported []bool // queues a VM reads: drained before the end
+	eng      *host.Engine
+	adopted  int // regions taken over from a predecessor
+	stopG    func()
+	closed   bool
+}
+
+// New sets up the agent cfg describes: the cluster (adopted when
+// cfg.Adopt finds one a predecessor left), its sources, its VM regions
+// and their devices. On error everything made so far is undone.
+func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
+	if cfg.Queues == 0 {
+		cfg.Queues = 1
+	}
+	if cfg.QueueLen == 0 {
+		cfg.QueueLen = 4096
+	}
+	if cfg.BufferSize == 0 {
+		cfg.BufferSize = 2048
+	}
+	if cfg.Queues < 1 {
+		return nil, fmt.Errorf("%w: %d queues: need at least one", ErrConfig, cfg.Queues)
+	}
+	log := cfg.Log
+	if log == nil {
+		log = hclog.Default()
+	}
+	a := &Agent{cfg: cfg, log: log, exported: make([]bool, cfg.Queues)}
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	buffers := cfg.Buffers
+	if buffers == 0 {
+		// Room for every queue to be full with the kernel's rings stocked.
+		buffers = cfg.Queues*cfg.QueueLen + 1024
+		for _, spec := range cfg.Sources {
+			n, err := host.RingBuffers(spec)
+			if err != nil {
+				return nil, err
+			}
+			buffers += n
+		}
+	}
+	zcfg := zc.Config{
+		ID: cfg.ID, Queues: cfg.Queues, QueueLen: cfg.QueueLen, BufferSize: cfg.BufferSize,
+		Buffers: buffers, QueueBuffers: cfg.QueueBuffers, Backing: cfg.Backing, HugetlbDir: cfg.HugetlbDir, Group: cfg.Group,
+	}
+	if a.c, err = a.createOrAdopt(zcfg); err != nil {
+		return nil, err
+	}
+	c := a.c
+	log.Info("cluster "+map[bool]string{true: "adopted", false: "created"}[c.Adopted()], "cluster", c.ID(), "queues", c.NumQueues(), "path", c.Path(), "file", c.File(),
+		"backing", c.Backing(), "size", c.Size(), "buffers", c.Pool().Cap(), "buffer_size", c.BufferSize(), "generation", c.Generation())
+
+	for _, spec := range cfg.Sources {
+		ss, err := host.ParseSource(spec, host.SourceOptions{Cluster: c, BPF: cfg.BPF,
+			Logf: func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) }})
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range ss {
+			log.Info("source", "name", s.Name())
+		}
+		a.sources = append(a.sources, ss...)
+	}
+	// Without sources the producer ends stay free for outside producers
+	// (zsend -o zc:ID@Q on the host or in a guest, --queue-buffers).
+	for i := range cfg.Queues {
+		if len(a.sources) == 0 {
+			break
+		}
+		q, err := c.Producer(i)
+		if err != nil {
+			return nil, err
+		}
+		a.outs = append(a.outs, q)
+	}
+	outs := append([]*zc.Queue(nil), a.outs...)
+	shared := cfg.Shared || len(a.sources) == 0
+	if err := checkExports(cfg.Exports, cfg.Queues, !shared); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	vmCfg := zcfg
+	vmCfg.Buffers, vmCfg.Group = 0, ""
+	a.g = &guard{log: log, c: c, control: make(chan func(), 1), recover: cfg.VMRecover, reported: map[*zc.Queue]bool{}, cfg: vmCfg}
+	for k, ex := range cfg.Exports {
+		if cfg.Ctl && vmm.IsLibvirt(ex.VM) {
+			return nil, fmt.Errorf("%w: vm %s: %v", ErrConfig, ex.VM, errLibvirtCtl)
+		}
+		if cfg.Doorbell && vmm.IsLibvirt(ex.VM) {
+			return nil, fmt.Errorf("%w: vm %s: the doorbell plugs through QMP; libvirt domains get ivshmem-plain (guests poll)", ErrConfig, ex.VM)
+		}
+		queues := exportQueues(ex, cfg.Queues)
+		for _, qi := range queues {
+			a.exported[qi] = true
+		}
+		target := c
+		var vr *vmRegion
+		if !shared {
+			// The VM's own region: same cluster id and queue numbers, its
+			// own buffers; the balancer copies into it.
+			rc := vmCfg
+			rc.Buffers = len(queues)*cfg.QueueLen + 1024
+			rc.Path = zc.VMRegionPath(cfg.ID, k+1)
+			vc, err := a.createOrAdopt(rc)
+			if err != nil {
+				return nil, fmt.Errorf("region for vm %s: %w", ex.VM, err)
+			}
+			vr = &vmRegion{k: k + 1, spec: vmSpec{path: ex.VM, queues: queues}, c: vc}
+			a.g.vms = append(a.g.vms, vr)
+			for _, qi := range queues {
+				q, err := vc.Producer(qi)
+				if err != nil {
+					return nil, err
+				}
+				vr.queues = append(vr.queues, q)
+				outs[qi] = q
+			}
+			target = vc
+			log.Info("vm region "+map[bool]string{true: "adopted", false: "created"}[vc.Adopted()], "vm", ex.VM, "path", vc.Path(), "queues", queues, "size", vc.Size())
+		}
+		e, err := newVMExport(ctx, log, ex.VM, target, queues, shared, cfg.Ctl, cfg.Doorbell, target.Adopted())
+		if err != nil {
+			return nil, err
+		}
+		a.exports = append(a.exports, e)
+		if vr != nil {
+			vr.export = e
+		}
+	}
+	a.saveState()
+	policy := zc.Drop
+	if cfg.Lossless {
+		policy = zc.Wait
+	}
+	if len(a.sources) > 0 {
+		if a.bal, err = zc.NewBalancer(outs, cfg.Mode, nil, policy); err == nil {
+			err = a.bal.From(c.Pool())
+		}
+		if err != nil {
+			return nil, err
+		}
+		log.Info("balancing", "mode", cfg.Mode, "lossless", cfg.Lossless)
+	}
+	// The counters of the queues as fed (a queue moved into a VM's own
+	// region counts there), from the agent's own record.
+	a.g.bal, a.g.outs, a.g.changed = a.bal, outs, a.saveState
+	if a.adopted > 0 {
+		a.settle(ctx)
+	}
+	a.stopG = ticker.Every(guardEvery, func(now time.Time) { a.g.tick(ctx, now) })
+	a.g.publish(time.Now())
+	return a, nil
+}
+
+// createOrAdopt makes the region cfg describes, or with Config.Adopt
+// takes over the one a predecessor left there.
+func (a *Agent) createOrAdopt(cfg zc.Config) (*zc.Cluster, error) {
+	if a.cfg.Adopt {
+		c, err := zc.AdoptCluster(cfg)
+		if err == nil {
+			a.adopted++
+			return c, nil
+		}
+		if !errors.Is(err, zc.ErrNotFound) {
+			a.log.Warn("region not adopted; making a fresh one (its readers must attach again)", "error", err)
+		}
+	}
+	return zc.CreateCluster(cfg)
+}
+
+// settle waits for the consumers of adopted regions to give back what
+// they held when the predecessor went away.
+func (a *Agent) settle(ctx context.Context) {
+	start := time.Now()
+	left := a.c.Settle(ctx, zc.AdoptWait)
+	for _, v := range a.g.vms {
+		if v.c.Adopted() {
+			left += v.c.Settle(ctx, zc.AdoptWait)
+		}
+	}
+	a.log.Info("regions adopted", "regions", a.adopted, "loans_not_returned", left, "took", time.Since(start))
+}
+
+// Cluster returns the agent's cluster.
+func (a *Agent) Cluster() *zc.Cluster { return a.c }
+
+// Adopted returns how many regions New took over from a predecessor.
+func (a *Agent) Adopted() int { return a.adopted }
+
+// Stats returns the counters of the queues as fed: a queue exported to a
+// VM's own region counts there. They are the agent's own record
+// (zc.QueueStats) and safe to read while Run runs.
+func (a *Agent) Stats() []zc.QueueStats { return a.g.stats() }
+
+// SourceStats returns the sources' counters (empty before Run).
+func (a *Agent) SourceStats() []host.SourceStats {
+	if a.eng == nil {
+		return nil
+	}
+	return a.eng.SourceStats()
+}
+
+// Sources returns the agent's sources.
+func (a *Agent) Sources() []host.Source { return a.sources }
+
+// Run feeds the queues until the sources end and the consumers drained
+// what they hold (or Config.Keep: until ctx ends), logging counters every
+// Config.StatsInterval and a summary at the end.
+func (a *Agent) Run(ctx context.Context) error {
+	cfg, log := a.cfg, a.log
+	stats := a.g.stats
+	if cfg.WaitConsumers > 0 && len(a.sources) > 0 {
+		waitConsumers(ctx, log, stats, cfg.WaitConsumers)
+	}
+	a.eng = &host.Engine{Pool: a.c.Pool(), Sources: a.sources, Balancer: a.bal, Control: a.g.control,
+		OnStart: func() { log.Info("sources started") },
+		OnSourceError: func(s host.Source, err error) {
+			log.Error("source failed; the others go on", "source", s.Name(), "error", err)
+		}}
+	stopStats := startStats(log, stats, a.sources, a.eng.SourceStats, cfg.StatsInterval)
+	var st host.EngineStats
+	if len(a.sources) > 0 {
+		var err error
+		a.g.running.Store(true)
+		st, err = a.eng.Run(ctx)
+		a.g.running.Store(false)
+		if err != nil {
+			stopStats()
+			return err
+		}
+		log.Info("sources done", "packets", st.Packets, "bytes", st.Bytes, "seconds", st.Elapsed.Seconds(), "failed", len(st.Failed))
+	}
+	switch {
+	case len(a.sources) == 0 || cfg.Keep:
+		log.Info("serving; interrupt to stop")
+		<-ctx.Done()
+	case len(st.Failed) == len(a.sources) && ctx.Err() == nil:
+		// Nothing feeds the queues any more, but what they hold and their
+		// counters stay for the consumers and zchost stats.
+		log.Error("every source failed; serving the queues until interrupted", "errors", errors.Join(st.Failed...))
+		<-ctx.Done()
+	default:
+		drain(ctx, log, stats, a.exported, a.bal, cfg.DrainTimeout)
+	}
+	stopStats()
+	var copies uint64
+	if a.bal != nil {
+		copies = a.bal.Copies
+	}
+	summary(log, stats, a.sources, st, copies)
+	return nil
+}
+
+// Close stops the guard, unplugs every VM (after a notice when the VM
+// has a control channel) and removes the regions, or with
+// Config.KeepPlugged leaves devices, regions and state in place for a
+// successor to adopt.
+func (a *Agent) Close() error {
+	if a.closed {
+		return nil
+	}
+	a.closed = true
+	if a.stopG != nil {
+		a.stopG()
+		a.g.wg.Wait()
+	}
+	keep := a.cfg.KeepPlugged
+	for _, e := range a.exports {
+		if keep {
+			e.abandon()
+		} else {
+			e.close()
+		}
+	}
+	if a.g != nil {
+		for _, v := range a.g.vms {
+			for _, q := range v.queues {
+				q.Close()
+			}
+			closeCluster(v.c, keep)
+		}
+	}
+	for _, q := range a.outs {
+		q.Close()
+	}
+	for _, s := range a.sources {
+		s.Close()
+	}
+	if a.c != nil {
+		if keep {
+			a.log.Info("regions and devices kept for the next agent", "cluster", a.c.ID(), "vms", len(a.exports))
+		} else {
+			os.Remove(status.Path(a.c.ID()))
+			a.removeState()
+		}
+		closeCluster(a.c, keep)
+	}
+	return nil
+}
+
+func closeCluster(c *zc.Cluster, keep bool) {
+	if keep {
+		c.Leave()
+	} else {
+		c.Close()
+	}
+}
