@@ -77,8 +77,8 @@ func (c *Config) defaults() {
 // Cluster is a region created by this process: its queues, and the
 // engine pool the creator produces from.
 type Cluster struct {
-	r      *region
-	pool   *Pool
+	r       *region
+	pool    *Pool
 	sum     uint32 // header checksum as written
 	adopted bool   // taken over from a creator that is gone (AdoptCluster)
 	closed  sync.Once
