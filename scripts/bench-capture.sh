@@ -5,6 +5,7 @@
 # trafgen from Debian's netsniff-ng.
 #
 # Usage: scripts/bench-capture.sh [-g xdp|trafgen] [-t] [-r RING] [SECONDS]
+#        scripts/bench-capture.sh -s [-l] [-n COUNT] [-b BINDIR] [SECONDS]
 #
 #   -g xdp      (default) `zchost flood`: frames built in the kernel (XDP
 #               live frames) and pushed into the capture side's veth ring,
@@ -18,18 +19,33 @@
 #   -t          threaded NAPI on the receiving veth, its thread pinned to
 #               the capture CPU: receive path and capture share one core.
 #   -r RING     AF_XDP fill/RX ring size (afxdp:vA?ring=RING; default 4096).
+#   -s          capture tools on a queue instead (libzcpcap.so, issue 11):
+#               tcpdump -w /dev/null through the shim, zcount, and
+#               zdump -w - | tcpdump -r - -w /dev/null, each on CPU 1
+#               reading a queue that `zchost run -i gen:len=64,count=COUNT`
+#               (-n, default 20000000) fills from CPU 0 at full speed,
+#               dropping what finds the queue full (-l: --lossless, the
+#               generator waits for the reader); then tcpdump on the veth
+#               under the XDP flood of 64-byte frames for SECONDS. Needs
+#               cc and libpcap-dev for the shim (or -b).
+#   -b BINDIR   zchost, zcount, zdump and libzcpcap.so already built there
+#               (default: built from this tree into a temporary directory).
 #
 # Per capture it prints what the generator offered, what the receiving veth
 # processed, what the capture saw and the drops it counted, with rates;
 # the CPU each capturing process used; and at the end the rate of each
 # zcfabric capture divided by tcpdump's.
 set -eu
-GEN=xdp THREADED=0 XSKOPT=
-while getopts g:tr: o; do
+GEN=xdp THREADED=0 XSKOPT= SHIM=0 N=20000000 BIN= FLEN=60 LOSSLESS=
+while getopts g:tr:sn:b:l o; do
 	case $o in
 	g) GEN=$OPTARG ;;
 	t) THREADED=1 ;;
 	r) XSKOPT="?ring=$OPTARG" ;;
+	s) SHIM=1 FLEN=64 ;;
+	n) N=$OPTARG ;;
+	l) LOSSLESS=--lossless ;;
+	b) BIN=$(cd "$OPTARG" && pwd) ;;
 	*) sed -n '2,/^set -eu/p' "$0" | sed '$d' >&2; exit 2 ;;
 	esac
 done
@@ -51,7 +67,11 @@ cleanup() {
 	rm -rf "$W"
 }
 trap cleanup EXIT
-(cd "$ROOT" && go build -o "$W" ./cmd/zchost ./examples/zcount)
+if [ -z "$BIN" ]; then
+	BIN=$W
+	(cd "$ROOT" && go build -o "$W" ./cmd/zchost ./examples/zcount ./examples/zdump)
+	[ $SHIM = 0 ] || cc -O2 -fPIC -shared -o "$W/libzcpcap.so" "$ROOT/pcapshim/src/zcpcap.c" -ldl
+fi
 ip netns add $A
 ip netns add $B
 ip link add vA netns $A type veth peer name vB netns $B
@@ -89,7 +109,7 @@ flood() {
 	pinnapi
 	t0=$(stat $B vB tx_packets) e0=$(xmiterr) r0=$(stat $A vA rx_packets)
 	if [ "$GEN" = xdp ]; then
-		ip netns exec $B taskset -c $GCPU "$W/zchost" flood -o vB --dst "$MAC" --ethertype 0x88b5 \
+		ip netns exec $B taskset -c $GCPU "$BIN/zchost" flood -o vB --dst "$MAC" --ethertype 0x88b5 --len $FLEN \
 			-d "${D}s" --stats-interval 0 >"$W/flood.log" 2>&1
 		OFF=$(grep -o 'sent=[0-9]*' "$W/flood.log" | tail -1 | cut -d= -f2)
 	else
@@ -130,12 +150,84 @@ SEEN=$(awk '/packets captured/ {print $1}' "$W/tcpdump.err")
 DROP=$(awk '/packets dropped by kernel/ {print $1}' "$W/tcpdump.err")
 report "tcpdump" "$SEEN" "$DROP" $((C1 - C0))
 
+if [ $SHIM = 1 ]; then
+	VETH_PPS=$(awk -v s="$SEEN" -v t="$D" 'BEGIN {printf "%.0f", s / t}')
+	VETH_NS=$(awk -v c=$((C1 - C0)) -v s="$SEEN" -v hz="$HZ" 'BEGIN {printf "%.0f", s ? c / hz * 1e9 / s : 0}')
+	ZC_DIR=$(mktemp -d /dev/shm/zcbench.XXXXXX) # the queues' regions
+	export ZC_DIR
+	trap 'cleanup; rm -rf "$ZC_DIR"' EXIT
+	# cpuof FILE CMD...: runs CMD and writes to FILE the CPU ticks
+	# (user+sys) it and its children used: cutime+cstime in
+	# /proc/PID/stat of this subshell once CMD has been waited for.
+	cpuof() {
+		local f=$1 s=0
+		shift
+		"$@" || s=$?
+		awk '{print $16 + $17}' "/proc/$BASHPID/stat" >"$f"
+		return $s
+	}
+	export -f cpuof
+	export BIN W N PRELOAD="$BIN/libzcpcap.so"
+	# qrun NAME CMD: zchost's generator (CPU $GCPU) writes N 64-byte
+	# frames into a queue as fast as it can, dropping what finds the queue
+	# full (-l: waiting for room instead), while CMD (a bash command line;
+	# $Q is the queue's name), on CPU $CCPU, reads it. When the generator
+	# is done, zchost closes the cluster and the readers exit. packets/s:
+	# what the reader took (the queue's received_reported) over the
+	# generator's time (zchost "sources done: seconds"); CPU per packet:
+	# CMD's user+sys over what it took.
+	qrun() {
+		local name=$1 cmd=$2 id=$((0x7e000000 + RANDOM)) i zp rp
+		rm -f "$W"/c*.cpu "$W/gen.cpu"
+		( cpuof "$W/gen.cpu" taskset -c $GCPU "$BIN/zchost" run -c $id -i gen:len=64,count=$N $LOSSLESS --keep \
+			--wait-consumers 60s --backing shm --stats-interval 0 ) >"$W/q.log" 2>&1 &
+		zp=$!
+		for i in $(seq 200); do [ -e "$ZC_DIR/zc-$id" ] && break; sleep 0.05; done
+		( cpuof "$W/c.cpu" taskset -c $CCPU env Q=zc:$id@0 bash -c "$cmd" ) >"$W/q.out" 2>&1 &
+		rp=$!
+		for i in $(seq 1200); do grep -q 'sources done' "$W/q.log" && break; sleep 0.1; done
+		sleep 0.5 # the reader takes what is left in the queue
+		pkill -INT -P $zp -x zchost || true # zchost is taskset's exec'd child of the cpuof subshell
+		wait $zp || true
+		wait $rp || true
+		local secs got sent drops
+		secs=$(grep -o 'sources done:.*' "$W/q.log" | grep -o 'seconds=[0-9.e+-]*' | cut -d= -f2)
+		got=$(grep 'queue total' "$W/q.log" | grep -o 'received_reported=[0-9]*' | cut -d= -f2)
+		sent=$(grep 'queue total' "$W/q.log" | grep -o 'sent=[0-9]*' | cut -d= -f2)
+		drops=$(grep 'queue total' "$W/q.log" | grep -o 'drops=[0-9]*' | head -1 | cut -d= -f2)
+		if [ -z "$secs" ] || [ "${got:-0}" = 0 ] || [ ! -s "$W/c.cpu" ]; then
+			echo "bench-capture: $name failed:" >&2
+			cat "$W/q.out" "$W/q.log" >&2
+			exit 1
+		fi
+		awk -v n="$name" -v N="$got" -v t="$secs" -v c="$(cat "$W/c.cpu")" -v g="$(cat "$W/gen.cpu")" \
+			-v p1="$(cat "$W/c1.cpu" 2>/dev/null)" -v p2="$(cat "$W/c2.cpu" 2>/dev/null)" -v hz="$HZ" \
+			-v s="$sent" -v d="$drops" 'BEGIN {
+			printf "%-40s %10.0f packets/s  CPU %6.1f ns/packet", n, N / t, c / hz * 1e9 / N
+			if (p1 != "") printf " (zdump %.1f + tcpdump %.1f)", p1 / hz * 1e9 / N, p2 / hz * 1e9 / N
+			printf "  [read %d of %d sent + %d dropped in %.2f s; zchost CPU %.0f%%]\n", N, s, d, t, g / hz / t * 100
+			printf "%s\t%.0f\t%.1f\n", n, N / t, c / hz * 1e9 / N >> (ENVIRON["W"] "/shim") }'
+	}
+	echo "queues: zchost run -i gen:len=64,count=$N $LOSSLESS on CPU $GCPU; readers on CPU $CCPU; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+	qrun "tcpdump via libzcpcap.so" 'LD_PRELOAD=$PRELOAD tcpdump -i $Q -n -w /dev/null'
+	qrun "zcount" '"$BIN/zcount" -i $Q --interval 0 --json'
+	qrun "zdump -w - | tcpdump -r - -w /dev/null" \
+		'cpuof $W/c1.cpu "$BIN/zdump" -i $Q -w - | cpuof $W/c2.cpu tcpdump -r - -w /dev/null'
+	printf '%-40s %10.0f packets/s  CPU %6.1f ns/packet (tcpdump only; the receive path runs on CPU %s)\n' \
+		"tcpdump on the veth (AF_PACKET)" "$VETH_PPS" "$VETH_NS" "$GCPU"
+	awk -F'\t' -v v="$VETH_PPS" 'NR == 1 {t = $2} $1 == "zcount" {z = $2} END {
+		printf "shim tcpdump / veth tcpdump: %.2fx (goal >= 3)\n", t / v
+		printf "zcount / shim tcpdump:       %.2fx (goal <= 2)\n", z / t }' "$W/shim"
+	echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+	exit 0
+fi
+
 for SRC in afxdp:vA$XSKOPT afpacket:vA; do
 	ID=$((0x7d000000 + RANDOM))
-	ip netns exec $A taskset -c $CCPU "$W/zchost" run -c $ID -i "$SRC" --backing shm --stats-interval 0 >"$W/run.log" 2>&1 &
+	ip netns exec $A taskset -c $CCPU "$BIN/zchost" run -c $ID -i "$SRC" --backing shm --stats-interval 0 >"$W/run.log" 2>&1 &
 	ZP=$!
 	sleep 1
-	taskset -c $CCPU "$W/zcount" -i zc:$ID@0 --wait 5s --json --interval 0 >"$W/count.json" 2>/dev/null &
+	taskset -c $CCPU "$BIN/zcount" -i zc:$ID@0 --wait 5s --json --interval 0 >"$W/count.json" 2>/dev/null &
 	CP=$!
 	sleep 0.5
 	C0=$(cputicks $ZP) Z0=$(cputicks $CP)
