@@ -31,6 +31,35 @@ type initramfs struct {
 	binaries map[string][]byte // name in /bin → contents
 	modules  []string          // host paths of .ko files, load order
 	script   string            // shell commands run after boot
+	files    map[string][]byte // path in the guest (absolute) → contents, mode 0755
+}
+
+// HostFile copies the host file src (symbolic links followed) into the
+// guest as the absolute path dst, mode 0755, making its parent
+// directories: for dynamically linked programs and their libraries (see
+// pcap_test.go).
+func HostFile(dst, src string) Option {
+	return func(c *config) {
+		if c.files == nil {
+			c.files = map[string]string{}
+		}
+		c.files[dst] = src
+	}
+}
+
+// addHostFiles reads the files HostFile named.
+func (r *initramfs) addHostFiles(files map[string]string) error {
+	for dst, src := range files {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return fmt.Errorf("host file for %s: %w", dst, err)
+		}
+		if r.files == nil {
+			r.files = map[string][]byte{}
+		}
+		r.files[dst] = b
+	}
+	return nil
 }
 
 // initScript returns /init: mount the pseudo filesystems (the Debian kernel
@@ -70,8 +99,10 @@ func (r *initramfs) build() ([]byte, error) {
 		return nil, err
 	}
 	c := newCPIO(zw)
+	dirs := map[string]bool{}
 	for _, d := range []string{"bin", "dev", "proc", "sys", "tmp", "root", "lib", "lib/modules"} {
 		c.Dir(d, 0o755)
+		dirs[d] = true
 	}
 	c.CharDev("dev/console", 0o600, 5, 1)
 	c.CharDev("dev/null", 0o666, 1, 3)
@@ -91,6 +122,23 @@ func (r *initramfs) build() ([]byte, error) {
 			return nil, err
 		}
 		c.File("lib/modules/"+path.Base(m), 0o644, b)
+	}
+	names = names[:0]
+	for n := range r.files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		rel := strings.TrimPrefix(path.Clean(n), "/")
+		var parents []string // the kernel's unpacker makes no parent directories
+		for d := path.Dir(rel); d != "." && !dirs[d]; d = path.Dir(d) {
+			parents = append(parents, d)
+			dirs[d] = true
+		}
+		for i := len(parents) - 1; i >= 0; i-- {
+			c.Dir(parents[i], 0o755)
+		}
+		c.File(rel, 0o755, r.files[n])
 	}
 	if err := c.Close(); err != nil {
 		return nil, err

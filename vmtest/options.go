@@ -19,6 +19,7 @@ type config struct {
 	timeout   time.Duration
 	name      string
 	extraQEMU []string
+	files     map[string]string // path in the guest → host file (HostFile)
 }
 
 // Option configures [Start].

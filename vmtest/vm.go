@@ -80,6 +80,9 @@ func Start(t testing.TB, opts ...Option) *VM {
 	for name, pkg := range c.binaries {
 		r.binaries[name] = BuildGo(t, pkg)
 	}
+	if err := r.addHostFiles(c.files); err != nil {
+		t.Fatalf("vmtest: %v", err)
+	}
 	img, err := r.build()
 	if err != nil {
 		t.Fatalf("vmtest: build initramfs: %v", err)
