@@ -63,11 +63,12 @@ func tools(t *testing.T) string {
 		steps := [][]string{
 			{"cc", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-o", filepath.Join(buildDir, "libzcpcap.so"), "src/zcpcap.c", "-ldl"},
 			{"cc", "-O2", "-Wall", "-o", filepath.Join(buildDir, "nextex"), "testdata/nextex.c", "-lpcap"},
+			{"cc", "-O2", "-Wall", "-o", filepath.Join(buildDir, "hold"), "testdata/hold.c", "-lpcap"},
 			{"go", "build", "-o", buildDir, "github.com/zcfabric/zc/cmd/zchost"},
 		}
 		if zchost := os.Getenv("ZCPCAP_TEST_ZCHOST"); zchost != "" {
 			// A zchost built elsewhere (while cmd/zchost is mid-change).
-			steps[2] = []string{"cp", zchost, buildDir}
+			steps[len(steps)-1] = []string{"cp", zchost, buildDir}
 		}
 		for _, s := range steps {
 			if out, err := exec.Command(s[0], s[1:]...).CombinedOutput(); err != nil {
