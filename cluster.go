@@ -1,9 +1,11 @@
 package zc
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -152,12 +154,22 @@ func (cfg *Config) plan(gen uint64, created int64, pid uint32) (ivshmem.Layout, 
 	return ivshmem.Plan(icfg)
 }
 
+// processAlive reports whether process pid exists and is not a zombie
+// (killed, not yet reaped: its mappings are gone).
 func processAlive(pid uint32) bool {
 	if pid == 0 {
 		return false
 	}
 	err := syscall.Kill(int(pid), 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	if err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	if b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/stat"); err == nil {
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && (b[i+2] == 'Z' || b[i+2] == 'X') {
+			return false
+		}
+	}
+	return true
 }
 
 // ID returns the cluster id.

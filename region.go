@@ -8,7 +8,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/zcfabric/zc/ivshmem"
@@ -141,8 +140,7 @@ func (r *region) claim(q uint32, e ivshmem.End, force bool) (replaced bool, err 
 		if o.Side != r.side || o.Side != ivshmem.SideHost {
 			return false
 		}
-		err := syscall.Kill(int(o.PID), 0)
-		return errors.Is(err, syscall.ESRCH)
+		return !processAlive(o.PID)
 	}
 	replaced, err = r.l.Claim(r.b, q, e, r.owner, stale)
 	if err != nil {

@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/zcfabric/zc/internal/ticker"
 	"math/rand/v2"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/zcfabric/zc/internal/ticker"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/zcfabric/zc"

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -109,6 +110,7 @@ type Agent struct {
 	adopted  int // regions taken over from a predecessor
 	stopG    func()
 	closed   bool
+	exMu     sync.Mutex // AddExport, RemoveExport
 }
 
 // New sets up the agent cfg describes: the cluster (adopted when
@@ -266,6 +268,11 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 func (a *Agent) createOrAdopt(cfg zc.Config) (*zc.Cluster, error) {
 	if a.cfg.Adopt {
 		c, err := zc.AdoptCluster(cfg)
+		// A predecessor just killed may take a moment to exit.
+		for deadline := time.Now().Add(3 * time.Second); errors.Is(err, zc.ErrExists) && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond)
+			c, err = zc.AdoptCluster(cfg)
+		}
 		if err == nil {
 			a.adopted++
 			return c, nil

@@ -74,6 +74,7 @@ func exportDoorbell(ctx context.Context, log hclog.Logger, qmpPath string, c *zc
 		srv.WaitHost(ctx, 0)
 		cancel()
 	})
+	observePlug(qmpPath, time.Since(start))
 	log.Info("exported to vm with a doorbell", "vm", qmpPath, "device", a.DevID, "chardev", a.ChardevID, "bus", a.Bus, "took", time.Since(start))
 	return func(ctx context.Context) error {
 		defer cleanup()

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -313,6 +314,7 @@ func exportVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Clust
 	if err != nil {
 		return nil, fmt.Errorf("export cluster %d to vm %s: %w", c.ID(), qmpPath, err)
 	}
+	observePlug(qmpPath, time.Since(start))
 	log.Info("exported to vm", "vm", qmpPath, "device", a.DevID, "memdev", a.MemID, "bus", a.Bus, "took", time.Since(start))
 	return detachFunc(log, qmpPath, c, a), nil
 }
@@ -388,5 +390,17 @@ func detachFunc(log hclog.Logger, qmpPath string, c *zc.Cluster, a qmp.Attachmen
 		}
 		log.Info("already unplugged", "vm", qmpPath, "device", a.DevID)
 		return nil
+	}
+}
+
+var hotplugHook atomic.Pointer[func(string, time.Duration)]
+
+// OnHotplug sets the function called after each hot-plug into a VM with
+// how long it took (the daemon's metrics). Safe from any goroutine.
+func OnHotplug(fn func(vm string, took time.Duration)) { hotplugHook.Store(&fn) }
+
+func observePlug(vm string, took time.Duration) {
+	if f := hotplugHook.Load(); f != nil {
+		(*f)(vm, took)
 	}
 }

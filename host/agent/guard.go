@@ -174,32 +174,14 @@ func (g *guard) swap(ctx context.Context, v *vmRegion) error {
 		}
 	}
 	// The balancer is the engine's: swap there.
-	var abandoned atomic.Bool
-	done := make(chan error, 1)
-	f := func() {
-		if abandoned.Load() {
-			return
-		}
+	err = g.onEngine(ctx, func() error {
 		for i, qi := range v.spec.queues {
 			if _, err := g.bal.Replace(qi, fresh[i]); err != nil {
-				done <- err
-				return
+				return err
 			}
 		}
-		done <- nil
-	}
-	select {
-	case g.control <- f:
-	case <-ctx.Done():
-		nc.Close()
-		return ctx.Err()
-	}
-	select {
-	case err = <-done:
-	case <-time.After(5 * time.Second):
-		abandoned.Store(true)
-		err = fmt.Errorf("the engine did not take the fresh region (stopped?)")
-	}
+		return nil
+	})
 	if err != nil {
 		for _, q := range fresh {
 			q.Close()
@@ -256,5 +238,35 @@ func (g *guard) publish(now time.Time) {
 	f.Regions = append([]status.Region{main}, vms...)
 	if err := status.Write(status.Path(g.c.ID()), f); err != nil {
 		g.log.Debug("status file", "error", err)
+	}
+}
+
+// onEngine runs f, which changes the balancer, on the engine's goroutine
+// while the engine runs (through its Control channel), else here.
+func (g *guard) onEngine(ctx context.Context, f func() error) error {
+	if g.bal == nil {
+		return nil
+	}
+	if !g.running.Load() {
+		return f()
+	}
+	var abandoned atomic.Bool
+	done := make(chan error, 1)
+	run := func() {
+		if !abandoned.Load() {
+			done <- f()
+		}
+	}
+	select {
+	case g.control <- run:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(5 * time.Second):
+		abandoned.Store(true)
+		return fmt.Errorf("the engine did not take the change (stopped?)")
 	}
 }

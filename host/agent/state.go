@@ -52,8 +52,8 @@ func ReadState(path string) (State, error) {
 	return s, nil
 }
 
-// state returns the agent's State now.
-func (a *Agent) state() State {
+// State returns what the agent runs now, as its state file records it.
+func (a *Agent) State() State {
 	s := State{Cluster: a.c.ID(), PID: os.Getpid(), Updated: time.Now(), Region: a.c.Path(), Generation: a.c.Generation(), Adopted: a.c.Adopted()}
 	for _, e := range a.exports {
 		e.mu.Lock()
@@ -71,7 +71,7 @@ func (a *Agent) saveState() {
 	if a.cfg.StateDir == "" || a.c == nil {
 		return
 	}
-	b, _ := json.MarshalIndent(a.state(), "", "  ")
+	b, _ := json.MarshalIndent(a.State(), "", "  ")
 	path := StatePath(a.cfg.StateDir, a.c.ID())
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err == nil {

@@ -1,0 +1,326 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host/agent"
+	"github.com/zcfabric/zc/host/agentconf"
+	"golang.org/x/sys/unix"
+)
+
+func init() {
+	register("status", "what a running zchost daemon runs: clusters, regions, VMs (over its control socket)", statusCmd)
+	register("reload", "make a running zchost daemon apply its changed configuration file (as SIGHUP does)", reloadCmd)
+}
+
+// The control protocol: a client connects to the daemon's unix socket,
+// writes one request, a JSON object on one line of at most
+// maxControlRequest bytes, and reads one reply line.
+const maxControlRequest = 64 << 10
+
+// controlRequest is a request to the daemon.
+type controlRequest struct {
+	Op      string `json:"op"` // status, stats, reload, attach, detach
+	Cluster uint32 `json:"cluster,omitempty"`
+	VM      string `json:"vm,omitempty"`
+	Queues  []int  `json:"queues,omitempty"`
+}
+
+// controlReply is the daemon's answer: Error set, or the op's result.
+type controlReply struct {
+	OK           bool                       `json:"ok"`
+	Error        string                     `json:"error,omitempty"`
+	PID          int                        `json:"pid,omitempty"`
+	Config       string                     `json:"config,omitempty"`
+	ReadySeconds float64                    `json:"ready_seconds,omitempty"`
+	Clusters     []agent.State              `json:"clusters,omitempty"`
+	Stats        map[uint32][]zc.QueueStats `json:"stats,omitempty"`
+	Changes      string                     `json:"changes,omitempty"`
+}
+
+// serveControl listens on the control socket (mode 0660; a stale socket
+// left by a killed daemon is replaced) and answers requests until the
+// listener is closed.
+func (d *daemon) serveControl(path string) (io.Closer, error) {
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("daemon: control socket %s: another daemon answers on it", path)
+	}
+	os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("daemon: control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("daemon: control socket: %w", err)
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go d.serveConn(c.(*net.UnixConn))
+		}
+	}()
+	return l, nil
+}
+
+// serveConn answers one request. A client that is neither root nor the
+// daemon's user, a request too long, malformed or unknown, gets an error
+// reply; none of them can stop the daemon.
+func (d *daemon) serveConn(c *net.UnixConn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Minute))
+	reply := func(r controlReply) {
+		b, _ := json.Marshal(r)
+		c.Write(append(b, '\n'))
+	}
+	if uid, err := peerUID(c); err != nil || (uid != 0 && uid != os.Getuid()) {
+		d.log.Warn("control client refused", "uid", uid, "error", err)
+		reply(controlReply{Error: "permission denied: the control socket is for root"})
+		return
+	}
+	line, err := bufio.NewReaderSize(io.LimitReader(c, maxControlRequest+1), 4096).ReadSlice('\n')
+	if err != nil && !(errors.Is(err, io.EOF) && len(line) > 0) {
+		if errors.Is(err, bufio.ErrBufferFull) || len(line) > maxControlRequest {
+			reply(controlReply{Error: fmt.Sprintf("request longer than %d bytes", maxControlRequest)})
+			return
+		}
+		reply(controlReply{Error: "no request: " + err.Error()})
+		return
+	}
+	var r controlRequest
+	dec := json.NewDecoder(strings.NewReader(string(line)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		reply(controlReply{Error: "bad request: " + err.Error()})
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	reply(d.handle(ctx, r))
+}
+
+// handle carries out one control request.
+func (d *daemon) handle(ctx context.Context, r controlRequest) controlReply {
+	switch r.Op {
+	case "status":
+		rep := controlReply{OK: true, PID: os.Getpid(), Config: d.path, ReadySeconds: d.ready.Seconds()}
+		for _, a := range d.sortedAgents() {
+			rep.Clusters = append(rep.Clusters, a.State())
+		}
+		return rep
+	case "stats":
+		rep := controlReply{OK: true, Stats: map[uint32][]zc.QueueStats{}}
+		for _, a := range d.sortedAgents() {
+			rep.Stats[a.Cluster().ID()] = a.Stats()
+		}
+		return rep
+	case "reload":
+		msg, err := d.reload(ctx)
+		if err != nil {
+			return controlReply{Error: err.Error()}
+		}
+		return controlReply{OK: true, Changes: msg}
+	case "attach", "detach":
+		a := d.agents()[r.Cluster]
+		if a == nil {
+			return controlReply{Error: fmt.Sprintf("cluster %d: not run by this daemon", r.Cluster)}
+		}
+		var err error
+		if r.Op == "attach" {
+			err = a.AddExport(ctx, agent.Export{VM: r.VM, Queues: r.Queues})
+		} else {
+			err = a.RemoveExport(ctx, r.VM)
+		}
+		if err != nil {
+			return controlReply{Error: err.Error()}
+		}
+		return controlReply{OK: true, Changes: fmt.Sprintf("%s cluster %d vm %s", r.Op, r.Cluster, r.VM)}
+	}
+	return controlReply{Error: fmt.Sprintf("unknown op %q (want status, stats, reload, attach or detach)", r.Op)}
+}
+
+// sortedAgents returns the running agents in cluster id order.
+func (d *daemon) sortedAgents() []*agent.Agent {
+	m := d.agents()
+	var out []*agent.Agent
+	for _, a := range m {
+		out = append(out, a)
+	}
+	for i := range out {
+		for j := i + 1; j < len(out); j++ {
+			if out[j].Cluster().ID() < out[i].Cluster().ID() {
+				out[i], out[j] = out[j], out[i]
+			}
+		}
+	}
+	return out
+}
+
+// reload reads the configuration file again and applies the difference:
+// clusters and exports added or removed; anything else that changed in a
+// running cluster is refused, and then nothing is applied.
+func (d *daemon) reload(ctx context.Context) (string, error) {
+	nf, err := agentconf.Load(d.path)
+	if err != nil {
+		return "", err
+	}
+	d.mu.Lock()
+	of := d.file
+	d.mu.Unlock()
+	ch, err := agentconf.Diff(of, nf)
+	if err != nil {
+		return "", err
+	}
+	if ch.Empty() {
+		return "none", nil
+	}
+	var done []string
+	var errs []error
+	for _, id := range ch.RemovedClusters {
+		d.stopCluster(id)
+		done = append(done, fmt.Sprintf("cluster %d removed", id))
+	}
+	for _, ec := range ch.Exports {
+		a := d.agents()[ec.Cluster]
+		if a == nil {
+			continue
+		}
+		for _, e := range ec.Removed {
+			if err := a.RemoveExport(ctx, e.VM); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			done = append(done, fmt.Sprintf("cluster %d: vm %s unexported", ec.Cluster, e.VM))
+		}
+		for _, e := range ec.Added {
+			if err := a.AddExport(ctx, agent.Export{VM: e.VM, Queues: e.Queues}); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			done = append(done, fmt.Sprintf("cluster %d: vm %s exported", ec.Cluster, e.VM))
+		}
+	}
+	for _, id := range ch.AddedClusters {
+		for _, cl := range nf.Clusters {
+			if cl.ID == id {
+				if err := d.startCluster(ctx, cl); err != nil {
+					errs = append(errs, err)
+				} else {
+					done = append(done, fmt.Sprintf("cluster %d started", id))
+				}
+			}
+		}
+	}
+	for _, s := range ch.Settings {
+		done = append(done, s+" changed: takes effect at the next start")
+	}
+	d.mu.Lock()
+	d.file = nf
+	d.mu.Unlock()
+	return strings.Join(done, "; "), errors.Join(errs...)
+}
+
+// peerUID is the user id of the process at the other end of c.
+func peerUID(c *net.UnixConn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		return -1, err
+	}
+	if cerr != nil {
+		return -1, cerr
+	}
+	return int(cred.Uid), nil
+}
+
+// defaultControl is the control socket clients try: $ZCHOST_CONTROL, else
+// the default of the configuration file.
+func defaultControl() string {
+	if p := os.Getenv("ZCHOST_CONTROL"); p != "" {
+		return p
+	}
+	return agentconf.DefaultStateDir + "/" + agentconf.DefaultControl
+}
+
+// ask sends one request to the daemon at path and returns its reply.
+func ask(path string, r controlRequest, timeout time.Duration) (controlReply, error) {
+	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	if err != nil {
+		return controlReply{}, fmt.Errorf("no zchost daemon answers on %s: %w", path, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	b, _ := json.Marshal(r)
+	if _, err := c.Write(append(b, '\n')); err != nil {
+		return controlReply{}, fmt.Errorf("control %s: %w", path, err)
+	}
+	var rep controlReply
+	if err := json.NewDecoder(c).Decode(&rep); err != nil {
+		return controlReply{}, fmt.Errorf("control %s: reply: %w", path, err)
+	}
+	if rep.Error != "" {
+		return rep, fmt.Errorf("zchost daemon: %s", rep.Error)
+	}
+	return rep, nil
+}
+
+func controlFlag(fs *flag.FlagSet) *string {
+	return fs.String("control", defaultControl(), "the daemon's control `socket` ($ZCHOST_CONTROL)")
+}
+
+func statusCmd(args []string) error {
+	fs := newFlags("status", "[--control SOCKET] [--json]")
+	path := controlFlag(fs)
+	asJSON := fs.Bool("json", false, "print the daemon's reply as JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rep, err := ask(*path, controlRequest{Op: "status"}, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(os.Stdout).Encode(rep)
+	}
+	fmt.Printf("zchost daemon pid %d, config %s, ready in %.3fs\n", rep.PID, rep.Config, rep.ReadySeconds)
+	for _, s := range rep.Clusters {
+		fmt.Printf("cluster %d: region %s generation %d%s\n", s.Cluster, s.Region, s.Generation, map[bool]string{true: " (adopted)", false: ""}[s.Adopted])
+		for _, v := range s.VMs {
+			fmt.Printf("  vm %s queues %v: region %s generation %d plugged %v%s\n", v.VM, v.Queues, v.Region, v.Generation, v.Plugged, map[bool]string{true: " (adopted)", false: ""}[v.Adopted])
+		}
+	}
+	return nil
+}
+
+func reloadCmd(args []string) error {
+	fs := newFlags("reload", "[--control SOCKET]")
+	path := controlFlag(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rep, err := ask(*path, controlRequest{Op: "reload"}, 5*time.Minute)
+	if err != nil {
+		return err
+	}
+	fmt.Println("reloaded:", rep.Changes)
+	return nil
+}
