@@ -155,12 +155,14 @@ func (s *Source) Stats() zc.QueueStats { return s.q.Stats() }
 // caller keeps. See the package doc for the capture info and how reads end.
 func (s *Source) ReadPacketData() (data []byte, ci gopacket.CaptureInfo, err error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	p, err := s.nextPacket()
 	if err != nil {
+		s.mu.Unlock()
 		return nil, ci, err
 	}
-	return append([]byte(nil), p.Data...), s.info(p), nil
+	data, ci = append([]byte(nil), p.Data...), s.info(p)
+	s.mu.Unlock()
+	return data, ci, nil
 }
 
 // ZeroCopyReadPacketData returns the next packet, waiting for one, without
@@ -169,12 +171,14 @@ func (s *Source) ReadPacketData() (data []byte, ci gopacket.CaptureInfo, err err
 // producer, who reuses it), and must not be written. It allocates nothing.
 func (s *Source) ZeroCopyReadPacketData() (data []byte, ci gopacket.CaptureInfo, err error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	p, err := s.nextPacket()
 	if err != nil {
+		s.mu.Unlock()
 		return nil, ci, err
 	}
-	return p.Data, s.info(p), nil
+	data, ci = p.Data, s.info(p)
+	s.mu.Unlock()
+	return data, ci, nil
 }
 
 // info is p's capture info.
