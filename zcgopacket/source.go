@@ -242,6 +242,9 @@ func (s *Source) end(err error) error {
 // ErrClosed, the buffers still held go back to the producer, and the
 // queue is detached. Data from earlier zero-copy reads must not be used
 // after it. Closing twice is harmless.
+//
+// Packets of the current burst not read yet go back too, unread: a next
+// consumer of the queue does not see them (at most a burst, WithBurst).
 func (s *Source) Close() error {
 	s.closing.Store(true)
 	s.cancel()
