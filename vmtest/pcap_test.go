@@ -195,6 +195,8 @@ func sendFrames(t *testing.T, prod *zc.Queue, first, n uint64) {
 	}
 }
 
+const zdecodePkg = "github.com/zcfabric/zc/examples/zdecode"
+
 // TestGuestTcpdump: Debian's tcpdump, unmodified, preloaded with the shim
 // inside a TCG guest, reads a queue hot-plugged over QMP.
 //
@@ -202,7 +204,8 @@ func sendFrames(t *testing.T, prod *zc.Queue, first, n uint64) {
 //     N+10 packets sent (half queued before it started, half while it
 //     reads), says "N packets captured", and the file, carried back over
 //     the console, holds frames 0..N-1 in order, whole, with the
-//     producer's timestamps. `tcpdump -D` lists the queue.
+//     producer's timestamps. `tcpdump -D` lists the queue. Then zdecode
+//     (gopacket through zcgopacket) takes the queue and decodes 10 more.
 //   - unplug: the device is unplugged while tcpdump reads (printing each
 //     packet): tcpdump prints the shim's error and exits with a status of
 //     its own, not a signal, and the guest goes on.
@@ -221,9 +224,10 @@ func testTcpdumpCount(t *testing.T, g *tcpdumpGuest) {
 LD_PRELOAD=/libzcpcap.so tcpdump -D 2>&1
 LD_PRELOAD=/libzcpcap.so tcpdump -i zc:%[1]d@0 -c %[2]d -w /tmp/x.pcap 2>&1
 echo "ZCTCPDUMP $?"
-echo "ZCPCAP $(base64 -w 0 /tmp/x.pcap)"`, id, n)
+echo "ZCPCAP $(base64 -w 0 /tmp/x.pcap)"
+zdecode -i zc:%[1]d@0 -n 10 --interval 0 2>&1`, id, n)
 	c, prod := pcapCluster(t, id)
-	vm := Start(t, append(g.opts, Name("tcpdump"), Timeout(5*time.Minute), Script(script))...)
+	vm := Start(t, append(g.opts, Name("tcpdump"), Timeout(5*time.Minute), Script(script), GoBinary("zdecode", zdecodePkg))...)
 	ctx := testCtx(t, 5*time.Minute)
 	q, err := qmp.Dial(ctx, vm.QMPPath())
 	if err != nil {
@@ -263,11 +267,20 @@ echo "ZCPCAP $(base64 -w 0 /tmp/x.pcap)"`, id, n)
 		t.Fatalf("the guest's pcap file, base64: %v", err)
 	}
 	checkPcap(t, file, n)
+	// The same queue, next consumer: zdecode (gopacket through zcgopacket,
+	// a static Go binary) reads 10 frames sent now. (Some of the 10 extra
+	// frames sent before may have gone with tcpdump's last burst.)
+	sendFrames(t, prod, n+10, 10)
+	if _, m, err = vm.ExpectRegexp(ctx, regexp.MustCompile(`^  UDP +(\d+)$`)); err != nil {
+		t.Fatalf("zdecode in the guest: %v", err)
+	} else if m[1] != "10" {
+		t.Errorf("zdecode in the guest decoded %s UDP packets, want 10", m[1])
+	}
 	if err := vm.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if st := prod.Stats(); st.Sent != n+10 {
-		t.Errorf("the host sent %d packets, want %d", st.Sent, n+10)
+	if st := prod.Stats(); st.Sent != n+20 {
+		t.Errorf("the host sent %d packets, want %d", st.Sent, n+20)
 	}
 }
 
