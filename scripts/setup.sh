@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 0
 fi
 need=()
-for p in qemu-system-x86 busybox-static tcpdump netsniff-ng iproute2 ethtool libvirt-daemon libvirt-daemon-driver-qemu gcc libpcap-dev; do
+for p in qemu-system-x86 busybox-static tcpdump netsniff-ng iproute2 ethtool libvirt-daemon libvirt-daemon-driver-qemu gcc libpcap-dev tshark softflowd clang libfuzzer-14-dev; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 # vmtest fetches the guest kernel with apt-get download: it needs lists.
