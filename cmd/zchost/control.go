@@ -305,6 +305,10 @@ func statusCmd(args []string) error {
 	for _, s := range rep.Clusters {
 		fmt.Printf("cluster %d: region %s generation %d%s\n", s.Cluster, s.Region, s.Generation, map[bool]string{true: " (adopted)", false: ""}[s.Adopted])
 		for _, v := range s.VMs {
+			if v.Waiting {
+				fmt.Printf("  vm %s queues %v: waiting for the VM\n", v.VM, v.Queues)
+				continue
+			}
 			fmt.Printf("  vm %s queues %v: region %s generation %d plugged %v%s\n", v.VM, v.Queues, v.Region, v.Generation, v.Plugged, map[bool]string{true: " (adopted)", false: ""}[v.Adopted])
 		}
 	}

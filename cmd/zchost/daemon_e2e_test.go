@@ -324,6 +324,35 @@ queue_len = 64
 	}
 }
 
+// TestDaemonVMNotThere: an export whose VM is not running does not stop
+// the daemon: it waits for the VM (its QMP socket) and says so.
+func TestDaemonVMNotThere(t *testing.T) {
+	qmp := filepath.Join(t.TempDir(), "vm.qmp")
+	r := newDaemonRig(t, fmt.Sprintf(`
+[[cluster]]
+id = 65
+queues = 2
+backing = "shm"
+queue_len = 64
+sources = ["gen:len=64,rate=100"]
+[[cluster.export]]
+vm = %q
+queues = [1]
+`, qmp))
+	r.start()
+	st := r.ask(controlRequest{Op: "status"})
+	if len(st.Clusters) != 1 || len(st.Clusters[0].VMs) != 1 || !st.Clusters[0].VMs[0].Waiting {
+		t.Fatalf("status %+v, want vm %s waiting\n%s", st, qmp, r.log)
+	}
+	if _, err := os.Stat(filepath.Join(strings.TrimPrefix(r.env[len(r.env)-1], "ZC_DIR="), "zc-65.vm1")); !os.IsNotExist(err) {
+		t.Fatalf("a region left for the absent VM: %v", err)
+	}
+	out, err := exec.Command(filepath.Join(r.bin, "zchost"), "status", "--control", r.control).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "waiting for the VM") {
+		t.Fatalf("zchost status: %v\n%s", err, out)
+	}
+}
+
 // TestDaemonBadConfig: a wrong file stops the daemon before it makes
 // anything, naming file, line and key.
 func TestDaemonBadConfig(t *testing.T) {

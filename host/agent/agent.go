@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -97,20 +98,22 @@ var errLibvirtCtl = errors.New("--ctl is not supported for libvirt domains (the 
 
 // Agent runs one cluster: see the package documentation.
 type Agent struct {
-	cfg      Config
-	log      hclog.Logger
-	c        *zc.Cluster
-	sources  []host.Source
-	outs     []*zc.Queue // the cluster's own producer ends
-	g        *guard
-	bal      *zc.Balancer
-	exports  []*vmExport
-	exported []bool // queues a VM reads: drained before the end
-	eng      *host.Engine
-	adopted  int // regions taken over from a predecessor
-	stopG    func()
-	closed   bool
-	exMu     sync.Mutex // AddExport, RemoveExport
+	cfg       Config
+	log       hclog.Logger
+	c         *zc.Cluster
+	sources   []host.Source
+	outs      []*zc.Queue // the cluster's own producer ends
+	g         *guard
+	bal       *zc.Balancer
+	exports   []*vmExport
+	exported  []bool // queues a VM reads: drained before the end
+	eng       *host.Engine
+	adopted   int // regions taken over from a predecessor
+	stopG     func()
+	closed    bool
+	exMu      sync.Mutex // AddExport, RemoveExport
+	pending   []Export   // exports waiting for their VM (Config.Adopt)
+	stopWatch func()
 }
 
 // New sets up the agent cfg describes: the cluster (adopted when
@@ -230,6 +233,27 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 			log.Info("vm region "+map[bool]string{true: "adopted", false: "created"}[vc.Adopted()], "vm", ex.VM, "path", vc.Path(), "queues", queues, "size", vc.Size())
 		}
 		e, err := newVMExport(ctx, log, ex.VM, target, queues, shared, cfg.Ctl, cfg.Doorbell, target.Adopted())
+		if err != nil && cfg.Adopt && ctx.Err() == nil {
+			// A service goes on without a VM that is not there (yet): its
+			// region goes, and the export waits for the VM (watchExports).
+			log.Error("vm not reachable; its export waits for it", "vm", ex.VM, "error", err)
+			if vr != nil {
+				a.g.vms = a.g.vms[:len(a.g.vms)-1]
+				for i, qi := range queues {
+					vr.queues[i].Close()
+					if qi < len(a.outs) {
+						outs[qi] = a.outs[qi]
+					}
+				}
+				vc := vr.c
+				vc.Close()
+			}
+			for _, qi := range queues {
+				a.exported[qi] = false
+			}
+			a.pending = append(a.pending, ex)
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -257,6 +281,14 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	a.g.bal, a.g.outs, a.g.changed = a.bal, outs, a.saveState
 	if a.adopted > 0 {
 		a.settle(ctx)
+	}
+	if cfg.Adopt {
+		a.cfg.Exports = slices.DeleteFunc(a.cfg.Exports, func(e Export) bool {
+			return slices.ContainsFunc(a.pending, func(p Export) bool { return p.VM == e.VM })
+		})
+		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		stopW := ticker.Every(watchEvery, func(time.Time) { a.watchExports(wctx) })
+		a.stopWatch = func() { cancel(); stopW() }
 	}
 	a.stopG = ticker.Every(guardEvery, func(now time.Time) { a.g.tick(ctx, now) })
 	a.g.publish(time.Now())
@@ -376,6 +408,9 @@ func (a *Agent) Close() error {
 		return nil
 	}
 	a.closed = true
+	if a.stopWatch != nil {
+		a.stopWatch()
+	}
 	if a.stopG != nil {
 		a.stopG()
 		a.g.wg.Wait()

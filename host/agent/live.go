@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"time"
 
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/host/vmm"
@@ -177,4 +179,73 @@ func (a *Agent) route(ctx context.Context, queues []int, qs []*zc.Queue) error {
 	}
 	a.g.mu.Unlock()
 	return nil
+}
+
+// watchEvery is how often a service agent looks for VMs that came or
+// went.
+const watchEvery = 2 * time.Second
+
+// watchExports plugs the exports waiting for their VM once its QMP
+// socket exists (QEMU started), and releases the export of a VM whose
+// QMP socket is gone (QEMU exited; it unlinks its socket): its region is
+// removed and the export waits again. libvirt domains are not watched
+// (their lifecycle events are not followed yet).
+func (a *Agent) watchExports(ctx context.Context) {
+	a.exMu.Lock()
+	var gone []string
+	for _, e := range a.cfg.Exports {
+		if !vmm.IsLibvirt(e.VM) {
+			if _, err := os.Stat(e.VM); errors.Is(err, os.ErrNotExist) {
+				gone = append(gone, e.VM)
+			}
+		}
+	}
+	pending := slices.Clone(a.pending)
+	a.exMu.Unlock()
+	for _, vm := range gone {
+		a.log.Info("vm gone (its QMP socket went away); releasing its region", "vm", vm)
+		ex := a.exportOf(vm)
+		if err := a.RemoveExport(ctx, vm); err != nil {
+			a.log.Error("release vm", "vm", vm, "error", err)
+			continue
+		}
+		a.exMu.Lock()
+		a.pending = append(a.pending, ex)
+		a.exMu.Unlock()
+	}
+	for _, ex := range pending {
+		if vmm.IsLibvirt(ex.VM) {
+			continue
+		}
+		if _, err := os.Stat(ex.VM); err != nil {
+			continue
+		}
+		if err := a.AddExport(ctx, ex); err != nil {
+			a.log.Debug("vm not ready yet", "vm", ex.VM, "error", err)
+			continue
+		}
+		a.log.Info("vm appeared; exported", "vm", ex.VM)
+		a.exMu.Lock()
+		a.pending = slices.DeleteFunc(a.pending, func(p Export) bool { return p.VM == ex.VM })
+		a.exMu.Unlock()
+	}
+}
+
+// exportOf returns the export of vm.
+func (a *Agent) exportOf(vm string) Export {
+	a.exMu.Lock()
+	defer a.exMu.Unlock()
+	for _, e := range a.cfg.Exports {
+		if e.VM == vm {
+			return e
+		}
+	}
+	return Export{VM: vm}
+}
+
+// Pending returns the exports waiting for their VM.
+func (a *Agent) Pending() []Export {
+	a.exMu.Lock()
+	defer a.exMu.Unlock()
+	return slices.Clone(a.pending)
 }

@@ -32,6 +32,8 @@ type StateExport struct {
 	Generation uint64 `json:"generation"`
 	Plugged    bool   `json:"plugged"`
 	Adopted    bool   `json:"adopted,omitempty"`
+	// Waiting: the VM was not reachable; plugged when it appears.
+	Waiting bool `json:"waiting,omitempty"`
 }
 
 // StatePath is the state file of cluster id in dir.
@@ -62,6 +64,11 @@ func (a *Agent) State() State {
 		e.mu.Unlock()
 		s.VMs = append(s.VMs, se)
 	}
+	a.exMu.Lock()
+	for _, p := range a.pending {
+		s.VMs = append(s.VMs, StateExport{VM: p.VM, Queues: exportQueues(p, a.cfg.Queues), Waiting: true})
+	}
+	a.exMu.Unlock()
 	return s
 }
 
