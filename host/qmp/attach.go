@@ -127,6 +127,7 @@ func (vm *VM) attach(ctx context.Context, spec AttachSpec) (Attachment, error) {
 	if err != nil {
 		return Attachment{}, errors.Join(fmt.Errorf("add memory backend %s: %w", mem, err), o.note)
 	}
+	testPauseAfterObjectAdd()
 	args := map[string]any{"driver": "ivshmem-plain", "id": dev, "memdev": mem}
 	if bus != "" {
 		args["bus"] = bus
@@ -222,4 +223,20 @@ func (vm *VM) waitDeleted(ctx context.Context, deleted <-chan struct{}) error {
 		}
 		return ctx.Err()
 	}
+}
+
+// testPauseAfterObjectAdd is a test hook, for the vmtest that kills an
+// agent between object-add and device_add (TestDaemonOrphanMemdev): when
+// the environment variable ZC_TEST_PAUSE_AFTER_OBJECT_ADD names a file,
+// it creates that file and sleeps 60 s, leaving a memory backend that no
+// device uses yet. Nothing sets the variable outside that test.
+func testPauseAfterObjectAdd() {
+	p := os.Getenv("ZC_TEST_PAUSE_AFTER_OBJECT_ADD")
+	if p == "" {
+		return
+	}
+	if f, err := os.Create(p); err == nil {
+		f.Close()
+	}
+	time.Sleep(60 * time.Second)
 }
