@@ -70,7 +70,7 @@ trap cleanup EXIT
 if [ -z "$BIN" ]; then
 	BIN=$W
 	(cd "$ROOT" && go build -o "$W" ./cmd/zchost ./examples/zcount ./examples/zdump)
-	[ $SHIM = 0 ] || cc -O2 -fPIC -shared -o "$W/libzcpcap.so" "$ROOT/pcapshim/src/zcpcap.c" -ldl
+	[ $SHIM = 0 ] || cc -O2 -fPIC -shared -o "$W/libzcpcap.so" "$ROOT/pcapshim/src/zcpcap.c" -ldl # as scripts/build.sh
 fi
 ip netns add $A
 ip netns add $B
@@ -208,7 +208,7 @@ if [ $SHIM = 1 ]; then
 			printf "  [read %d of %d sent + %d dropped in %.2f s; zchost CPU %.0f%%]\n", N, s, d, t, g / hz / t * 100
 			printf "%s\t%.0f\t%.1f\n", n, N / t, c / hz * 1e9 / N >> (ENVIRON["W"] "/shim") }'
 	}
-	echo "queues: zchost run -i gen:len=64,count=$N $LOSSLESS on CPU $GCPU; readers on CPU $CCPU; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "queues: zchost run -i gen:len=64,count=$N $LOSSLESS on CPU $GCPU; readers on CPU $CCPU; load: $(cut -d' ' -f1-3 /proc/loadavg), CPU pressure: $(awk '/some/ {print $2}' /proc/pressure/cpu 2>/dev/null)"
 	qrun "tcpdump via libzcpcap.so" 'LD_PRELOAD=$PRELOAD tcpdump -i $Q -n -w /dev/null'
 	qrun "zcount" '"$BIN/zcount" -i $Q --interval 0 --json'
 	qrun "zdump -w - | tcpdump -r - -w /dev/null" \
@@ -218,7 +218,7 @@ if [ $SHIM = 1 ]; then
 	awk -F'\t' -v v="$VETH_PPS" 'NR == 1 {t = $2} $1 == "zcount" {z = $2} END {
 		printf "shim tcpdump / veth tcpdump: %.2fx (goal >= 3)\n", t / v
 		printf "zcount / shim tcpdump:       %.2fx (goal <= 2)\n", z / t }' "$W/shim"
-	echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg), CPU pressure: $(awk '/some/ {print $2}' /proc/pressure/cpu 2>/dev/null)"
 	exit 0
 fi
 
