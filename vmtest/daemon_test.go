@@ -1,0 +1,664 @@
+package vmtest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host/agent"
+	"github.com/zcfabric/zc/host/qmp"
+)
+
+// Tests of `zchost daemon` with real guests: the daemon is killed with
+// SIGKILL and started again with the same file while guests read, a kill
+// between object-add and device_add leaves no orphan memory backend, and a
+// reload removes one VM's export without disturbing the other.
+
+// daemonRig is a zchost daemon run from a configuration file the test
+// writes, with its state directory and control socket.
+type daemonRig struct {
+	h       *hostTools
+	dir     string // state_dir (short: the control socket path is limited)
+	conf    string
+	control string
+	d       *proc // the daemon running now
+}
+
+func newDaemonRig(t *testing.T, h *hostTools) *daemonRig {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "zcd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return &daemonRig{h: h, dir: dir, conf: filepath.Join(dir, "zchost.toml"), control: filepath.Join(dir, "zchost.sock")}
+}
+
+// head is the top of every configuration file the tests write.
+func (r *daemonRig) head() string {
+	return fmt.Sprintf("state_dir = %q\ncontrol = %q\nlog_level = \"info\"\n", r.dir, r.control)
+}
+
+// write replaces the configuration file.
+func (r *daemonRig) write(t *testing.T, text string) {
+	t.Helper()
+	if err := os.WriteFile(r.conf, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// start starts the daemon; with wait it returns once the daemon logged
+// that it is ready (re-adoption done).
+func (r *daemonRig) start(t *testing.T, ctx context.Context, wait bool) *proc {
+	t.Helper()
+	r.d = r.h.start(t, r.h.zchost, "daemon", "--config", r.conf)
+	if wait {
+		r.waitReady(t, ctx, r.d)
+	}
+	return r.d
+}
+
+// waitReady waits for p to log "daemon ready".
+func (r *daemonRig) waitReady(t *testing.T, ctx context.Context, p *proc) {
+	t.Helper()
+	for !strings.Contains(p.stderrText(), "daemon ready") {
+		select {
+		case <-p.done:
+			t.Fatalf("zchost daemon exited before it was ready: %v", p.err)
+		case <-ctx.Done():
+			t.Fatalf("zchost daemon not ready: %v", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// kill kills the daemon with SIGKILL and waits for it to be gone.
+func (r *daemonRig) kill(t *testing.T) {
+	t.Helper()
+	if err := r.d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-r.d.done
+}
+
+// status asks the running daemon through `zchost status --json`.
+func (r *daemonRig) status(t *testing.T, ctx context.Context) []agent.State {
+	t.Helper()
+	out := r.h.run(t, ctx, r.h.zchost, "status", "--json", "--control", r.control)
+	var rep struct {
+		OK       bool          `json:"ok"`
+		PID      int           `json:"pid"`
+		Clusters []agent.State `json:"clusters"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || !rep.OK {
+		t.Fatalf("zchost status --json: %q: %v", out, err)
+	}
+	if rep.PID != r.d.cmd.Process.Pid {
+		t.Errorf("zchost status: pid %d, the daemon started is %d", rep.PID, r.d.cmd.Process.Pid)
+	}
+	return rep.Clusters
+}
+
+// reload runs `zchost reload` and returns its output and error.
+func (r *daemonRig) reload(t *testing.T, ctx context.Context) (string, error) {
+	t.Helper()
+	p := r.h.start(t, r.h.zchost, "reload", "--control", r.control)
+	wctx, cancel := context.WithTimeout(ctx, 90*time.Second) // a hang bound
+	defer cancel()
+	out, err := p.wait(wctx)
+	if wctx.Err() != nil && ctx.Err() == nil {
+		// A hung daemon: its goroutines (SIGQUIT) go to the test log.
+		r.d.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-r.d.done:
+		case <-time.After(5 * time.Second):
+		}
+		t.Fatalf("zchost reload: no reply in 90 s; the daemon's goroutines are in the log above")
+	}
+	return out + p.stderrText(), err
+}
+
+// readerScript is a guest that waits for cluster id, counts queue q with
+// zcount in the background (a stats line every 100 ms), prints zcount's
+// pid once ("ZCPID N") and its exit status if it ever ends ("ZCOUNTEXIT
+// S"), and every second the pids of the running zcount processes and what
+// zcguest list sees ("ZCLIST PIDS JSON"). It runs until the VM is killed.
+func readerScript(id uint32, q int) string {
+	return fmt.Sprintf(`
+zcguest wait -c %[1]d --timeout 300s --poll 5ms || exit 1
+( sh -c 'echo "ZCPID $$"; exec zcount -i zc:%[1]d@%[2]d --interval 100ms'; echo "ZCOUNTEXIT $?" ) &
+while true; do
+	echo "ZCLIST $(pidof zcount | tr ' ' ,) $(zcguest list --json)"
+	sleep 1
+done`, id, q)
+}
+
+// guestList is one ZCLIST line: zcount's pids and zcguest list's devices.
+type guestList struct {
+	at   time.Time
+	pids string
+	devs []struct {
+		Addr    string  `json:"addr"`
+		Cluster *uint32 `json:"cluster"`
+	}
+}
+
+var (
+	listLine  = regexp.MustCompile(`^ZCLIST (\S*) (\[.*\])$`)
+	pidLine   = regexp.MustCompile(`^ZCPID (\d+)$`)
+	countLine = regexp.MustCompile(`^zc:\d+@\d+  Absolute: (\d+) pkts`)
+)
+
+// lastList returns the last ZCLIST line read after since.
+func lastList(t *testing.T, vm *VM, since time.Time) (guestList, bool) {
+	t.Helper()
+	lines := vm.Lines()
+	for i := len(lines) - 1; i >= 0 && lines[i].Time.After(since); i-- {
+		m := listLine.FindStringSubmatch(lines[i].Text)
+		if m == nil {
+			continue
+		}
+		l := guestList{at: lines[i].Time, pids: m[1]}
+		if err := json.Unmarshal([]byte(m[2]), &l.devs); err != nil {
+			t.Fatalf("guest list %q: %v", lines[i].Text, err)
+		}
+		return l, true
+	}
+	return guestList{}, false
+}
+
+// waitList waits for a ZCLIST line read after since.
+func waitList(t *testing.T, ctx context.Context, vm *VM, since time.Time) guestList {
+	t.Helper()
+	for {
+		if l, ok := lastList(t, vm, since); ok {
+			return l
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no guest list after %v: %v", since.Format(time.TimeOnly), ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// guestCount returns the packet count of the last zcount stats line read
+// at or before until (0 when none).
+func guestCount(vm *VM, until time.Time) uint64 {
+	lines := vm.Lines()
+	for i := len(lines) - 1; i >= 0; i-- {
+		if lines[i].Time.After(until) {
+			continue
+		}
+		if m := countLine.FindStringSubmatch(lines[i].Text); m != nil {
+			n, _ := strconv.ParseUint(m[1], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// waitCountAbove waits for a zcount stats line read after since with a
+// count above n and returns when the host read it.
+func waitCountAbove(t *testing.T, ctx context.Context, vm *VM, since time.Time, n uint64) (time.Time, uint64) {
+	t.Helper()
+	for {
+		for _, l := range vm.Lines() {
+			if !l.Time.After(since) {
+				continue
+			}
+			if m := countLine.FindStringSubmatch(l.Text); m != nil {
+				if c, _ := strconv.ParseUint(m[1], 10, 64); c > n {
+					return l.Time, c
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("guest count stays at %d after %v: %v", n, since.Format(time.TimeOnly), ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// hostCount returns the last count a host zcount logged.
+func hostCount(p *proc) uint64 {
+	var n uint64
+	for _, l := range strings.Split(p.stderrText(), "\n") {
+		if m := countLine.FindStringSubmatch(l); m != nil {
+			n, _ = strconv.ParseUint(m[1], 10, 64)
+		}
+	}
+	return n
+}
+
+// checkGuestAlive fails t when the guest's zcount ended or printed an
+// error, or its pid is not the one it started with.
+func checkGuestAlive(t *testing.T, name string, vm *VM, pid string) {
+	t.Helper()
+	for _, l := range vm.Lines() {
+		if strings.HasPrefix(l.Text, "ZCOUNTEXIT") || strings.HasPrefix(l.Text, "zcount:") && !strings.Contains(l.Text, "idle waits") {
+			t.Errorf("vm %s: %q: the guest's zcount ended or failed", name, l.Text)
+		}
+	}
+	if l, ok := lastList(t, vm, time.Time{}); !ok || l.pids != pid {
+		t.Errorf("vm %s: zcount pids now %q, want the one started, %s", name, l.pids, pid)
+	}
+}
+
+// backends lists the VM's memory backends and ivshmem devices over QMP
+// (the daemon dials per operation; the test dials in between).
+func backends(t *testing.T, ctx context.Context, vm *VM) (mems []string, devs []qmp.Attachment) {
+	t.Helper()
+	c, err := qmp.Dial(ctx, vm.QMPPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	objs, err := c.Objects(ctx, "memory-backend-file")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if strings.HasPrefix(o, "zcmem-") {
+			mems = append(mems, o)
+		}
+	}
+	if devs, err = c.Regions(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return mems, devs
+}
+
+// checkOneBackend fails t unless the VM holds exactly one zcmem backend,
+// used by its one ivshmem device, and returns them.
+func checkOneBackend(t *testing.T, ctx context.Context, name string, vm *VM) (string, qmp.Attachment) {
+	t.Helper()
+	mems, devs := backends(t, ctx, vm)
+	t.Logf("vm %s: qom-list /objects memory backends %v, devices %+v", name, mems, devs)
+	if len(mems) != 1 || len(devs) != 1 || devs[0].MemID != mems[0] {
+		t.Errorf("vm %s: memory backends %v and devices %+v; want one backend, used by the one device", name, mems, devs)
+		return "", qmp.Attachment{}
+	}
+	return mems[0], devs[0]
+}
+
+// inodes returns the inode of each region file of cluster id in dir.
+func inodes(t *testing.T, dir string, id uint32) map[string]uint64 {
+	t.Helper()
+	m := map[string]uint64{}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("zc-%d", id)
+	for _, e := range ents {
+		if n := e.Name(); n == base || strings.HasPrefix(n, base+".vm") {
+			fi, err := os.Stat(filepath.Join(dir, n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m[n] = fi.Sys().(*syscall.Stat_t).Ino
+		}
+	}
+	return m
+}
+
+// TestDaemonRestart: a zchost daemon exports one queue each to two VMs
+// from a configuration file (a third queue is read by a host zcount).
+// Killed with SIGKILL and started again with the same file, it re-adopts
+// everything: both guests' zcount processes go on (same pid, no error)
+// and count packets sent after the restart, each guest still sees one
+// device at the same address, QEMU holds the same device and memory
+// backend (no re-plug, no orphan), the region files are the same (same
+// inodes), zchost status shows both VMs adopted and plugged, and the
+// host zcount counts on. It logs the time from starting the daemon again
+// to the first packet a guest reads, over a few restarts.
+func TestDaemonRestart(t *testing.T) {
+	const (
+		id       = 99
+		restarts = 3
+	)
+	h := newHostTools(t)
+	ctx := testCtx(t, 20*time.Minute)
+	names := []string{"A", "B"}
+	vms := make([]*VM, 2)
+	for i := range vms {
+		vms[i] = Start(t, Name("vm"+names[i]), Timeout(20*time.Minute), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(readerScript(id, i)))
+	}
+	r := newDaemonRig(t, h)
+	r.write(t, r.head()+fmt.Sprintf(`
+[[cluster]]
+id = %d
+queues = 3
+mode = "round-robin"
+sources = ["gen:len=%d,count=1e9,rate=2000"]
+queue_len = 1024
+backing = "shm"
+vm_recover = "0"
+
+[[cluster.export]]
+vm = %q
+queues = [0]
+
+[[cluster.export]]
+vm = %q
+queues = [1]
+`, id, frameLen, vms[0].QMPPath(), vms[1].QMPPath()))
+	r.start(t, ctx, true)
+	hostReader := h.start(t, h.zcount, "-i", fmt.Sprintf("zc:%d@2", id), "--interval", "200ms")
+
+	pids := make([]string, 2)
+	addrs := make([]string, 2)
+	mems := make([]string, 2)
+	devIDs := make([]string, 2)
+	for i, vm := range vms {
+		_, m, err := vm.ExpectRegexp(ctx, pidLine)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids[i] = m[1]
+		waitCountAbove(t, ctx, vm, time.Time{}, 0)
+		l := waitList(t, ctx, vm, time.Now())
+		if len(l.devs) != 1 || l.devs[0].Cluster == nil || *l.devs[0].Cluster != id {
+			t.Fatalf("vm %s: zcguest list %+v, want one device of cluster %d", names[i], l.devs, id)
+		}
+		addrs[i] = l.devs[0].Addr
+		var dev qmp.Attachment
+		mems[i], dev = checkOneBackend(t, ctx, names[i], vm)
+		devIDs[i] = dev.DevID
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	files := inodes(t, h.dir, id)
+	if len(files) != 3 {
+		t.Fatalf("region files %v, want the cluster's and two VMs'", files)
+	}
+
+	var took []time.Duration
+	for round := 1; round <= restarts; round++ {
+		hostBefore := hostCount(hostReader)
+		r.kill(t)
+		// Let the guests read what was queued: their counts stop.
+		time.Sleep(1500 * time.Millisecond)
+		start := time.Now()
+		d := r.start(t, ctx, false)
+		for i, vm := range vms {
+			base := guestCount(vm, start)
+			at, n := waitCountAbove(t, ctx, vm, start, base)
+			took = append(took, at.Sub(start))
+			t.Logf("restart %d: vm %s reads again %v after the daemon started (count %d -> %d)", round, names[i], at.Sub(start).Round(time.Millisecond), base, n)
+		}
+		r.waitReady(t, ctx, d)
+		log := d.stderrText()
+		if n := strings.Count(log, "device adopted"); n != 2 {
+			t.Errorf("restart %d: the daemon adopted %d devices, want 2", round, n)
+		}
+		if strings.Contains(log, "exported to vm") || strings.Contains(log, "not adopted") {
+			t.Errorf("restart %d: the daemon made something afresh instead of adopting it; see its log", round)
+		}
+
+		// What the guests, QEMU, the host and the daemon say now.
+		since := time.Now()
+		for i, vm := range vms {
+			l := waitList(t, ctx, vm, since)
+			if len(l.devs) != 1 || l.devs[0].Addr != addrs[i] {
+				t.Errorf("restart %d: vm %s: zcguest list %+v, want the one device at %s", round, names[i], l.devs, addrs[i])
+			}
+			checkGuestAlive(t, names[i], vm, pids[i])
+			mem, dev := checkOneBackend(t, ctx, names[i], vm)
+			if mem != mems[i] || dev.DevID != devIDs[i] {
+				t.Errorf("restart %d: vm %s holds backend %s device %s, want the first ones, %s and %s (no re-plug)", round, names[i], mem, dev.DevID, mems[i], devIDs[i])
+			}
+		}
+		if now := inodes(t, h.dir, id); !mapsEqual(now, files) {
+			t.Errorf("restart %d: region files %v, before %v", round, now, files)
+		}
+		st := r.status(t, ctx)
+		if len(st) != 1 || st[0].Cluster != id || !st[0].Adopted || len(st[0].VMs) != 2 {
+			t.Fatalf("restart %d: zchost status %+v, want cluster %d adopted with two VMs", round, st, id)
+		}
+		for i, v := range st[0].VMs {
+			if v.VM != vms[i].QMPPath() || !v.Plugged || !v.Adopted || !slices.Equal(v.Queues, []int{i}) {
+				t.Errorf("restart %d: zchost status vm %+v, want %s queue %d adopted and plugged", round, v, vms[i].QMPPath(), i)
+			}
+		}
+		var stats struct {
+			zc.ClusterInfo
+			VMRegions []zc.ClusterInfo `json:"vm_regions"`
+		}
+		if out := h.run(t, ctx, h.zchost, "stats", "-c", fmt.Sprint(id), "--json"); json.Unmarshal([]byte(out), &stats) != nil {
+			t.Errorf("restart %d: zchost stats --json: %q", round, out)
+		}
+		if stats.State != "ok" || len(stats.VMRegions) != 2 {
+			t.Errorf("restart %d: zchost stats: %+v, want the cluster and two VM regions, ok", round, stats)
+		}
+		for i, v := range stats.VMRegions {
+			if want := filepath.Join(h.dir, fmt.Sprintf("zc-%d.vm%d", id, i+1)); v.Path != want || v.State != "ok" {
+				t.Errorf("restart %d: zchost stats vm region %s %s (%s), want %s ok", round, v.Path, v.State, v.Failure, want)
+			}
+		}
+		// The host reader goes on too.
+		for hostCount(hostReader) <= hostBefore {
+			select {
+			case <-hostReader.done:
+				t.Fatalf("restart %d: the host zcount exited: %v", round, hostReader.err)
+			case <-ctx.Done():
+				t.Fatalf("restart %d: the host zcount stays at %d", round, hostBefore)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		if t.Failed() {
+			break
+		}
+	}
+	if len(took) > 0 {
+		slices.Sort(took)
+		t.Logf("restart to first guest packet: median %v over %d reads (%d restarts x 2 VMs; min %v, max %v; %s, zcount stats every 100 ms)",
+			took[len(took)/2].Round(time.Millisecond), len(took), len(took)/2, took[0].Round(time.Millisecond), took[len(took)-1].Round(time.Millisecond), vms[0].AccelName())
+	}
+	select {
+	case <-hostReader.done:
+		t.Errorf("the host zcount exited: %v\n%s", hostReader.err, hostReader.stderrText())
+	default:
+	}
+}
+
+func mapsEqual(a, b map[string]uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestDaemonOrphanMemdev: the daemon is killed between object-add and
+// device_add (the test hook ZC_TEST_PAUSE_AFTER_OBJECT_ADD in host/qmp
+// pauses it there), leaving a memory backend no device uses. Started
+// again without the hook, it removes that backend and plugs the region:
+// QEMU then holds one zcmem backend, the one the device uses, and the
+// guest sees one device and counts packets.
+func TestDaemonOrphanMemdev(t *testing.T) {
+	const id = 98
+	h := newHostTools(t)
+	ctx := testCtx(t, 10*time.Minute)
+	vm := Start(t, Name("vm"), Timeout(10*time.Minute), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(readerScript(id, 0)))
+	r := newDaemonRig(t, h)
+	r.write(t, r.head()+fmt.Sprintf(`
+[[cluster]]
+id = %d
+queues = 1
+sources = ["gen:len=%d,count=1e9,rate=2000"]
+queue_len = 1024
+backing = "shm"
+vm_recover = "0"
+
+[[cluster.export]]
+vm = %q
+`, id, frameLen, vm.QMPPath()))
+
+	pause := filepath.Join(r.dir, "paused")
+	t.Setenv("ZC_TEST_PAUSE_AFTER_OBJECT_ADD", pause)
+	d := r.start(t, ctx, false)
+	os.Unsetenv("ZC_TEST_PAUSE_AFTER_OBJECT_ADD")
+	for {
+		if _, err := os.Stat(pause); err == nil {
+			break
+		}
+		select {
+		case <-d.done:
+			t.Fatalf("zchost daemon exited before the pause: %v", d.err)
+		case <-ctx.Done():
+			t.Fatalf("the daemon never paused after object-add: %v", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	r.kill(t)
+	mems, devs := backends(t, ctx, vm)
+	t.Logf("after the kill: memory backends %v, devices %+v", mems, devs)
+	if len(mems) != 1 || len(devs) != 0 {
+		t.Fatalf("after a kill between object-add and device_add: backends %v, devices %+v; want one orphan backend", mems, devs)
+	}
+	orphan := mems[0]
+
+	d = r.start(t, ctx, true)
+	if !strings.Contains(d.stderrText(), orphan) {
+		t.Errorf("the daemon's log does not name the orphan backend %s it should have removed", orphan)
+	}
+	mem, _ := checkOneBackend(t, ctx, "", vm)
+	if mem == orphan {
+		t.Errorf("the orphan backend %s is still there", orphan)
+	}
+	_, m, err := vm.ExpectRegexp(ctx, pidLine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCountAbove(t, ctx, vm, time.Time{}, 0)
+	l := waitList(t, ctx, vm, time.Now())
+	if len(l.devs) != 1 || l.devs[0].Cluster == nil || *l.devs[0].Cluster != id {
+		t.Errorf("the guest sees %+v, want one device of cluster %d", l.devs, id)
+	}
+	checkGuestAlive(t, "", vm, m[1])
+}
+
+// TestDaemonReload: one cluster, VM A reading queue 0 and VM B queue 1.
+// The file is rewritten without B's export and `zchost reload` applies
+// it: B's device is unplugged (its zcount sees the queue go, its guest no
+// device, QEMU no backend) while A's device stays as it was and A counts
+// on. A second rewrite changing the cluster's queues is refused, naming
+// file:line:key, and nothing changes.
+func TestDaemonReload(t *testing.T) {
+	const id = 97
+	h := newHostTools(t)
+	ctx := testCtx(t, 15*time.Minute)
+	names := []string{"A", "B"}
+	vms := make([]*VM, 2)
+	for i := range vms {
+		vms[i] = Start(t, Name("vm"+names[i]), Timeout(15*time.Minute), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(readerScript(id, i)))
+	}
+	r := newDaemonRig(t, h)
+	cluster := func(queues int) string {
+		return fmt.Sprintf(`
+[[cluster]]
+id = %d
+queues = %d
+mode = "round-robin"
+sources = ["gen:len=%d,count=1e9,rate=2000"]
+queue_len = 1024
+backing = "shm"
+vm_recover = "0"
+
+[[cluster.export]]
+vm = %q
+queues = [0]
+`, id, queues, frameLen, vms[0].QMPPath())
+	}
+	exportB := fmt.Sprintf("\n[[cluster.export]]\nvm = %q\nqueues = [1]\n", vms[1].QMPPath())
+	r.write(t, r.head()+cluster(2)+exportB)
+	r.start(t, ctx, true)
+
+	pids := make([]string, 2)
+	for i, vm := range vms {
+		_, m, err := vm.ExpectRegexp(ctx, pidLine)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids[i] = m[1]
+		waitCountAbove(t, ctx, vm, time.Time{}, 0)
+	}
+	memA, devA := checkOneBackend(t, ctx, "A", vms[0])
+	addrA := waitList(t, ctx, vms[0], time.Now()).devs[0].Addr
+
+	// Remove B's export.
+	r.write(t, r.head()+cluster(2))
+	out, err := r.reload(t, ctx)
+	if err != nil {
+		t.Fatalf("zchost reload: %v\n%s", err, out)
+	}
+	t.Logf("zchost reload: %s", strings.TrimSpace(out))
+	if !strings.Contains(out, "unexported") {
+		t.Errorf("zchost reload says %q, want vm B unexported", out)
+	}
+	reloaded := time.Now()
+	if _, err := vms[1].Expect(ctx, "ZCOUNTEXIT"); err != nil {
+		t.Errorf("vm B's zcount did not end when its queue was unplugged: %v", err)
+	}
+	if l := waitList(t, ctx, vms[1], time.Now()); len(l.devs) != 0 {
+		t.Errorf("vm B sees %+v after the reload, want no device", l.devs)
+	}
+	if mems, devs := backends(t, ctx, vms[1]); len(mems) != 0 || len(devs) != 0 {
+		t.Errorf("vm B holds backends %v, devices %+v after the reload, want none", mems, devs)
+	}
+	checkA := func(when string, since time.Time) {
+		t.Helper()
+		base := guestCount(vms[0], since)
+		waitCountAbove(t, ctx, vms[0], since, base)
+		checkGuestAlive(t, "A", vms[0], pids[0])
+		if l := waitList(t, ctx, vms[0], time.Now()); len(l.devs) != 1 || l.devs[0].Addr != addrA {
+			t.Errorf("%s: vm A sees %+v, want its one device at %s", when, l.devs, addrA)
+		}
+		if mem, dev := checkOneBackend(t, ctx, "A", vms[0]); mem != memA || dev.DevID != devA.DevID {
+			t.Errorf("%s: vm A holds %s/%s, want %s/%s (untouched)", when, mem, dev.DevID, memA, devA.DevID)
+		}
+		st := r.status(t, ctx)
+		if len(st) != 1 || len(st[0].VMs) != 1 || st[0].VMs[0].VM != vms[0].QMPPath() || !st[0].VMs[0].Plugged {
+			t.Errorf("%s: zchost status %+v, want vm A alone, plugged", when, st)
+		}
+	}
+	checkA("after removing B", reloaded)
+	files := inodes(t, h.dir, id)
+
+	// A changed cluster definition is refused.
+	text := r.head() + cluster(3)
+	r.write(t, text)
+	line := 1 + strings.Count(text[:strings.Index(text, "queues = 3")], "\n")
+	refused := time.Now()
+	out, err = r.reload(t, ctx)
+	if err == nil {
+		t.Fatalf("zchost reload of a changed queue count succeeded: %s", out)
+	}
+	want := fmt.Sprintf("%s:%d: cluster[0].queues:", r.conf, line)
+	t.Logf("zchost reload refused: %s", strings.TrimSpace(out))
+	if !strings.Contains(out, want) {
+		t.Errorf("zchost reload says %q, want it to name %q", out, want)
+	}
+	checkA("after the refused reload", refused)
+	if now := inodes(t, h.dir, id); !mapsEqual(now, files) {
+		t.Errorf("region files %v after the refused reload, before %v", now, files)
+	}
+}
