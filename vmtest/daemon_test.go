@@ -512,6 +512,10 @@ vm_recover = "0"
 vm = %q
 `, id, frameLen, vm.QMPPath()))
 
+	// The guest runs (its script waits for the device) before the kill.
+	if _, err := vm.Expect(ctx, BootedMarker); err != nil {
+		t.Fatal(err)
+	}
 	pause := filepath.Join(r.dir, "paused")
 	t.Setenv("ZC_TEST_PAUSE_AFTER_OBJECT_ADD", pause)
 	d := r.start(t, ctx, false)
