@@ -278,7 +278,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	// The counters of the queues as fed (a queue moved into a VM's own
 	// region counts there), from the agent's own record.
-	a.g.bal, a.g.outs, a.g.changed = a.bal, outs, a.saveState
+	a.g.bal, a.g.outs, a.g.changed = a.bal, slices.Clone(outs), a.saveState // outs is the balancer's now
 	if a.adopted > 0 {
 		a.settle(ctx)
 	}
@@ -288,7 +288,16 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		})
 		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		stopW := ticker.Every(watchEvery, func(time.Time) { a.watchExports(wctx) })
-		a.stopWatch = func() { cancel(); stopW() }
+		var wg sync.WaitGroup
+		seen := map[string]bool{}
+		for _, ex := range cfg.Exports {
+			if vmm.IsLibvirt(ex.VM) && !seen[ex.VM] {
+				seen[ex.VM] = true
+				wg.Add(1)
+				go func() { defer wg.Done(); a.watchLibvirt(wctx, ex.VM) }()
+			}
+		}
+		a.stopWatch = func() { cancel(); stopW(); wg.Wait() }
 	}
 	a.stopG = ticker.Every(guardEvery, func(now time.Time) { a.g.tick(ctx, now) })
 	a.g.publish(time.Now())

@@ -304,7 +304,7 @@ func (e *vmExport) unplug(ctx context.Context, detach func(context.Context) erro
 // runs. detach dials again; a region already unplugged by someone else
 // counts as detached.
 func exportVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluster) (detach func(context.Context) error, err error) {
-	vm, err := vmm.Dial(ctx, qmpPath)
+	vm, err := dialVM(ctx, qmpPath)
 	if err != nil {
 		return nil, fmt.Errorf("export cluster %d to vm %s: %w", c.ID(), qmpPath, err)
 	}
@@ -327,7 +327,7 @@ func exportVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Clust
 // and QEMU cannot reconnect a running guest's doorbell to a new one): it
 // is unplugged, and the caller plugs a fresh one.
 func adoptVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluster, bell bool) (func(context.Context) error, error) {
-	vm, err := vmm.Dial(ctx, qmpPath)
+	vm, err := dialVM(ctx, qmpPath)
 	if err != nil {
 		return nil, fmt.Errorf("adopt cluster %d in vm %s: %w", c.ID(), qmpPath, err)
 	}
@@ -374,7 +374,7 @@ func adoptVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluste
 // unplugged by someone else counts as detached.
 func detachFunc(log hclog.Logger, qmpPath string, c *zc.Cluster, a qmp.Attachment) func(context.Context) error {
 	return func(ctx context.Context) error {
-		vm, err := vmm.Dial(ctx, qmpPath)
+		vm, err := dialVM(ctx, qmpPath)
 		if err != nil {
 			return fmt.Errorf("unexport cluster %d from vm %s: %w", c.ID(), qmpPath, err)
 		}
@@ -404,3 +404,6 @@ func observePlug(vm string, took time.Duration) {
 		(*f)(vm, took)
 	}
 }
+
+// dialVM reaches a VM: vmm.Dial, or a fake in unit tests.
+var dialVM = vmm.Dial

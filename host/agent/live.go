@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host/libvirt"
 	"github.com/zcfabric/zc/host/vmm"
 )
 
@@ -101,7 +102,7 @@ func (a *Agent) AddExport(ctx context.Context, ex Export) (err error) {
 		a.exported[qi] = true
 	}
 	a.cfg.Exports = append(a.cfg.Exports, ex)
-	a.saveState()
+	a.saveStateLocked()
 	return nil
 }
 
@@ -139,7 +140,7 @@ func (a *Agent) RemoveExport(ctx context.Context, vm string) error {
 	}
 	a.exports = slices.Delete(a.exports, i, i+1)
 	a.cfg.Exports = slices.Delete(a.cfg.Exports, i, i+1)
-	a.saveState()
+	a.saveStateLocked()
 	a.log.Info("vm unexported", "vm", vm)
 	return nil
 }
@@ -188,8 +189,8 @@ const watchEvery = 2 * time.Second
 // watchExports plugs the exports waiting for their VM once its QMP
 // socket exists (QEMU started), and releases the export of a VM whose
 // QMP socket is gone (QEMU exited; it unlinks its socket): its region is
-// removed and the export waits again. libvirt domains are not watched
-// (their lifecycle events are not followed yet).
+// removed and the export waits again. libvirt domains are followed
+// through their lifecycle events instead (watchLibvirt).
 func (a *Agent) watchExports(ctx context.Context) {
 	a.exMu.Lock()
 	var gone []string
@@ -204,43 +205,98 @@ func (a *Agent) watchExports(ctx context.Context) {
 	a.exMu.Unlock()
 	for _, vm := range gone {
 		a.log.Info("vm gone (its QMP socket went away); releasing its region", "vm", vm)
-		ex := a.exportOf(vm)
-		if err := a.RemoveExport(ctx, vm); err != nil {
-			a.log.Error("release vm", "vm", vm, "error", err)
-			continue
-		}
-		a.exMu.Lock()
-		a.pending = append(a.pending, ex)
-		a.exMu.Unlock()
+		a.release(ctx, vm)
 	}
 	for _, ex := range pending {
 		if vmm.IsLibvirt(ex.VM) {
-			continue
+			continue // watchLibvirt
 		}
-		if _, err := os.Stat(ex.VM); err != nil {
-			continue
+		if _, err := os.Stat(ex.VM); err == nil {
+			a.tryPlug(ctx, ex.VM)
 		}
-		if err := a.AddExport(ctx, ex); err != nil {
-			a.log.Debug("vm not ready yet", "vm", ex.VM, "error", err)
-			continue
-		}
-		a.log.Info("vm appeared; exported", "vm", ex.VM)
-		a.exMu.Lock()
-		a.pending = slices.DeleteFunc(a.pending, func(p Export) bool { return p.VM == ex.VM })
-		a.exMu.Unlock()
 	}
 }
 
-// exportOf returns the export of vm.
-func (a *Agent) exportOf(vm string) Export {
+// tryPlug exports to vm if its export waits.
+func (a *Agent) tryPlug(ctx context.Context, vm string) {
+	a.exMu.Lock()
+	i := slices.IndexFunc(a.pending, func(p Export) bool { return p.VM == vm })
+	var ex Export
+	if i >= 0 {
+		ex = a.pending[i]
+	}
+	a.exMu.Unlock()
+	if i < 0 {
+		return
+	}
+	if err := a.AddExport(ctx, ex); err != nil {
+		a.log.Debug("vm not ready yet", "vm", vm, "error", err)
+		return
+	}
+	a.log.Info("vm appeared; exported", "vm", vm)
+	a.exMu.Lock()
+	a.pending = slices.DeleteFunc(a.pending, func(p Export) bool { return p.VM == vm })
+	a.exMu.Unlock()
+}
+
+// release frees vm's region (the VM went away) and makes its export
+// wait for it again.
+func (a *Agent) release(ctx context.Context, vm string) {
+	ex, ok := a.exportOf(vm)
+	if !ok {
+		return
+	}
+	if err := a.RemoveExport(ctx, vm); err != nil {
+		a.log.Error("release vm", "vm", vm, "error", err)
+		return
+	}
+	a.exMu.Lock()
+	a.pending = append(a.pending, ex)
+	a.exMu.Unlock()
+}
+
+// watchLibvirt follows libvirt domain vm's lifecycle events until ctx
+// ends: plugged when it starts, its region freed when it stops, crashes
+// or is destroyed. A lost connection to libvirtd is made again.
+func (a *Agent) watchLibvirt(ctx context.Context, vm string) {
+	spec, err := libvirt.ParseSpec(vm)
+	if err != nil {
+		a.log.Error("libvirt domain not watched", "vm", vm, "error", err)
+		return
+	}
+	for ctx.Err() == nil {
+		events, err := libvirt.Watch(ctx, spec)
+		if err != nil {
+			a.log.Warn("libvirt events; trying again", "vm", vm, "error", err)
+		} else {
+			a.tryPlug(ctx, vm) // it may have started before the watch
+			for lc := range events {
+				a.log.Info("libvirt domain "+lc.String(), "vm", vm)
+				switch lc {
+				case libvirt.Started:
+					a.tryPlug(ctx, vm)
+				case libvirt.Stopped:
+					a.release(ctx, vm)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(watchEvery):
+		}
+	}
+}
+
+// exportOf returns the export of vm, if vm is exported now.
+func (a *Agent) exportOf(vm string) (Export, bool) {
 	a.exMu.Lock()
 	defer a.exMu.Unlock()
 	for _, e := range a.cfg.Exports {
 		if e.VM == vm {
-			return e
+			return e, true
 		}
 	}
-	return Export{VM: vm}
+	return Export{}, false
 }
 
 // Pending returns the exports waiting for their VM.

@@ -56,6 +56,13 @@ func ReadState(path string) (State, error) {
 
 // State returns what the agent runs now, as its state file records it.
 func (a *Agent) State() State {
+	a.exMu.Lock()
+	defer a.exMu.Unlock()
+	return a.stateLocked()
+}
+
+// stateLocked is State with exMu held.
+func (a *Agent) stateLocked() State {
 	s := State{Cluster: a.c.ID(), PID: os.Getpid(), Updated: time.Now(), Region: a.c.Path(), Generation: a.c.Generation(), Adopted: a.c.Adopted()}
 	for _, e := range a.exports {
 		e.mu.Lock()
@@ -64,21 +71,26 @@ func (a *Agent) State() State {
 		e.mu.Unlock()
 		s.VMs = append(s.VMs, se)
 	}
-	a.exMu.Lock()
 	for _, p := range a.pending {
 		s.VMs = append(s.VMs, StateExport{VM: p.VM, Queues: exportQueues(p, a.cfg.Queues), Waiting: true})
 	}
-	a.exMu.Unlock()
 	return s
 }
 
 // saveState writes the state file (atomically: a temporary file renamed)
 // when the agent has a state directory.
 func (a *Agent) saveState() {
+	a.exMu.Lock()
+	defer a.exMu.Unlock()
+	a.saveStateLocked()
+}
+
+// saveStateLocked is saveState with exMu held.
+func (a *Agent) saveStateLocked() {
 	if a.cfg.StateDir == "" || a.c == nil {
 		return
 	}
-	b, _ := json.MarshalIndent(a.State(), "", "  ")
+	b, _ := json.MarshalIndent(a.stateLocked(), "", "  ")
 	path := StatePath(a.cfg.StateDir, a.c.ID())
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err == nil {

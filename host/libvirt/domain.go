@@ -46,7 +46,8 @@ func Dial(ctx context.Context, spec Spec) (*Domain, error) {
 	return d, nil
 }
 
-func dial(ctx context.Context, spec Spec) (*Domain, error) {
+// connect opens a connection to the libvirt daemon spec names.
+func connect(ctx context.Context, spec Spec) (*golibvirt.Libvirt, error) {
 	timeout := 15 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(dl), time.Millisecond)
@@ -71,8 +72,16 @@ func dial(ctx context.Context, spec Spec) (*Domain, error) {
 			return nil, fmt.Errorf("libvirt at %s: %w", sock, err)
 		}
 	}
+	return l, nil
+}
+
+func dial(ctx context.Context, spec Spec) (*Domain, error) {
+	l, err := connect(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
 	d := &Domain{l: l, spec: spec}
-	err := call(ctx, func() (err error) { d.dom, err = l.DomainLookupByName(spec.Domain); return err })
+	err = call(ctx, func() (err error) { d.dom, err = l.DomainLookupByName(spec.Domain); return err })
 	if err != nil {
 		_ = l.Disconnect()
 		if isNoDomain(err) {
