@@ -581,7 +581,7 @@ static int find_guest(struct zcr *z, char *msg, size_t msglen)
 static int device_gone(struct zcr *z)
 {
 	struct stat st;
-	return z->side == SIDE_GUEST && stat(z->devdir, &st) != 0 && errno == ENOENT;
+	return z->side == SIDE_GUEST && z->devdir[0] != 0 && stat(z->devdir, &st) != 0 && errno == ENOENT;
 }
 
 /* ring_host rings peer 0 (the host agent), vector 0, through the Doorbell
@@ -885,6 +885,8 @@ static int fetch(struct zcr *z)
 
 static void nap(long ns)
 {
+	if (ns <= 0)
+		return;
 	struct timespec ts = {0, ns};
 	nanosleep(&ts, NULL); /* EINTR: a signal, maybe pcap_breakloop */
 }
@@ -919,7 +921,7 @@ static void wait_some(struct zcr *z, int64_t max_ns)
 	z->sleep_no++;
 	__atomic_store_n(wake, z->sleep_no << 2 | WAKE_FUTEX, __ATOMIC_SEQ_CST);
 	uint32_t p = __atomic_load_n(prod, __ATOMIC_SEQ_CST);
-	if (p == z->dpos) {
+	if (p == z->dpos && max_ns > 0) {
 		if (max_ns > 100000000)
 			max_ns = 100000000; /* look at the region and at pcap_breakloop now and then */
 		struct timespec ts = {max_ns / 1000000000, max_ns % 1000000000};
