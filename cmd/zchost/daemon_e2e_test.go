@@ -351,6 +351,20 @@ queues = [1]
 	if err != nil || !strings.Contains(string(out), "waiting for the VM") {
 		t.Fatalf("zchost status: %v\n%s", err, out)
 	}
+	// zchost attach for a cluster the daemon runs goes to the daemon
+	// (which refuses a second export of the VM, and fails on a VM that is
+	// not there).
+	att := exec.Command(filepath.Join(r.bin, "zchost"), "attach", "--control", r.control, "--qmp", qmp, "-c", "65", "--queues", "0")
+	att.Env = r.env
+	if out, err := att.CombinedOutput(); err == nil || !strings.Contains(string(out), "zchost daemon:") || !strings.Contains(string(out), "already exported") {
+		t.Fatalf("zchost attach through the daemon: %v\n%s", err, out)
+	}
+	other := filepath.Join(t.TempDir(), "other.qmp")
+	att = exec.Command(filepath.Join(r.bin, "zchost"), "attach", "--control", r.control, "--qmp", other, "-c", "65", "--queues", "0")
+	att.Env = r.env
+	if out, err := att.CombinedOutput(); err == nil || !strings.Contains(string(out), "zchost daemon:") || !strings.Contains(string(out), other) {
+		t.Fatalf("zchost attach of an absent VM through the daemon: %v\n%s", err, out)
+	}
 }
 
 // TestDaemonBadConfig: a wrong file stops the daemon before it makes

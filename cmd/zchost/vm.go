@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,6 +41,8 @@ func toAttachment(cluster uint32, vm string, a qmp.Attachment) attachment {
 
 // vmFlags are the flags attach and detach share.
 type vmFlags struct {
+	control *string
+	queues  queueList
 	qmp     string
 	cluster int64
 	timeout time.Duration
@@ -51,6 +54,48 @@ func (f *vmFlags) add(fs *flag.FlagSet) {
 		fs.Int64Var(&f.cluster, n, -1, "cluster `id`")
 	}
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up after this long")
+	f.control = fs.String("control", defaultControl(), "a running zchost daemon's control `socket`: when the daemon runs the cluster, it does\n"+
+		"the attach or detach (its own region for the VM, kept across its restarts); otherwise it is done here")
+	fs.Var(&f.queues, "queues", "with a daemon: the `Q,Q..` the VM reads (default all)")
+}
+
+// viaDaemon asks the daemon at f.control to attach or detach (op) when it
+// runs f.cluster; handled reports whether it did.
+func (f *vmFlags) viaDaemon(op string) (handled bool, err error) {
+	st, err := ask(*f.control, controlRequest{Op: "status"}, 5*time.Second)
+	if err != nil {
+		return false, nil // no daemon: direct
+	}
+	for _, c := range st.Clusters {
+		if int64(c.Cluster) == f.cluster {
+			rep, err := ask(*f.control, controlRequest{Op: op, Cluster: c.Cluster, VM: f.qmp, Queues: f.queues}, f.timeout+noticeWait)
+			if err != nil {
+				return true, err
+			}
+			fmt.Println(rep.Changes, "(by the zchost daemon)")
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// noticeWait is the time a daemon may take beyond the plug itself (an
+// unplug notice to the guest first).
+const noticeWait = 20 * time.Second
+
+// queueList is a flag of comma-separated queue numbers.
+type queueList []int
+
+func (q *queueList) String() string { return fmt.Sprint([]int(*q)) }
+func (q *queueList) Set(v string) error {
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 0 {
+			return fmt.Errorf("queue %q", f)
+		}
+		*q = append(*q, n)
+	}
+	return nil
 }
 
 func attachCmd(args []string) error {
@@ -63,6 +108,9 @@ func attachCmd(args []string) error {
 	}
 	if f.qmp == "" || f.cluster < 0 {
 		return fmt.Errorf("%w: need --qmp PATH|libvirt:DOMAIN and -c ID", errUsage)
+	}
+	if done, err := f.viaDaemon("attach"); done {
+		return err
 	}
 	id := uint32(f.cluster)
 	info, err := zc.Inspect(id)
@@ -94,6 +142,11 @@ func detachCmd(args []string) error {
 	}
 	if f.qmp == "" || (f.cluster < 0) == (*dev == "") {
 		return fmt.Errorf("%w: need --qmp PATH|libvirt:DOMAIN and either -c ID or --dev ID", errUsage)
+	}
+	if *dev == "" {
+		if done, err := f.viaDaemon("detach"); done {
+			return err
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()

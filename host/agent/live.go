@@ -44,6 +44,11 @@ func (a *Agent) AddExport(ctx context.Context, ex Export) (err error) {
 			return fail(ErrExported)
 		}
 	}
+	for _, e := range a.pending {
+		if e.VM == ex.VM {
+			return fail(fmt.Errorf("%w (waiting for the vm)", ErrExported))
+		}
+	}
 	if cfg.Ctl && vmm.IsLibvirt(ex.VM) {
 		return fail(fmt.Errorf("%w: %v", ErrConfig, errLibvirtCtl))
 	}
@@ -51,7 +56,7 @@ func (a *Agent) AddExport(ctx context.Context, ex Export) (err error) {
 	if a.shared() {
 		e, err := newVMExport(ctx, a.log, ex.VM, a.c, queues, true, cfg.Ctl, cfg.Doorbell, false)
 		if err != nil {
-			return fail(err)
+			return err
 		}
 		a.exports = append(a.exports, e)
 	} else {
@@ -89,7 +94,7 @@ func (a *Agent) AddExport(ctx context.Context, ex Export) (err error) {
 		if err != nil {
 			a.route(context.WithoutCancel(ctx), queues, a.mainOuts(queues))
 			undo()
-			return fail(err)
+			return err
 		}
 		vr.export = e
 		a.g.mu.Lock()
@@ -224,6 +229,7 @@ func (a *Agent) tryPlug(ctx context.Context, vm string) {
 	var ex Export
 	if i >= 0 {
 		ex = a.pending[i]
+		a.pending = slices.Delete(a.pending, i, i+1)
 	}
 	a.exMu.Unlock()
 	if i < 0 {
@@ -231,12 +237,12 @@ func (a *Agent) tryPlug(ctx context.Context, vm string) {
 	}
 	if err := a.AddExport(ctx, ex); err != nil {
 		a.log.Debug("vm not ready yet", "vm", vm, "error", err)
+		a.exMu.Lock()
+		a.pending = append(a.pending, ex)
+		a.exMu.Unlock()
 		return
 	}
 	a.log.Info("vm appeared; exported", "vm", vm)
-	a.exMu.Lock()
-	a.pending = slices.DeleteFunc(a.pending, func(p Export) bool { return p.VM == vm })
-	a.exMu.Unlock()
 }
 
 // release frees vm's region (the VM went away) and makes its export
