@@ -2,23 +2,69 @@
 # Idle cost: the CPU an agent and a consumer use on a queue carrying a
 # trickle (10 packets/s by default), from /proc/PID/stat over a window.
 #
-#   scripts/bench-idle.sh [-b BINDIR] [-r RATE] [-s SECONDS]
+#   scripts/bench-idle.sh [-b BINDIR] [-r RATE] [-s SECONDS] [-F]
+#
+# -F measures the floor instead: a Go program that does nothing but sleep
+# RATE times a second (time.Sleep, then nanosleep(2) on its thread), the
+# least a process woken per packet can cost on this machine.
 #
 # BINDIR holds zchost and zcount (default: built from this tree into a
 # temporary folder). Prints one line: agent and consumer CPU in percent of
 # one CPU, and the packets the consumer counted.
 set -eu
-BIN= RATE=10 SECS=10
-while getopts b:r:s: o; do
+BIN= RATE=10 SECS=10 FLOOR=
+while getopts b:r:s:F o; do
 	case $o in
 	b) BIN=$OPTARG ;;
 	r) RATE=$OPTARG ;;
 	s) SECS=$OPTARG ;;
+	F) FLOOR=1 ;;
 	*) sed -n '2,/^set -eu/p' "$0" | sed '$d' >&2; exit 2 ;;
 	esac
 done
 cd "$(dirname "$0")/.."
 W=$(mktemp -d)
+# CPU time in ns of every thread of a process (schedstat: ns precision;
+# /proc/PID/stat counts 10 ms ticks).
+cpuns() { cat /proc/$1/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'; }
+if [ -n "$FLOOR" ]; then
+	mkdir -p "$W/floor"
+	cat >"$W/floor/main.go" <<'GO'
+package main
+
+import (
+	"os"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func main() {
+	rate, _ := strconv.ParseFloat(os.Args[2], 64)
+	d := time.Duration(float64(time.Second) / rate)
+	for {
+		if os.Args[1] == "nanosleep" {
+			ts := unix.NsecToTimespec(int64(d))
+			unix.Nanosleep(&ts, nil)
+		} else {
+			time.Sleep(d)
+		}
+	}
+}
+GO
+	go build -o "$W/floorbin" "$W/floor/main.go"
+	for m in time.Sleep nanosleep; do
+		"$W/floorbin" $m "$RATE" & P=$!
+		sleep 1
+		a=$(cpuns $P); sleep "$SECS"; b=$(cpuns $P)
+		kill $P; wait $P 2>/dev/null || true
+		awk -v d=$((b - a)) -v s="$SECS" -v r="$RATE" -v m=$m 'BEGIN {
+			printf "floor: a Go program doing only %s %s times/s: %.3f%% of a CPU\n", m, r, 100*d/1e9/s }'
+	done
+	rm -rf "$W"
+	exit 0
+fi
 trap 'kill $AP $CP 2>/dev/null || true; rm -rf "$W"' EXIT
 if [ -z "$BIN" ]; then
 	BIN=$W/bin
@@ -32,9 +78,6 @@ for _ in $(seq 50); do [ -e "$W/zc-$ID" ] && break; sleep 0.1; done
 "$BIN/zcount" -i zc:$ID@0 --interval 0 --json >"$W/count.json" &
 CP=$!
 sleep 2 # past start-up
-# CPU time in ns of every thread of a process (schedstat: ns precision;
-# /proc/PID/stat counts 10 ms ticks).
-cpuns() { cat /proc/$1/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'; }
 a0=$(cpuns $AP) c0=$(cpuns $CP)
 sleep "$SECS"
 a1=$(cpuns $AP) c1=$(cpuns $CP)

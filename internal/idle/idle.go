@@ -76,7 +76,9 @@ func (i *Pacer) First() bool { return i.fresh }
 func (i *Pacer) Wait() {
 	i.fresh = false
 	i.n++
-	if i.n <= idlePolls {
+	if i.n <= idlePolls || i.woke && i.n == idlePolls+1 {
+		// A trickle (woken, no burst since): Quiet says sleep until woken
+		// from the next poll; a nap first would cost a second wake-up.
 		return
 	}
 	switch {
