@@ -227,7 +227,20 @@ func (d *daemon) reload(ctx context.Context) (string, error) {
 		}
 	}
 	for _, s := range ch.Settings {
-		done = append(done, s+" changed: takes effect at the next start")
+		switch s {
+		case "log_level":
+			d.log.SetLevel(nf.LogLevel)
+		case "keep_plugged":
+			for _, a := range d.agents() {
+				a.SetKeepPlugged(nf.KeepPlugged)
+			}
+		case "metrics":
+			if err := d.restartMetrics(nf.Metrics); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		done = append(done, s+" changed")
 	}
 	d.mu.Lock()
 	d.file = nf

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -32,6 +33,7 @@ type daemon struct {
 	file    *agentconf.File
 	running map[uint32]*runningAgent
 	ready   time.Duration // from start to every agent set up (re-adoption done)
+	metrics io.Closer     // the Prometheus endpoint, nil when off
 }
 
 // runningAgent is one cluster's agent and the goroutine running it.
@@ -95,13 +97,10 @@ func daemonCmd(args []string) error {
 		return err
 	}
 	defer srv.Close()
-	if f.Metrics != "" {
-		m, err := d.serveMetrics(f.Metrics)
-		if err != nil {
-			return err
-		}
-		defer m.Close()
+	if err := d.restartMetrics(f.Metrics); err != nil {
+		return err
 	}
+	defer d.restartMetrics("")
 	d.ready = time.Since(start)
 	log.Info("daemon ready", "clusters", len(f.Clusters), "control", f.Control, "metrics", f.Metrics, "took", d.ready)
 	notifyReady(log)
@@ -234,4 +233,27 @@ func watchdog(log hclog.Logger) func() {
 	}
 	log.Info("systemd watchdog", "interval", iv)
 	return ticker.Every(iv/2, func(time.Time) { sdnotify.Watchdog() })
+}
+
+// restartMetrics serves the Prometheus endpoint on addr instead of where
+// it was ("" stops it).
+func (d *daemon) restartMetrics(addr string) error {
+	d.mu.Lock()
+	old := d.metrics
+	d.metrics = nil
+	d.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	if addr == "" {
+		return nil
+	}
+	m, err := d.serveMetrics(addr)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.metrics = m
+	d.mu.Unlock()
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,8 +31,27 @@ type daemonRig struct {
 	control string
 	metrics string
 	cmd     *exec.Cmd
-	log     *bytes.Buffer
+	log     *lockedBuffer
 	done    chan error
+}
+
+// lockedBuffer is a bytes.Buffer the exec copier writes while the test
+// reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func freePort(t *testing.T) string {
@@ -60,7 +80,7 @@ func (r *daemonRig) start() {
 	t := r.t
 	r.cmd = exec.Command(filepath.Join(r.bin, "zchost"), "daemon", "--config", r.conf)
 	r.cmd.Env = r.env
-	r.log = &bytes.Buffer{}
+	r.log = &lockedBuffer{}
 	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -381,5 +401,77 @@ mode = "ipx"
 	}
 	if _, err := os.Stat(r.state); !os.IsNotExist(err) {
 		t.Fatalf("state directory made for a bad file: %v", err)
+	}
+}
+
+// TestDaemonReloadHost: a reload (zchost reload, and SIGHUP) starts an
+// added cluster, stops a removed one, moves the metrics endpoint, and
+// refuses a changed cluster definition naming file:line:key, changing
+// nothing.
+func TestDaemonReloadHost(t *testing.T) {
+	r := newDaemonRig(t, `
+[[cluster]]
+id = 66
+backing = "shm"
+queue_len = 64
+`)
+	r.start()
+	dir := strings.TrimPrefix(r.env[len(r.env)-1], "ZC_DIR=")
+	write := func(metrics, clusters string) {
+		conf := fmt.Sprintf("state_dir = %q\nmetrics = %q\nlog_level = \"info\"\n%s", r.state, metrics, clusters)
+		if err := os.WriteFile(r.conf, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reload := func() (string, error) {
+		c := exec.Command(filepath.Join(r.bin, "zchost"), "reload", "--control", r.control)
+		out, err := c.CombinedOutput()
+		return string(out), err
+	}
+	moved := freePort(t)
+	write(moved, `
+[[cluster]]
+id = 67
+backing = "shm"
+queue_len = 64
+`)
+	if out, err := reload(); err != nil || !strings.Contains(out, "cluster 66 removed") || !strings.Contains(out, "cluster 67 started") || !strings.Contains(out, "metrics changed") {
+		t.Fatalf("reload: %v\n%s\n%s", err, out, r.log)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "zc-66")); !os.IsNotExist(err) {
+		t.Fatalf("removed cluster's region left: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "zc-67")); err != nil {
+		t.Fatalf("added cluster's region: %v", err)
+	}
+	mf := scrape(t, "http://"+moved+"/metrics")
+	if _, ok := mf["zcfabric_daemon_ready_seconds"]; !ok {
+		t.Fatal("metrics not served on the new address")
+	}
+	if _, err := http.Get("http://" + r.metrics + "/metrics"); err == nil {
+		t.Error("metrics still served on the old address")
+	}
+	// A changed definition: refused, nothing changes.
+	write(moved, `
+[[cluster]]
+id = 67
+backing = "shm"
+queue_len = 128
+`)
+	out, err := reload()
+	if err == nil || !strings.Contains(out, "zchost.toml:8: cluster[0].queue_len") {
+		t.Fatalf("reload of a changed cluster: %v\n%s", err, out)
+	}
+	// SIGHUP reloads the same way (here: refused again, logged).
+	r.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(r.log.String(), "reload refused") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(r.log.String(), "reload refused") {
+		t.Fatalf("SIGHUP: no reload in the log\n%s", r.log)
+	}
+	if st := r.ask(controlRequest{Op: "status"}); len(st.Clusters) != 1 || st.Clusters[0].Cluster != 67 {
+		t.Fatalf("status after the refused reload: %+v", st)
 	}
 }

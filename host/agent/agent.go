@@ -338,6 +338,14 @@ func (a *Agent) settle(ctx context.Context) {
 	a.log.Info("regions adopted", "regions", a.adopted, "loans_not_returned", left, "took", time.Since(start))
 }
 
+// SetKeepPlugged changes what Close does (Config.KeepPlugged) while the
+// agent runs: a reloaded configuration.
+func (a *Agent) SetKeepPlugged(keep bool) {
+	a.exMu.Lock()
+	a.cfg.KeepPlugged = keep
+	a.exMu.Unlock()
+}
+
 // Cluster returns the agent's cluster.
 func (a *Agent) Cluster() *zc.Cluster { return a.c }
 
@@ -424,7 +432,9 @@ func (a *Agent) Close() error {
 		a.stopG()
 		a.g.wg.Wait()
 	}
+	a.exMu.Lock()
 	keep := a.cfg.KeepPlugged
+	a.exMu.Unlock()
 	for _, e := range a.exports {
 		if keep {
 			e.abandon()
