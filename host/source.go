@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zcfabric/zc"
@@ -84,9 +85,14 @@ type Engine struct {
 	// (Balancer.Replace).
 	Control <-chan func()
 
-	mu   sync.Mutex
-	snap []SourceStats // the sources' counters as last published by Run
+	mu         sync.Mutex
+	snap       []SourceStats // the sources' counters as last published by Run
+	pollSleeps atomic.Uint64
 }
+
+// PollSleeps returns how many times Run slept in poll(2) on its sources'
+// sockets because the wire was quiet (Pollable). Safe from any goroutine.
+func (e *Engine) PollSleeps() uint64 { return e.pollSleeps.Load() }
 
 // publishEvery is how often Run copies its sources' counters for
 // SourceStats.
@@ -148,6 +154,8 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 	}
 	var pace idle.Pacer
 	done := ctx.Done()
+	pw := newPoller(ctx)
+	defer func() { e.pollSleeps.Store(pw.sleeps); pw.close() }()
 	e.publish()
 	defer e.publish()
 	published, iter := time.Now(), 0
@@ -213,6 +221,12 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 		e.Balancer.Reclaim()
 		if e.OnIdle != nil {
 			e.OnIdle()
+		}
+		if pace.Quiet() && pw.sleep(e.Sources, live) {
+			// Every source is a socket the kernel wakes us on.
+			e.pollSleeps.Store(pw.sleeps)
+			pace.Reset()
+			continue
 		}
 		if d, nap := e.idleFor(live); nap {
 			// Due within a couple of milliseconds: one nanosleep on this

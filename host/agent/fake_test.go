@@ -31,7 +31,7 @@ func fakeVMs(t *testing.T, names ...string) *vmmtest.Hypervisor {
 func serviceConfig(t *testing.T, id uint32) Config {
 	return Config{ID: id, Queues: 2, QueueLen: 64, Backing: zc.BackingShm, Sources: []string{"gen:len=64,rate=2000"},
 		Exports: []Export{{VM: "/vm/a", Queues: []int{0}}, {VM: "/vm/b", Queues: []int{1}}},
-		Keep: true, Adopt: true, StateDir: t.TempDir(), Log: hclog.NewNullLogger()}
+		Keep:    true, Adopt: true, StateDir: t.TempDir(), Log: hclog.NewNullLogger()}
 }
 
 func mustNew(t *testing.T, cfg Config) *Agent {

@@ -1,0 +1,83 @@
+package host
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/internal/netns"
+	"github.com/zcfabric/zc/internal/testgate"
+)
+
+// TestEngineSleepsOnQuietWire: an engine capturing from AF_PACKET and
+// AF_XDP sockets on an idle veth sleeps in poll(2) (PollSleeps counts it),
+// is woken by the kernel when frames arrive (every one is delivered), and
+// a stop wakes it at once from its sleep.
+func TestEngineSleepsOnQuietWire(t *testing.T) {
+	for _, spec := range []string{"afpacket:IF", "afxdp:IF?xdp=generic"} {
+		t.Run(strings.Split(spec, ":")[0], func(t *testing.T) {
+			testgate.NetAdmin(t)
+			p := netns.New(t, netns.Config{})
+			c := newCluster(t, 512)
+			srcs := openSources(t, p.A, strings.ReplaceAll(spec, "IF", p.A.Ifname), SourceOptions{Cluster: c})
+			cons, stop, eng := startEngineWith(t, c, srcs)
+			defer stop()
+			deadline := time.Now().Add(20 * time.Second)
+			for eng.PollSleeps() == 0 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if eng.PollSleeps() == 0 {
+				t.Fatal("the engine never slept in poll(2) on an idle wire")
+			}
+			slept := eng.PollSleeps()
+			tx, err := p.B.OpenRaw(netns.EtherType)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Close()
+			const total = 50
+			var buf []byte
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			pkts := make([]zc.Packet, 16)
+			for seq := uint32(0); seq < total; seq++ {
+				buf = netns.AppendFrame(buf[:0], p.A.MAC, p.B.MAC, seq, 200)
+				if err := tx.Send(buf); err != nil {
+					t.Fatal(err)
+				}
+				// One at a time, with the engine asleep between them
+				// (other frames the kernel sends on the link are skipped).
+				for {
+					n, err := cons.RecvBurstWait(ctx, pkts[:1])
+					if err != nil || n != 1 {
+						t.Fatalf("frame %d: %d, %v", seq, n, err)
+					}
+					got, ok, err := netns.CheckFrame(pkts[0].Data)
+					cons.Release(pkts[:1]...)
+					if !ok {
+						continue
+					}
+					if err != nil || got != seq {
+						t.Fatalf("frame %d: got %d (%v)", seq, got, err)
+					}
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if eng.PollSleeps() <= slept {
+				t.Fatalf("no poll sleeps between frames (%d then %d)", slept, eng.PollSleeps())
+			}
+			// A stop wakes the sleeping engine (stop waits for Run).
+			time.Sleep(50 * time.Millisecond)
+			stopped := make(chan struct{})
+			go func() { stop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the engine did not stop from its poll sleep")
+			}
+		})
+	}
+}
