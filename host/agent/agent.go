@@ -283,7 +283,10 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		a.settle(ctx)
 	}
 	if cfg.Adopt {
-		a.cfg.Exports = slices.DeleteFunc(a.cfg.Exports, func(e Export) bool {
+		// On a copy: a.cfg.Exports shares cfg.Exports' array, which
+		// DeleteFunc would shift and zero under the loop below (a
+		// pending libvirt export was then never watched).
+		a.cfg.Exports = slices.DeleteFunc(slices.Clone(a.cfg.Exports), func(e Export) bool {
 			return slices.ContainsFunc(a.pending, func(p Export) bool { return p.VM == e.VM })
 		})
 		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
