@@ -22,7 +22,8 @@ import (
 // Tests of `zchost daemon` with real guests: the daemon is killed with
 // SIGKILL and started again with the same file while guests read, a kill
 // between object-add and device_add leaves no orphan memory backend, and a
-// reload removes one VM's export without disturbing the other.
+// reload removes one VM's export and adds another while a third VM counts
+// a lossless stream exactly.
 
 // daemonRig is a zchost daemon run from a configuration file the test
 // writes, with its state directory and control socket.
@@ -135,7 +136,7 @@ func (r *daemonRig) reload(t *testing.T, ctx context.Context) (string, error) {
 // zcguest list sees ("ZCLIST PIDS JSON"). It runs until the VM is killed.
 func readerScript(id uint32, q int) string {
 	return fmt.Sprintf(`
-zcguest wait -c %[1]d --timeout 300s --poll 5ms || exit 1
+zcguest wait -c %[1]d --timeout 900s --poll 5ms || exit 1
 ( sh -c 'echo "ZCPID $$"; exec zcount -i zc:%[1]d@%[2]d --interval 100ms'; echo "ZCOUNTEXIT $?" ) &
 while true; do
 	echo "ZCLIST $(pidof zcount | tr ' ' ,) $(zcguest list --json)"
@@ -560,21 +561,82 @@ vm = %q
 	checkGuestAlive(t, "", vm, m[1])
 }
 
-// TestDaemonReload: one cluster, VM A reading queue 0 and VM B queue 1.
-// The file is rewritten without B's export and `zchost reload` applies
-// it: B's device is unplugged (its zcount sees the queue go, its guest no
-// device, QEMU no backend) while A's device stays as it was and A counts
-// on. A second rewrite changing the cluster's queues is refused, naming
-// file:line:key, and nothing changes.
-func TestDaemonReload(t *testing.T) {
-	const id = 97
-	h := newHostTools(t)
-	ctx := testCtx(t, 15*time.Minute)
-	names := []string{"A", "B"}
-	vms := make([]*VM, 2)
-	for i := range vms {
-		vms[i] = Start(t, Name("vm"+names[i]), Timeout(15*time.Minute), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(readerScript(id, i)))
+// daemonStats is `zchost stats -c ID --json`: the cluster's region and
+// the VMs' own.
+type daemonStats struct {
+	zc.ClusterInfo
+	VMRegions []zc.ClusterInfo `json:"vm_regions"`
+}
+
+// queueStats returns the daemon's record of queue q in region path.
+func (s daemonStats) queueStats(path string, q int) (zc.QueueStats, bool) {
+	for _, r := range append([]zc.ClusterInfo{s.ClusterInfo}, s.VMRegions...) {
+		if r.Path != path {
+			continue
+		}
+		for _, qs := range r.Queues {
+			if qs.Queue == q {
+				return qs, true
+			}
+		}
 	}
+	return zc.QueueStats{}, false
+}
+
+// exactScript is VM A of TestDaemonReload: it waits for cluster id and
+// reads queue 0 with zcount --verify -n n in the background (a stats line
+// every 200 ms, its pid once as "ZCPID N", then "ZCDONE STATUS SUMMARY"
+// when it ends), printing ZCLIST lines every second as readerScript does.
+func exactScript(id uint32, n uint64) string {
+	return fmt.Sprintf(`
+zcguest wait -c %[1]d --timeout 900s --poll 5ms || exit 1
+( sh -c 'echo "ZCPID $$"; exec zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 200ms >/tmp/sum'; echo "ZCDONE $? $(cat /tmp/sum)" ) &
+while true; do
+	echo "ZCLIST $(pidof zcount | tr ' ' ,) $(zcguest list --json)"
+	sleep 1
+done`, id, n)
+}
+
+var doneLine = regexp.MustCompile(`^ZCDONE (\d+) (\{.*\})$`)
+
+// TestDaemonReload: one lossless cluster of three queues, fed round-robin
+// by a generator of a fixed count, 3N packets: zc's Balancer deals packet
+// i to output i mod 3 (its round-robin counter runs across bursts), so
+// each queue gets exactly N. VM A reads queue 0 with zcount --verify -n
+// N, VM B queue 1, each in a region of its own; queue 2 is not exported
+// and VM C waits for a device. While the stream runs, the file is
+// rewritten (B's export removed, C's added on queue 2) and `zchost
+// reload` applies it: B's device is unplugged (its zcount sees the queue
+// go, its guest no device, QEMU no backend), C's is plugged and C counts,
+// queue 1 comes back to the cluster's own region, and A's device is not
+// touched: the same zcount process counts on and ends with exactly N
+// packets, all verified and in order, none dropped, and the daemon's
+// record of A's queue says N sent, none dropped, none left. A second
+// rewrite changing the cluster's queues is refused, naming
+// file:line:key, and nothing changes.
+//
+// Lossless means the generator waits for room in a full queue, every
+// other queue with it: a queue nobody reads would stop A's stream too.
+// So the queues while they are in the cluster's own region are read by
+// host zcount processes on zc:ID@1 and zc:ID@2 (the cluster's own queue
+// is attached as long as the daemon runs; it is fed only while no VM
+// region holds that queue): @2 before the reload (then C holds queue 2),
+// @1 after it (B's queue back in the cluster's region). The @1 reader
+// counting after the reload is how the test sees that queue come back.
+func TestDaemonReload(t *testing.T) {
+	const (
+		id = 97
+		// n frames for each queue; at 2000 frames/s the stream lasts
+		// about two minutes after the guests start reading, through the
+		// reload. Each queue waits for its reader (lossless), so a slow
+		// boot delays the stream instead of shortening it.
+		n = 80000
+	)
+	h := newHostTools(t)
+	ctx := testCtx(t, 20*time.Minute)
+	vmA := Start(t, Name("vmA"), Timeout(20*time.Minute), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(exactScript(id, n)))
+	vmB := Start(t, Name("vmB"), Timeout(20*time.Minute), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(readerScript(id, 1)))
+	vmC := Start(t, Name("vmC"), Timeout(20*time.Minute), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(readerScript(id, 2)))
 	r := newDaemonRig(t, h)
 	cluster := func(queues int) string {
 		return fmt.Sprintf(`
@@ -582,76 +644,153 @@ func TestDaemonReload(t *testing.T) {
 id = %d
 queues = %d
 mode = "round-robin"
-sources = ["gen:len=%d,count=1e9,rate=2000"]
+lossless = true
+sources = ["gen:len=%d,count=%d,rate=2000"]
 queue_len = 1024
 backing = "shm"
 vm_recover = "0"
-
-[[cluster.export]]
-vm = %q
-queues = [0]
-`, id, queues, frameLen, vms[0].QMPPath())
+`, id, queues, frameLen, 3*n)
 	}
-	exportB := fmt.Sprintf("\n[[cluster.export]]\nvm = %q\nqueues = [1]\n", vms[1].QMPPath())
-	r.write(t, r.head()+cluster(2)+exportB)
+	export := func(vm *VM, q int) string {
+		return fmt.Sprintf("\n[[cluster.export]]\nvm = %q\nqueues = [%d]\n", vm.QMPPath(), q)
+	}
+	r.write(t, r.head()+cluster(3)+export(vmA, 0)+export(vmB, 1))
 	r.start(t, ctx, true)
+	host1 := h.start(t, h.zcount, "-i", fmt.Sprintf("zc:%d@1", id), "--interval", "200ms")
+	host2 := h.start(t, h.zcount, "-i", fmt.Sprintf("zc:%d@2", id), "--interval", "200ms")
 
-	pids := make([]string, 2)
-	for i, vm := range vms {
-		_, m, err := vm.ExpectRegexp(ctx, pidLine)
+	var pidA, pidB string
+	for _, v := range []struct {
+		vm  *VM
+		pid *string
+	}{{vmA, &pidA}, {vmB, &pidB}} {
+		_, m, err := v.vm.ExpectRegexp(ctx, pidLine)
 		if err != nil {
 			t.Fatal(err)
 		}
-		pids[i] = m[1]
-		waitCountAbove(t, ctx, vm, time.Time{}, 0)
+		*v.pid = m[1]
+		waitCountAbove(t, ctx, v.vm, time.Time{}, 0)
 	}
-	memA, devA := checkOneBackend(t, ctx, "A", vms[0])
-	addrA := waitList(t, ctx, vms[0], time.Now()).devs[0].Addr
+	memA, devA := checkOneBackend(t, ctx, "A", vmA)
+	addrA := waitList(t, ctx, vmA, time.Now()).devs[0].Addr
+	if mems, devs := backends(t, ctx, vmC); len(mems) != 0 || len(devs) != 0 {
+		t.Errorf("vm C holds backends %v, devices %+v before it is exported", mems, devs)
+	}
+	for hostCount(host2) == 0 {
+		select {
+		case <-host2.done:
+			t.Fatalf("the host zcount on queue 2 exited: %v", host2.err)
+		case <-ctx.Done():
+			t.Fatalf("the host zcount on queue 2 counts nothing: %v", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	filesBefore := inodes(t, h.dir, id)
 
-	// Remove B's export.
-	r.write(t, r.head()+cluster(2))
+	// Remove B's export and add C's on queue 2, while A's stream runs.
+	r.write(t, r.head()+cluster(3)+export(vmA, 0)+export(vmC, 2))
+	before := time.Now()
+	countBefore := guestCount(vmA, before)
+	if countBefore >= n || slices.ContainsFunc(vmA.Lines(), func(l Line) bool { return doneLine.MatchString(l.Text) }) {
+		t.Fatalf("vm A read all %d frames before the reload: raise the count so that the stream runs through it", n)
+	}
+	if c := hostCount(host1); c != 0 {
+		t.Errorf("the host zcount on queue 1 counted %d while vm B's region held the queue, want 0", c)
+	}
 	out, err := r.reload(t, ctx)
 	if err != nil {
 		t.Fatalf("zchost reload: %v\n%s", err, out)
 	}
-	t.Logf("zchost reload: %s", strings.TrimSpace(out))
-	if !strings.Contains(out, "unexported") {
-		t.Errorf("zchost reload says %q, want vm B unexported", out)
-	}
 	reloaded := time.Now()
-	if _, err := vms[1].Expect(ctx, "ZCOUNTEXIT"); err != nil {
+	t.Logf("zchost reload (%v; vm A had read %d of %d): %s", reloaded.Sub(before).Round(time.Millisecond), countBefore, n, strings.TrimSpace(out))
+	if !strings.Contains(out, vmB.QMPPath()+" unexported") || !strings.Contains(out, vmC.QMPPath()+" exported") {
+		t.Errorf("zchost reload says %q, want vm B unexported and vm C exported", out)
+	}
+
+	// B: unplugged.
+	if _, err := vmB.Expect(ctx, "ZCOUNTEXIT"); err != nil {
 		t.Errorf("vm B's zcount did not end when its queue was unplugged: %v", err)
 	}
-	if l := waitList(t, ctx, vms[1], time.Now()); len(l.devs) != 0 {
+	if l := waitList(t, ctx, vmB, time.Now()); len(l.devs) != 0 {
 		t.Errorf("vm B sees %+v after the reload, want no device", l.devs)
 	}
-	if mems, devs := backends(t, ctx, vms[1]); len(mems) != 0 || len(devs) != 0 {
+	if mems, devs := backends(t, ctx, vmB); len(mems) != 0 || len(devs) != 0 {
 		t.Errorf("vm B holds backends %v, devices %+v after the reload, want none", mems, devs)
 	}
-	checkA := func(when string, since time.Time) {
+	// C: plugged, counting.
+	_, m, err := vmC.ExpectRegexp(ctx, pidLine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidC := m[1]
+	waitCountAbove(t, ctx, vmC, time.Time{}, 0)
+	if l := waitList(t, ctx, vmC, time.Now()); len(l.devs) != 1 || l.devs[0].Cluster == nil || *l.devs[0].Cluster != id {
+		t.Errorf("vm C sees %+v after the reload, want one device of cluster %d", l.devs, id)
+	}
+	checkOneBackend(t, ctx, "C", vmC)
+	checkGuestAlive(t, "C", vmC, pidC)
+	// Queue 1 is back in the cluster's own region.
+	for hostCount(host1) == 0 {
+		select {
+		case <-host1.done:
+			t.Fatalf("the host zcount on queue 1 exited: %v", host1.err)
+		case <-ctx.Done():
+			t.Fatalf("queue 1 did not come back to the cluster's region (its host zcount counts nothing): %v", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if log := r.d.stderrText(); strings.Contains(log, "not routed back") || strings.Contains(log, "did not take the change") {
+		t.Errorf("the daemon could not move a queue between regions; see its log")
+	}
+
+	// checkA checks A's device, backend and zcount process, and that the
+	// daemon exports to A and C only.
+	doneA := func() bool {
+		return slices.ContainsFunc(vmA.Lines(), func(l Line) bool { return doneLine.MatchString(l.Text) })
+	}
+	checkA := func(when string) {
 		t.Helper()
-		base := guestCount(vms[0], since)
-		waitCountAbove(t, ctx, vms[0], since, base)
-		checkGuestAlive(t, "A", vms[0], pids[0])
-		if l := waitList(t, ctx, vms[0], time.Now()); len(l.devs) != 1 || l.devs[0].Addr != addrA {
+		if !doneA() {
+			checkGuestAlive(t, "A", vmA, pidA)
+		}
+		if l := waitList(t, ctx, vmA, time.Now()); len(l.devs) != 1 || l.devs[0].Addr != addrA {
 			t.Errorf("%s: vm A sees %+v, want its one device at %s", when, l.devs, addrA)
 		}
-		if mem, dev := checkOneBackend(t, ctx, "A", vms[0]); mem != memA || dev.DevID != devA.DevID {
+		if mem, dev := checkOneBackend(t, ctx, "A", vmA); mem != memA || dev.DevID != devA.DevID {
 			t.Errorf("%s: vm A holds %s/%s, want %s/%s (untouched)", when, mem, dev.DevID, memA, devA.DevID)
 		}
 		st := r.status(t, ctx)
-		if len(st) != 1 || len(st[0].VMs) != 1 || st[0].VMs[0].VM != vms[0].QMPPath() || !st[0].VMs[0].Plugged {
-			t.Errorf("%s: zchost status %+v, want vm A alone, plugged", when, st)
+		var got []string
+		if len(st) == 1 {
+			for _, v := range st[0].VMs {
+				if !v.Plugged {
+					t.Errorf("%s: zchost status: vm %s not plugged", when, v.VM)
+				}
+				got = append(got, fmt.Sprintf("%s%v", v.VM, v.Queues))
+			}
+		}
+		want := []string{fmt.Sprintf("%s[0]", vmA.QMPPath()), fmt.Sprintf("%s[2]", vmC.QMPPath())}
+		slices.Sort(got)
+		slices.Sort(want)
+		if len(st) != 1 || !slices.Equal(got, want) {
+			t.Errorf("%s: zchost status %+v, want vms A on queue 0 and C on queue 2, plugged", when, st)
 		}
 	}
-	checkA("after removing B", reloaded)
+	// A counts on after the reload, in the same process.
+	if doneA() {
+		t.Fatalf("vm A read all %d frames during the reload: raise the count so that the stream runs through it", n)
+	}
+	waitCountAbove(t, ctx, vmA, reloaded, guestCount(vmA, reloaded))
+	checkA("after the reload")
 	files := inodes(t, h.dir, id)
+	if len(files) != 3 || files[fmt.Sprintf("zc-%d.vm1", id)] != filesBefore[fmt.Sprintf("zc-%d.vm1", id)] {
+		t.Errorf("region files %v after the reload (before %v): want the cluster's, A's as it was, C's", files, filesBefore)
+	}
 
 	// A changed cluster definition is refused.
-	text := r.head() + cluster(3)
+	text := r.head() + cluster(4) + export(vmA, 0) + export(vmC, 2)
 	r.write(t, text)
-	line := 1 + strings.Count(text[:strings.Index(text, "queues = 3")], "\n")
-	refused := time.Now()
+	line := 1 + strings.Count(text[:strings.Index(text, "queues = 4")], "\n")
 	out, err = r.reload(t, ctx)
 	if err == nil {
 		t.Fatalf("zchost reload of a changed queue count succeeded: %s", out)
@@ -661,8 +800,54 @@ queues = [0]
 	if !strings.Contains(out, want) {
 		t.Errorf("zchost reload says %q, want it to name %q", out, want)
 	}
-	checkA("after the refused reload", refused)
+	checkA("after the refused reload")
 	if now := inodes(t, h.dir, id); !mapsEqual(now, files) {
 		t.Errorf("region files %v after the refused reload, before %v", now, files)
+	}
+
+	// A's count is exact.
+	_, m, err = vmA.ExpectRegexp(ctx, doneLine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s summary
+	if err := json.Unmarshal([]byte(m[2]), &s); err != nil {
+		t.Fatalf("vm A's zcount summary %q: %v", m[2], err)
+	}
+	if m[1] != "0" || s.Drops != 0 {
+		t.Errorf("vm A's zcount exited %s with %d queue drops, want 0 and none", m[1], s.Drops)
+	}
+	s.check(t, "vm A", n)
+	// The daemon's record (zchost stats takes the producer counters from
+	// the status file, written every second): exactly n sent, none
+	// dropped, none left. Sent only grows: wait for it to reach n.
+	pathA := filepath.Join(h.dir, fmt.Sprintf("zc-%d.vm1", id))
+	for {
+		var stats daemonStats
+		if out := h.run(t, ctx, h.zchost, "stats", "-c", fmt.Sprint(id), "--json"); json.Unmarshal([]byte(out), &stats) != nil {
+			t.Fatalf("zchost stats --json: %q", out)
+		}
+		qs, ok := stats.queueStats(pathA, 0)
+		if !ok {
+			t.Fatalf("zchost stats: no queue 0 in vm A's region %s: %+v", pathA, stats)
+		}
+		if qs.Sent >= n {
+			if qs.Sent != n || qs.Drops != 0 || qs.Depth != 0 || qs.Received != n {
+				t.Errorf("zchost stats: vm A's queue 0 in %s: %+v, want %d sent and received, none dropped, none left", pathA, qs, n)
+			}
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("zchost stats: vm A's queue 0 stays at %d sent: %v", qs.Sent, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	for _, p := range []*proc{host1, host2} {
+		select {
+		case <-p.done:
+			t.Errorf("a host zcount exited: %v\n%s", p.err, p.stderrText())
+		default:
+		}
 	}
 }
