@@ -212,8 +212,9 @@ func (d *Domain) live(ctx context.Context) ([]Attachment, dacLabel, error) {
 	return parseDomain(doc)
 }
 
-// Regions lists the ivshmem-plain <shmem> devices in the domain's live
-// XML, whoever added them: the attachments [Domain.Detach] can remove.
+// Regions lists the ivshmem-plain and ivshmem-doorbell <shmem> devices in
+// the domain's live XML, whoever added them: the attachments
+// [Domain.Detach] can remove. A doorbell device has Server set.
 func (d *Domain) Regions(ctx context.Context) ([]Attachment, error) {
 	as, _, err := d.live(ctx)
 	if err != nil {
@@ -225,7 +226,8 @@ func (d *Domain) Regions(ctx context.Context) ([]Attachment, error) {
 // Detach unplugs the device with a's alias (virDomainDetachDeviceAlias,
 // live) and waits until libvirt has removed it from the live XML, which it
 // does on QEMU's DEVICE_DELETED after the guest acknowledged the ACPI eject
-// (libvirt then deletes the memory backend itself). The wait ends with
+// (libvirt then deletes the memory backend itself, or for a doorbell
+// device the chardev, which closes QEMU's connection to the server). The wait ends with
 // [ErrDetachTimeout] at ctx's deadline, or after [DefaultDetachTimeout]
 // when ctx has none. A device already gone counts as unplugged. The region
 // file stays.

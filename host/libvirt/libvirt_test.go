@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -102,14 +103,15 @@ func TestParseDomain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Attachment{
+	want := []Attachment{ // sorted by alias; libvirt's default doorbell server path
+		{Name: "doorbell", Path: "/dev/shm/doorbell", Server: "/var/lib/libvirt/shmem-doorbell-sock"},
 		{Alias: "shmem0", Name: "zc-4242", Path: "/dev/shm/zc-4242", Size: 16 << 20},
 		{Alias: "ua-zc-c7-1-1-00ff00ff", Name: "zc-7", Path: "/dev/shm/zc-7", Size: 2 << 20},
 	}
-	if len(as) != len(want) || as[0] != want[0] || as[1] != want[1] {
+	if !slices.Equal(as, want) {
 		t.Errorf("shmems %+v, want %+v", as, want)
 	}
-	if as[0].MemID() != "shmmem-shmem0" {
+	if as[1].MemID() != "shmmem-shmem0" || as[1].ChardevID() != "" || as[0].ChardevID() != "char" {
 		t.Errorf("MemID %q", as[0].MemID())
 	}
 	if dac != (dacLabel{set: true, uid: 64055, gid: 64055}) {
@@ -205,5 +207,53 @@ func TestGrant(t *testing.T) {
 	}
 	if u, g := owner(); u != 64055 || g != 64056 {
 		t.Errorf("owner %d:%d, want 64055:64056", u, g)
+	}
+}
+
+func TestDoorbellXML(t *testing.T) {
+	got, err := DoorbellXML("zc-99.vm1", "/tmp/zcbell-1/bell.sock", 1, "ua-zc-c99-1-2-abcd", 3)
+	want := `<shmem name='zc-99.vm1'><model type='ivshmem-doorbell'/><server path='/tmp/zcbell-1/bell.sock'/>` +
+		`<msi vectors='1' ioeventfd='on'/><alias name='ua-zc-c99-1-2-abcd'/><address type='pci' domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></shmem>`
+	if err != nil || got != want {
+		t.Errorf("DoorbellXML = %s, %v\nwant %s", got, err, want)
+	}
+	// What we send parses back as the device we meant.
+	as, _, err := parseDomain("<domain><devices>" + got + "</devices></domain>")
+	wantA := Attachment{Alias: "ua-zc-c99-1-2-abcd", Name: "zc-99.vm1", Path: "/dev/shm/zc-99.vm1", Server: "/tmp/zcbell-1/bell.sock", Vectors: 1}
+	if err != nil || len(as) != 1 || as[0] != wantA || as[0].ChardevID() != "charua-zc-c99-1-2-abcd" {
+		t.Errorf("parse back: %+v, %v; want %+v", as, err, wantA)
+	}
+	if got, _ := DoorbellXML("r", "/s", 0, "ua-x", -1); strings.Contains(got, "<address") || !strings.Contains(got, "vectors='1'") {
+		t.Errorf("DoorbellXML with bus -1 and 0 vectors: %s", got)
+	}
+	for _, c := range []struct{ name, sock, alias string }{{"", "/s", "ua-x"}, {"a/b", "/s", "ua-x"}, {"r", "rel/s", "ua-x"}, {"r", "/s", "shmem0"}} {
+		if _, err := DoorbellXML(c.name, c.sock, 1, c.alias, -1); err == nil {
+			t.Errorf("DoorbellXML(%q, %q, %q) accepted", c.name, c.sock, c.alias)
+		}
+	}
+}
+
+// q35XML is trimmed from libvirt 9.0's live XML of a q35 domain with two
+// pcie-root-ports, the first one holding a device.
+const q35XML = `<domain type='qemu'><devices>
+    <controller type='pci' index='0' model='pcie-root'><alias name='pcie.0'/></controller>
+    <controller type='pci' index='1' model='pcie-root-port'><model name='pcie-root-port'/><target chassis='1' port='0x8'/><alias name='pci.1'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x01' function='0x0' multifunction='on'/></controller>
+    <controller type='pci' index='2' model='pcie-root-port'><model name='pcie-root-port'/><target chassis='2' port='0x9'/><alias name='pci.2'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x01' function='0x1'/></controller>
+    <hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x02' slot='0x00' function='0x0'/></source>
+      <address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></hostdev>
+  </devices></domain>`
+
+func TestFreeRootPort(t *testing.T) {
+	if p, err := freeRootPort(q35XML); err != nil || p != 2 {
+		t.Errorf("freeRootPort(q35) = %d, %v; want 2 (port 1 holds a device; a hostdev's host address does not count)", p, err)
+	}
+	full := strings.Replace(q35XML, "</devices>", "<shmem name='x'><address type='pci' domain='0x0000' bus='0x02' slot='0x00' function='0x0'/></shmem></devices>", 1)
+	if p, err := freeRootPort(full); err != nil || p != -1 {
+		t.Errorf("freeRootPort(no free port) = %d, %v; want -1", p, err)
+	}
+	if p, err := freeRootPort(liveXML); err != nil || p != -1 {
+		t.Errorf("freeRootPort(pc) = %d, %v; want -1", p, err)
 	}
 }

@@ -17,8 +17,8 @@ import (
 // the QEMU memory backend's mem-path is always ShmDir/N.
 const ShmDir = "/dev/shm"
 
-// Attachment is an ivshmem-plain <shmem> device in a running domain: what
-// [Domain.Detach] needs to remove it.
+// Attachment is an ivshmem-plain or ivshmem-doorbell <shmem> device in a
+// running domain: what [Domain.Detach] needs to remove it.
 type Attachment struct {
 	// Alias is the device's alias in the domain XML, which is also QEMU's
 	// device id ("ua-zc-..." for the devices AttachRegion adds, "shmem0"
@@ -28,8 +28,27 @@ type Attachment struct {
 	Name string
 	// Path is ShmDir/Name.
 	Path string
-	// Size is the region size in bytes.
+	// Size is the region size in bytes (0 for a doorbell device listed
+	// by [Domain.Regions]: its XML has no size).
 	Size uint64
+	// Server is, for an ivshmem-doorbell device only, the socket path of
+	// its ivshmem server (<server path>); "" for ivshmem-plain. The memory
+	// of a doorbell device is what the server sends, and Name only labels
+	// it.
+	Server string
+	// Vectors is a doorbell device's number of MSI-X vectors (<msi
+	// vectors>), 0 when the XML does not say.
+	Vectors int
+}
+
+// ChardevID returns the id of the socket chardev libvirt gives QEMU for a
+// doorbell device ("char" + alias, measured on libvirt 9.0), or "" for an
+// ivshmem-plain device.
+func (a Attachment) ChardevID() string {
+	if a.Server == "" {
+		return ""
+	}
+	return "char" + a.Alias
 }
 
 // MemID returns the id of the memory-backend-file object libvirt gives
@@ -50,6 +69,12 @@ type shmemXML struct {
 	Alias *struct {
 		Name string `xml:"name,attr"`
 	} `xml:"alias"`
+	Server *struct {
+		Path string `xml:"path,attr"`
+	} `xml:"server"`
+	MSI *struct {
+		Vectors string `xml:"vectors,attr"`
+	} `xml:"msi"`
 }
 
 // ShmemXML returns the device XML that hot-plugs the region ShmDir/name
@@ -132,8 +157,8 @@ type dacLabel struct {
 	uid, gid int
 }
 
-// parseDomain reads the ivshmem-plain shmem devices (sorted by alias) and
-// the DAC label from a live domain XML.
+// parseDomain reads the ivshmem-plain and ivshmem-doorbell shmem devices
+// (sorted by alias) and the DAC label from a live domain XML.
 func parseDomain(doc string) ([]Attachment, dacLabel, error) {
 	var d domainXML
 	if err := xml.Unmarshal([]byte(doc), &d); err != nil {
@@ -141,10 +166,24 @@ func parseDomain(doc string) ([]Attachment, dacLabel, error) {
 	}
 	var out []Attachment
 	for _, s := range d.Shmems {
-		if s.Model != nil && s.Model.Type != "ivshmem-plain" {
+		model := "ivshmem-plain" // libvirt's default for a new device
+		if s.Model != nil {
+			model = s.Model.Type
+		}
+		if model != "ivshmem-plain" && model != "ivshmem-doorbell" {
 			continue
 		}
 		a := Attachment{Name: s.Name, Path: path.Join(ShmDir, s.Name)}
+		if model == "ivshmem-doorbell" {
+			// libvirt's default server path when <server> has none.
+			a.Server = "/var/lib/libvirt/shmem-" + s.Name + "-sock"
+			if s.Server != nil && s.Server.Path != "" {
+				a.Server = s.Server.Path
+			}
+			if s.MSI != nil {
+				a.Vectors, _ = strconv.Atoi(s.MSI.Vectors)
+			}
+		}
 		if s.Alias != nil {
 			a.Alias = s.Alias.Name
 		}
