@@ -62,7 +62,7 @@ type Config struct {
 	// cluster's own region (zero copy, trusted guests); otherwise each VM
 	// gets a region of its own filled by one counted copy. Ctl offers
 	// the regions over each VM's zc.ctl channel instead of plugging them
-	// at start; Doorbell plugs ivshmem-doorbell devices (QMP only).
+	// at start; Doorbell plugs ivshmem-doorbell devices (QMP or libvirt).
 	Exports               []Export
 	Shared, Ctl, Doorbell bool
 	// VMRecover is the wait before a failed VM region is re-created (0:
@@ -199,9 +199,6 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	for k, ex := range cfg.Exports {
 		if cfg.Ctl && vmm.IsLibvirt(ex.VM) {
 			return nil, fmt.Errorf("%w: vm %s: %v", ErrConfig, ex.VM, errLibvirtCtl)
-		}
-		if cfg.Doorbell && vmm.IsLibvirt(ex.VM) {
-			return nil, fmt.Errorf("%w: vm %s: the doorbell plugs through QMP; libvirt domains get ivshmem-plain (guests poll)", ErrConfig, ex.VM)
 		}
 		queues := exportQueues(ex, cfg.Queues)
 		for _, qi := range queues {

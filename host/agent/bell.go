@@ -2,28 +2,36 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/host/doorbell"
+	"github.com/zcfabric/zc/host/libvirt"
 	"github.com/zcfabric/zc/host/qmp"
 )
 
-// exportDoorbell hot-plugs cluster c into the VM at qmpPath as an
+// exportDoorbell hot-plugs cluster c into the VM vmName names as an
 // ivshmem-doorbell device served by an ivshmem server of its own (one
 // per region: host/doorbell), so that a guest reader of c sleeps on an
 // interrupt instead of polling, and the producers in this process ring it
 // (zc.Cluster.OnGuestWake); a lossless producer waiting for the guest to
 // return buffers sleeps until the guest rings back (OnGuestRing). It
-// returns the function that unplugs the device and stops the server. QMP
-// VMs only.
-func exportDoorbell(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluster) (detach func(context.Context) error, err error) {
+// returns the function that unplugs the device and stops the server.
+//
+// vmName is a QMP socket (chardev-add + device_add, host/qmp) or
+// libvirt:DOMAIN[@SOCKET|URI] (a <shmem> of model ivshmem-doorbell whose
+// <server path> is the server's socket, host/libvirt). Either way QEMU
+// gets the memory from the server's descriptor, so for libvirt the region
+// need not be in /dev/shm.
+func exportDoorbell(ctx context.Context, log hclog.Logger, vmName string, c *zc.Cluster) (detach func(context.Context) error, err error) {
 	fail := func(err error) (func(context.Context) error, error) {
-		return nil, fmt.Errorf("export cluster %d to vm %s with a doorbell: %w", c.ID(), qmpPath, err)
+		return nil, fmt.Errorf("export cluster %d to vm %s with a doorbell: %w", c.ID(), vmName, err)
 	}
 	mem, err := os.OpenFile(c.File(), os.O_RDWR, 0)
 	if err != nil {
@@ -35,15 +43,20 @@ func exportDoorbell(ctx context.Context, log hclog.Logger, qmpPath string, c *zc
 		return fail(err)
 	}
 	cleanup := func() { mem.Close(); os.RemoveAll(dir) }
-	vm, err := qmp.Dial(ctx, qmpPath)
+	var p bellPlug
+	if libvirt.IsSpec(vmName) {
+		p, err = dialLibvirtBell(ctx, log, vmName, c)
+	} else {
+		p, err = dialQMPBell(ctx, vmName)
+	}
 	if err != nil {
 		cleanup()
 		return fail(err)
 	}
-	defer vm.Close()
+	defer p.close()
 	srv, err := doorbell.Listen(doorbell.Config{
 		Path: filepath.Join(dir, "bell.sock"), Memory: mem, Vectors: 1,
-		Logf: func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...), "vm", qmpPath) },
+		Logf: func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...), "vm", vmName) },
 	})
 	if err != nil {
 		cleanup()
@@ -51,12 +64,12 @@ func exportDoorbell(ctx context.Context, log hclog.Logger, qmpPath string, c *zc
 	}
 	// The socket is the region: only QEMU may connect. A QEMU that runs
 	// as another user gets the socket (and its folder) as its own.
-	if cred, err := vm.PeerCred(); err == nil && cred.UID != os.Getuid() {
-		os.Chown(dir, cred.UID, -1)
-		os.Chown(srv.Path(), cred.UID, -1)
+	if uid, gid, ok := p.owner(ctx); ok && uid != os.Getuid() {
+		os.Chown(dir, uid, gid)
+		os.Chown(srv.Path(), uid, gid)
 	}
 	start := time.Now()
-	a, err := vm.AttachDoorbell(ctx, qmp.DoorbellSpec{Socket: srv.Path(), Size: c.Size(), Vectors: 1, Name: fmt.Sprintf("c%d", c.ID())})
+	unplug, desc, err := p.attach(ctx, srv.Path(), c)
 	if err != nil {
 		srv.Close()
 		cleanup()
@@ -74,18 +87,138 @@ func exportDoorbell(ctx context.Context, log hclog.Logger, qmpPath string, c *zc
 		srv.WaitHost(ctx, 0)
 		cancel()
 	})
-	observePlug(qmpPath, time.Since(start))
-	log.Info("exported to vm with a doorbell", "vm", qmpPath, "device", a.DevID, "chardev", a.ChardevID, "bus", a.Bus, "took", time.Since(start))
+	observePlug(vmName, time.Since(start))
+	log.Info("exported to vm with a doorbell", append([]any{"vm", vmName}, append(desc, "took", time.Since(start))...)...)
 	return func(ctx context.Context) error {
 		defer cleanup()
 		defer srv.Close()
 		c.OnGuestWake(nil)
 		c.OnGuestRing(nil)
-		vm, err := qmp.Dial(ctx, qmpPath)
+		if err := unplug(ctx); err != nil {
+			return fmt.Errorf("unexport cluster %d from vm %s: %w", c.ID(), vmName, err)
+		}
+		return nil
+	}, nil
+}
+
+// bellPlug is a connection to the VM a doorbell device goes into.
+type bellPlug interface {
+	// owner returns the user and group QEMU runs as, when known.
+	owner(ctx context.Context) (uid, gid int, ok bool)
+	// attach plugs the device for the server at sock and returns the
+	// function that unplugs it (dialling again) and the device's
+	// description for the log.
+	attach(ctx context.Context, sock string, c *zc.Cluster) (unplug func(context.Context) error, desc []any, err error)
+	close()
+}
+
+// qmpBell plugs a doorbell device over QMP.
+type qmpBell struct {
+	path string
+	vm   *qmp.VM
+}
+
+func dialQMPBell(ctx context.Context, qmpPath string) (bellPlug, error) {
+	vm, err := qmp.Dial(ctx, qmpPath)
+	if err != nil {
+		return nil, err
+	}
+	return qmpBell{path: qmpPath, vm: vm}, nil
+}
+
+func (b qmpBell) owner(context.Context) (int, int, bool) {
+	cred, err := b.vm.PeerCred()
+	if err != nil {
+		return 0, 0, false
+	}
+	return cred.UID, -1, true
+}
+
+func (b qmpBell) attach(ctx context.Context, sock string, c *zc.Cluster) (func(context.Context) error, []any, error) {
+	a, err := b.vm.AttachDoorbell(ctx, qmp.DoorbellSpec{Socket: sock, Size: c.Size(), Vectors: 1, Name: fmt.Sprintf("c%d", c.ID())})
+	if err != nil {
+		return nil, nil, err
+	}
+	return func(ctx context.Context) error {
+		vm, err := qmp.Dial(ctx, b.path)
 		if err != nil {
-			return fmt.Errorf("unexport cluster %d from vm %s: %w", c.ID(), qmpPath, err)
+			return err
 		}
 		defer vm.Close()
 		return vm.DetachDoorbell(ctx, a)
-	}, nil
+	}, []any{"device", a.DevID, "chardev", a.ChardevID, "bus", a.Bus}, nil
 }
+
+func (b qmpBell) close() { b.vm.Close() }
+
+// libvirtBell plugs a doorbell <shmem> through libvirt.
+type libvirtBell struct {
+	spec libvirt.Spec
+	d    *libvirt.Domain
+}
+
+// dialLibvirtBell connects to the domain. When c was adopted from a
+// predecessor agent, the doorbell devices that agent plugged for c's
+// cluster (alias ua-zc-cID-...) are unplugged first, and their socket
+// folders removed: their ivshmem server died with it, and QEMU cannot
+// reconnect a running guest's doorbell to a new one (export.go adoptVM
+// does the same for QMP VMs, and for libvirt unplugs those whose <shmem
+// name> is c's file before this runs).
+func dialLibvirtBell(ctx context.Context, log hclog.Logger, name string, c *zc.Cluster) (bellPlug, error) {
+	spec, err := libvirt.ParseSpec(name)
+	if err != nil {
+		return nil, err
+	}
+	d, err := libvirt.Dial(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	if c.Adopted() {
+		present, err := d.Regions(ctx)
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		for _, a := range present {
+			if a.Server == "" || !strings.Contains(a.Alias, fmt.Sprintf("-c%d-", c.ID())) {
+				continue
+			}
+			log.Info("unplugging the predecessor's doorbell device (its server is gone); a fresh one follows", "vm", name, "device", a.Alias, "server", a.Server)
+			if err := d.Detach(ctx, a); err != nil {
+				d.Close()
+				return nil, err
+			}
+			// The predecessor's socket folder, when it made it (a kill
+			// leaves it behind).
+			if dir := filepath.Dir(a.Server); strings.HasPrefix(filepath.Base(dir), "zcbell-") && filepath.Dir(dir) == filepath.Clean(os.TempDir()) {
+				os.RemoveAll(dir)
+			}
+		}
+	}
+	return libvirtBell{spec: spec, d: d}, nil
+}
+
+func (b libvirtBell) owner(ctx context.Context) (int, int, bool) {
+	uid, gid, ok, err := b.d.QEMUOwner(ctx)
+	return uid, gid, ok && err == nil
+}
+
+func (b libvirtBell) attach(ctx context.Context, sock string, c *zc.Cluster) (func(context.Context) error, []any, error) {
+	a, err := b.d.AttachDoorbell(ctx, libvirt.DoorbellSpec{Socket: sock, Region: c.File(), Size: c.Size(), Vectors: 1, Name: fmt.Sprintf("c%d", c.ID())})
+	if err != nil {
+		return nil, nil, err
+	}
+	return func(ctx context.Context) error {
+		d, err := libvirt.Dial(ctx, b.spec)
+		if errors.Is(err, libvirt.ErrNoDomain) {
+			return nil // gone with the domain
+		}
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		return d.Detach(ctx, a)
+	}, []any{"device", a.Alias, "chardev", a.ChardevID(), "server", a.Server}, nil
+}
+
+func (b libvirtBell) close() { b.d.Close() }

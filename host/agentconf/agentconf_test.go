@@ -149,7 +149,6 @@ func TestBadFiles(t *testing.T) {
 		{"relative qmp path", c1 + "[[cluster.export]]\nvm = \"vm1.qmp\"\n", 4, "cluster[0].export[0].vm", ErrValue, "absolute"},
 		{"bad libvirt spec", c1 + "[[cluster.export]]\nvm = \"libvirt:\"\n", 4, "cluster[0].export[0].vm", ErrValue, "empty domain"},
 		{"libvirt with ctl", c1 + "ctl = true\n[[cluster.export]]\nvm = \"libvirt:probe\"\n", 5, "cluster[0].export[0].vm", ErrValue, "ctl = true"},
-		{"libvirt with doorbell", c1 + "doorbell = true\n[[cluster.export]]\nvm = \"libvirt:probe\"\n", 5, "cluster[0].export[0].vm", ErrValue, "doorbell"},
 		{"inline tables", "cluster = [{id = 1, export = [{vm = \"/a\", queues = [5]}]}]\n", 1, "cluster[0].export[0].queues", ErrValue, "queue 5 out of range"},
 		{"relative state_dir", "state_dir = \"run\"\n", 1, "state_dir", ErrValue, "absolute"},
 		{"long control", "control = \"/" + strings.Repeat("x", 120) + "\"\n", 1, "control", ErrValue, "longer than a unix socket path"},

@@ -229,8 +229,6 @@ func (c *checker) exports(p string, r *rawCluster, cl *Cluster) {
 				c.fail(ep+".vm", ErrValue, "%v", err)
 			} else if cl.Ctl {
 				c.fail(ep+".vm", ErrValue, "%q: ctl = true is not supported for libvirt domains (the zc.ctl port is managed over QMP)", re.VM)
-			} else if cl.Doorbell {
-				c.fail(ep+".vm", ErrValue, "%q: doorbell = true plugs through QMP; libvirt domains get ivshmem-plain (guests poll)", re.VM)
 			}
 		default:
 			c.absPath(ep+".vm", re.VM)
