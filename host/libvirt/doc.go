@@ -56,6 +56,34 @@
 //   - The domain needs ACPI (<features><acpi/></features>) for PCI hot-plug
 //     on the pc machine: without it libvirt starts QEMU with -no-acpi.
 //
+// A region with interrupts is attached ([Domain.AttachDoorbell]) as
+//
+//	<shmem name='NAME'><model type='ivshmem-doorbell'/><server path='SOCKET'/><msi vectors='1' ioeventfd='on'/><alias name='ua-zc-...'/></shmem>
+//
+// where SOCKET is an ivshmem server's (host/doorbell) socket. Measured on
+// libvirt 9.0.0 with QEMU 7.2:
+//
+//   - libvirt sends chardev-add socket id=charALIAS path=SOCKET
+//     server=false, then device_add ivshmem-doorbell id=ALIAS
+//     chardev=charALIAS vectors=1 ioeventfd=true; on detach, after
+//     DEVICE_DELETED, chardev-remove charALIAS. There is no memory
+//     backend: QEMU maps the descriptor the server sends, so the region
+//     need not be in /dev/shm, and NAME only labels the device.
+//   - A <size> is refused ("shmem model 'ivshmem-doorbell' does not
+//     support size setting"); [Domain.Regions] lists a doorbell device
+//     with Size 0 and Server set.
+//   - The socket is not relabelled: a root-owned 0600 socket made
+//     chardev-add fail with "Permission denied" for libvirt-qemu. The
+//     socket is given to the DAC user, as region files are; its folder
+//     must let that user through ([Domain.QEMUOwner]).
+//   - On q35 libvirt gives a <shmem> no hot-pluggable slot by itself ("No
+//     more available PCI slots": it is a conventional PCI device and
+//     there is no PCI bridge); an explicit address on an empty
+//     pcie-root-port is accepted, so AttachDoorbell picks one. Guests take
+//     the doorbell's MSI-X through vfio-pci, which needs q35 with an
+//     intel-iommu doing interrupt remapping (<iommu model='intel'><driver
+//     intremap='on'/></iommu> and <ioapic driver='qemu'/>).
+//
 // The daemon must run on the host that holds the region file: libvirt
 // names a path, it does not carry memory. A URI that reaches another host
 // (qemu+tcp://, qemu+ssh://) connects, but the region must be there under

@@ -89,8 +89,8 @@ func DoorbellXML(name string, socket string, vectors int, alias string, bus int)
 // connection to the server.
 //
 // libvirt gives a <shmem> the connection type of a conventional PCI
-// device, and on q35 has no hot-pluggable slot for one unless the domain
-// has a PCI bridge. So on a domain with a pcie-root, the device goes to
+// device, and on q35 found no hot-pluggable slot for one ("No more
+// available PCI slots"). So on a domain with a pcie-root, the device goes to
 // the first pcie-root-port that has no device (an explicit address, which
 // libvirt allows for either kind of device); a domain with no free port
 // gets libvirt's own choice (and its error). The region's size must fit
@@ -98,7 +98,8 @@ func DoorbellXML(name string, socket string, vectors int, alias string, bus int)
 //
 // The socket file is given to QEMU's DAC user and group, as
 // [Domain.AttachRegion] does with region files: libvirt 9.0 does not
-// relabel a shmem server's socket on hot-plug.
+// relabel a shmem server's socket on hot-plug (chardev-add failed with
+// "Permission denied" on a root-owned 0600 socket).
 func (d *Domain) AttachDoorbell(ctx context.Context, spec DoorbellSpec) (Attachment, error) {
 	a, err := d.attachDoorbell(ctx, spec)
 	if err != nil {
