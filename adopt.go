@@ -225,3 +225,24 @@ func (q *Queue) awaitLoans() (moved bool, left uint64) {
 	q.ret.Add(ivshmem.CountPackets, uint64(n))
 	return n > 0, q.unknown
 }
+
+// DropGuestClaims frees the queue ends a guest holds in the region, for
+// an agent that unplugged that guest's device: the reader it had there
+// is gone with the device, and the next one (after a fresh plug) must
+// attach without force. Call it only with the guest's device unplugged
+// and before plugging another; the buffers the reader held are the
+// producers' to recover (an adopted cluster's Settle counts them as
+// never returned). It returns how many ends it freed.
+func (c *Cluster) DropGuestClaims() (n int) {
+	protect(func() {
+		for q := range c.r.l.Queues {
+			for _, e := range []ivshmem.End{ivshmem.EndConsumer, ivshmem.EndProducer} {
+				if o := c.r.l.QueueOwner(c.r.b, uint32(q), e); o.Side == ivshmem.SideGuest {
+					c.r.l.Unclaim(c.r.b, uint32(q), e, o)
+					n++
+				}
+			}
+		}
+	})
+	return n
+}

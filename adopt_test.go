@@ -171,3 +171,25 @@ func TestAdoptClusterRefuses(t *testing.T) {
 		t.Fatalf("adopt a closed region: %v, want ErrClosed", err)
 	}
 }
+
+// TestDropGuestClaims: a consumer end a guest holds (its device since
+// unplugged) is freed for the next reader, which attaches without force;
+// host holders are left alone.
+func TestDropGuestClaims(t *testing.T) {
+	c := newCluster(t, Config{ID: 44, Queues: 2, QueueLen: 64})
+	guest := ivshmem.Owner{Side: ivshmem.SideGuest, PID: 4242}
+	if _, err := c.r.l.Claim(c.r.b, 0, ivshmem.EndConsumer, guest, nil); err != nil {
+		t.Fatal(err)
+	}
+	host := mustQ(t)(c.Consumer(1))
+	if _, err := Open("zc:44@0"); !errors.Is(err, ivshmem.ErrBusy) {
+		t.Fatalf("open a queue a guest holds: %v, want busy", err)
+	}
+	if n := c.DropGuestClaims(); n != 1 {
+		t.Fatalf("dropped %d claims, want 1", n)
+	}
+	mustQ(t)(Open("zc:44@0"))
+	if o := c.r.l.QueueOwner(c.r.b, 1, ivshmem.EndConsumer); o.Side != ivshmem.SideHost || host.Err() != nil {
+		t.Fatalf("the host consumer's claim was touched: %+v", o)
+	}
+}

@@ -95,9 +95,10 @@ func runFlags(o *runOpts) *flag.FlagSet {
 		"its packets dropped and counted; after this `long` it gets a fresh region, plugged in place of the\n"+
 		"broken device (offered again with --ctl). Each further failure doubles the wait, up to 10m. 0: never")
 	fs.BoolVar(&o.doorbell, "doorbell", false, "plug each VM's region as an ivshmem-doorbell device that zchost serves, so guest readers sleep on an\n"+
-		"interrupt instead of polling and wake in microseconds (QMP VMs only; the guest needs a q35 machine with\n"+
-		"-device intel-iommu,intremap=on and the vfio-pci module: QEMU's doorbell interrupts only through MSI-X;\n"+
-		"other guests poll, and say so)")
+		"interrupt instead of polling and wake in microseconds (QMP VMs, and libvirt domains as a doorbell <shmem>;\n"+
+		"the guest needs a q35 machine with an intel-iommu with intremap=on (libvirt: <iommu model='intel'> with\n"+
+		"<driver intremap='on'/> and <ioapic driver='qemu'/>) and the vfio-pci module: QEMU's doorbell interrupts\n"+
+		"only through MSI-X; other guests poll, and say so)")
 	fs.BoolVar(&o.shared, "shared", false, "put every VM on the cluster's own region (zero copy; only for guests you trust)")
 	fs.DurationVar(&o.interval, "stats-interval", time.Second, "print source and queue counters this often (0: never)")
 	fs.DurationVar(&o.waitConsumers, "wait-consumers", 0, "before the sources start, wait up to this `long` for every queue to have a consumer attached")

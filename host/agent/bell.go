@@ -188,6 +188,7 @@ func dialLibvirtBell(ctx context.Context, log hclog.Logger, name string, c *zc.C
 				d.Close()
 				return nil, err
 			}
+			c.DropGuestClaims() // its readers went with the device
 			// The predecessor's socket folder, when it made it (a kill
 			// leaves it behind).
 			if dir := filepath.Dir(a.Server); strings.HasPrefix(filepath.Base(dir), "zcbell-") && filepath.Dir(dir) == filepath.Clean(os.TempDir()) {

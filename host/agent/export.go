@@ -267,13 +267,6 @@ func (e *vmExport) abandon() {
 	}
 }
 
-// plugged reports whether the region is plugged now.
-func (e *vmExport) plugged() bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.detach != nil
-}
-
 // unplug sends the guest an unplug-notice (when it has a control channel)
 // and runs detach, if the region is plugged.
 func (e *vmExport) unplug(ctx context.Context, detach func(context.Context) error) {
@@ -350,6 +343,7 @@ func adoptVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluste
 			if err := vm.Detach(ctx, a); err != nil {
 				return nil, fmt.Errorf("adopt cluster %d in vm %s: %w", c.ID(), qmpPath, err)
 			}
+			c.DropGuestClaims() // its readers went with the device
 			continue
 		}
 		if a.Path == "" || (a.Path != c.File() && a.Path != c.Path()) {
@@ -360,6 +354,7 @@ func adoptVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluste
 			if err := vm.Detach(ctx, a); err != nil {
 				return nil, fmt.Errorf("adopt cluster %d in vm %s: %w", c.ID(), qmpPath, err)
 			}
+			c.DropGuestClaims()
 			continue
 		}
 		log.Info("device adopted: the guest keeps its region", "vm", qmpPath, "device", a.DevID, "memdev", a.MemID, "region", c.Path())

@@ -114,6 +114,11 @@ func (a *Agent) AddExport(ctx context.Context, ex Export) (err error) {
 // RemoveExport unplugs VM vm (after the notice, when it has a control
 // channel) and removes its region; its queues' packets go back to the
 // cluster's own queues. The other VMs' queues are not touched.
+//
+// The queues are routed back before the unplug: once the VM's reader is
+// gone its queue fills, and a lossless balancer would then wait for room
+// there for good, never taking the change (its outputs change on the
+// engine's goroutine, between bursts).
 func (a *Agent) RemoveExport(ctx context.Context, vm string) error {
 	a.exMu.Lock()
 	defer a.exMu.Unlock()
@@ -122,7 +127,6 @@ func (a *Agent) RemoveExport(ctx context.Context, vm string) error {
 		return fmt.Errorf("unexport cluster %d from vm %s: %w", a.c.ID(), vm, ErrNotExported)
 	}
 	e := a.exports[i]
-	e.close()
 	a.g.mu.Lock()
 	j := slices.IndexFunc(a.g.vms, func(v *vmRegion) bool { return v.export == e })
 	var vr *vmRegion
@@ -135,6 +139,9 @@ func (a *Agent) RemoveExport(ctx context.Context, vm string) error {
 		if err := a.route(ctx, vr.spec.queues, a.mainOuts(vr.spec.queues)); err != nil {
 			a.log.Error("vm region's queues not routed back to the cluster", "vm", vm, "error", err)
 		}
+	}
+	e.close()
+	if vr != nil {
 		for _, q := range vr.queues {
 			q.Close()
 		}

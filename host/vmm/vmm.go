@@ -106,7 +106,7 @@ func (c libvirtVM) Detach(ctx context.Context, a qmp.Attachment) error {
 func (c libvirtVM) Close() error { return c.d.Close() }
 
 func fromLibvirt(a libvirt.Attachment) qmp.Attachment {
-	return qmp.Attachment{MemID: a.MemID(), DevID: a.Alias, Path: a.Path, Size: a.Size}
+	return qmp.Attachment{MemID: a.MemID(), DevID: a.Alias, ChardevID: a.ChardevID(), Path: a.Path, Size: a.Size}
 }
 
 // CutSpec splits a VM export NAME[=Q,Q..]. A libvirt URI may hold '='
