@@ -339,6 +339,9 @@ func adoptVM(ctx context.Context, log hclog.Logger, qmpPath string, c *zc.Cluste
 	}
 	for _, a := range present {
 		if a.ChardevID != "" && strings.Contains(a.DevID, fmt.Sprintf("-c%d-", c.ID())) {
+			if bell && vmm.IsLibvirt(qmpPath) {
+				continue // dialLibvirtBell unplugs it, and removes its socket folder
+			}
 			log.Info("unplugging the predecessor's doorbell device (its server is gone); a fresh one follows", "vm", qmpPath, "device", a.DevID)
 			if err := vm.Detach(ctx, a); err != nil {
 				return nil, fmt.Errorf("adopt cluster %d in vm %s: %w", c.ID(), qmpPath, err)
