@@ -316,7 +316,11 @@ func statusCmd(args []string) error {
 	}
 	fmt.Printf("zchost daemon pid %d, config %s, ready in %.3fs\n", rep.PID, rep.Config, rep.ReadySeconds)
 	for _, s := range rep.Clusters {
-		fmt.Printf("cluster %d: region %s generation %d%s\n", s.Cluster, s.Region, s.Generation, map[bool]string{true: " (adopted)", false: ""}[s.Adopted])
+		adopted := ""
+		if s.Adopted {
+			adopted = fmt.Sprintf(" (adopted; its predecessor had been gone %.3fs)", s.GapSeconds)
+		}
+		fmt.Printf("cluster %d: region %s generation %d%s\n", s.Cluster, s.Region, s.Generation, adopted)
 		for _, v := range s.VMs {
 			if v.Waiting {
 				fmt.Printf("  vm %s queues %v: waiting for the VM\n", v.VM, v.Queues)

@@ -40,6 +40,8 @@ var (
 	descAdopted = prometheus.NewDesc("zcfabric_regions_adopted", "Regions this daemon took over from its predecessor at start (restart without re-plug).",
 		[]string{"cluster"}, nil)
 	descReady = prometheus.NewDesc("zcfabric_daemon_ready_seconds", "Time from the daemon's start to every cluster set up (re-adoption included).", nil, nil)
+	descGap   = prometheus.NewDesc("zcfabric_restart_gap_seconds", "For a cluster adopted from a killed daemon: how long it had been gone (its sources captured nothing meanwhile; readers kept their queues).",
+		[]string{"cluster"}, nil)
 )
 
 // hotplugSeconds is the hot-plug duration histogram (agent.OnHotplug).
@@ -56,7 +58,7 @@ type collector struct{ d *daemon }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueuePackets, descQueueBytes, descQueueDrops, descBadReturns, descQueueDepth, descQueueUp,
-		descSourcePackets, descSourceKernelDrops, descExportPlugged, descAdopted, descReady} {
+		descSourcePackets, descSourceKernelDrops, descExportPlugged, descAdopted, descReady, descGap} {
 		ch <- d
 	}
 }
@@ -91,6 +93,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		gauge(descAdopted, float64(n), id)
+		gauge(descGap, st.GapSeconds, id)
 		for i, s := range a.Stats() {
 			q, vm := strconv.Itoa(i), vmOf[i]
 			counter(descQueuePackets, s.Sent, id, q, vm, "out")

@@ -114,6 +114,7 @@ type Agent struct {
 	exMu      sync.Mutex // AddExport, RemoveExport
 	pending   []Export   // exports waiting for their VM (Config.Adopt)
 	stopWatch func()
+	gap       time.Duration // adopted: since the predecessor was last alive
 }
 
 // New sets up the agent cfg describes: the cluster (adopted when
@@ -162,6 +163,15 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	c := a.c
+	if c.Adopted() {
+		// The predecessor's status file says when it was last alive (it
+		// writes it every second): what the sources did not capture
+		// meanwhile is their loss only, and this says for how long.
+		if f, err := status.Read(status.Path(cfg.ID)); err == nil && !f.Updated.IsZero() {
+			a.gap = max(time.Since(f.Updated), 0)
+			log.Warn("predecessor gone; its sources saw nothing for this long (readers kept their queues)", "cluster", cfg.ID, "gap", a.gap.Round(time.Millisecond), "predecessor_pid", f.PID)
+		}
+	}
 	log.Info("cluster "+map[bool]string{true: "adopted", false: "created"}[c.Adopted()], "cluster", c.ID(), "queues", c.NumQueues(), "path", c.Path(), "file", c.File(),
 		"backing", c.Backing(), "size", c.Size(), "buffers", c.Pool().Cap(), "buffer_size", c.BufferSize(), "generation", c.Generation())
 
@@ -348,6 +358,11 @@ func (a *Agent) SetKeepPlugged(keep bool) {
 
 // Cluster returns the agent's cluster.
 func (a *Agent) Cluster() *zc.Cluster { return a.c }
+
+// Gap returns, for an adopted cluster, how long before New its
+// predecessor was last seen alive (its status file, written every
+// second): how long the sources captured nothing. 0 when not adopted.
+func (a *Agent) Gap() time.Duration { return a.gap }
 
 // Adopted returns how many regions New took over from a predecessor.
 func (a *Agent) Adopted() int { return a.adopted }

@@ -15,12 +15,15 @@ import (
 // validating it (zc.AdoptCluster) and a device only after finding it in
 // the VM (adoptVM).
 type State struct {
-	Cluster    uint32        `json:"cluster"`
-	PID        int           `json:"pid"`
-	Updated    time.Time     `json:"updated"`
-	Region     string        `json:"region"`
-	Generation uint64        `json:"generation"`
-	Adopted    bool          `json:"adopted,omitempty"`
+	Cluster    uint32    `json:"cluster"`
+	PID        int       `json:"pid"`
+	Updated    time.Time `json:"updated"`
+	Region     string    `json:"region"`
+	Generation uint64    `json:"generation"`
+	Adopted    bool      `json:"adopted,omitempty"`
+	// GapSeconds: adopted, how long the predecessor had been gone (the
+	// sources' blind time).
+	GapSeconds float64       `json:"gap_seconds,omitempty"`
 	VMs        []StateExport `json:"vms,omitempty"`
 }
 
@@ -63,7 +66,8 @@ func (a *Agent) State() State {
 
 // stateLocked is State with exMu held.
 func (a *Agent) stateLocked() State {
-	s := State{Cluster: a.c.ID(), PID: os.Getpid(), Updated: time.Now(), Region: a.c.Path(), Generation: a.c.Generation(), Adopted: a.c.Adopted()}
+	s := State{Cluster: a.c.ID(), PID: os.Getpid(), Updated: time.Now(), Region: a.c.Path(), Generation: a.c.Generation(), Adopted: a.c.Adopted(),
+		GapSeconds: a.gap.Seconds()}
 	for _, e := range a.exports {
 		e.mu.Lock()
 		t := e.target
