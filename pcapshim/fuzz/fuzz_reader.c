@@ -6,8 +6,8 @@
  *
  *  1. it builds a valid region (2 queues of 8 slots, 32 buffers of 256
  *     bytes, 16 KiB, in a heap block of exactly the region's size, so
- *     AddressSanitizer sees any access outside it), patches the header
- *     and queue descriptors with input bytes (recomputing the header's
+ *     AddressSanitizer sees any access outside it), patches the header,
+ *     queue descriptors and rings (its first 8 KiB) with input bytes (recomputing the header's
  *     CRC when the input says so, to get past it) and attaches to queue
  *     0 or 1 (zcr_attach_mapped: header and descriptor validation, claim,
  *     take-over of the ring indices);
@@ -200,9 +200,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static uint8_t proto[F_SIZE];
 	build(proto);
 
-	/* 1. Geometry: patches over the header and queue table. */
+	/* 1. Geometry: patches over the header, the queue table and the
+	 * rings (what the reader validates at attach). */
 	uint32_t flags = in8(&in);
-	uint8_t hdr[HDR_SIZE + F_QUEUES * QDESC_SIZE];
+	static uint8_t hdr[F_SIZE / 2];
 	memcpy(hdr, proto, sizeof hdr);
 	for (uint32_t n = in8(&in) % 8; n > 0; n--) {
 		uint32_t off = in16(&in) % sizeof hdr, len = in8(&in) % 8 + 1;
@@ -220,7 +221,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	memset(region, 0, rsize);
 	memcpy(region, proto, rsize < F_SIZE ? rsize : F_SIZE);
-	memcpy(region, hdr, sizeof hdr);
+	memcpy(region, hdr, rsize < sizeof hdr ? rsize : sizeof hdr);
 
 	struct zcr r;
 	uint32_t q = flags >> 1 & 1;
