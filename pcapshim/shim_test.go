@@ -273,6 +273,37 @@ func TestTcpdumpWritesEveryPacket(t *testing.T) {
 	}
 }
 
+// TestTcpdumpCountLeavesTheRest: tcpdump -c N takes N packets off the
+// queue and no more (its reads are sized to what is left), so a second
+// reader gets the rest, from packet N on: nothing is taken and dropped
+// unread when the first one stops.
+func TestTcpdumpCountLeavesTheRest(t *testing.T) {
+	e := newEnv(t)
+	const total, first = 20000, 7777
+	a := e.startAgent(64, "-i", fmt.Sprintf("gen:len=64,count=%d", total), "-n", "1", "--wait-consumers", "20s", "--lossless")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var frames [][]byte
+	for _, n := range []int{first, total - first} {
+		out := filepath.Join(t.TempDir(), "out.pcap")
+		res, err := e.preloaded(ctx, "tcpdump", "-i", "zc:64@0", "-c", strconv.Itoa(n), "-w", out).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tcpdump -c %d: %v\n%s\nzchost:\n%s", n, err, res, a)
+		}
+		got := readPcap(t, out)
+		if len(got) != n {
+			t.Fatalf("tcpdump -c %d wrote %d frames", n, len(got))
+		}
+		frames = append(frames, got...)
+	}
+	for i, f := range frames {
+		if seq, err := zc.CheckSynth(f); err != nil || seq != uint64(i) {
+			t.Fatalf("frame %d of the two captures: seq %d (%v): packets were lost between the readers", i, seq, err)
+		}
+	}
+	a.wait(t)
+}
+
 // TestTcpdumpFilter: a BPF expression that picks one flow of four passes
 // exactly that flow's frames, and the shim counts the others as filtered.
 func TestTcpdumpFilter(t *testing.T) {

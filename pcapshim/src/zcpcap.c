@@ -241,6 +241,7 @@ static int zc_dispatch(struct zc *z, int cnt, pcap_handler cb, u_char *user)
 	for (;;) {
 		if (check_brk(z))
 			return PCAP_ERROR_BREAK;
+		z->r.limit = cnt > 0 ? (uint32_t)cnt : 0;
 		int n = zcr_fetch(&z->r);
 		if (n < 0)
 			return PCAP_ERROR;
@@ -269,6 +270,7 @@ static int zc_loop(struct zc *z, int cnt, pcap_handler cb, u_char *user)
 	for (;;) {
 		if (check_brk(z))
 			return PCAP_ERROR_BREAK;
+		z->r.limit = cnt > 0 ? (uint32_t)(cnt - got) : 0;
 		int n = zcr_fetch(&z->r);
 		if (n < 0)
 			return PCAP_ERROR;
@@ -303,6 +305,7 @@ static int zc_next_ex(struct zc *z, struct pcap_pkthdr **h, const u_char **data)
 	for (;;) {
 		if (check_brk(z))
 			return PCAP_ERROR_BREAK;
+		z->r.limit = 0;
 		int n = zcr_fetch(&z->r);
 		if (n < 0)
 			return PCAP_ERROR;

@@ -110,6 +110,9 @@ struct zcr {
 	uint64_t *held; /* bitmap: buffers received and not returned */
 	struct zcr_desc burst[MAX_BURST];
 	int bn, bi; /* burst[bi:bn] received and not delivered yet */
+	uint32_t limit; /* the next fetch takes at most this many (0: MAX_BURST): what
+	                 * a tool asked for (tcpdump -c N), so that a reader that
+	                 * stops leaves the rest in the ring for the next one */
 	uint32_t ret[MAX_BURST];
 	int nret; /* delivered, to return */
 
