@@ -135,13 +135,20 @@ func (r *daemonRig) reload(t *testing.T, ctx context.Context) (string, error) {
 // S"), and every second the pids of the running zcount processes and what
 // zcguest list sees ("ZCLIST PIDS JSON"). It runs until the VM is killed.
 func readerScript(id uint32, q int) string {
+	return countingScript(id, fmt.Sprintf(`( sh -c 'echo "ZCPID $$"; exec zcount -i zc:%d@%d --interval 100ms'; echo "ZCOUNTEXIT $?" ) &`, id, q))
+}
+
+// countingScript waits for cluster id, starts the background reader
+// line, then prints ZCLIST lines (zcount's pids and zcguest list) every
+// second until the VM is killed.
+func countingScript(id uint32, reader string) string {
 	return fmt.Sprintf(`
-zcguest wait -c %[1]d --timeout 900s --poll 5ms || exit 1
-( sh -c 'echo "ZCPID $$"; exec zcount -i zc:%[1]d@%[2]d --interval 100ms'; echo "ZCOUNTEXIT $?" ) &
+zcguest wait -c %d --timeout 900s --poll 5ms || exit 1
+%s
 while true; do
 	echo "ZCLIST $(pidof zcount | tr ' ' ,) $(zcguest list --json)"
 	sleep 1
-done`, id, q)
+done`, id, reader)
 }
 
 // guestList is one ZCLIST line: zcount's pids and zcguest list's devices.
@@ -588,13 +595,7 @@ func (s daemonStats) queueStats(path string, q int) (zc.QueueStats, bool) {
 // every 200 ms, its pid once as "ZCPID N", then "ZCDONE STATUS SUMMARY"
 // when it ends), printing ZCLIST lines every second as readerScript does.
 func exactScript(id uint32, n uint64) string {
-	return fmt.Sprintf(`
-zcguest wait -c %[1]d --timeout 900s --poll 5ms || exit 1
-( sh -c 'echo "ZCPID $$"; exec zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 200ms >/tmp/sum'; echo "ZCDONE $? $(cat /tmp/sum)" ) &
-while true; do
-	echo "ZCLIST $(pidof zcount | tr ' ' ,) $(zcguest list --json)"
-	sleep 1
-done`, id, n)
+	return countingScript(id, fmt.Sprintf(`( sh -c 'echo "ZCPID $$"; exec zcount -i zc:%d@0 -n %d --verify --json --interval 200ms >/tmp/sum'; echo "ZCDONE $? $(cat /tmp/sum)" ) &`, id, n))
 }
 
 var doneLine = regexp.MustCompile(`^ZCDONE (\d+) (\{.*\})$`)

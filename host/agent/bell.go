@@ -165,11 +165,7 @@ type libvirtBell struct {
 // does the same for QMP VMs, and for libvirt unplugs those whose <shmem
 // name> is c's file before this runs).
 func dialLibvirtBell(ctx context.Context, log hclog.Logger, name string, c *zc.Cluster) (bellPlug, error) {
-	spec, err := libvirt.ParseSpec(name)
-	if err != nil {
-		return nil, err
-	}
-	d, err := libvirt.Dial(ctx, spec)
+	d, spec, err := libvirt.DialName(ctx, name)
 	if err != nil {
 		return nil, err
 	}

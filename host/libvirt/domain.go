@@ -75,6 +75,17 @@ func connect(ctx context.Context, spec Spec) (*golibvirt.Libvirt, error) {
 	return l, nil
 }
 
+// DialName connects to the domain a VM name names, libvirt:DOMAIN
+// [@SOCKET|URI] (ParseSpec, then Dial).
+func DialName(ctx context.Context, name string) (*Domain, Spec, error) {
+	spec, err := ParseSpec(name)
+	if err != nil {
+		return nil, spec, err
+	}
+	d, err := Dial(ctx, spec)
+	return d, spec, err
+}
+
 func dial(ctx context.Context, spec Spec) (*Domain, error) {
 	l, err := connect(ctx, spec)
 	if err != nil {

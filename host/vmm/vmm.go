@@ -52,11 +52,7 @@ func Dial(ctx context.Context, name string) (VM, error) {
 		}
 		return qmpVM{vm}, nil
 	}
-	spec, err := libvirt.ParseSpec(name)
-	if err != nil {
-		return nil, err
-	}
-	d, err := libvirt.Dial(ctx, spec)
+	d, _, err := libvirt.DialName(ctx, name)
 	if err != nil {
 		return nil, err
 	}
