@@ -413,3 +413,44 @@ func TestTruncatedRegion(t *testing.T) {
 		t.Fatalf("inspect: %+v %v: want the truncated region listed as corrupt", vms, err)
 	}
 }
+
+// TestTruncatedRegionMetadata: the region truncated while the balancer
+// writes packets' metadata records (they carry a sequence number): the
+// fault fails the queues in it, their packets are dropped and counted,
+// and Push returns instead of the process dying of SIGBUS.
+func TestTruncatedRegionMetadata(t *testing.T) {
+	home := newCluster(t, Config{ID: 37, Queues: 2, QueueLen: 64, Buffers: 256})
+	must := mustQ(t)
+	h0, h1 := must(home.Producer(0)), must(home.Producer(1))
+	bal, err := NewBalancer([]*Queue{h0, h1}, ModeRoundRobin, nil, Drop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bal.From(home.Pool()); err != nil {
+		t.Fatal(err)
+	}
+	pkts := make([]Packet, 32)
+	if n := home.Pool().Alloc(pkts); n != len(pkts) {
+		t.Fatalf("alloc %d", n)
+	}
+	for i := range pkts {
+		pkts[i].Data = pkts[i].Data[:0] // nothing written: the region goes first
+		pkts[i].Seq = uint32(i + 1)
+	}
+	if err := os.Truncate(home.File(), 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := bal.Push(context.Background(), pkts); err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	var drops uint64
+	for _, q := range []*Queue{h0, h1} {
+		if err := q.Err(); !errors.Is(err, ErrFault) {
+			t.Fatalf("%s: %v, want ErrFault", q.Name(), err)
+		}
+		drops += q.Stats().Drops
+	}
+	if drops != uint64(len(pkts)) {
+		t.Fatalf("%d drops counted, want %d", drops, len(pkts))
+	}
+}

@@ -146,8 +146,20 @@ func (b *Balancer) Push(ctx context.Context, pkts []Packet) error {
 func (b *Balancer) push(ctx context.Context, pkts []Packet) error {
 	if b.mode == ModeFanout {
 		k := uint16(len(b.out) - 1)
+		if protect(func() {
+			for i := range pkts {
+				b.home.writeMeta(&pkts[i])
+			}
+		}) != nil {
+			// The home region faults (truncated): its own queues fail;
+			// send drops and counts what they would have carried.
+			for j, q := range b.out {
+				if !b.cross[j] {
+					q.fail("send", ErrFault)
+				}
+			}
+		}
 		for i := range pkts {
-			b.home.writeMeta(&pkts[i])
 			if k > 0 {
 				b.src.retain(pkts[i].handle, k)
 			}
@@ -160,22 +172,8 @@ func (b *Balancer) push(ctx context.Context, pkts []Packet) error {
 		}
 		return first
 	}
-	for i := range pkts {
-		var j uint32
-		if b.mode == ModeRoundRobin {
-			j = b.rr
-			b.rr++
-			if b.rr == uint32(len(b.out)) {
-				b.rr = 0
-			}
-		} else {
-			pkts[i].Hash = b.hash(&pkts[i])
-			j = pkts[i].Hash % uint32(len(b.out))
-		}
-		if !b.cross[j] {
-			b.out[j].r.writeMeta(&pkts[i])
-		}
-		b.per[j] = append(b.per[j], pkts[i])
+	for i := 0; i < len(pkts); {
+		i = b.route(pkts, i)
 	}
 	var first error
 	for j, q := range b.out {
@@ -188,6 +186,45 @@ func (b *Balancer) push(ctx context.Context, pkts []Packet) error {
 		b.per[j] = b.per[j][:0]
 	}
 	return first
+}
+
+// route assigns pkts[from:] to outputs (b.per), writing the metadata of
+// those that stay in their region, and returns len(pkts), or the index
+// after the packet whose metadata write faulted (its output's region was
+// truncated under it: that queue fails, and send drops and counts what
+// it would have carried). One fault guard per burst, not per packet.
+func (b *Balancer) route(pkts []Packet, from int) (next int) {
+	j := uint32(0)
+	i := from
+	old := guardOn()
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if v := recover(); v != nil {
+			if !isFault(v) {
+				panic(v)
+			}
+			b.out[j].fail("send", ErrFault)
+			b.per[j] = append(b.per[j], pkts[i])
+			next = i + 1
+		}
+	}()
+	for ; i < len(pkts); i++ {
+		if b.mode == ModeRoundRobin {
+			j = b.rr
+			b.rr++
+			if b.rr == uint32(len(b.out)) {
+				b.rr = 0
+			}
+		} else {
+			pkts[i].Hash = b.hash(&pkts[i])
+			j = pkts[i].Hash % uint32(len(b.out))
+		}
+		if !b.cross[j] && b.out[j].err == nil {
+			b.out[j].r.writeMeta(&pkts[i])
+		}
+		b.per[j] = append(b.per[j], pkts[i])
+	}
+	return len(pkts)
 }
 
 // send delivers pkts to output j: zero copy, or one copy into the
