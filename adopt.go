@@ -164,18 +164,27 @@ func (q *Queue) takeRing() {
 	}
 	unknown := min(sent-reclaimed, uint64(q.slots))
 	taken := map[uint32]bool{}
-	q.out.InRing(func(h uint32) {
-		if h-p.first >= p.count || q.lent[h/64]&(1<<(h%64)) != 0 {
-			return // not this pool's, or twice in the ring
-		}
-		if p.ref[h-p.first] == 0 {
-			taken[h] = true
-		}
-		p.ref[h-p.first]++
-		q.lent[h/64] |= 1 << (h % 64)
-		q.outstanding++
-		unknown -= min(unknown, 1)
+	// The ring is region memory: a truncated file faults, failing this
+	// queue only (what it took so far stays lent to it, as a failed
+	// queue's loans do).
+	ferr := protect(func() {
+		q.out.InRing(func(h uint32) {
+			if h-p.first >= p.count || q.lent[h/64]&(1<<(h%64)) != 0 {
+				return // not this pool's, or twice in the ring
+			}
+			if p.ref[h-p.first] == 0 {
+				taken[h] = true
+			}
+			p.ref[h-p.first]++
+			q.lent[h/64] |= 1 << (h % 64)
+			q.outstanding++
+			unknown -= min(unknown, 1)
+		})
 	})
+	if ferr != nil {
+		q.fail("adopt", ferr)
+		unknown = 0
+	}
 	if len(taken) > 0 {
 		free := p.free[:0]
 		for _, h := range p.free {

@@ -193,3 +193,41 @@ func TestDropGuestClaims(t *testing.T) {
 		t.Fatalf("the host consumer's claim was touched: %+v", o)
 	}
 }
+
+// TestAdoptTruncatedRegion: the region file truncated between the
+// adoption and the producer's attach (its data ring is read to take the
+// loans back): that queue fails, the process goes on.
+func TestAdoptTruncatedRegion(t *testing.T) {
+	shmDir(t)
+	c1, err := CreateCluster(adoptCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1, err := c1.Producer(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkts := make([]Packet, 10)
+	n := p1.Pool().Alloc(pkts)
+	if k, err := p1.SendBurst(pkts[:n]); k != n || err != nil {
+		t.Fatalf("send %d of %d: %v", k, n, err)
+	}
+	p1.Close()
+	c1.Leave() // as if killed: left for a successor
+	c2, err := AdoptCluster(adoptCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if err := os.Truncate(c2.Path(), 4096); err != nil {
+		t.Fatal(err)
+	}
+	q, err := c2.Producer(0)
+	if err == nil {
+		defer q.Close()
+		err = q.Err()
+	}
+	if !errors.Is(err, ErrFault) {
+		t.Fatalf("producer of a truncated adopted region: %v, want ErrFault", err)
+	}
+}
