@@ -2,14 +2,18 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -103,7 +107,7 @@ func (d *daemon) serveConn(c *net.UnixConn) {
 		return
 	}
 	var r controlRequest
-	dec := json.NewDecoder(strings.NewReader(string(line)))
+	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil {
 		reply(controlReply{Error: "bad request: " + err.Error()})
@@ -156,18 +160,8 @@ func (d *daemon) handle(ctx context.Context, r controlRequest) controlReply {
 
 // sortedAgents returns the running agents in cluster id order.
 func (d *daemon) sortedAgents() []*agent.Agent {
-	m := d.agents()
-	var out []*agent.Agent
-	for _, a := range m {
-		out = append(out, a)
-	}
-	for i := range out {
-		for j := i + 1; j < len(out); j++ {
-			if out[j].Cluster().ID() < out[i].Cluster().ID() {
-				out[i], out[j] = out[j], out[i]
-			}
-		}
-	}
+	out := slices.Collect(maps.Values(d.agents()))
+	slices.SortFunc(out, func(a, b *agent.Agent) int { return cmp.Compare(a.Cluster().ID(), b.Cluster().ID()) })
 	return out
 }
 

@@ -219,22 +219,15 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		if !shared {
 			// The VM's own region: same cluster id and queue numbers, its
 			// own buffers; the balancer copies into it.
-			rc := vmCfg
-			rc.Buffers = len(queues)*cfg.QueueLen + 1024
-			rc.Path = zc.VMRegionPath(cfg.ID, k+1)
-			vc, err := a.createOrAdopt(rc)
+			spec := vmSpec{path: ex.VM, queues: queues}
+			vc, qs, err := a.g.openRegion(k+1, spec, a.createOrAdopt)
 			if err != nil {
-				return nil, fmt.Errorf("region for vm %s: %w", ex.VM, err)
+				return nil, err
 			}
-			vr = &vmRegion{k: k + 1, spec: vmSpec{path: ex.VM, queues: queues}, c: vc}
+			vr = &vmRegion{k: k + 1, spec: spec, c: vc, queues: qs}
 			a.g.vms = append(a.g.vms, vr)
-			for _, qi := range queues {
-				q, err := vc.Producer(qi)
-				if err != nil {
-					return nil, err
-				}
-				vr.queues = append(vr.queues, q)
-				outs[qi] = q
+			for i, qi := range queues {
+				outs[qi] = qs[i]
 			}
 			target = vc
 			log.Info("vm region "+map[bool]string{true: "adopted", false: "created"}[vc.Adopted()], "vm", ex.VM, "path", vc.Path(), "queues", queues, "size", vc.Size())

@@ -159,19 +159,9 @@ func (g *guard) recreate(ctx context.Context, v *vmRegion) {
 func (g *guard) swap(ctx context.Context, v *vmRegion) error {
 	old := v.c
 	old.Close() // name removed, closed for attachers; mapped until its queues close
-	cfg := g.cfg
-	cfg.Path = zc.VMRegionPath(g.c.ID(), v.k)
-	cfg.Buffers = len(v.spec.queues)*cfg.QueueLen + 1024
-	nc, err := zc.CreateCluster(cfg)
+	nc, fresh, err := g.openRegion(v.k, v.spec, zc.CreateCluster)
 	if err != nil {
-		return fmt.Errorf("fresh region for vm %s: %w", v.spec.path, err)
-	}
-	fresh := make([]*zc.Queue, len(v.spec.queues))
-	for i, qi := range v.spec.queues {
-		if fresh[i], err = nc.Producer(qi); err != nil {
-			nc.Close()
-			return err
-		}
+		return fmt.Errorf("fresh %w", err)
 	}
 	// The balancer is the engine's: swap there.
 	err = g.onEngine(ctx, func() error {
@@ -202,6 +192,33 @@ func (g *guard) swap(ctx context.Context, v *vmRegion) error {
 	rctx, cancel := context.WithTimeout(ctx, noticeDeadline+15*time.Second)
 	defer cancel()
 	return v.export.replace(rctx, nc)
+}
+
+// openRegion makes VM region k for the VM spec names (its queues, and
+// buffers of its own for them) with open (zc.CreateCluster, or the
+// agent's createOrAdopt) and attaches a producer end on each of its
+// queues, in spec.queues order. On error nothing is left open.
+func (g *guard) openRegion(k int, spec vmSpec, open func(zc.Config) (*zc.Cluster, error)) (*zc.Cluster, []*zc.Queue, error) {
+	cfg := g.cfg
+	cfg.Path = zc.VMRegionPath(g.c.ID(), k)
+	cfg.Buffers = len(spec.queues)*cfg.QueueLen + 1024
+	c, err := open(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("region for vm %s: %w", spec.path, err)
+	}
+	qs := make([]*zc.Queue, 0, len(spec.queues))
+	for _, qi := range spec.queues {
+		q, err := c.Producer(qi)
+		if err != nil {
+			for _, q := range qs {
+				q.Close()
+			}
+			c.Close()
+			return nil, nil, fmt.Errorf("region for vm %s: %w", spec.path, err)
+		}
+		qs = append(qs, q)
+	}
+	return c, qs, nil
 }
 
 // publish writes the agent's record to the status file.

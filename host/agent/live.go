@@ -64,27 +64,17 @@ func (a *Agent) AddExport(ctx context.Context, ex Export) (err error) {
 		for _, v := range a.g.vms {
 			k = max(k, v.k+1)
 		}
-		rc := a.g.cfg
-		rc.Buffers = len(queues)*cfg.QueueLen + 1024
-		rc.Path = zc.VMRegionPath(cfg.ID, k)
-		vc, err := zc.CreateCluster(rc)
+		spec := vmSpec{path: ex.VM, queues: queues}
+		vc, qs, err := a.g.openRegion(k, spec, zc.CreateCluster)
 		if err != nil {
 			return fail(err)
 		}
-		vr := &vmRegion{k: k, spec: vmSpec{path: ex.VM, queues: queues}, c: vc}
+		vr := &vmRegion{k: k, spec: spec, c: vc, queues: qs}
 		undo := func() {
 			for _, q := range vr.queues {
 				q.Close()
 			}
 			vc.Close()
-		}
-		for _, qi := range queues {
-			q, err := vc.Producer(qi)
-			if err != nil {
-				undo()
-				return fail(err)
-			}
-			vr.queues = append(vr.queues, q)
 		}
 		if err := a.route(ctx, queues, vr.queues); err != nil {
 			undo()
