@@ -81,11 +81,10 @@ func (p *Pool) Alloc(pkts []Packet) int {
 	}
 	n := min(len(pkts), len(p.free))
 	top := len(p.free)
-	size := p.r.l.BufSize
 	for i := range n {
 		h := p.free[top-1-i]
 		p.ref[h-p.first] = 1
-		pkts[i] = Packet{Data: p.r.buffer(h)[:size], handle: h}
+		pkts[i] = Packet{Data: p.r.buffer(h), handle: h}
 	}
 	p.free = p.free[:top-n]
 	if n == 0 && len(pkts) > 0 {

@@ -45,11 +45,10 @@ type Queue struct {
 	unknown    uint64    // producer: an earlier producer's loans not back yet (takeRing)
 	deferred   atomic.Uint64
 
-	hs     []uint32       // scratch, one burst
-	descs  []ivshmem.Desc // scratch, one burst
-	wakes  atomic.Uint64  // wake-ups sent to the peer
-	idle   uint32         // empty polls since the last liveness check
-	pace   idle.Pacer     // consumer: RecvBurstWait's sleeps, adapted to the traffic
+	hs     []uint32      // scratch, one burst
+	wakes  atomic.Uint64 // wake-ups sent to the peer
+	idle   uint32        // empty polls since the last liveness check
+	pace   idle.Pacer    // consumer: RecvBurstWait's sleeps, adapted to the traffic
 	closed bool
 	err    error                 // sticky failure, on the owner's goroutine
 	failed atomic.Pointer[error] // err, published for Err
@@ -75,7 +74,7 @@ func (r *region) attachEnd(q uint32, end ivshmem.End, force bool) (*Queue, error
 		return nil, err
 	}
 	ql := r.l.Queues[q]
-	qu := &Queue{r: r, id: q, end: end, slots: ql.Slots, hs: make([]uint32, MaxBurst), descs: make([]ivshmem.Desc, MaxBurst)}
+	qu := &Queue{r: r, id: q, end: end, slots: ql.Slots, hs: make([]uint32, MaxBurst)}
 	if end == ivshmem.EndConsumer {
 		qu.in, err = ivshmem.NewDescConsumer(r.b, ql.DataRing, ql.Slots)
 		if err == nil {
@@ -208,8 +207,9 @@ func (q *Queue) recvBurst(pkts []Packet) (int, error) {
 	if q.hsPending && !q.handshakeDone() {
 		return 0, nil
 	}
-	want := min(len(pkts), MaxBurst)
-	n, err := q.in.DequeueDescs(q.descs[:want])
+	// One pass over the burst, reading each descriptor once, in place:
+	// every field is the producer's value, checked in the copy.
+	n, err := q.in.Ready(min(len(pkts), MaxBurst))
 	if err != nil {
 		return 0, q.fail("recv", err)
 	}
@@ -220,23 +220,36 @@ func (q *Queue) recvBurst(pkts []Packet) (int, error) {
 	q.pace.Work(n)
 	k, nbad := 0, 0
 	var bytes uint64
-	for i := range q.descs[:n] {
-		d := &q.descs[i]
+	nbufs, held := q.r.l.NumBufs, q.held
+	size, bufs := q.r.l.BufSize, q.r.bufs
+	for i := range n {
+		d := q.in.DescAt(i)
 		h := d.Handle
-		if h >= q.r.l.NumBufs || q.held[h/64]&(1<<(h%64)) != 0 {
+		if h >= nbufs || held[h/64]&(1<<(h%64)) != 0 {
 			nbad++ // not a buffer of this region, or one delivered twice: drop the entry
 			continue
 		}
-		if !q.r.readDesc(d, &pkts[k]) {
+		if d.Off > size || d.Len > size-d.Off {
 			nbad++
 			one := [1]uint32{h} // a real buffer with a bad descriptor: give it back
 			q.back.Enqueue(one[:])
 			continue
 		}
-		bytes += uint64(len(pkts[k].Data))
-		q.held[h/64] |= 1 << (h % 64)
+		p := &pkts[k]
+		base := uint64(h) * uint64(size)
+		start := base + uint64(d.Off)
+		p.Data = bufs[start : start+uint64(d.Len) : base+uint64(size)]
+		p.off, p.handle, p.Flags = d.Off, h, d.Flags&^ivshmem.DescMeta
+		if d.Flags&ivshmem.DescMeta == 0 {
+			p.Timestamp, p.Hash, p.Port, p.Seq = 0, 0, 0, 0
+		} else {
+			q.r.readMeta(h, p)
+		}
+		bytes += uint64(d.Len)
+		held[h/64] |= 1 << (h % 64)
 		k++
 	}
+	q.in.Consume(n)
 	q.in.Add(ivshmem.CountPackets, uint64(k))
 	q.in.Add(ivshmem.CountBytes, bytes)
 	if nbad > 0 {
@@ -254,10 +267,7 @@ func (q *Queue) Release(pkts ...Packet) (err error) {
 	}
 	for len(pkts) > 0 {
 		n := min(len(pkts), MaxBurst)
-		for i := range n {
-			q.hs[i] = pkts[i].handle
-		}
-		if err := q.releaseHandles(q.hs[:n]); err != nil {
+		if err := q.releaseBurst(pkts[:n], nil); err != nil {
 			return err
 		}
 		pkts = pkts[n:]
@@ -265,33 +275,53 @@ func (q *Queue) Release(pkts ...Packet) (err error) {
 	return nil
 }
 
-// releaseHandles pushes handles onto the return ring. Only buffers this
-// end holds go back (once): a double or stray release is an error and
-// sends nothing for that handle.
-func (q *Queue) releaseHandles(hs []uint32) error {
+// releaseHandles pushes handles onto the return ring (at most MaxBurst).
+// Only buffers this end holds go back (once): a double or stray release
+// is an error and sends nothing for that handle.
+func (q *Queue) releaseHandles(hs []uint32) error { return q.releaseBurst(nil, hs) }
+
+// releaseBurst returns the buffers of pkts, or else of hs (at most
+// MaxBurst), writing their handles straight into the return ring: one
+// pass, checking each against what this end holds.
+func (q *Queue) releaseBurst(pkts []Packet, hs []uint32) error {
 	if q.err != nil {
 		return q.err
 	}
-	ok := hs[:0]
-	stray := 0
-	for _, h := range hs {
-		if h >= q.r.l.NumBufs || q.held[h/64]&(1<<(h%64)) == 0 {
-			stray++
-			continue
-		}
-		q.held[h/64] &^= 1 << (h % 64)
-		ok = append(ok, h)
+	want := len(hs)
+	if pkts != nil {
+		want = len(pkts)
 	}
-	hs = ok
-	k, err := q.back.Enqueue(hs)
+	room, err := q.back.Reserve(want)
 	if err != nil {
 		return q.fail("release", err)
 	}
+	nbufs, held := q.r.l.NumBufs, q.held
+	k, stray, full := 0, 0, false
+	for i := range want {
+		var h uint32
+		if pkts != nil {
+			h = pkts[i].handle
+		} else {
+			h = hs[i]
+		}
+		if h >= nbufs || held[h/64]&(1<<(h%64)) == 0 {
+			stray++
+			continue
+		}
+		held[h/64] &^= 1 << (h % 64)
+		if k == room {
+			full = true
+			continue
+		}
+		q.back.SetHandle(k, h)
+		k++
+	}
 	if k > 0 {
+		q.back.Publish(k)
 		q.notify(q.back)
 	}
 	q.back.Add(ivshmem.CountPackets, uint64(k))
-	if k < len(hs) {
+	if full {
 		// The producer counts what it lent and never lends more than the
 		// return ring holds: only a broken producer gets here.
 		return q.fail("release", fmt.Errorf("%w: return ring full", ErrCorrupt))
@@ -367,8 +397,10 @@ func (q *Queue) reclaim() {
 func (q *Queue) reclaimReturns() {
 	// Bounded: a consumer that keeps pushing (hostile) cannot hold the
 	// producer here; what is left waits for the next reclaim.
+	pool, _ := q.src.(*Pool)
+	nbufs, lent := q.r.l.NumBufs, q.lent
 	for range q.slots/MaxBurst + 1 {
-		n, err := q.ret.Dequeue(q.hs)
+		n, err := q.ret.Ready(MaxBurst)
 		if err != nil {
 			q.fail("reclaim", err)
 			return
@@ -376,23 +408,45 @@ func (q *Queue) reclaimReturns() {
 		if n == 0 {
 			return
 		}
-		good, nbad := q.hs[:0], 0
-		for _, h := range q.hs[:n] {
-			// Only what this queue lent comes back through it, once.
-			if h >= q.r.l.NumBufs || q.lent[h/64]&(1<<(h%64)) == 0 || !q.src.owns(h) {
+		// One pass, each handle read once in place. Only what this queue
+		// lent comes back through it, once; a pool's buffers go straight
+		// back on its free list.
+		good, nbad := 0, 0
+		for i := range n {
+			h := q.ret.HandleAt(i)
+			if h >= nbufs || lent[h/64]&(1<<(h%64)) == 0 {
 				nbad++
 				continue
 			}
-			q.lent[h/64] &^= 1 << (h % 64)
-			q.outstanding--
-			good = append(good, h)
+			if pool != nil {
+				j := h - pool.first
+				if j >= pool.count || pool.ref[j] == 0 {
+					nbad++
+					continue
+				}
+				if pool.ref[j]--; pool.ref[j] == 0 {
+					pool.free = append(pool.free, h)
+				}
+			} else {
+				if !q.src.owns(h) {
+					nbad++
+					continue
+				}
+				q.hs[good] = h
+			}
+			lent[h/64] &^= 1 << (h % 64)
+			good++
 		}
-		q.src.put(good)
-		q.ret.Add(ivshmem.CountPackets, uint64(len(good)))
+		q.ret.Consume(n)
+		q.outstanding -= uint32(good)
+		if pool == nil {
+			q.src.put(q.hs[:good])
+		}
+		q.ret.Add(ivshmem.CountPackets, uint64(good))
 		if nbad > 0 {
 			q.ret.Add(ivshmem.CountDrops, uint64(nbad))
 		}
-		if n < len(q.hs) {
+		if n < MaxBurst {
 			return
 		}
 	}
@@ -420,12 +474,6 @@ func (q *Queue) Free(pkts []Packet) {
 	}
 }
 
-func (q *Queue) writeMeta(pkts []Packet) {
-	for i := range pkts {
-		q.r.writeMeta(&pkts[i])
-	}
-}
-
 // SendBurst sends packets from Alloc without copying and returns how many
 // went in; the rest stay the caller's (send them later, Drop or Free them).
 func (q *Queue) SendBurst(pkts []Packet) (n int, err error) {
@@ -437,9 +485,7 @@ func (q *Queue) SendBurst(pkts []Packet) (n int, err error) {
 	if q.err != nil || q.closed {
 		return 0, q.check("send")
 	}
-	k := q.room(len(pkts))
-	q.writeMeta(pkts[:k])
-	return q.enqueue(pkts[:k])
+	return q.enqueue(pkts[:q.room(len(pkts))], true)
 }
 
 // room returns how many of want packets fit now.
@@ -450,8 +496,10 @@ func (q *Queue) room(want int) int {
 	return min(want, int(q.slots-q.outstanding), MaxBurst)
 }
 
-// enqueue puts packets whose metadata is written into the data ring.
-func (q *Queue) enqueue(pkts []Packet) (int, error) {
+// enqueue puts packets into the data ring, writing each descriptor in
+// place, and their metadata records too with meta (else the caller wrote
+// them: a worker writes them once for several queues).
+func (q *Queue) enqueue(pkts []Packet, meta bool) (int, error) {
 	if q.err != nil || q.closed {
 		return 0, q.check("send")
 	}
@@ -459,29 +507,30 @@ func (q *Queue) enqueue(pkts []Packet) (int, error) {
 	if len(pkts) == 0 {
 		return 0, nil
 	}
-	var bytes uint64
-	for i := range pkts {
-		q.descs[i] = desc(&pkts[i])
-		bytes += uint64(len(pkts[i].Data))
-	}
-	k, err := q.out.EnqueueDescs(q.descs[:len(pkts)])
-	for i := range q.descs[:k] {
-		h := q.descs[i].Handle
-		q.lent[h/64] |= 1 << (h % 64)
-	}
+	k, err := q.out.Reserve(len(pkts))
 	if err != nil {
 		return 0, q.fail("send", err)
 	}
-	if k > 0 {
-		q.notify(q.out)
-	}
-	if k < len(pkts) {
-		// Outstanding counts everything in the ring: only a consumer that
-		// moved its index backwards gets here. Count what did not go in.
-		bytes = 0
-		for i := range pkts[:k] {
-			bytes += uint64(len(pkts[i].Data))
+	// Outstanding counts everything in the ring, so all of pkts fit: only
+	// a consumer that moved its index backwards makes k smaller.
+	var bytes uint64
+	lent := q.lent
+	for i := range pkts[:k] {
+		p := &pkts[i]
+		f := p.Flags &^ ivshmem.DescMeta
+		if hasMeta(p) {
+			if meta {
+				q.r.writeMeta(p)
+			}
+			f |= ivshmem.DescMeta
 		}
+		*q.out.DescAt(i) = ivshmem.Desc{Handle: p.handle, Len: uint32(len(p.Data)), Off: p.off, Flags: f}
+		bytes += uint64(len(p.Data))
+		lent[p.handle/64] |= 1 << (p.handle % 64)
+	}
+	if k > 0 {
+		q.out.Publish(k)
+		q.notify(q.out)
 	}
 	q.outstanding += uint32(k)
 	q.out.Add(ivshmem.CountPackets, uint64(k))

@@ -20,6 +20,7 @@ type region struct {
 	m     *ivshmem.Mapping
 	b     []byte
 	l     ivshmem.Layout
+	bufs  []byte // l.BufferArea(b): buffer h is bufs[h*BufSize:][:BufSize]
 	side  ivshmem.Side
 	owner ivshmem.Owner
 
@@ -48,7 +49,7 @@ type bellDevice interface {
 }
 
 func newRegion(m *ivshmem.Mapping, l ivshmem.Layout, side ivshmem.Side) *region {
-	return &region{m: m, b: m.Bytes, l: l, side: side, refs: 1,
+	return &region{m: m, b: m.Bytes, l: l, bufs: l.BufferArea(m.Bytes), side: side, refs: 1,
 		owner: ivshmem.Owner{Side: side, PID: uint32(os.Getpid())}}
 }
 
@@ -72,7 +73,10 @@ func (r *region) unref() error {
 }
 
 // buffer returns buffer h's bytes; h < NumBufs is checked by the caller.
-func (r *region) buffer(h uint32) []byte { return r.l.Buffer(r.b, h) }
+func (r *region) buffer(h uint32) []byte {
+	off := uint64(h) * uint64(r.l.BufSize)
+	return r.bufs[off : off+uint64(r.l.BufSize) : off+uint64(r.l.BufSize)]
+}
 
 func (r *region) meta(h uint32) []byte { return r.l.Meta(r.b, h) }
 
@@ -95,38 +99,14 @@ func (r *region) writeMeta(p *Packet) {
 	le.PutUint32(m[ivshmem.MetaOffSeq:], p.Seq)
 }
 
-// desc is p's data ring descriptor.
-func desc(p *Packet) ivshmem.Desc {
-	f := p.Flags &^ ivshmem.DescMeta
-	if hasMeta(p) {
-		f |= ivshmem.DescMeta
-	}
-	return ivshmem.Desc{Handle: p.handle, Len: uint32(len(p.Data)), Off: p.off, Flags: f}
-}
-
-// readDesc fills p from descriptor d, whose handle the caller checked,
-// checking offset and length against the buffer size (the writer may be
-// hostile), and reading the metadata record only when d says it holds
-// something. It reports false for a packet that does not fit its buffer.
-func (r *region) readDesc(d *ivshmem.Desc, p *Packet) bool {
-	size := r.l.BufSize
-	if d.Off > size || d.Len > size-d.Off {
-		return false
-	}
-	buf := r.buffer(d.Handle)
-	p.Data = buf[d.Off : d.Off+d.Len : size]
-	p.off, p.handle, p.Flags = d.Off, d.Handle, d.Flags&^ivshmem.DescMeta
-	if d.Flags&ivshmem.DescMeta == 0 {
-		p.Timestamp, p.Hash, p.Port, p.Seq = 0, 0, 0, 0
-		return true
-	}
-	m := r.meta(d.Handle)
+// readMeta fills p's optional fields from buffer h's metadata record.
+func (r *region) readMeta(h uint32, p *Packet) {
+	m := r.meta(h)
 	le := binary.LittleEndian
 	p.Timestamp = int64(le.Uint64(m[ivshmem.MetaOffTime:]))
 	p.Hash = le.Uint32(m[ivshmem.MetaOffHash:])
 	p.Port = le.Uint32(m[ivshmem.MetaOffPort:])
 	p.Seq = le.Uint32(m[ivshmem.MetaOffSeq:])
-	return true
 }
 
 // claim takes one end of queue q for this process. A host-side holder

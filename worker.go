@@ -290,7 +290,7 @@ func (b *Balancer) copyTo(ctx context.Context, j int, q *Queue, pkts []Packet) e
 			d.Timestamp, d.Hash, d.Port, d.Seq, d.Flags = p.Timestamp, p.Hash, p.Port, p.Seq, p.Flags
 			q.r.writeMeta(d)
 		}
-		k, err := q.enqueue(b.tmp[:n])
+		k, err := q.enqueue(b.tmp[:n], false)
 		q.Pool().Free(b.tmp[k:n])
 		b.Copies += uint64(k)
 		b.release(pkts[:k])
@@ -335,7 +335,7 @@ func (b *Balancer) release(pkts []Packet) {
 func (b *Balancer) deliver(ctx context.Context, q *Queue, pkts []Packet) error {
 	var bo backoff
 	for {
-		n, err := q.enqueue(pkts[:q.room(len(pkts))])
+		n, err := q.enqueue(pkts[:q.room(len(pkts))], false)
 		pkts = pkts[n:]
 		b.pending = pkts
 		if err != nil || len(pkts) == 0 {

@@ -57,6 +57,7 @@ type ringSide struct {
 	woken   uint32 // producer: the last wake word it answered
 	stat    [numCounters]*uint64
 	statVal [numCounters]uint64
+	_       [48]byte // to 192 bytes, whole cache lines: see TestRingSideSize
 }
 
 // RingProducer is the producing side of a ring. Not safe for concurrent use.
@@ -218,6 +219,26 @@ func (p *RingProducer) EnqueueDescs(ds []Desc) (int, error) {
 	return int(n), nil
 }
 
+// Reserve returns how many of want entries fit now, for a caller that
+// writes them in place (DescAt, SetHandle) and then calls Publish: the
+// zero-copy form of Enqueue, one pass over a burst.
+func (p *RingProducer) Reserve(want int) (int, error) {
+	n, err := p.room(want)
+	return int(n), err
+}
+
+// DescAt returns the k-th descriptor slot after the producer index (k <
+// what Reserve returned), to be written before Publish.
+func (p *RingProducer) DescAt(k int) *Desc { return &p.descs[(p.pos+uint32(k))&p.mask] }
+
+// SetHandle writes h into the k-th handle slot after the producer index
+// (k < what Reserve returned), before Publish.
+func (p *RingProducer) SetHandle(k int, h uint32) { p.slots[(p.pos+uint32(k))&p.mask] = h }
+
+// Publish hands the first n reserved entries, written in place, to the
+// consumer (n <= what Reserve returned).
+func (p *RingProducer) Publish(n int) { p.publish(uint32(n)) }
+
 // Waiting returns the consumer's wake request after the last enqueue: a
 // Wake* code (the low two bits of the word), once per sleep; WakeNone when
 // nobody sleeps or this sleep was answered already. The caller wakes the
@@ -290,6 +311,30 @@ func (c *RingConsumer) DequeueDescs(ds []Desc) (int, error) {
 	c.pos += n
 	storeRelease(c.mine, c.pos)
 	return int(n), nil
+}
+
+// Ready returns how many of want entries can be read in place now (DescAt,
+// HandleAt), before Consume hands their slots back: the zero-copy form
+// of Dequeue, one pass over a burst.
+func (c *RingConsumer) Ready(want int) (int, error) {
+	n, err := c.avail(want)
+	return int(n), err
+}
+
+// DescAt returns a copy of the k-th descriptor after the consumer index
+// (k < what Ready returned). It is the peer's value, read once: check its
+// fields in the copy.
+func (c *RingConsumer) DescAt(k int) Desc { return c.descs[(c.pos+uint32(k))&c.mask] }
+
+// HandleAt returns the k-th handle after the consumer index (k < what
+// Ready returned): the peer's value, to be checked.
+func (c *RingConsumer) HandleAt(k int) uint32 { return c.slots[(c.pos+uint32(k))&c.mask] }
+
+// Consume hands the slots of n entries read in place back to the
+// producer (n <= what Ready returned).
+func (c *RingConsumer) Consume(n int) {
+	c.pos += uint32(n)
+	storeRelease(c.mine, c.pos)
 }
 
 // Announce tells the producer this consumer is about to sleep (mode, a
