@@ -71,11 +71,13 @@ func benchBare(b *testing.B, burst int) {
 		}
 		idle := 0
 		for seq := uint32(0); seq < total; {
-			n, _ := ret.Ready(MaxBurst)
-			for i := range n {
-				free = append(free, ret.HandleAt(i))
+			if len(free) < burst { // take returns back only when short, as Pool.Alloc does
+				n, _ := ret.Ready(MaxBurst)
+				for i := range n {
+					free = append(free, ret.HandleAt(i))
+				}
+				ret.Consume(n)
 			}
-			ret.Consume(n)
 			k, _ := out.Reserve(min(burst, len(free), int(total-seq)))
 			if k == 0 {
 				cpuset.Spin(&idle)
