@@ -249,12 +249,14 @@ func (q *Queue) recvBurst(pkts []Packet) (int, error) {
 		held[h/64] |= 1 << (h % 64)
 		k++
 	}
-	q.in.Consume(n)
+	// The counters share the index's line, which the producer polls: write
+	// them first, so the line is taken from the peer once a burst.
 	q.in.Add(ivshmem.CountPackets, uint64(k))
 	q.in.Add(ivshmem.CountBytes, bytes)
 	if nbad > 0 {
 		q.in.Add(ivshmem.CountDrops, uint64(nbad))
 	}
+	q.in.Consume(n)
 	return k, nil
 }
 
@@ -317,10 +319,10 @@ func (q *Queue) releaseBurst(pkts []Packet, hs []uint32) error {
 		k++
 	}
 	if k > 0 {
+		q.back.Add(ivshmem.CountPackets, uint64(k)) // before the index: same line
 		q.back.Publish(k)
 		q.notify(q.back)
 	}
-	q.back.Add(ivshmem.CountPackets, uint64(k))
 	if full {
 		// The producer counts what it lent and never lends more than the
 		// return ring holds: only a broken producer gets here.
@@ -529,12 +531,14 @@ func (q *Queue) enqueue(pkts []Packet, meta bool) (int, error) {
 		lent[p.handle/64] |= 1 << (p.handle % 64)
 	}
 	if k > 0 {
+		// The counters share the index's line, which the consumer polls:
+		// write them first, so the line is taken from the peer once a burst.
+		q.out.Add(ivshmem.CountPackets, uint64(k))
+		q.out.Add(ivshmem.CountBytes, bytes)
 		q.out.Publish(k)
 		q.notify(q.out)
 	}
 	q.outstanding += uint32(k)
-	q.out.Add(ivshmem.CountPackets, uint64(k))
-	q.out.Add(ivshmem.CountBytes, bytes)
 	return k, nil
 }
 
