@@ -66,6 +66,7 @@ func ParseGen(opts string) (GenConfig, error) {
 type Gen struct {
 	cfg   GenConfig
 	name  string
+	synth *zc.Synth
 	seq   uint64
 	start time.Time
 	st    SourceStats
@@ -76,7 +77,7 @@ func NewGen(name string, cfg GenConfig) *Gen {
 	if cfg.Len == 0 {
 		cfg.Len = 64
 	}
-	return &Gen{cfg: cfg, name: name}
+	return &Gen{cfg: cfg, name: name, synth: zc.NewSynth(cfg.Len, cfg.Flows)}
 }
 
 // Name implements Source.
@@ -136,7 +137,7 @@ func (g *Gen) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 	ts := now.UnixNano()
 	for i := range pkts[:n] {
 		p := &pkts[i]
-		p.Data = p.Data[:zc.SynthFrame(p.Data, g.seq, g.cfg.Len, g.cfg.Flows)]
+		p.Data = p.Data[:g.synth.Frame(p.Data, g.seq)]
 		p.Seq = uint32(g.seq)
 		p.Timestamp = ts
 		g.seq++

@@ -90,10 +90,11 @@ func run() int {
 	}()
 	start := time.Now()
 	pkts := make([]zc.Packet, 32)
+	synth := zc.NewSynth(*length, 256)
 	for seq := uint64(0); seq < *count && ctx.Err() == nil; {
 		k, _ := ingress.Alloc(pkts[:min(32, *count-seq)])
 		for i := range pkts[:k] {
-			pkts[i].Data = pkts[i].Data[:zc.SynthFrame(pkts[i].Data, seq+uint64(i), *length, 256)]
+			pkts[i].Data = pkts[i].Data[:synth.Frame(pkts[i].Data, seq+uint64(i))]
 		}
 		s, _ := ingress.SendBurstWait(ctx, pkts[:k])
 		seq += uint64(s)
