@@ -469,6 +469,27 @@ func (q *Queue) Alloc(pkts []Packet) (n int, err error) {
 	return p.Alloc(pkts), nil
 }
 
+// AllocWait is Alloc that waits while every buffer of the pool is in
+// flight: it polls briefly, then sleeps until the consumer returns
+// buffers on this queue (the return ring's wake-up: no CPU while it
+// waits, woken by the consumer's Release), and returns how many it got.
+// It returns early, with 0, when ctx ends or the queue fails.
+func (q *Queue) AllocWait(ctx context.Context, pkts []Packet) (int, error) {
+	var b backoff
+	for {
+		n, err := q.Alloc(pkts)
+		if n > 0 || err != nil || len(pkts) == 0 {
+			return n, err
+		}
+		if err := q.checkGuarded("alloc"); err != nil {
+			return 0, err
+		}
+		if err := q.waitReturns(ctx, &b); err != nil {
+			return 0, fmt.Errorf("zc: alloc on %s: %w", q.Name(), err)
+		}
+	}
+}
+
 // Free gives back allocated packets that will not be sent.
 func (q *Queue) Free(pkts []Packet) {
 	if p := q.Pool(); p != nil {

@@ -2,6 +2,7 @@ package zc
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -95,6 +96,66 @@ func TestLosslessProducerSleeps(t *testing.T) {
 	}
 	if k := <-done; k != n || total != n {
 		t.Fatalf("sent %d, received %d, want %d", k, total, n)
+	}
+}
+
+// TestAllocWaitSleeps: a producer whose every buffer is in flight sleeps
+// in AllocWait (no CPU) until the consumer returns some, and a context
+// ending wakes it with the context's error.
+func TestAllocWaitSleeps(t *testing.T) {
+	c := newCluster(t, Config{ID: 43, Queues: 1, QueueLen: 64, Buffers: 64})
+	must := mustQ(t)
+	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
+	pkts := make([]Packet, 64)
+	sent := 0
+	for {
+		n, _ := prod.Alloc(pkts)
+		if n == 0 {
+			break
+		}
+		k, err := prod.SendBurst(pkts[:n])
+		if err != nil || k != n {
+			t.Fatalf("send %d: %d, %v", n, k, err)
+		}
+		sent += k
+	}
+	if sent == 0 {
+		t.Fatal("nothing sent")
+	}
+	cctx, ccancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	if n, err := prod.AllocWait(cctx, pkts[:1]); n != 0 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("AllocWait with no buffer back: %d, %v; want 0 and the context's error", n, err)
+	}
+	ccancel()
+	done := make(chan int, 1)
+	go func() {
+		n, err := prod.AllocWait(context.Background(), pkts[:8])
+		if err != nil {
+			t.Errorf("AllocWait: %v", err)
+		}
+		done <- n
+	}()
+	time.Sleep(200 * time.Millisecond) // every buffer in flight: the producer waits
+	before := cpuTime(t)
+	time.Sleep(time.Second)
+	if used := cpuTime(t) - before; used > 20*time.Millisecond {
+		t.Errorf("a producer waiting for buffers used %v of CPU in 1 s", used)
+	}
+	recv := make([]Packet, 8)
+	k, err := cons.RecvBurst(recv)
+	if err != nil || k == 0 {
+		t.Fatalf("recv: %d, %v", k, err)
+	}
+	if err := cons.Release(recv[:k]...); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-done:
+		if n == 0 || n > k {
+			t.Fatalf("AllocWait got %d buffers after %d came back", n, k)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("AllocWait not woken by the consumer's release")
 	}
 }
 

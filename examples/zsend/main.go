@@ -84,7 +84,8 @@ func run() int {
 			return copy(b, d), nil
 		}
 	} else {
-		next = func(b []byte, seq uint64) (int, error) { return zc.SynthFrame(b, seq, length, 64), nil }
+		synth := zc.NewSynth(length, 64)
+		next = func(b []byte, seq uint64) (int, error) { return synth.Frame(b, seq), nil }
 	}
 
 	pkts := make([]zc.Packet, 32)
@@ -105,14 +106,14 @@ func run() int {
 			}
 			want = min(want, due-sent-drops)
 		}
-		n, err := q.Alloc(pkts[:want])
+		// Every buffer in flight: wait (asleep) until the consumer returns some.
+		n, err := q.AllocWait(ctx, pkts[:want])
 		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
 			fmt.Fprintf(os.Stderr, "zsend: %v\n", err)
 			return 1
-		}
-		if n == 0 {
-			time.Sleep(20 * time.Microsecond) // every buffer in flight: wait for returns
-			continue
 		}
 		k := 0
 		var ts int64
