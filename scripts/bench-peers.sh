@@ -3,7 +3,9 @@
 # side: DPDK's memif PMD between two dpdk-testpmd processes (txonly into
 # rxonly, 64-byte frames, burst 32, one forwarding CPU each, --no-huge),
 # and zsend into zcount through a zcfabric queue (sender on CPU 0,
-# receiver on CPU 1, no --verify).
+# receiver on CPU 1, no --verify; zcount's rate is taken from its first
+# packet to its last), then BenchmarkTwoProc/32 (the same crossing
+# without the tools' work).
 #
 #   scripts/bench-peers.sh [-s SECONDS] [-n PACKETS]
 #
@@ -60,5 +62,13 @@ sleep 0.5
 taskset -c 0 "$W/zsend" -o zc:$ID@0 -n "$N" -l 64 >"$W/send.out" 2>&1
 wait $CP
 ZC=$(grep -o '"pps":[0-9.e+]*' "$W/count.json" | cut -d: -f2)
-echo "zcfabric (zsend -> zcount, $N packets): $ZC pps"
+echo "zcfabric (zsend -> zcount, $N packets; pps from the first packet to the last): $ZC pps"
 awk -v z="$ZC" -v m="$MEMIF" 'BEGIN { if (m > 0) printf "ratio zcfabric/memif: %.2fx\n", z/m }'
+
+# The crossing itself, without the tools' work: BenchmarkTwoProc/32 (this
+# process on CPU 0 into a child on CPU 1, through a region on /dev/shm).
+go test -c -o "$W/zc.test" .
+TP=$("$W/zc.test" -test.run '^$' -test.bench 'BenchmarkTwoProc/32/queue$' -test.benchtime 2s 2>/dev/null |
+	awk '{ for (i = 1; i < NF; i++) if ($(i+1) == "pkts/s") print $i }')
+echo "BenchmarkTwoProc/32/queue: $TP pkts/s"
+awk -v z="$TP" -v m="$MEMIF" 'BEGIN { if (m > 0 && z > 0) printf "ratio BenchmarkTwoProc/memif: %.2fx\n", z/m }'

@@ -21,17 +21,20 @@ import (
 
 // Summary is what --json prints at the end.
 type Summary struct {
-	Queue      string  `json:"queue"`
-	Packets    uint64  `json:"packets"`
-	Bytes      uint64  `json:"bytes"`
-	Drops      uint64  `json:"drops"`
-	Seconds    float64 `json:"seconds"`
-	PPS        float64 `json:"pps"`
-	Bad        uint64  `json:"bad"`
-	Verified   uint64  `json:"verified,omitempty"`
-	Corrupt    uint64  `json:"corrupt,omitempty"`
-	OutOfOrder uint64  `json:"out_of_order,omitempty"`
-	Error      string  `json:"error,omitempty"`
+	Queue   string  `json:"queue"`
+	Packets uint64  `json:"packets"`
+	Bytes   uint64  `json:"bytes"`
+	Drops   uint64  `json:"drops"`
+	Seconds float64 `json:"seconds"` // the whole run
+	// PPS is the rate while traffic flowed: packets over the time from
+	// the first burst received to the last (not the wait before it).
+	PPS            float64 `json:"pps"`
+	TrafficSeconds float64 `json:"traffic_seconds"`
+	Bad            uint64  `json:"bad"`
+	Verified       uint64  `json:"verified,omitempty"`
+	Corrupt        uint64  `json:"corrupt,omitempty"`
+	OutOfOrder     uint64  `json:"out_of_order,omitempty"`
+	Error          string  `json:"error,omitempty"`
 	// Latency: from each packet's timestamp (set by its producer: zsend,
 	// a capture) to its receipt, microseconds (--latency).
 	LatencyP50 float64 `json:"latency_p50_us,omitempty"`
@@ -84,6 +87,7 @@ func run() int {
 	s := Summary{Queue: name}
 	start := time.Now()
 	lastT, lastN := start, uint64(0)
+	var first, last time.Time // the first and last bursts received
 	pkts := make([]zc.Packet, 64)
 	var delays []int64 // --latency: ns per packet
 	saidMode := false
@@ -141,7 +145,14 @@ func run() int {
 		if n > 0 {
 			q.Release(pkts[:n]...)
 		}
-		if now := time.Now(); interval > 0 && now.Sub(lastT) >= interval {
+		now := time.Now()
+		if n > 0 {
+			if first.IsZero() {
+				first = now
+			}
+			last = now
+		}
+		if interval > 0 && now.Sub(lastT) >= interval {
 			st := q.Stats()
 			fmt.Fprintf(os.Stderr, "%s  Absolute: %d pkts / %d bytes | Actual: %.0f pps | drops %d | queued %d\n",
 				name, s.Packets, s.Bytes, float64(s.Packets-lastN)/now.Sub(lastT).Seconds(), st.Drops, st.Depth)
@@ -173,8 +184,9 @@ func run() int {
 		}
 	}
 	s.Seconds = time.Since(start).Seconds()
-	if s.Seconds > 0 {
-		s.PPS = float64(s.Packets) / s.Seconds
+	s.TrafficSeconds = last.Sub(first).Seconds()
+	if s.TrafficSeconds > 0 {
+		s.PPS = float64(s.Packets) / s.TrafficSeconds
 	}
 	st := q.Stats()
 	s.Drops, s.Bad = st.Drops, st.Bad
@@ -186,8 +198,8 @@ func run() int {
 	if asJSON {
 		json.NewEncoder(os.Stdout).Encode(s)
 	} else {
-		fmt.Printf("%s: %d packets, %d bytes in %.3f s (%.0f pps); queue drops %d, bad entries %d\n",
-			name, s.Packets, s.Bytes, s.Seconds, s.PPS, s.Drops, s.Bad)
+		fmt.Printf("%s: %d packets, %d bytes in %.3f s (%.0f pps over the %.3f s they flowed); queue drops %d, bad entries %d\n",
+			name, s.Packets, s.Bytes, s.Seconds, s.PPS, s.TrafficSeconds, s.Drops, s.Bad)
 		if verify {
 			fmt.Printf("verified %d, corrupt %d, out of order %d\n", s.Verified, s.Corrupt, s.OutOfOrder)
 		}
