@@ -14,6 +14,7 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/examples/internal/cli"
+	"github.com/zcfabric/zc/internal/idle"
 	"io"
 	"os"
 	"time"
@@ -101,7 +102,10 @@ func run() int {
 		if rate > 0 {
 			due := uint64(time.Since(start).Seconds()*rate) + 1
 			if due <= sent+drops {
-				time.Sleep(50 * time.Microsecond)
+				// Sleep on this thread until the next frame is due: one
+				// wake-up a frame (time.Sleep of less than a millisecond
+				// wakes the runtime's scheduler threads around it).
+				idle.Nap(time.Until(start.Add(time.Duration(float64(sent+drops) / rate * 1e9))))
 				continue
 			}
 			want = min(want, due-sent-drops)
