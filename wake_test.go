@@ -21,6 +21,18 @@ func cpuTime(t *testing.T) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// checkAsleep fails the test if this process uses CPU over the next
+// second, while who (a goroutine of it) should be asleep: generous, a
+// loop napping at the pacer's longest nap would use about 25 ms.
+func checkAsleep(t *testing.T, who string) {
+	t.Helper()
+	before := cpuTime(t)
+	time.Sleep(time.Second)
+	if used := cpuTime(t) - before; used > 20*time.Millisecond {
+		t.Errorf("%s used %v of CPU in 1 s: it is not asleep", who, used)
+	}
+}
+
 // TestIdleConsumerSleeps: a host consumer waiting on an empty queue of a
 // host producer sleeps in futex(2): over two seconds the process uses
 // next to no CPU (the v1 pacer napped every millisecond: 2.7% of a CPU),
@@ -81,11 +93,7 @@ func TestLosslessProducerSleeps(t *testing.T) {
 		done <- k
 	}()
 	time.Sleep(200 * time.Millisecond) // the queue is full: the producer waits
-	before := cpuTime(t)
-	time.Sleep(time.Second)
-	if used := cpuTime(t) - before; used > 20*time.Millisecond {
-		t.Errorf("a producer waiting for room used %v of CPU in 1 s", used)
-	}
+	checkAsleep(t, "a producer waiting for room")
 	recv := make([]Packet, 16)
 	total := 0
 	deadline := time.Now().Add(5 * time.Second)
@@ -136,11 +144,7 @@ func TestAllocWaitSleeps(t *testing.T) {
 		done <- n
 	}()
 	time.Sleep(200 * time.Millisecond) // every buffer in flight: the producer waits
-	before := cpuTime(t)
-	time.Sleep(time.Second)
-	if used := cpuTime(t) - before; used > 20*time.Millisecond {
-		t.Errorf("a producer waiting for buffers used %v of CPU in 1 s", used)
-	}
+	checkAsleep(t, "a producer waiting for buffers")
 	recv := make([]Packet, 8)
 	k, err := cons.RecvBurst(recv)
 	if err != nil || k == 0 {
