@@ -473,7 +473,9 @@ func (q *Queue) Alloc(pkts []Packet) (n int, err error) {
 // flight: it polls briefly, then sleeps until the consumer returns
 // buffers on this queue (the return ring's wake-up: no CPU while it
 // waits, woken by the consumer's Release), and returns how many it got.
-// It returns early, with 0, when ctx ends or the queue fails.
+// A pool that feeds several queues gets its buffers back from any of
+// them: then it naps (at most 200 µs at a time) instead of sleeping on
+// one. It returns early, with 0, when ctx ends or the queue fails.
 func (q *Queue) AllocWait(ctx context.Context, pkts []Packet) (int, error) {
 	var b backoff
 	for {
@@ -484,7 +486,12 @@ func (q *Queue) AllocWait(ctx context.Context, pkts []Packet) (int, error) {
 		if err := q.checkGuarded("alloc"); err != nil {
 			return 0, err
 		}
-		if err := q.waitReturns(ctx, &b); err != nil {
+		if p := q.Pool(); p != nil && len(p.queues) > 1 {
+			err = b.wait(ctx)
+		} else {
+			err = q.waitReturns(ctx, &b)
+		}
+		if err != nil {
 			return 0, fmt.Errorf("zc: alloc on %s: %w", q.Name(), err)
 		}
 	}

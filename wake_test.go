@@ -163,6 +163,57 @@ func TestAllocWaitSleeps(t *testing.T) {
 	}
 }
 
+// TestAllocWaitSharedPool: producers that share a pool (a creator's
+// queues draw from the cluster's pool) get buffers back from any of their
+// queues, so AllocWait does not sleep on one queue's return ring (it would
+// sleep through returns on the others): it naps, and the buffers a
+// consumer of another queue releases end its wait.
+func TestAllocWaitSharedPool(t *testing.T) {
+	c := newCluster(t, Config{ID: 44, Queues: 2, QueueLen: 64, Buffers: 64})
+	must := mustQ(t)
+	p0, p1 := must(c.Producer(0)), must(c.Producer(1))
+	must(c.Consumer(0))
+	c1 := must(c.Consumer(1))
+	pkts := make([]Packet, 64)
+	for {
+		n, _ := p1.Alloc(pkts)
+		if n == 0 {
+			break
+		}
+		if k, err := p1.SendBurst(pkts[:n]); err != nil || k != n {
+			t.Fatalf("send %d on queue 1: %d, %v", n, k, err)
+		}
+	}
+	done := make(chan int, 1)
+	go func() {
+		n, err := p0.AllocWait(context.Background(), pkts[:8])
+		if err != nil {
+			t.Errorf("AllocWait: %v", err)
+		}
+		done <- n
+	}()
+	time.Sleep(200 * time.Millisecond) // the pool is empty: queue 0's producer waits
+	if w := peek(c.r.b, c.r.l.Queues[0].RetRing+256); w&3 != ivshmem.WakeNone {
+		t.Errorf("queue 0's producer sleeps on its own return ring (wake word %#x), but its buffers come back on queue 1", w)
+	}
+	recv := make([]Packet, 8)
+	k, err := c1.RecvBurst(recv)
+	if err != nil || k == 0 {
+		t.Fatalf("recv on queue 1: %d, %v", k, err)
+	}
+	if err := c1.Release(recv[:k]...); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-done:
+		if n == 0 {
+			t.Fatal("AllocWait returned no buffer")
+		}
+	case <-time.After(5 * time.Second): // a hang bound
+		t.Fatal("AllocWait did not see the buffers released on the other queue")
+	}
+}
+
 // TestHostileWakeWordCostsWakeupsOnly: a consumer that keeps its wake
 // word set gets a wake-up per burst sent to it and nothing else: the
 // producer goes on sending, and its other queue gets nothing of it.
