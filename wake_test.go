@@ -115,19 +115,7 @@ func TestAllocWaitSleeps(t *testing.T) {
 	must := mustQ(t)
 	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
 	pkts := make([]Packet, 64)
-	sent := 0
-	for {
-		n, _ := prod.Alloc(pkts)
-		if n == 0 {
-			break
-		}
-		k, err := prod.SendBurst(pkts[:n])
-		if err != nil || k != n {
-			t.Fatalf("send %d: %d, %v", n, k, err)
-		}
-		sent += k
-	}
-	if sent == 0 {
+	if sendAll(t, prod, pkts) == 0 {
 		t.Fatal("nothing sent")
 	}
 	cctx, ccancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -135,24 +123,10 @@ func TestAllocWaitSleeps(t *testing.T) {
 		t.Fatalf("AllocWait with no buffer back: %d, %v; want 0 and the context's error", n, err)
 	}
 	ccancel()
-	done := make(chan int, 1)
-	go func() {
-		n, err := prod.AllocWait(context.Background(), pkts[:8])
-		if err != nil {
-			t.Errorf("AllocWait: %v", err)
-		}
-		done <- n
-	}()
+	done := allocWaitAsync(t, prod, pkts[:8])
 	time.Sleep(200 * time.Millisecond) // every buffer in flight: the producer waits
 	checkAsleep(t, "a producer waiting for buffers")
-	recv := make([]Packet, 8)
-	k, err := cons.RecvBurst(recv)
-	if err != nil || k == 0 {
-		t.Fatalf("recv: %d, %v", k, err)
-	}
-	if err := cons.Release(recv[:k]...); err != nil {
-		t.Fatal(err)
-	}
+	k := returnSome(t, cons)
 	select {
 	case n := <-done:
 		if n == 0 || n > k {
@@ -175,35 +149,13 @@ func TestAllocWaitSharedPool(t *testing.T) {
 	must(c.Consumer(0))
 	c1 := must(c.Consumer(1))
 	pkts := make([]Packet, 64)
-	for {
-		n, _ := p1.Alloc(pkts)
-		if n == 0 {
-			break
-		}
-		if k, err := p1.SendBurst(pkts[:n]); err != nil || k != n {
-			t.Fatalf("send %d on queue 1: %d, %v", n, k, err)
-		}
-	}
-	done := make(chan int, 1)
-	go func() {
-		n, err := p0.AllocWait(context.Background(), pkts[:8])
-		if err != nil {
-			t.Errorf("AllocWait: %v", err)
-		}
-		done <- n
-	}()
+	sendAll(t, p1, pkts)
+	done := allocWaitAsync(t, p0, pkts[:8])
 	time.Sleep(200 * time.Millisecond) // the pool is empty: queue 0's producer waits
 	if w := peek(c.r.b, c.r.l.Queues[0].RetRing+256); w&3 != ivshmem.WakeNone {
 		t.Errorf("queue 0's producer sleeps on its own return ring (wake word %#x), but its buffers come back on queue 1", w)
 	}
-	recv := make([]Packet, 8)
-	k, err := c1.RecvBurst(recv)
-	if err != nil || k == 0 {
-		t.Fatalf("recv on queue 1: %d, %v", k, err)
-	}
-	if err := c1.Release(recv[:k]...); err != nil {
-		t.Fatal(err)
-	}
+	returnSome(t, c1)
 	select {
 	case n := <-done:
 		if n == 0 {
@@ -212,6 +164,52 @@ func TestAllocWaitSharedPool(t *testing.T) {
 	case <-time.After(5 * time.Second): // a hang bound
 		t.Fatal("AllocWait did not see the buffers released on the other queue")
 	}
+}
+
+// sendAll sends packets on prod until its pool has no free buffer, and
+// returns how many it sent.
+func sendAll(t *testing.T, prod *Queue, pkts []Packet) int {
+	t.Helper()
+	sent := 0
+	for {
+		n, _ := prod.Alloc(pkts)
+		if n == 0 {
+			return sent
+		}
+		if k, err := prod.SendBurst(pkts[:n]); err != nil || k != n {
+			t.Fatalf("send %d on %s: %d, %v", n, prod.Name(), k, err)
+		}
+		sent += n
+	}
+}
+
+// allocWaitAsync runs prod.AllocWait(pkts) on a goroutine and hands back
+// how many buffers it got.
+func allocWaitAsync(t *testing.T, prod *Queue, pkts []Packet) <-chan int {
+	done := make(chan int, 1)
+	go func() {
+		n, err := prod.AllocWait(context.Background(), pkts)
+		if err != nil {
+			t.Errorf("AllocWait: %v", err)
+		}
+		done <- n
+	}()
+	return done
+}
+
+// returnSome receives up to 8 packets on cons and releases them, and
+// returns how many.
+func returnSome(t *testing.T, cons *Queue) int {
+	t.Helper()
+	recv := make([]Packet, 8)
+	k, err := cons.RecvBurst(recv)
+	if err != nil || k == 0 {
+		t.Fatalf("recv on %s: %d, %v", cons.Name(), k, err)
+	}
+	if err := cons.Release(recv[:k]...); err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
 
 // TestHostileWakeWordCostsWakeupsOnly: a consumer that keeps its wake
