@@ -35,14 +35,24 @@ func isFault(v any) bool {
 	return ok
 }
 
+// faulted ends a guard: it restores the fault setting and reports whether
+// v, what the deferred function recovered, is a memory fault; any other
+// panic goes on. (recover itself must be called in the deferred function.)
+func faulted(old bool, v any) bool {
+	debug.SetPanicOnFault(old)
+	if v == nil {
+		return false
+	}
+	if !isFault(v) {
+		panic(v)
+	}
+	return true
+}
+
 // guardOff restores the fault setting and turns a fault panic into the
 // queue's failure, stored in *err.
 func (q *Queue) guardOff(old bool, op string, err *error) {
-	debug.SetPanicOnFault(old)
-	if v := recover(); v != nil {
-		if !isFault(v) {
-			panic(v)
-		}
+	if faulted(old, recover()) {
 		*err = q.fail(op, ErrFault)
 	}
 }
@@ -52,11 +62,7 @@ func (q *Queue) guardOff(old bool, op string, err *error) {
 func protect(fn func()) (err error) {
 	old := guardOn()
 	defer func() {
-		debug.SetPanicOnFault(old)
-		if v := recover(); v != nil {
-			if !isFault(v) {
-				panic(v)
-			}
+		if faulted(old, recover()) {
 			err = ErrFault
 		}
 	}()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
 )
 
 // Policy says what a producer does when an output queue is full.
@@ -198,11 +197,7 @@ func (b *Balancer) route(pkts []Packet, from int) (next int) {
 	i := from
 	old := guardOn()
 	defer func() {
-		debug.SetPanicOnFault(old)
-		if v := recover(); v != nil {
-			if !isFault(v) {
-				panic(v)
-			}
+		if faulted(old, recover()) {
 			b.out[j].fail("send", ErrFault)
 			b.per[j] = append(b.per[j], pkts[i])
 			next = i + 1
@@ -251,11 +246,7 @@ func (b *Balancer) send(ctx context.Context, j int, q *Queue, pkts []Packet) (er
 // sendDone ends a guarded send: a fault on the output's memory fails the
 // output and drops what was pending.
 func (b *Balancer) sendDone(old bool, j int, q *Queue) {
-	debug.SetPanicOnFault(old)
-	if v := recover(); v != nil {
-		if !isFault(v) {
-			panic(v)
-		}
+	if faulted(old, recover()) {
 		q.fail("send", ErrFault)
 		b.lose(j, q, b.pending)
 	}
