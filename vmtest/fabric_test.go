@@ -162,6 +162,33 @@ func (p *proc) wait(ctx context.Context) (string, error) {
 	return p.stdout.String(), p.err
 }
 
+// stop sends SIGTERM and waits for the process to exit by itself (a
+// minute's hang bound); an exit with an error or a hang fails the test.
+func (p *proc) stop(t *testing.T, ctx context.Context) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	stopCtx, cancel := context.WithTimeout(ctx, 60*time.Second) // a hang bound, not a performance threshold
+	defer cancel()
+	if _, err := p.wait(stopCtx); err != nil {
+		t.Fatalf("%s after SIGTERM: %v", filepath.Base(p.cmd.Path), err)
+	}
+}
+
+// expectGone reads the next result of the guest's reader and checks that
+// it ended with "the queue went away" (its queue was unplugged under it).
+func expectGone(t *testing.T, ctx context.Context, vm *VM, who string) {
+	t.Helper()
+	var gone summary
+	if _, err := vm.Result(ctx, &gone); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(gone.Error, "went away") {
+		t.Errorf("%s: %+v, want the error \"the queue went away\"", who, gone)
+	}
+}
+
 // stderrText returns what the process wrote to stderr so far.
 func (p *proc) stderrText() string {
 	p.mu.Lock()

@@ -124,21 +124,8 @@ sleep 1 # let libvirt see the eject before power-off`, id, n),
 	// Unplug while the second reader sleeps: the agent detaches through
 	// libvirt, which removes the device and its chardev.
 	time.Sleep(2 * time.Second) // the second zcount attaches and sleeps
-	if err := agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	stopCtx, cancel := context.WithTimeout(ctx, 60*time.Second) // a hang bound
-	defer cancel()
-	if _, err := agent.wait(stopCtx); err != nil {
-		t.Fatalf("zchost run after SIGTERM: %v", err)
-	}
-	var gone summary
-	if _, err := vm.Result(ctx, &gone); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(gone.Error, "went away") {
-		t.Errorf("the sleeping reader after the unplug: %+v, want the error \"the queue went away\"", gone)
-	}
+	agent.stop(t, ctx)
+	expectGone(t, ctx, vm, "the sleeping reader after the unplug")
 	if regions, err := dom.Regions(ctx); err != nil || len(regions) != 0 {
 		t.Errorf("after zchost run stopped the domain lists %+v (%v), want no shmem device", regions, err)
 	}

@@ -1,10 +1,8 @@
 package vmtest
 
 import (
-	"context"
 	"fmt"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -62,12 +60,5 @@ echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[3]d --verify --json --interval 0)"`, 
 			t.Errorf("agent log lacks %q:\n%s", want, log)
 		}
 	}
-	if err := agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	stopCtx, cancel := context.WithTimeout(ctx, 60*time.Second) // a hang bound
-	defer cancel()
-	if _, err := agent.wait(stopCtx); err != nil {
-		t.Fatalf("zchost run after SIGTERM: %v", err)
-	}
+	agent.stop(t, ctx)
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -138,21 +137,8 @@ echo "ZCRESULT $(zcount -i zc:%[1]d@0 --json --interval 0)"`, id, n)))
 		t.Errorf("the guest's zcount did not say %q: %v", want, err)
 	}
 	time.Sleep(2 * time.Second) // the second zcount attaches and sleeps
-	if err := agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	stopCtx, cancel := context.WithTimeout(ctx, 60*time.Second) // a hang bound
-	defer cancel()
-	if _, err := agent.wait(stopCtx); err != nil {
-		t.Fatalf("zchost run after SIGTERM: %v", err)
-	}
-	var gone summary
-	if _, err := vm.Result(ctx, &gone); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(gone.Error, "went away") {
-		t.Errorf("the sleeping reader after the unplug: %+v, want the error \"the queue went away\"", gone)
-	}
+	agent.stop(t, ctx)
+	expectGone(t, ctx, vm, "the sleeping reader after the unplug")
 	return floor, reader
 }
 
