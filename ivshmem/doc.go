@@ -53,6 +53,10 @@
 //	ring; a data ring is 384+16*S bytes, a return ring 384+4*S, each
 //	rounded up to 128)
 //	+0            4     producer index (free running uint32)
+//	+4            4     rings, written by the producer: 1 when it answers
+//	                    wake code 2 by ringing the doorbell (a guest with
+//	                    a doorbell device; the host process serving the
+//	                    guests' doorbells), else 0
 //	+8            8*3   producer's counters: packets, bytes, drops
 //	+128          4     consumer index
 //	+136          8*3   consumer's counters: packets, bytes, bad entries
@@ -60,8 +64,10 @@
 //	                    number << 2 | code; code 0 polling,
 //	                    1 asleep in futex(2) on the producer index word,
 //	                    2 asleep on the ivshmem doorbell (a guest consumer:
-//	                    the host rings its interrupt; the host consumer of
-//	                    a guest's ring: the guest rings peer 0, the agent)
+//	                    the host rings its interrupt; a host sleeper on a
+//	                    guest's ring: the guest rings peer 0, the agent,
+//	                    whose relay FUTEX_WAKEs the producer index word);
+//	                    only after the producer wrote rings = 1
 //	+260..383           (reserved)
 //	+384                slots. Data ring: S descriptors of 16 bytes:
 //	  +0          4       buffer handle
@@ -145,6 +151,13 @@
 // the producer index word for code 1, a doorbell ring for code 2 (the
 // host through its ivshmem server to the guest's interrupt; a guest by
 // writing peer 0, vector 0 to its device's Doorbell register). The
+// A guest cannot reach a host futex: a host process that sleeps on a
+// guest's ring announces code 2 and waits in futex(2) on the producer
+// index word; the guest rings peer 0, and the process serving the
+// region's doorbell (the agent) FUTEX_WAKEs every host sleeper with code
+// 2 that it has not woken for that sleep yet (DoorbellWaker). A sleeper
+// announces code 2 only to a producer that wrote rings = 1; otherwise it
+// polls. The
 // two full barriers make a lost wake-up impossible (each side's store is
 // ordered before its load of the other's word); a busy ring makes no
 // system call, because nobody announces a sleep. Who sleeps on what: the

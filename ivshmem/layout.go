@@ -84,6 +84,7 @@ const (
 // Ring field offsets, relative to the ring.
 const (
 	rOffProd     = 0   // producer index, u32
+	rOffRings    = 4   // the producer answers WakeDoorbell by ringing: 1, else 0
 	rOffProdStat = 8   // three u64 counters owned by the ring's producer
 	rOffCons     = 128 // consumer index, u32
 	rOffConsStat = 136 // three u64 counters owned by the ring's consumer

@@ -47,6 +47,7 @@ type ringSide struct {
 	mine    *uint32  // this side's index word in the region
 	peer    *uint32  // the other side's index word
 	wake    *uint32  // the consumer's wake word
+	rings   *uint32  // the producer's "I ring the doorbell" word
 	slots   []uint32 // a return ring's handles
 	descs   []Desc   // a data ring's descriptors
 	mask    uint32
@@ -57,7 +58,7 @@ type ringSide struct {
 	woken   uint32 // producer: the last wake word it answered
 	stat    [numCounters]*uint64
 	statVal [numCounters]uint64
-	_       [48]byte // to 192 bytes, whole cache lines: see TestRingSideSize
+	_       [40]byte // to 192 bytes, whole cache lines: see TestRingSideSize
 }
 
 // RingProducer is the producing side of a ring. Not safe for concurrent use.
@@ -79,6 +80,7 @@ func (s *ringSide) init(b []byte, off uint64, slots uint32, producer, desc bool)
 		mineOff, peerOff, statOff = off+rOffProd, off+rOffCons, off+rOffProdStat
 	}
 	s.mine, s.peer, s.wake = u32ptr(b, mineOff), u32ptr(b, peerOff), u32ptr(b, off+rOffWake)
+	s.rings = u32ptr(b, off+rOffRings)
 	if desc {
 		s.descs = descSlice(b, off+rOffSlots, slots)
 	} else {
@@ -256,6 +258,24 @@ func (p *RingProducer) Waiting() uint32 {
 // Wake wakes a consumer sleeping in futex(2) on this ring (WakeFutex).
 func (p *RingProducer) Wake() { futexWake(p.mine) }
 
+// SetRings records in this producer's line whether it answers a consumer
+// that sleeps with WakeDoorbell by ringing the ivshmem doorbell: a guest
+// with a doorbell device, or the host process that serves the guests'
+// doorbells. A consumer looks at it before it sleeps (PeerRings).
+func (p *RingProducer) SetRings(on bool) {
+	v := uint32(0)
+	if on {
+		v = 1
+	}
+	atomic.StoreUint32(p.rings, v)
+}
+
+// PeerRings reports whether the ring's producer said it answers
+// WakeDoorbell by ringing the doorbell (SetRings). It is the peer's word:
+// a producer that says so and never rings costs this consumer its sleep
+// timeout, nothing more.
+func (c *RingConsumer) PeerRings() bool { return atomic.LoadUint32(c.rings) == 1 }
+
 // Len returns the number of handles ready to dequeue, reloading the
 // producer index. It returns ErrCorrupt if the producer index is invalid.
 func (c *RingConsumer) Len() (uint32, error) {
@@ -392,6 +412,53 @@ func (p *RingProducer) InRing(fn func(h uint32)) error {
 		}
 	}
 	return nil
+}
+
+// DoorbellWaker wakes the host processes asleep on the rings of a region
+// whose producer is a guest: such a sleeper announces WakeDoorbell and
+// waits in futex(2) on the producer index word, the guest answers by
+// ringing the host's doorbell (peer 0), and the process serving that
+// doorbell calls Wake each time it rings. Wake answers each sleep once
+// (the wake word's sleep number), so a guest that rings without pause
+// costs a host sleeper at most one wake-up per sleep. Not safe for
+// concurrent use.
+type DoorbellWaker struct {
+	l        *Layout
+	b        []byte
+	answered []uint32 // per ring (queue*2, +1 for the return ring): the last wake word answered
+}
+
+// NewDoorbellWaker returns the waker of the region in b.
+func (l *Layout) NewDoorbellWaker(b []byte) *DoorbellWaker {
+	return &DoorbellWaker{l: l, b: b, answered: make([]uint32, 2*len(l.Queues))}
+}
+
+// Wake wakes, with FUTEX_WAKE, every host process asleep with WakeDoorbell
+// on a ring of the region that it has not woken for that sleep yet, and
+// returns how many it woke. The sleeper of a data ring is its queue's
+// consumer end, of a return ring the producer end; a ring whose sleeper
+// is a guest (it waits for its interrupt) is skipped. It reads only
+// words it compares: nothing read steers an access.
+func (w *DoorbellWaker) Wake() int {
+	n := 0
+	for i, q := range w.l.Queues {
+		for j, r := range [2]struct {
+			off uint64
+			end End
+		}{{q.DataRing, EndConsumer}, {q.RetRing, EndProducer}} {
+			v := loadU32(w.b, r.off+rOffWake)
+			if v&wakeCode != WakeDoorbell || v == w.answered[2*i+j] {
+				continue
+			}
+			if w.l.QueueOwner(w.b, uint32(i), r.end).Side != SideHost {
+				continue
+			}
+			w.answered[2*i+j] = v
+			futexWake(u32ptr(w.b, r.off+rOffProd))
+			n++
+		}
+	}
+	return n
 }
 
 // WakeAll wakes every process sleeping on any ring of the region in b
