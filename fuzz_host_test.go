@@ -310,7 +310,13 @@ func fuzzProducerOnce(t *testing.T, c *Cluster, in []byte) {
 		case 3:
 			s.hostSend(q, int(st.b%33), int(st.c), st.a&2 != 0)
 		case 4:
-			s.host("reclaim", func() { s.c.Pool().Reclaim() })
+			if st.a&2 != 0 {
+				// The agent's relay, as if a guest rang: it reads the
+				// wake and owner words the consumer wrote, writes none.
+				s.host("relay", func() { s.c.WakeDoorbellSleepers() })
+			} else {
+				s.host("reclaim", func() { s.c.Pool().Reclaim() })
+			}
 		case 5:
 			off := fzHSOff(s.l, q)
 			if st.a&2 != 0 {

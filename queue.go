@@ -100,8 +100,18 @@ func (r *region) attachEnd(q uint32, end ivshmem.End, force bool) (*Queue, error
 		r.unclaim(q, end)
 		return nil, fmt.Errorf("zc: attach cluster %d queue %d as %s: %w", r.l.ClusterID, q, end, err)
 	}
+	r.addProd(qu.producing())
 	r.ref()
 	return qu, nil
+}
+
+// producing is the ring this end produces: the data ring for a producer,
+// the return ring for a consumer.
+func (q *Queue) producing() *ivshmem.RingProducer {
+	if q.out != nil {
+		return q.out
+	}
+	return q.back
 }
 
 // setSource makes the producer end q draw buffers from s.
@@ -345,11 +355,11 @@ func (q *Queue) Recv(ctx context.Context) (Packet, error) {
 // burst as RecvBurst does. It polls a few times, then naps for times the
 // queue adapts to its traffic, from 50 µs to 1 ms (long enough to gather
 // a burst, short enough that the producer does not fill the queue
-// meanwhile; see internal/idle). Once a nap found nothing, a host
-// consumer of a host producer sleeps until the producer's next packet
-// wakes it (futex: no CPU while idle, woken in microseconds); a guest, or
-// a consumer of a guest's queue, keeps napping. ctx is looked at at least
-// every SleepSlice.
+// meanwhile; see internal/idle). Once a nap found nothing, it sleeps
+// until the producer's next packet wakes it, when the producer can (see
+// Queue.WakeMode): a host process in futex(2), a guest on its doorbell
+// interrupt; otherwise it keeps napping. ctx is looked at at least every
+// SleepSlice.
 func (q *Queue) RecvBurstWait(ctx context.Context, pkts []Packet) (int, error) {
 	done := ctx.Done()
 	for {
@@ -363,14 +373,14 @@ func (q *Queue) RecvBurstWait(ctx context.Context, pkts []Packet) (int, error) {
 		default:
 		}
 		if q.pace.Quiet() {
-			switch q.sleepMode() {
-			case ivshmem.WakeFutex:
-				if err := q.sleepCtx(ctx, q.in, SleepSlice); err != nil {
+			switch mode := q.sleepMode(); {
+			case mode == ivshmem.WakeFutex, mode == ivshmem.WakeDoorbell && q.r.side == ivshmem.SideHost:
+				if err := q.sleepCtx(ctx, q.in, mode, SleepSlice); err != nil {
 					return 0, err
 				}
 				q.pace.Reset()
 				continue
-			case ivshmem.WakeDoorbell:
+			case mode == ivshmem.WakeDoorbell:
 				if err := q.sleepBell(ctx); err != nil && !errors.Is(err, errReady) {
 					return 0, err
 				}
@@ -672,6 +682,7 @@ func (q *Queue) Close() error {
 	if q.closed {
 		return nil
 	}
+	q.r.dropProd(q.producing())
 	if q.err != nil && !errors.Is(q.err, ErrCorrupt) {
 		// Gone or faulted: its memory is not to be touched again.
 		q.closed = true

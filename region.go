@@ -8,7 +8,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/zcfabric/zc/ivshmem"
 )
@@ -28,11 +27,18 @@ type region struct {
 	refs  int
 	onEnd func() // called when the last reference goes
 
-	// ringGuest, set by the creator (Cluster.OnGuestWake), wakes a guest
-	// consumer asleep on its ivshmem doorbell; waitGuest (OnGuestRing)
-	// waits for a guest's ring.
-	ringGuest atomic.Pointer[func()]
-	waitGuest atomic.Pointer[func(time.Duration)]
+	// ringGuest wakes the guests asleep on their ivshmem doorbells: the
+	// functions this process's doorbell servers registered
+	// (Cluster.OnGuestWake), one per export; nil when it serves none.
+	// prods are the rings this process's host ends produce: their
+	// rings word says whether ringGuest is set (setRings). Both under mu.
+	ringGuest atomic.Pointer[[]func()]
+	ringers   []*func()
+	prods     map[*ivshmem.RingProducer]struct{}
+	// waker answers guests that ring this process's doorbell servers
+	// (Cluster.WakeDoorbellSleepers), under wakerMu.
+	wakerMu sync.Mutex
+	waker   *ivshmem.DoorbellWaker
 	// bell is a guest's doorbell, opened on first use (bellOnce); bellErr
 	// says why it cannot wait for interrupts (nil bell: why there is none).
 	bellOnce sync.Once

@@ -18,12 +18,23 @@ import (
 //
 //   - a host process whose peer is a host process sleeps in futex(2) on
 //     the producer index (WakeFutex);
-//   - a guest consumer whose region came as an ivshmem-doorbell device it
-//     can take interrupts from (guest.Doorbell: vfio-pci, q35 with a
-//     virtual IOMMU) sleeps on the interrupt (WakeDoorbell), and the
-//     producer in the agent rings it (Cluster.OnGuestWake);
-//   - anything else polls: a guest without a doorbell, and a host side
-//     whose peer is a guest (a guest cannot wake a host futex).
+//   - a guest whose region came as an ivshmem-doorbell device it can take
+//     interrupts from (guest.Doorbell: vfio-pci, q35 with a virtual
+//     IOMMU) sleeps on the interrupt (WakeDoorbell) when its peer is the
+//     process serving that doorbell (the agent), which rings it
+//     (Cluster.OnGuestWake);
+//   - a host process whose peer is a guest with a doorbell device sleeps
+//     in futex(2) too, announcing WakeDoorbell: the guest rings the
+//     doorbell server (the agent), whose relay FUTEX_WAKEs it
+//     (Cluster.WakeDoorbellSleepers);
+//   - anything else polls: a guest without a doorbell, a host process
+//     whose guest peer has none, a guest whose host peer cannot ring it
+//     (a host process that does not serve its doorbell).
+//
+// Whether a peer rings is the rings word of the ring it produces
+// (ivshmem RingProducer.SetRings): a guest end writes it at attach, a host
+// end whenever this process starts or stops serving a doorbell for the
+// region.
 
 // SleepSlice is the longest single sleep: the sleeper then looks at the
 // region (closed, re-created) and sleeps again. It bounds what a withheld
@@ -50,35 +61,108 @@ func (q *Queue) notify(p *ivshmem.RingProducer) {
 				b.Ring(0, 0)
 				q.wakes.Add(1)
 			}
-		} else if f := q.r.ringGuest.Load(); f != nil {
-			(*f)()
+		} else if fs := q.r.ringGuest.Load(); fs != nil {
+			for _, f := range *fs {
+				f()
+			}
 			q.wakes.Add(1)
 		}
 	}
 }
 
-// OnGuestWake sets what wakes a guest consumer of this cluster's region
-// that sleeps on its ivshmem doorbell (the agent rings the VM through its
-// doorbell server): called on the producer's goroutine, once per burst
-// the sleeper asked for; it must not block. nil removes it.
-func (c *Cluster) OnGuestWake(f func()) {
-	if f == nil {
-		c.r.ringGuest.Store(nil)
-		return
+// OnGuestWake adds f to what wakes the guests of this cluster's region
+// that sleep on their ivshmem doorbells (the agent rings the VMs through
+// its doorbell servers, one f per export): called on a producer's
+// goroutine (or a consumer's, after returning buffers), once per burst a
+// sleeper asked for, whichever guest it is; it must not block. From then
+// on this process's queue ends tell their guest peers that they ring
+// (the rings word), so those sleep rather than poll. The function
+// returned removes f.
+func (c *Cluster) OnGuestWake(f func()) (remove func()) {
+	r := c.r
+	fp := &f
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ringers = append(r.ringers, fp)
+	r.publishRingers()
+	return func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for i, g := range r.ringers {
+			if g == fp {
+				r.ringers = append(r.ringers[:i:i], r.ringers[i+1:]...)
+				break
+			}
+		}
+		r.publishRingers()
 	}
-	c.r.ringGuest.Store(&f)
 }
 
-// OnGuestRing sets how a producer in this process waits for a guest
-// consumer's ring (the agent: its doorbell server's host eventfd), at most
-// the duration given: a lossless producer waiting for the guest to return
-// buffers then sleeps instead of polling. nil removes it.
-func (c *Cluster) OnGuestRing(wait func(time.Duration)) {
-	if wait == nil {
-		c.r.waitGuest.Store(nil)
+// publishRingers stores the ring functions for the hot path and writes
+// the rings word of every ring this process's host ends produce (under
+// r.mu).
+func (r *region) publishRingers() {
+	if len(r.ringers) == 0 {
+		r.ringGuest.Store(nil)
+	} else {
+		fs := make([]func(), len(r.ringers))
+		for i, f := range r.ringers {
+			fs[i] = *f
+		}
+		r.ringGuest.Store(&fs)
+	}
+	on := len(r.ringers) > 0
+	protect(func() {
+		for p := range r.prods {
+			p.SetRings(on)
+		}
+	})
+}
+
+// addProd registers p, a ring a host end of this process produces, and
+// writes its rings word; a guest end writes whether it has a doorbell to
+// ring. Called at attach, under the fault guard.
+func (r *region) addProd(p *ivshmem.RingProducer) {
+	if r.side == ivshmem.SideGuest {
+		b, _ := r.guestBell()
+		p.SetRings(b != nil)
 		return
 	}
-	c.r.waitGuest.Store(&wait)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.prods == nil {
+		r.prods = make(map[*ivshmem.RingProducer]struct{})
+	}
+	r.prods[p] = struct{}{}
+	p.SetRings(len(r.ringers) > 0)
+}
+
+// dropProd forgets p (its end detaches).
+func (r *region) dropProd(p *ivshmem.RingProducer) {
+	if p == nil || r.side == ivshmem.SideGuest {
+		return
+	}
+	r.mu.Lock()
+	delete(r.prods, p)
+	r.mu.Unlock()
+}
+
+// WakeDoorbellSleepers wakes the host processes asleep on a ring of this
+// cluster whose producer is a guest (they announced WakeDoorbell and wait
+// in futex(2)): the agent calls it each time a guest rings one of its
+// doorbell servers for this region. It answers each sleep once, so a
+// guest that rings without pause costs each host sleeper at most one
+// wake-up per sleep; it returns how many it woke. Safe from any
+// goroutine.
+func (c *Cluster) WakeDoorbellSleepers() (n int) {
+	r := c.r
+	r.wakerMu.Lock()
+	defer r.wakerMu.Unlock()
+	if r.waker == nil {
+		r.waker = r.l.NewDoorbellWaker(r.b)
+	}
+	protect(func() { n = r.waker.Wake() }) // a truncated file faults: nobody to wake
+	return n
 }
 
 // openBell opens the doorbell of the guest device whose BAR2 is path
@@ -99,11 +183,29 @@ func (r *region) guestBell() (bellDevice, bool) {
 	return r.bell, r.bell != nil && r.bellErr == nil
 }
 
-// sleepMode is how this end sleeps when idle: WakeFutex, WakeDoorbell, or
-// WakeNone (it polls).
+// waitRing is the ring this end sleeps on: the data ring for a consumer,
+// the return ring for a producer.
+func (q *Queue) waitRing() *ivshmem.RingConsumer {
+	if q.in != nil {
+		return q.in
+	}
+	return q.ret
+}
+
+// peerRings reports whether the peer said it rings the doorbell for a
+// sleeper on this end's ring (guarded).
+func (q *Queue) peerRings() bool {
+	var on bool
+	return protect(func() { on = q.waitRing().PeerRings() }) == nil && on
+}
+
+// sleepMode is how this end sleeps when idle: WakeFutex (a host process
+// whose peer is one too), WakeDoorbell (a guest on its interrupt, or a
+// host process in futex(2) woken by the agent's relay, when the peer
+// rings), or WakeNone (it polls).
 func (q *Queue) sleepMode() uint32 {
 	if q.r.side == ivshmem.SideGuest {
-		if _, ok := q.r.guestBell(); ok && q.in != nil {
+		if _, ok := q.r.guestBell(); ok && q.peerRings() {
 			return ivshmem.WakeDoorbell
 		}
 		return ivshmem.WakeNone
@@ -111,8 +213,8 @@ func (q *Queue) sleepMode() uint32 {
 	if q.canSleep() {
 		return ivshmem.WakeFutex
 	}
-	if q.out != nil && q.r.waitGuest.Load() != nil {
-		return ivshmem.WakeDoorbell // a producer waiting for a guest's returns
+	if q.peerRings() {
+		return ivshmem.WakeDoorbell
 	}
 	return ivshmem.WakeNone
 }
@@ -125,19 +227,23 @@ func (q *Queue) WakeMode() string {
 	case ivshmem.WakeFutex:
 		return "futex"
 	case ivshmem.WakeDoorbell:
+		if q.r.side == ivshmem.SideHost {
+			return "futex, woken through the guest's doorbell"
+		}
 		return "doorbell"
 	}
-	switch {
-	case q.r.side == ivshmem.SideGuest && q.in == nil:
-		return "poll: a guest producer waits for returns by polling"
-	case q.r.side == ivshmem.SideGuest:
-		return fmt.Sprintf("poll: no doorbell interrupts (%v)", q.r.bellErr)
+	if q.r.side == ivshmem.SideGuest {
+		if _, ok := q.r.guestBell(); !ok {
+			return fmt.Sprintf("poll: no doorbell interrupts (%v)", q.r.bellErr)
+		}
+		return "poll: the host end does not ring this guest's doorbell (not the agent serving it)"
 	}
-	return "poll: the peer is a guest, and no doorbell of this process serves it"
+	return "poll: the peer is a guest without a doorbell device"
 }
 
-// sleepBell is sleep on a guest's doorbell: announce, look again, wait for
-// the host's interrupt (at most SleepSlice, or until ctx ends).
+// sleepBell is sleep on a guest's doorbell: announce on this end's ring,
+// look again, wait for the host's interrupt (at most SleepSlice, or until
+// ctx ends).
 func (q *Queue) sleepBell(ctx context.Context) (err error) {
 	bell, ok := q.r.guestBell()
 	if !ok {
@@ -162,7 +268,7 @@ func (q *Queue) sleepBell(ctx context.Context) (err error) {
 func (q *Queue) announce(mode uint32) (err error) {
 	old := guardOn()
 	defer q.guardOff(old, "wait", &err)
-	ready, err := q.in.Announce(mode)
+	ready, err := q.waitRing().Announce(mode)
 	if err != nil {
 		return q.fail("wait", err)
 	}
@@ -177,7 +283,7 @@ func (q *Queue) clearWake() {
 	var err error
 	old := guardOn()
 	defer q.guardOff(old, "wait", &err)
-	q.in.Clear()
+	q.waitRing().Clear()
 }
 
 // errReady: packets arrived while a consumer announced its sleep.
@@ -205,12 +311,14 @@ func (q *Queue) canSleep() bool {
 }
 
 // sleep announces on ring c (the data ring for a consumer, the return
-// ring for a producer) that this end sleeps, and sleeps until woken, at
-// most d. It returns at once when entries arrived meanwhile.
-func (q *Queue) sleep(c *ivshmem.RingConsumer, d time.Duration) (err error) {
+// ring for a producer) that this end sleeps, with mode (WakeFutex, or
+// WakeDoorbell when the peer is a guest that rings the agent, whose relay
+// wakes the futex), and sleeps in futex(2) until woken, at most d. It
+// returns at once when entries arrived meanwhile.
+func (q *Queue) sleep(c *ivshmem.RingConsumer, mode uint32, d time.Duration) (err error) {
 	old := guardOn()
 	defer q.guardOff(old, "wait", &err)
-	ready, err := c.Announce(ivshmem.WakeFutex)
+	ready, err := c.Announce(mode)
 	if err != nil {
 		return q.fail("wait", err)
 	}
@@ -227,19 +335,19 @@ func (q *Queue) sleep(c *ivshmem.RingConsumer, d time.Duration) (err error) {
 
 // sleepCtx is sleep that ctx's end cuts short (a wake-up on the word the
 // sleeper waits on).
-func (q *Queue) sleepCtx(ctx context.Context, c *ivshmem.RingConsumer, d time.Duration) error {
+func (q *Queue) sleepCtx(ctx context.Context, c *ivshmem.RingConsumer, mode uint32, d time.Duration) error {
 	if ctx.Done() == nil {
-		return q.sleep(c, d)
+		return q.sleep(c, mode, d)
 	}
 	stop := context.AfterFunc(ctx, c.Interrupt)
 	defer stop()
-	return q.sleep(c, d)
+	return q.sleep(c, mode, d)
 }
 
 // waitReturns waits for the consumer to return buffers (a lossless
 // producer whose queue is full): polls first, then sleeps on the return
-// ring when the consumer is a host process, else naps. It returns ctx's
-// error when ctx ends.
+// ring when the consumer can wake it (sleepMode), else naps. It returns
+// ctx's error when ctx ends.
 func (q *Queue) waitReturns(ctx context.Context, b *backoff) error {
 	if b.n < 512 {
 		return b.wait(ctx)
@@ -254,29 +362,19 @@ func (q *Queue) waitReturns(ctx context.Context, b *backoff) error {
 	default:
 	}
 	b.n++
-	if mode == ivshmem.WakeFutex {
-		return q.sleepCtx(ctx, q.ret, SleepSlice)
-	}
-	// The consumer is a guest that rings this process's doorbell server.
-	return q.sleepGuestRing(10 * time.Millisecond)
-}
-
-// sleepGuestRing announces on the return ring that this producer sleeps
-// until the guest consumer rings (OnGuestRing), at most d.
-func (q *Queue) sleepGuestRing(d time.Duration) (err error) {
-	wait := q.r.waitGuest.Load()
-	if wait == nil {
+	switch {
+	case mode == ivshmem.WakeFutex:
+		return q.sleepCtx(ctx, q.ret, mode, SleepSlice)
+	case q.r.side == ivshmem.SideGuest:
+		// On the interrupt: the host consumer rings once it returned
+		// buffers and saw the request.
+		if err := q.sleepBell(ctx); err != nil && !errors.Is(err, errReady) {
+			return err
+		}
 		return nil
 	}
-	old := guardOn()
-	defer q.guardOff(old, "wait", &err)
-	ready, err := q.ret.Announce(ivshmem.WakeDoorbell)
-	if err != nil {
-		return q.fail("wait", err)
-	}
-	if !ready {
-		(*wait)(d)
-		q.ret.Clear()
-	}
-	return nil
+	// The consumer is a guest that rings the agent, whose relay wakes
+	// this futex. Bounded short: a guest that says it rings and does not
+	// may slow its own queue, not hold the agent's producer for long.
+	return q.sleepCtx(ctx, q.ret, mode, 10*time.Millisecond)
 }

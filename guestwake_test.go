@@ -1,0 +1,259 @@
+package zc
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/zcfabric/zc/ivshmem"
+)
+
+// These tests put a guest and the agent in one process: a second mapping
+// of the cluster's region, validated as a guest's (SideGuest), whose
+// doorbell is fakeBell. Ringing peer 0 is what QEMU turns into the
+// agent's host eventfd; here it calls the agent's relay directly
+// (Cluster.WakeDoorbellSleepers), and the agent ringing the guest
+// (Cluster.OnGuestWake) raises fakeBell's interrupt. vmtest runs the same
+// paths through a real ivshmem-doorbell device under QEMU.
+
+// fakeBell is an in-process guest doorbell.
+type fakeBell struct {
+	ring  func()        // what ringing peer 0 does: the agent's relay
+	irq   chan struct{} // the host's interrupt
+	rings atomic.Int64
+}
+
+func newFakeBell(ring func()) *fakeBell {
+	return &fakeBell{ring: ring, irq: make(chan struct{}, 1)}
+}
+
+func (b *fakeBell) Wait(ctx context.Context) (uint64, error) {
+	select {
+	case <-b.irq:
+		return 1, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+func (b *fakeBell) Ring(peer, vector uint16) {
+	if peer == 0 && vector == 0 {
+		b.rings.Add(1)
+		b.ring()
+	}
+}
+
+func (b *fakeBell) interrupt() {
+	select {
+	case b.irq <- struct{}{}:
+	default:
+	}
+}
+
+func (b *fakeBell) Close() error { return nil }
+
+// guestView maps c's region again as a guest sees it, with bell as its
+// doorbell (nil: a guest without one, an ivshmem-plain device).
+func guestView(t *testing.T, c *Cluster, bell *fakeBell) *region {
+	t.Helper()
+	m, err := ivshmem.Map(c.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := validate(m, c.ID(), ivshmem.SideGuest)
+	if err != nil {
+		m.Close()
+		t.Fatal(err)
+	}
+	r.bellOnce.Do(func() {
+		if bell == nil {
+			r.bellErr = errNoTestBell
+			return
+		}
+		r.bell = bell
+	})
+	t.Cleanup(func() { r.unref() })
+	return r
+}
+
+var errNoTestBell = errors.New("an ivshmem-plain device: no doorbell")
+
+// guestProducer attaches queue q of the guest's view as its producer,
+// drawing on the queue's own buffers.
+func guestProducer(t *testing.T, r *region, q uint32) *Queue {
+	t.Helper()
+	p, err := r.attach(q, ivshmem.EndProducer, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ql := r.l.Queues[q]
+	p.setSource(newPool(r, ql.PoolFirst, ql.PoolCount))
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// recvAsync runs cons.RecvBurstWait on a goroutine and hands back how
+// many packets it got.
+func recvAsync(t *testing.T, cons *Queue) <-chan int {
+	got := make(chan int, 1)
+	go func() {
+		pkts := make([]Packet, 8)
+		n, err := cons.RecvBurstWait(context.Background(), pkts)
+		if err != nil {
+			t.Errorf("RecvBurstWait on %s: %v", cons.Name(), err)
+		}
+		if n > 0 {
+			cons.Release(pkts[:n]...)
+		}
+		got <- n
+	}()
+	return got
+}
+
+// expectWoken waits (bounded: a hang) for a receiver woken by what was
+// just sent.
+func expectWoken(t *testing.T, got <-chan int, who string) {
+	t.Helper()
+	select {
+	case n := <-got:
+		if n != 1 {
+			t.Fatalf("%s got %d packets, want 1", who, n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s was not woken", who)
+	}
+}
+
+// TestHostSleepsOnGuestProducer: a host process reading a queue a guest
+// produces sleeps in futex(2) (no CPU while idle) once the guest said it
+// rings its doorbell, and the guest's next packet wakes it through the
+// agent's relay. Without a doorbell in the guest, the host end polls and
+// says why.
+func TestHostSleepsOnGuestProducer(t *testing.T) {
+	c := newCluster(t, Config{ID: 46, Queues: 2, QueueLen: 64, Buffers: 64, QueueBuffers: 64})
+	var relayed atomic.Int64
+	bell := newFakeBell(func() { relayed.Add(int64(c.WakeDoorbellSleepers())) })
+	g := guestView(t, c, bell)
+	gp := guestProducer(t, g, 0)
+	cons := mustQ(t)(c.Consumer(0))
+	if m := cons.WakeMode(); m != "futex, woken through the guest's doorbell" {
+		t.Fatalf("host consumer of a guest with a doorbell: idle waits %q", m)
+	}
+	got := recvAsync(t, cons)
+	time.Sleep(100 * time.Millisecond) // past the polls and naps
+	checkAsleep(t, "a host consumer of a guest's queue")
+	if err := gp.Send([]byte("wake")); err != nil {
+		t.Fatal(err)
+	}
+	expectWoken(t, got, "the host consumer")
+	if bell.rings.Load() == 0 || relayed.Load() == 0 || gp.Wakes() == 0 {
+		t.Errorf("guest rang %d times, relay woke %d sleepers, guest counted %d wake-ups; want each > 0",
+			bell.rings.Load(), relayed.Load(), gp.Wakes())
+	}
+
+	// A guest without a doorbell says it does not ring: the host polls.
+	plain := guestView(t, c, nil)
+	guestProducer(t, plain, 1)
+	if m := mustQ(t)(c.Consumer(1)).WakeMode(); m != "poll: the peer is a guest without a doorbell device" {
+		t.Errorf("host consumer of a guest without a doorbell: idle waits %q", m)
+	}
+}
+
+// TestGuestSleepsOnAgentRing: a guest reader sleeps on its doorbell only
+// while the host producer is a process that rings it (it serves the
+// guest's doorbell: OnGuestWake); the producer's next packet raises the
+// guest's interrupt. Once that process stops serving it, the guest polls.
+// The agent's lossless producer waiting for the guest's returns sleeps
+// until the guest rings (through the relay).
+func TestGuestSleepsOnAgentRing(t *testing.T) {
+	c := newCluster(t, Config{ID: 47, Queues: 1, QueueLen: 16, Buffers: 16})
+	var relayed atomic.Int64
+	bell := newFakeBell(func() { relayed.Add(int64(c.WakeDoorbellSleepers())) })
+	g := guestView(t, c, bell)
+	prod := mustQ(t)(c.Producer(0))
+	gc, err := g.attach(0, ivshmem.EndConsumer, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gc.Close()
+	if m := gc.WakeMode(); m != "poll: the host end does not ring this guest's doorbell (not the agent serving it)" {
+		t.Fatalf("guest reader before the host serves its doorbell: idle waits %q", m)
+	}
+	remove := c.OnGuestWake(bell.interrupt)
+	if m := gc.WakeMode(); m != "doorbell" {
+		t.Fatalf("guest reader of the agent: idle waits %q", m)
+	}
+	got := recvAsync(t, gc)
+	time.Sleep(100 * time.Millisecond)
+	if err := prod.Send([]byte("wake")); err != nil {
+		t.Fatal(err)
+	}
+	expectWoken(t, got, "the guest reader")
+	if prod.Wakes() == 0 {
+		t.Error("the host producer rang no interrupt")
+	}
+
+	// Every buffer out with the guest: the producer waits for returns,
+	// asleep, and the guest's release rings it awake through the relay.
+	pkts := make([]Packet, 16)
+	if sendAll(t, prod, pkts) == 0 {
+		t.Fatal("nothing sent")
+	}
+	if m := prod.WakeMode(); m != "futex, woken through the guest's doorbell" {
+		t.Fatalf("host producer of a guest reader: idle waits %q", m)
+	}
+	done := allocWaitAsync(t, prod, pkts[:4])
+	time.Sleep(200 * time.Millisecond)
+	k := returnSome(t, gc)
+	select {
+	case n := <-done:
+		if n == 0 || n > k {
+			t.Fatalf("AllocWait got %d buffers after %d came back", n, k)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("AllocWait not woken by the guest's release")
+	}
+	if relayed.Load() == 0 {
+		t.Error("the relay woke nobody: the producer was not asleep on the guest's ring")
+	}
+
+	remove()
+	if m := gc.WakeMode(); m == "doorbell" {
+		t.Errorf("guest reader after the host stopped serving its doorbell: idle waits %q", m)
+	}
+}
+
+// TestDoorbellWakerHostile: a guest that rings without pause, its sleeper
+// word set, costs a host sleeper one wake-up per sleep; a guest consumer's
+// own doorbell sleep (its queue's consumer end is a guest) is never
+// answered by the relay.
+func TestDoorbellWakerHostile(t *testing.T) {
+	c := newCluster(t, Config{ID: 48, Queues: 2, QueueLen: 64, Buffers: 64, QueueBuffers: 64})
+	g := guestView(t, c, newFakeBell(func() {}))
+	guestProducer(t, g, 0)
+	cons := mustQ(t)(c.Consumer(0))
+	if ready, err := cons.in.Announce(ivshmem.WakeDoorbell); ready || err != nil {
+		t.Fatalf("announce: %v %v", ready, err)
+	}
+	if n := c.WakeDoorbellSleepers(); n != 1 {
+		t.Fatalf("relay woke %d, want the one host sleeper", n)
+	}
+	for range 1000 {
+		if n := c.WakeDoorbellSleepers(); n != 0 {
+			t.Fatalf("relay woke %d sleepers again for the same sleep", n)
+		}
+	}
+	cons.in.Clear()
+	// The guest's own reader on queue 1, asleep on its interrupt.
+	gc, err := g.attach(1, ivshmem.EndConsumer, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gc.Close()
+	gc.in.Announce(ivshmem.WakeDoorbell)
+	if n := c.WakeDoorbellSleepers(); n != 0 {
+		t.Fatalf("relay woke %d: a guest's own sleeper", n)
+	}
+}
