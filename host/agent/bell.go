@@ -20,9 +20,11 @@ import (
 // ivshmem-doorbell device served by an ivshmem server of its own (one
 // per region: host/doorbell), so that a guest reader of c sleeps on an
 // interrupt instead of polling, and the producers in this process ring it
-// (zc.Cluster.OnGuestWake); a lossless producer waiting for the guest to
-// return buffers sleeps until the guest rings back (OnGuestRing). It
-// returns the function that unplugs the device and stops the server.
+// (zc.Cluster.OnGuestWake); when the guest rings back, relayRings wakes
+// the host processes asleep on its queues (this agent's lossless
+// producers waiting for returns, a host zcount reading what the guest
+// sends). It returns the function that unplugs the device and stops the
+// server.
 //
 // vmName is a QMP socket (chardev-add + device_add, host/qmp) or
 // libvirt:DOMAIN[@SOCKET|URI] (a <shmem> of model ivshmem-doorbell whose
@@ -68,37 +70,61 @@ func exportDoorbell(ctx context.Context, log hclog.Logger, vmName string, c *zc.
 		os.Chown(dir, uid, gid)
 		os.Chown(srv.Path(), uid, gid)
 	}
-	start := time.Now()
-	unplug, desc, err := p.attach(ctx, srv.Path(), c)
-	if err != nil {
-		srv.Close()
-		cleanup()
-		return fail(err)
-	}
-	c.OnGuestWake(func() {
+	// Ring and relay before the device is plugged: a guest reader that
+	// attaches at once already finds that this process rings it.
+	removeWake := c.OnGuestWake(func() {
 		for _, p := range srv.Peers() {
 			srv.Notify(p, 0)
 		}
 	})
-	// A lossless producer waiting for the guest's returns sleeps until the
-	// guest rings (it does once it returned buffers and saw the request).
-	c.OnGuestRing(func(d time.Duration) {
-		ctx, cancel := context.WithTimeout(context.Background(), d)
-		srv.WaitHost(ctx, 0)
-		cancel()
-	})
+	relayDone := make(chan struct{})
+	go func() {
+		defer close(relayDone)
+		relayRings(srv, c)
+	}()
+	stop := func() { removeWake(); srv.Close(); <-relayDone }
+	start := time.Now()
+	unplug, desc, err := p.attach(ctx, srv.Path(), c)
+	if err != nil {
+		stop()
+		cleanup()
+		return fail(err)
+	}
 	observePlug(vmName, time.Since(start))
 	log.Info("exported to vm with a doorbell", append([]any{"vm", vmName}, append(desc, "took", time.Since(start))...)...)
 	return func(ctx context.Context) error {
 		defer cleanup()
-		defer srv.Close()
-		c.OnGuestWake(nil)
-		c.OnGuestRing(nil)
+		defer stop()
 		if err := unplug(ctx); err != nil {
 			return fmt.Errorf("unexport cluster %d from vm %s: %w", c.ID(), vmName, err)
 		}
 		return nil
 	}, nil
+}
+
+// relayMinGap is the shortest time between two passes of relayRings: a
+// guest that rings without pause costs the agent at most one pass (a
+// look at every ring's wake word) per gap.
+const relayMinGap = 50 * time.Microsecond
+
+// relayRings passes a guest's rings on to the host processes that sleep
+// on its queues (a host zcount reading what the guest sends, a lossless
+// producer waiting for its returns, this agent's own queues included):
+// each time the guest rings the server (peer 0, vector 0), it wakes every
+// host sleeper of c's region that announced it waits for the doorbell
+// (zc.Cluster.WakeDoorbellSleepers). It returns when the server closes.
+func relayRings(srv *doorbell.Server, c *zc.Cluster) {
+	var last time.Time
+	for {
+		if _, err := srv.WaitHost(context.Background(), 0); err != nil {
+			return
+		}
+		if gap := time.Since(last); gap < relayMinGap {
+			time.Sleep(relayMinGap - gap)
+		}
+		last = time.Now()
+		c.WakeDoorbellSleepers()
+	}
 }
 
 // bellPlug is a connection to the VM a doorbell device goes into.
