@@ -248,6 +248,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	spans[nspans++] = (struct span){l->dring + R_CONS_STAT, 24};
 	spans[nspans++] = (struct span){l->dring + R_WAKE, 4};
 	spans[nspans++] = (struct span){l->rring + R_PROD, 4};
+	spans[nspans++] = (struct span){l->rring + R_RINGS, 4};
 	spans[nspans++] = (struct span){l->rring + R_PROD_STAT, 24};
 	spans[nspans++] = (struct span){l->rring + RING_HDR, 4ull * l->slots};
 	spans[nspans++] = (struct span){qd + Q_CONS_OWNER, 8};

@@ -585,23 +585,22 @@ static int device_gone(struct zcr *z)
 	return z->side == SIDE_GUEST && z->devdir[0] != 0 && stat(z->devdir, &st) != 0 && errno == ENOENT;
 }
 
-/* ring_host rings peer 0 (the host agent), vector 0, through the Doorbell
- * register of the device's BAR0 (guest.Doorbell.Ring): a host producer
- * that sleeps on its doorbell waiting for our returns. Only an
- * ivshmem-doorbell device has one (its MSI-X table is BAR1: resource1). */
-static void ring_host(struct zcr *z)
+/* open_bell maps the Doorbell register of a guest's device (BAR0), once:
+ * only an ivshmem-doorbell device has one (its MSI-X table is BAR1:
+ * resource1). It returns whether the reader can ring the host. */
+static int open_bell(struct zcr *z)
 {
-	if (!z->regs_tried) {
+	if (z->side == SIDE_GUEST && !z->regs_tried) {
 		z->regs_tried = 1;
 		char path[1100];
 		struct stat st;
 		snprintf(path, sizeof path, "%s/resource1", z->devdir);
 		if (stat(path, &st) != 0)
-			return;
+			return 0;
 		snprintf(path, sizeof path, "%s/resource0", z->devdir);
 		int fd = open(path, O_RDWR | O_SYNC | O_CLOEXEC);
 		if (fd < 0)
-			return;
+			return 0;
 		if (fstat(fd, &st) == 0 && st.st_size >= REG_DOORBELL + 4) {
 			void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 			if (m != MAP_FAILED)
@@ -609,7 +608,15 @@ static void ring_host(struct zcr *z)
 		}
 		close(fd);
 	}
-	if (z->regs != NULL)
+	return z->regs != NULL;
+}
+
+/* ring_host rings peer 0 (the host agent), vector 0, through the Doorbell
+ * register (guest.Doorbell.Ring): a host producer asleep waiting for our
+ * returns, woken by the agent's relay. */
+static void ring_host(struct zcr *z)
+{
+	if (open_bell(z))
 		st32(z->regs + REG_DOORBELL, 0);
 }
 
@@ -731,6 +738,9 @@ static int attach_mapped(struct zcr *z, const char *path)
 		z->hs_pending = 1;
 		z->hs_deadline = zcr_now_ns(CLOCK_MONOTONIC) + HS_WAIT_NS;
 	}
+	/* We produce the return ring: say whether we ring the host for a
+	 * producer asleep on it (zc: RingProducer.SetRings). */
+	__atomic_store_n((uint32_t *)(z->rr + R_RINGS), (uint32_t)open_bell(z), __ATOMIC_SEQ_CST);
 	z->attached = 1;
 	return 0;
 }

@@ -46,6 +46,7 @@
 
 /* ring header offsets */
 #define R_PROD 0
+#define R_RINGS 4 /* the ring's producer answers WAKE_DOORBELL by ringing: 1 */
 #define R_PROD_STAT 8
 #define R_CONS 128
 #define R_CONS_STAT 136
