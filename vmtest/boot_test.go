@@ -3,7 +3,6 @@ package vmtest
 import (
 	"context"
 	"errors"
-	"net"
 	"testing"
 	"time"
 
@@ -47,7 +46,7 @@ echo "ZCRESULT {\"ctl\":\"$(head -n 1 $port)\"}"`))
 			if _, err := vm.Expect(ctx, "ctl port /dev/vport"); err != nil {
 				t.Fatal(err)
 			}
-			conn, err := net.Dial("unix", vm.CtlPath())
+			conn, err := vm.DialCtl(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -175,6 +175,25 @@ func (vm *VM) waitQMP(timeout time.Duration) error {
 	}
 }
 
+// DialCtl connects to the host end of the VM's virtio-serial port (see
+// [VirtioSerial]). QEMU binds that socket after its QMP socket, so right
+// after Start it may not be there yet: DialCtl retries until ctx ends.
+func (vm *VM) DialCtl(ctx context.Context) (net.Conn, error) {
+	for {
+		c, err := net.Dial("unix", vm.ctl)
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("vmtest: dial the ctl port %s: %w (%w)", vm.ctl, err, ctx.Err())
+		case <-vm.exited:
+			return nil, fmt.Errorf("vmtest: dial the ctl port %s: QEMU exited: %w", vm.ctl, err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 // QMPPath returns the path of the VM's QMP unix socket.
 func (vm *VM) QMPPath() string { return vm.qmp }
 

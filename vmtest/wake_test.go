@@ -2,8 +2,8 @@ package vmtest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -73,7 +73,7 @@ echo "ZCIDLE over"
 echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"
 echo "ZCRESULT $(zcount -i zc:%[1]d@0 --json --interval 0)"`, id, n)))
 	// Connect before the guest reads: a port without a host end reads EOF.
-	idlePort, err := net.Dial("unix", vm.CtlPath())
+	idlePort, err := vm.DialCtl(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,5 +183,80 @@ echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"`, 
 	ps := agent.cmd.ProcessState
 	used := ps.UserTime() + ps.SystemTime()
 	t.Logf("agent CPU (doorbell %v): %v for %d packets through a 64-slot queue", bell, used, n)
+	return used
+}
+
+// TestHostReadsGuestAsleep: guest → host. zsend in the guest sends a
+// packet every quarter second into a queue that zcount reads on the host.
+// With --doorbell the guest says it rings its doorbell, so the host
+// zcount (not the agent) sleeps in futex(2) between packets and the
+// agent's relay wakes it on each ring; without, it naps. Every packet is
+// counted exactly either way, and zcount's CPU is compared: asleep, it
+// must use less.
+func TestHostReadsGuestAsleep(t *testing.T) {
+	var cpu [2]time.Duration
+	bellOrPoll(t, "host zcount CPU reading a guest's queue at 4 packets/s", func(t *testing.T, bell bool) time.Duration {
+		used := testHostReadsGuest(t, bell)
+		cpu[map[bool]int{true: 0, false: 1}[bell]] = used
+		return used
+	})
+	if cpu[0] > 0 && cpu[1] > 0 && cpu[0] >= cpu[1] {
+		t.Errorf("host zcount woken through the doorbell used %v of CPU, no less than napping (%v)", cpu[0], cpu[1])
+	}
+}
+
+func testHostReadsGuest(t *testing.T, bell bool) time.Duration {
+	const (
+		id = 81
+		n  = 24
+	)
+	h := newHostTools(t)
+	ctx := testCtx(t, 150*time.Second)
+	vm := Start(t, Machine("q35"), QEMUArgs(IntelIOMMUArgs...), Modules(VFIOModules...), Timeout(2*time.Minute),
+		GoBinary("zcguest", zcguestPkg), GoBinary("zsend", zsendPkg), Script(fmt.Sprintf(`
+zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
+echo "ZCSEND starts"
+echo "ZCRESULT $(zsend -o zc:%[1]d@0 -n %[2]d -r 4 -l %[3]d --json)"
+zcguest wait -c %[1]d --gone --timeout 60s --poll 5ms
+sleep 1 # let QEMU see the eject before power-off`, id, n, frameLen)))
+	args := []string{"run", "-c", fmt.Sprint(id), "-n", "1", "--queue-buffers", "256", "--backing", "shm",
+		"--stats-interval", "0", "--vm", vm.QMPPath()}
+	if bell {
+		args = append(args, "--doorbell")
+	}
+	agent := h.start(t, h.zchost, args...)
+	// zcount attaches once zsend holds the producer end, so that it sees
+	// its peer is a guest (and whether it rings).
+	if _, err := vm.Expect(ctx, "ZCSEND starts"); err != nil {
+		t.Fatalf("the guest never saw the region: %v\nagent:\n%s", err, agent.stderrText())
+	}
+	time.Sleep(time.Second)
+	zcount := h.start(t, h.zcount, "-i", fmt.Sprintf("zc:%d@0", id), "-n", fmt.Sprint(n), "--verify", "--json", "--interval", "0")
+	out, err := zcount.wait(ctx)
+	if err != nil {
+		t.Fatalf("host zcount: %v\n%s", err, zcount.stderrText())
+	}
+	var s summary
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("host zcount output %q: %v", out, err)
+	}
+	s.check(t, "host reader of the guest's queue", n)
+	want := map[bool]string{true: "idle waits: futex, woken through the guest's doorbell", false: "idle waits: poll: the peer is a guest without a doorbell device"}[bell]
+	if !strings.Contains(zcount.stderrText(), want) {
+		t.Errorf("host zcount did not say %q:\n%s", want, zcount.stderrText())
+	}
+	var sent struct {
+		Packets uint64 `json:"packets"`
+	}
+	if _, err := vm.Result(ctx, &sent); err != nil {
+		t.Fatal(err)
+	}
+	if sent.Packets != n {
+		t.Errorf("guest zsend sent %d, want %d", sent.Packets, n)
+	}
+	agent.stop(t, ctx)
+	ps := zcount.cmd.ProcessState
+	used := ps.UserTime() + ps.SystemTime()
+	t.Logf("host zcount (doorbell %v): %v of CPU for %d packets at 4/s", bell, used, n)
 	return used
 }
