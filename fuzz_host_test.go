@@ -264,13 +264,14 @@ func fuzzProducerSeeds(l *ivshmem.Layout) [][]byte {
 
 // prodFuzz is one run of FuzzProducer.
 type prodFuzz struct {
-	t    *testing.T
-	c    *Cluster
-	l    *ivshmem.Layout
-	b    []byte
-	prod [2]*Queue
-	held [2][]uint32 // what the peer consumer of each queue holds
-	pkts []Packet
+	t     *testing.T
+	c     *Cluster
+	l     *ivshmem.Layout
+	b     []byte
+	prod  [2]*Queue
+	held  [2][]uint32 // what the peer consumer of each queue holds
+	pkts  []Packet
+	burst Burst
 
 	// The test's record of the buffers, in the host's terms.
 	lentOn     []int8 // 1+queue a buffer was sent on and not handed out since; 0 none
@@ -339,7 +340,11 @@ func fuzzProducerOnce(t *testing.T, c *Cluster, in []byte) {
 			if st.a&2 != 0 {
 				size = 300
 			}
-			s.hostSendCopy(q, size)
+			if st.a&4 != 0 {
+				s.hostSendBurst(q, int(st.b%33), size, int(st.v%34))
+			} else {
+				s.hostSendCopy(q, size)
+			}
 		}
 	}
 }
@@ -471,6 +476,42 @@ func (s *prodFuzz) hostSend(q, n, size int, free bool) {
 			s.prod[q].Free(s.pkts[sent:got])
 		} else {
 			s.prod[q].Drop(s.pkts[sent:got])
+		}
+	})
+}
+
+// hostSendBurst reserves n buffers on queue q, writes size bytes into
+// each and commits k of them (the fast path: Reserve, Buf, Commit).
+func (s *prodFuzz) hostSendBurst(q, n, size, k int) {
+	s.host("send a burst", func() {
+		got, err := s.prod[q].Reserve(&s.burst, n)
+		if !fzPeerErr(err) || got < 0 || got > n || s.burst.Len() != got {
+			s.t.Fatalf("reserve of %d on queue %d: %d (Len %d), %v", n, q, got, s.burst.Len(), err)
+		}
+		for i := range got {
+			p := Packet{Data: s.burst.Buf(i), handle: s.burst.hs[i]}
+			fzInBuffer(s.t, "reserve", s.l, s.b, &p)
+			s.handedOut("reserve", p.handle)
+			s.allocated[p.handle] = true
+			l := min(size, len(p.Data))
+			for j := range l {
+				p.Data[j] = byte(i + j)
+			}
+			s.burst.SetLen(i, l)
+			if i%3 == 0 {
+				s.burst.SetMeta(i, Meta{Seq: uint32(i)})
+			}
+		}
+		hs := append([]uint32(nil), s.burst.hs[:got]...)
+		sent, err := s.prod[q].Commit(&s.burst, k)
+		if !fzPeerErr(err) || sent < 0 || sent > min(k, got) || s.burst.Len() != 0 {
+			s.t.Fatalf("commit of %d of %d on queue %d: %d, %v", k, got, q, sent, err)
+		}
+		for i, h := range hs {
+			s.allocated[h] = false
+			if i < sent {
+				s.lentOn[h] = int8(q + 1)
+			}
 		}
 	})
 }

@@ -493,18 +493,29 @@ func (q *Queue) AllocWait(ctx context.Context, pkts []Packet) (int, error) {
 		if n > 0 || err != nil || len(pkts) == 0 {
 			return n, err
 		}
-		if err := q.checkGuarded("alloc"); err != nil {
+		if err := q.waitBuffers(ctx, &b, "alloc"); err != nil {
 			return 0, err
 		}
-		if p := q.Pool(); p != nil && len(p.queues) > 1 {
-			err = b.wait(ctx)
-		} else {
-			err = q.waitReturns(ctx, &b)
-		}
-		if err != nil {
-			return 0, fmt.Errorf("zc: alloc on %s: %w", q.Name(), err)
-		}
 	}
+}
+
+// waitBuffers waits once for the consumer to return buffers: asleep on
+// the return ring (waitReturns), or napping when the pool feeds several
+// queues (any of them may return).
+func (q *Queue) waitBuffers(ctx context.Context, b *backoff, op string) error {
+	if err := q.checkGuarded(op); err != nil {
+		return err
+	}
+	var err error
+	if p := q.Pool(); p != nil && len(p.queues) > 1 {
+		err = b.wait(ctx)
+	} else {
+		err = q.waitReturns(ctx, b)
+	}
+	if err != nil {
+		return fmt.Errorf("zc: %s on %s: %w", op, q.Name(), err)
+	}
+	return nil
 }
 
 // Free gives back allocated packets that will not be sent.

@@ -97,12 +97,17 @@ func (r *region) writeMeta(p *Packet) {
 	if !hasMeta(p) {
 		return
 	}
-	m := r.meta(p.handle)
+	r.writeMetaFields(p.handle, &Meta{Timestamp: p.Timestamp, Hash: p.Hash, Port: p.Port, Seq: p.Seq})
+}
+
+// writeMetaFields writes buffer h's metadata record.
+func (r *region) writeMetaFields(h uint32, f *Meta) {
+	m := r.meta(h)
 	le := binary.LittleEndian
-	le.PutUint64(m[ivshmem.MetaOffTime:], uint64(p.Timestamp))
-	le.PutUint32(m[ivshmem.MetaOffHash:], p.Hash)
-	le.PutUint32(m[ivshmem.MetaOffPort:], p.Port)
-	le.PutUint32(m[ivshmem.MetaOffSeq:], p.Seq)
+	le.PutUint64(m[ivshmem.MetaOffTime:], uint64(f.Timestamp))
+	le.PutUint32(m[ivshmem.MetaOffHash:], f.Hash)
+	le.PutUint32(m[ivshmem.MetaOffPort:], f.Port)
+	le.PutUint32(m[ivshmem.MetaOffSeq:], f.Seq)
 }
 
 // readMeta fills p's optional fields from buffer h's metadata record.
