@@ -37,6 +37,7 @@ func BenchmarkQueue(b *testing.B) {
 	for _, burst := range benchBursts {
 		b.Run(strconv.Itoa(burst), func(b *testing.B) {
 			b.Run("queue", func(b *testing.B) { benchQueue(b, burst, true) })
+			b.Run("burst", func(b *testing.B) { benchQueueBurst(b, burst) })
 			b.Run("meta-only", func(b *testing.B) { benchQueue(b, burst, false) })
 			b.Run("bare", func(b *testing.B) { benchBare(b, burst) })
 			b.Run("chan", benchChan)
@@ -160,7 +161,49 @@ func produce64(q *Queue, total uint32, burst int, touch bool, stop func() bool) 
 	return nil
 }
 
+// produce64Burst is produce64 through the producer's fast path
+// (Reserve, write in place, Commit), numbers in the packets' bytes.
+func produce64Burst(q *Queue, total uint32, burst int, stop func() bool) error {
+	var bu Burst
+	idle := 0
+	for seq := uint32(0); seq < total; {
+		n, err := q.Reserve(&bu, min(burst, int(total-seq)))
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			cpuset.Spin(&idle)
+			if idle&(1<<14-1) == 0 && stop() {
+				return fmt.Errorf("stopped at packet %d", seq)
+			}
+			continue
+		}
+		for i := range n {
+			binary.LittleEndian.PutUint32(bu.Buf(i), seq+uint32(i))
+			bu.SetLen(i, 64)
+		}
+		if k, err := q.Commit(&bu, n); err != nil || k != n {
+			return fmt.Errorf("commit %d: %d, %v", n, k, err)
+		}
+		seq += uint32(n)
+	}
+	return nil
+}
+
 func benchQueue(b *testing.B, burst int, touch bool) {
+	benchQueueWith(b, burst, touch, func(prod *Queue, total uint32, stop func() bool) error {
+		return produce64(prod, total, burst, touch, stop)
+	})
+}
+
+// benchQueueBurst is benchQueue with the producer on Reserve/Commit.
+func benchQueueBurst(b *testing.B, burst int) {
+	benchQueueWith(b, burst, true, func(prod *Queue, total uint32, stop func() bool) error {
+		return produce64Burst(prod, total, burst, stop)
+	})
+}
+
+func benchQueueWith(b *testing.B, burst int, touch bool, produce func(prod *Queue, total uint32, stop func() bool) error) {
 	c := newCluster(b, Config{ID: 51, QueueLen: benchQueueLen})
 	prod := mustQ(b)(c.Producer(0))
 	cons := mustQ(b)(c.Consumer(0))
@@ -168,7 +211,7 @@ func benchQueue(b *testing.B, burst int, touch bool) {
 	var perr, cerr error
 	var failed atomic.Bool // the consumer gave up: stop the producer
 	cpuset.RunPair(b, "pkts/s", func() {
-		perr = produce64(prod, total, burst, touch, failed.Load)
+		perr = produce(prod, total, failed.Load)
 	}, func() {
 		defer func() { failed.Store(cerr != nil) }()
 		got := make([]Packet, burst)
@@ -241,7 +284,8 @@ func benchChan(b *testing.B) {
 func BenchmarkTwoProc(b *testing.B) {
 	for _, burst := range benchBursts {
 		b.Run(strconv.Itoa(burst), func(b *testing.B) {
-			b.Run("queue", func(b *testing.B) { benchTwoProcQueue(b, burst) })
+			b.Run("queue", func(b *testing.B) { benchTwoProcQueue(b, burst, false) })
+			b.Run("burst", func(b *testing.B) { benchTwoProcQueue(b, burst, true) })
 			b.Run("socket", func(b *testing.B) { benchTwoProcSocket(b, burst) })
 		})
 	}
@@ -251,7 +295,9 @@ func helperEnv(b *testing.B, burst int) []string {
 	return []string{envCount + "=" + strconv.Itoa(b.N), envBurst + "=" + strconv.Itoa(burst), envCPU + "=1"}
 }
 
-func benchTwoProcQueue(b *testing.B, burst int) {
+// benchTwoProcQueue: the producer on Alloc/SendBurst, or with fast on
+// Reserve/Commit.
+func benchTwoProcQueue(b *testing.B, burst int, fast bool) {
 	c := newCluster(b, Config{ID: 52, QueueLen: benchQueueLen})
 	prod := mustQ(b)(c.Producer(0))
 	ch := startChild(b, "count", append(helperEnv(b, burst), envQueue+"=zc:52@0"))
@@ -261,7 +307,13 @@ func benchTwoProcQueue(b *testing.B, burst int) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	var err error
-	cpuset.Pinned(0, func() { err = produce64(prod, uint32(b.N), burst, true, ch.exited) })
+	cpuset.Pinned(0, func() {
+		if fast {
+			err = produce64Burst(prod, uint32(b.N), burst, ch.exited)
+		} else {
+			err = produce64(prod, uint32(b.N), burst, true, ch.exited)
+		}
+	})
 	if err != nil {
 		b.Fatalf("%v\nhelper stderr:\n%s", err, ch.stderr)
 	}

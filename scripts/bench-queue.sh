@@ -6,7 +6,9 @@
 # and best of each and their ratios. Each run also carries its same-run
 # baselines: BenchmarkQueue/32/bare (the same exchange over the same rings
 # with none of the queue's work: the floor of this shape, this tree only)
-# and BenchmarkTwoProc/32/socket (a unix socket pair).
+# and BenchmarkTwoProc/32/socket (a unix socket pair). Both benchmarks
+# also run this tree's producer fast path (Reserve/Commit: the "burst"
+# rows), compared with the base's queue (Alloc/SendBurst, v1 has no other).
 #
 #   scripts/bench-queue.sh [-r BASE_REV] [-k ROUNDS] [-t BENCHTIME]
 #
@@ -37,8 +39,8 @@ run() {
 }
 for r in $(seq "$K"); do
 	for b in base tree; do
-		run "$W/$b.test" 'BenchmarkQueue/32/(queue|bare)$' | sed "s/^/$b /"
-		run "$W/$b.test" 'BenchmarkTwoProc/32/(queue|socket)$' | sed "s/^/$b /"
+		run "$W/$b.test" 'BenchmarkQueue/32/(queue|burst|bare)$' | sed "s/^/$b /"
+		run "$W/$b.test" 'BenchmarkTwoProc/32/(queue|burst|socket)$' | sed "s/^/$b /"
 	done
 done >"$W/all"
 echo "base $BASE against this tree ($(git rev-parse --short HEAD)$(git diff --quiet || echo +changes)), $K rounds of $T, M pkts/s:"
@@ -58,6 +60,9 @@ END {
 		b = bs[i]
 		if (med["base " b] > 0)
 			printf "  tree/base %-30s median %.2fx  best %.2fx\n", b, med["tree " b] / med["base " b], best["tree " b] / best["base " b]
+		f = b; sub(/queue$/, "burst", f)
+		if (med["base " b] > 0 && med["tree " f] > 0)
+			printf "  tree %s/base %s  median %.2fx  best %.2fx\n", f, b, med["tree " f] / med["base " b], best["tree " f] / best["base " b]
 	}
 	q = "BenchmarkQueue/32/queue"; f = "BenchmarkQueue/32/bare"
 	if (med["tree " f] > 0)
