@@ -7,6 +7,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -89,7 +90,8 @@ func run() int {
 		next = func(b []byte, seq uint64) (int, error) { return synth.Frame(b, seq), nil }
 	}
 
-	pkts := make([]zc.Packet, 32)
+	pkts := make([]zc.Packet, 32) // --lossless=false
+	var burst zc.Burst            // --lossless: frames made in place
 	var sent, bytes, drops uint64
 	start := time.Now()
 	last := start
@@ -110,52 +112,27 @@ func run() int {
 			}
 			want = min(want, due-sent-drops)
 		}
-		// Every buffer in flight: wait (asleep) until the consumer returns some.
-		n, err := q.AllocWait(ctx, pkts[:want])
-		if err != nil {
+		var r result
+		if lossless {
+			r = sendBurst(ctx, q, &burst, int(want), stamp, next, sent+drops)
+		} else {
+			r = sendPackets(ctx, q, pkts[:want], stamp, next, sent+drops)
+			drops += uint64(r.made - r.sent)
+		}
+		sent += uint64(r.sent)
+		bytes += r.bytes
+		if r.qerr != nil {
 			if ctx.Err() != nil {
 				break
 			}
-			fmt.Fprintf(os.Stderr, "zsend: %v\n", err)
+			fmt.Fprintf(os.Stderr, "zsend: %v\n", r.qerr)
 			return 1
 		}
-		k := 0
-		var ts int64
-		if stamp {
-			ts = time.Now().UnixNano() // one clock read a burst: it costs more than making a frame
-		}
-		for i := range pkts[:n] {
-			l, err := next(pkts[i].Data, sent+drops+uint64(i))
-			if err != nil {
-				if !errors.Is(err, io.EOF) {
-					fmt.Fprintf(os.Stderr, "zsend: %v\n", err)
-				}
-				done = true
-				break
+		if r.srcErr != nil {
+			if !errors.Is(r.srcErr, io.EOF) {
+				fmt.Fprintf(os.Stderr, "zsend: %v\n", r.srcErr)
 			}
-			pkts[i].Data = pkts[i].Data[:l] // the synthetic frame carries its sequence number
-			pkts[i].Timestamp = ts
-			k++
-		}
-		q.Free(pkts[k:n])
-		var s int
-		if lossless {
-			s, err = q.SendBurstWait(ctx, pkts[:k])
-		} else {
-			s, err = q.SendBurst(pkts[:k])
-			q.Drop(pkts[s:k])
-			drops += uint64(k - s)
-		}
-		for i := range pkts[:s] {
-			bytes += uint64(len(pkts[i].Data))
-		}
-		sent += uint64(s)
-		if err != nil {
-			if ctx.Err() == nil {
-				fmt.Fprintf(os.Stderr, "zsend: %v\n", err)
-				return 1
-			}
-			q.Free(pkts[s:k])
+			done = true
 		}
 		if time.Since(last) >= time.Second {
 			last = time.Now()
@@ -169,4 +146,81 @@ func run() int {
 		fmt.Printf("%s: sent %d packets, %d bytes, %d drops in %.3f s (%.0f pps)\n", name, sent, bytes, drops, secs, float64(sent)/secs)
 	}
 	return 0
+}
+
+// result is what one burst did: frames sent, frames the source made
+// (fewer than asked: it ran out, srcErr says why), bytes sent, and the
+// queue's error.
+type result struct {
+	sent, made int
+	bytes      uint64
+	srcErr     error
+	qerr       error
+}
+
+// sendBurst makes up to want frames in place (ReserveWait: asleep while
+// every buffer is out or the queue is full) and commits them: lossless.
+func sendBurst(ctx context.Context, q *zc.Queue, b *zc.Burst, want int, stamp bool, next func([]byte, uint64) (int, error), seq uint64) (r result) {
+	n, err := q.ReserveWait(ctx, b, want)
+	if err != nil {
+		r.qerr = err
+		return r
+	}
+	ts := now(stamp)
+	var lens [zc.MaxBurst]int
+	for i := range n {
+		l, err := next(b.Buf(i), seq+uint64(i))
+		if err != nil {
+			r.srcErr = err
+			break
+		}
+		b.SetLen(i, l) // the synthetic frame carries its sequence number
+		if ts != 0 {
+			b.SetMeta(i, zc.Meta{Timestamp: ts})
+		}
+		lens[i] = l
+		r.made++
+	}
+	r.sent, r.qerr = q.Commit(b, r.made)
+	for _, l := range lens[:r.sent] {
+		r.bytes += uint64(l)
+	}
+	return r
+}
+
+// sendPackets allocates up to len(pkts) buffers (AllocWait), makes the
+// frames and sends what the queue takes, dropping (and counting) the rest.
+func sendPackets(ctx context.Context, q *zc.Queue, pkts []zc.Packet, stamp bool, next func([]byte, uint64) (int, error), seq uint64) (r result) {
+	n, err := q.AllocWait(ctx, pkts)
+	if err != nil {
+		r.qerr = err
+		return r
+	}
+	ts := now(stamp)
+	for i := range pkts[:n] {
+		l, err := next(pkts[i].Data, seq+uint64(i))
+		if err != nil {
+			r.srcErr = err
+			break
+		}
+		pkts[i].Data = pkts[i].Data[:l]
+		pkts[i].Timestamp = ts
+		r.made++
+	}
+	q.Free(pkts[r.made:n])
+	r.sent, r.qerr = q.SendBurst(pkts[:r.made])
+	q.Drop(pkts[r.sent:r.made])
+	for i := range pkts[:r.sent] {
+		r.bytes += uint64(len(pkts[i].Data))
+	}
+	return r
+}
+
+// now is the time for the burst's frames with stamp (one clock read a
+// burst: it costs more than making a frame), else 0 (no metadata record).
+func now(stamp bool) int64 {
+	if !stamp {
+		return 0
+	}
+	return time.Now().UnixNano()
 }
