@@ -13,6 +13,16 @@
 //	... pkts[:n] are views into the buffers ...
 //	q.Release(pkts[:n]...)
 //
+// A producer either fills Packets (Alloc, then SendBurst) or, faster,
+// writes its frames in place (Reserve, Burst.Buf and SetLen, Commit):
+//
+//	var b zc.Burst
+//	n, _ := p.ReserveWait(ctx, &b, 32)
+//	for i := range n {
+//		b.SetLen(i, copy(b.Buf(i), frame(i)))
+//	}
+//	p.Commit(&b, n)
+//
 // Ownership: every buffer belongs to one party at a time. A producer
 // lends buffers through the data ring and records each loan in its own
 // memory; the consumer gives them back through the return ring, and only

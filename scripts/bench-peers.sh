@@ -5,7 +5,8 @@
 # and zsend into zcount through a zcfabric queue (sender on CPU 0,
 # receiver on CPU 1, no --verify; zcount's rate is taken from its first
 # packet to its last), then BenchmarkTwoProc/32 (the same crossing
-# without the tools' work).
+# without the tools' work), with the producer on Alloc/SendBurst (queue)
+# and on its fast path, Reserve/Commit (burst), which zsend uses.
 #
 #   scripts/bench-peers.sh [-s SECONDS] [-n PACKETS]
 #
@@ -68,7 +69,9 @@ awk -v z="$ZC" -v m="$MEMIF" 'BEGIN { if (m > 0) printf "ratio zcfabric/memif: %
 # The crossing itself, without the tools' work: BenchmarkTwoProc/32 (this
 # process on CPU 0 into a child on CPU 1, through a region on /dev/shm).
 go test -c -o "$W/zc.test" .
-TP=$("$W/zc.test" -test.run '^$' -test.bench 'BenchmarkTwoProc/32/queue$' -test.benchtime 2s 2>/dev/null |
-	awk '{ for (i = 1; i < NF; i++) if ($(i+1) == "pkts/s") print $i }')
-echo "BenchmarkTwoProc/32/queue: $TP pkts/s"
-awk -v z="$TP" -v m="$MEMIF" 'BEGIN { if (m > 0 && z > 0) printf "ratio BenchmarkTwoProc/memif: %.2fx\n", z/m }'
+for b in queue burst; do
+	TP=$("$W/zc.test" -test.run '^$' -test.bench "BenchmarkTwoProc/32/$b\$" -test.benchtime 2s 2>/dev/null |
+		awk '{ for (i = 1; i < NF; i++) if ($(i+1) == "pkts/s") print $i }')
+	echo "BenchmarkTwoProc/32/$b: $TP pkts/s"
+	awk -v z="$TP" -v m="$MEMIF" -v b="$b" 'BEGIN { if (m > 0 && z > 0) printf "ratio BenchmarkTwoProc/32/%s / memif: %.2fx\n", b, z/m }'
+done
