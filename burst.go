@@ -169,13 +169,7 @@ func (q *Queue) Commit(b *Burst, k int) (sent int, err error) {
 			}
 		}
 	}
-	if m > 0 {
-		q.out.Add(ivshmem.CountPackets, uint64(m))
-		q.out.Add(ivshmem.CountBytes, bytes)
-		q.out.Publish(m)
-		q.notify(q.out)
-	}
-	q.outstanding += uint32(m)
+	q.publish(m, bytes)
 	if m < k {
 		q.countDrops(k - m)
 	}

@@ -107,22 +107,7 @@ func TestBurstFillsTheQueue(t *testing.T) {
 	must := mustQ(t)
 	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
 	var b Burst
-	sent := 0
-	for range 10 {
-		n, err := prod.Reserve(&b, 7)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := range n {
-			b.SetLen(i, 1)
-		}
-		k, err := prod.Commit(&b, n)
-		if err != nil || k != n {
-			t.Fatalf("commit %d: %d, %v", n, k, err)
-		}
-		sent += k
-	}
-	if sent != 16 {
+	if sent := fillQueue(t, prod, &b, 7); sent != 16 {
 		t.Fatalf("sent %d into a 16-slot queue", sent)
 	}
 	returnSome(t, cons)
@@ -190,13 +175,7 @@ func TestReserveWaitSleeps(t *testing.T) {
 	must := mustQ(t)
 	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
 	var b Burst
-	for {
-		n, _ := prod.Reserve(&b, 16)
-		if n == 0 {
-			break
-		}
-		prod.Commit(&b, n)
-	}
+	fillQueue(t, prod, &b, 16)
 	cctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	if n, err := prod.ReserveWait(cctx, &b, 4); n != 0 || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("ReserveWait on a full queue: %d, %v; want 0 and the context's error", n, err)
@@ -220,5 +199,29 @@ func TestReserveWaitSleeps(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("ReserveWait not woken by the consumer's release")
+	}
+}
+
+// fillQueue sends bursts of up to per one-byte frames on prod until
+// Reserve finds no room, and returns how many went in; each Commit must
+// take its whole burst.
+func fillQueue(t *testing.T, prod *Queue, b *Burst, per int) int {
+	t.Helper()
+	sent := 0
+	for {
+		n, err := prod.Reserve(b, per)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return sent
+		}
+		for i := range n {
+			b.SetLen(i, 1)
+		}
+		if k, err := prod.Commit(b, n); err != nil || k != n {
+			t.Fatalf("commit %d on %s: %d, %v", n, prod.Name(), k, err)
+		}
+		sent += n
 	}
 }

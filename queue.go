@@ -579,6 +579,13 @@ func (q *Queue) enqueue(pkts []Packet, meta bool) (int, error) {
 		bytes += uint64(len(p.Data))
 		lent[p.handle/64] |= 1 << (p.handle % 64)
 	}
+	q.publish(k, bytes)
+	return k, nil
+}
+
+// publish hands the k descriptors just written in place (bytes in all) to
+// the consumer and counts them as lent.
+func (q *Queue) publish(k int, bytes uint64) {
 	if k > 0 {
 		// The counters share the index's line, which the consumer polls:
 		// write them first, so the line is taken from the peer once a burst.
@@ -588,7 +595,6 @@ func (q *Queue) enqueue(pkts []Packet, meta bool) (int, error) {
 		q.notify(q.out)
 	}
 	q.outstanding += uint32(k)
-	return k, nil
 }
 
 // Drop releases packets that will not be sent and counts them as drops of

@@ -284,15 +284,7 @@ sleep 1 # let QEMU see the eject before power-off`, shaLine, n, frameLen)))
 		t.Fatalf("host zcount output %q: %v", out, err)
 	}
 	s.check(t, "host", n)
-	var sent struct {
-		Packets uint64 `json:"packets"`
-	}
-	if _, err := vm.Result(ctx, &sent); err != nil {
-		t.Fatal(err)
-	}
-	if sent.Packets != n {
-		t.Errorf("guest zsend sent %d, want %d", sent.Packets, n)
-	}
+	expectSent(t, ctx, vm, "guest", n)
 	if err := zchost.interrupt(ctx); err != nil {
 		t.Errorf("zchost run: %v", err)
 	}

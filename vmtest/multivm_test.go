@@ -79,15 +79,7 @@ zcguest wait -c 99 --gone --timeout 60s --poll 5ms || exit 1
 sleep 1`, n)))
 	zchost := h.start(t, h.zchost, "run", "-c", "99", "-n", "1", "--queue-buffers", "1024", "--backing", "shm",
 		"--stats-interval", "0", "--vm", a.QMPPath(), "--vm", b.QMPPath())
-	var sent struct {
-		Packets uint64 `json:"packets"`
-	}
-	if _, err := a.Result(ctx, &sent); err != nil {
-		t.Fatal(err)
-	}
-	if sent.Packets != n {
-		t.Errorf("vm A zsend sent %d, want %d", sent.Packets, n)
-	}
+	expectSent(t, ctx, a, "vm A", n)
 	var s summary
 	if _, err := b.Result(ctx, &s); err != nil {
 		t.Fatal(err)

@@ -59,8 +59,7 @@ func testGuestSleeps(t *testing.T, bell bool) (floor, reader cpuUse) {
 	// The guest waits for the region, then blocks reading a line from the
 	// zc.idle port (the host writes it once it measured the idle guest),
 	// then starts its readers.
-	vm := Start(t, Machine("q35"), QEMUArgs(IntelIOMMUArgs...), Modules(VFIOModules...), Timeout(2*time.Minute),
-		VirtioSerial("zc.idle"), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(fmt.Sprintf(`
+	vm := bellVM(t, VirtioSerial("zc.idle"), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(fmt.Sprintf(`
 zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
 for p in /sys/class/virtio-ports/*; do
 	if [ "$(cat $p/name)" = zc.idle ]; then port=/dev/${p##*/}; fi
@@ -160,8 +159,7 @@ func testHostSleeps(t *testing.T, bell bool) time.Duration {
 	)
 	h := newHostTools(t)
 	ctx := testCtx(t, 150*time.Second)
-	vm := Start(t, Machine("q35"), QEMUArgs(IntelIOMMUArgs...), Modules(VFIOModules...), Timeout(2*time.Minute),
-		GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(fmt.Sprintf(`
+	vm := bellVM(t, GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(fmt.Sprintf(`
 zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
 echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"`, id, n)))
 	args := []string{"run", "-c", fmt.Sprint(id), "-i", fmt.Sprintf("gen:len=%d,count=%d", frameLen, n),
@@ -212,8 +210,7 @@ func testHostReadsGuest(t *testing.T, bell bool) time.Duration {
 	)
 	h := newHostTools(t)
 	ctx := testCtx(t, 150*time.Second)
-	vm := Start(t, Machine("q35"), QEMUArgs(IntelIOMMUArgs...), Modules(VFIOModules...), Timeout(2*time.Minute),
-		GoBinary("zcguest", zcguestPkg), GoBinary("zsend", zsendPkg), Script(fmt.Sprintf(`
+	vm := bellVM(t, GoBinary("zcguest", zcguestPkg), GoBinary("zsend", zsendPkg), Script(fmt.Sprintf(`
 zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
 echo "ZCSEND starts"
 echo "ZCRESULT $(zsend -o zc:%[1]d@0 -n %[2]d -r 4 -l %[3]d --json)"
@@ -245,18 +242,33 @@ sleep 1 # let QEMU see the eject before power-off`, id, n, frameLen)))
 	if !strings.Contains(zcount.stderrText(), want) {
 		t.Errorf("host zcount did not say %q:\n%s", want, zcount.stderrText())
 	}
+	expectSent(t, ctx, vm, "guest", n)
+	agent.stop(t, ctx)
+	ps := zcount.cmd.ProcessState
+	used := ps.UserTime() + ps.SystemTime()
+	t.Logf("host zcount (doorbell %v): %v of CPU for %d packets at 4/s", bell, used, n)
+	return used
+}
+
+// bellVM starts a guest that can take an ivshmem-doorbell device's
+// interrupts (q35, a virtual Intel IOMMU, the vfio-pci modules), with
+// opts (its binaries and script) on top.
+func bellVM(t *testing.T, opts ...Option) *VM {
+	t.Helper()
+	return Start(t, append([]Option{Machine("q35"), QEMUArgs(IntelIOMMUArgs...), Modules(VFIOModules...), Timeout(2 * time.Minute)}, opts...)...)
+}
+
+// expectSent reads the guest zsend's result line from vm (who names it)
+// and checks that it sent n packets.
+func expectSent(t *testing.T, ctx context.Context, vm *VM, who string, n int) {
+	t.Helper()
 	var sent struct {
 		Packets uint64 `json:"packets"`
 	}
 	if _, err := vm.Result(ctx, &sent); err != nil {
 		t.Fatal(err)
 	}
-	if sent.Packets != n {
-		t.Errorf("guest zsend sent %d, want %d", sent.Packets, n)
+	if sent.Packets != uint64(n) {
+		t.Errorf("%s zsend sent %d, want %d", who, sent.Packets, n)
 	}
-	agent.stop(t, ctx)
-	ps := zcount.cmd.ProcessState
-	used := ps.UserTime() + ps.SystemTime()
-	t.Logf("host zcount (doorbell %v): %v of CPU for %d packets at 4/s", bell, used, n)
-	return used
 }
