@@ -80,7 +80,7 @@ func exportDoorbell(ctx context.Context, log hclog.Logger, vmName string, c *zc.
 	relayDone := make(chan struct{})
 	go func() {
 		defer close(relayDone)
-		relayRings(srv, c)
+		relayRings(srv, c.WakeDoorbellSleepers)
 	}()
 	stop := func() { removeWake(); srv.Close(); <-relayDone }
 	start := time.Now()
@@ -105,15 +105,16 @@ func exportDoorbell(ctx context.Context, log hclog.Logger, vmName string, c *zc.
 // relayMinGap is the shortest time between two passes of relayRings: a
 // guest that rings without pause costs the agent at most one pass (a
 // look at every ring's wake word) per gap.
-const relayMinGap = 50 * time.Microsecond
+const relayMinGap = 100 * time.Microsecond
 
 // relayRings passes a guest's rings on to the host processes that sleep
 // on its queues (a host zcount reading what the guest sends, a lossless
 // producer waiting for its returns, this agent's own queues included):
-// each time the guest rings the server (peer 0, vector 0), it wakes every
-// host sleeper of c's region that announced it waits for the doorbell
-// (zc.Cluster.WakeDoorbellSleepers). It returns when the server closes.
-func relayRings(srv *doorbell.Server, c *zc.Cluster) {
+// each time the guest rings the server (peer 0, vector 0), it calls wake:
+// zc.Cluster.WakeDoorbellSleepers, which wakes every host sleeper of the
+// region that announced it waits for the doorbell. It returns when the
+// server closes.
+func relayRings(srv *doorbell.Server, wake func() int) {
 	var last time.Time
 	for {
 		if _, err := srv.WaitHost(context.Background(), 0); err != nil {
@@ -123,7 +124,7 @@ func relayRings(srv *doorbell.Server, c *zc.Cluster) {
 			time.Sleep(relayMinGap - gap)
 		}
 		last = time.Now()
-		c.WakeDoorbellSleepers()
+		wake()
 	}
 }
 
