@@ -56,7 +56,7 @@ func (s *Server) State() (State, error) {
 	defer s.hsMu.Unlock()
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	st := State{Vectors: len(s.host), NextID: s.nextID}
+	st := State{Vectors: len(s.hostFD), NextID: s.nextID}
 	self := os.Getpid()
 	for _, fd := range s.hostFD {
 		id, err := eventfdID(self, fd)
