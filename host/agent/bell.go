@@ -102,10 +102,18 @@ func exportDoorbell(ctx context.Context, log hclog.Logger, vmName string, c *zc.
 	}, nil
 }
 
-// relayMinGap is the shortest time between two passes of relayRings: a
-// guest that rings without pause costs the agent at most one pass (a
-// look at every ring's wake word) per gap.
-const relayMinGap = 100 * time.Microsecond
+// The gap between two passes of relayRings (a look at every ring's wake
+// word of the region): relayMinGap while the guest rings now and then;
+// it doubles, up to relayMaxGap, each time several rings gathered since
+// the last pass (the guest rings faster than the passes go), and is back
+// to relayMinGap once a ring comes alone after a quiet gap. A guest that
+// rings without pause so costs the agent about one pass per relayMaxGap,
+// and delays only the wake-ups of host readers of its own region (one
+// relay per exported region).
+const (
+	relayMinGap = 100 * time.Microsecond
+	relayMaxGap = 20 * time.Millisecond
+)
 
 // relayRings passes a guest's rings on to the host processes that sleep
 // on its queues (a host zcount reading what the guest sends, a lossless
@@ -116,12 +124,22 @@ const relayMinGap = 100 * time.Microsecond
 // server closes.
 func relayRings(srv *doorbell.Server, wake func() int) {
 	var last time.Time
+	gap := relayMinGap
 	for {
-		if _, err := srv.WaitHost(context.Background(), 0); err != nil {
+		n, err := srv.WaitHost(context.Background(), 0)
+		if err != nil {
 			return
 		}
-		if gap := time.Since(last); gap < relayMinGap {
-			time.Sleep(relayMinGap - gap)
+		switch {
+		case n > 2:
+			// Rings gathered in the eventfd while the last pass slept or
+			// ran: the guest rings faster than the passes go.
+			gap = min(2*gap, relayMaxGap)
+		case time.Since(last) >= gap:
+			gap = relayMinGap
+		}
+		if since := time.Since(last); since < gap {
+			time.Sleep(gap - since)
 		}
 		last = time.Now()
 		wake()
