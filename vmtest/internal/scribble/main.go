@@ -1,7 +1,7 @@
 // Command scribble is a hostile party for the fault-isolation tests: it
 // does to a region what a malicious guest, host process or QEMU could.
 //
-//	scribble --bar -c ID [--wait D] [--for D] [--handshake D] [--gone D]
+//	scribble --bar -c ID [--wait D] [--for D] [--handshake D] [--ring D] [--gone D]
 //	scribble --region PATH [--queue Q] [--for D] [--handshake D]
 //	scribble --truncate PATH --size N
 //
@@ -11,7 +11,9 @@
 // buffers) for --for, then hammers the handshake word of every queue for
 // --handshake: it keeps writing (epoch+1)<<2|HSWait, the request a newly
 // attached consumer makes, so the producer is asked to recover the queue
-// over and over. With --gone it then waits for the device to be unplugged
+// over and over. With --ring it then rings the device's doorbell (an
+// ivshmem-doorbell device: peer 0, vector 0, the host agent) as fast as
+// it can for that long. With --gone it then waits for the device to be unplugged
 // (its sysfs directory to vanish): the header is garbage by then, so the
 // cluster can no longer be found by its id.
 //
@@ -51,6 +53,8 @@ type Summary struct {
 	HandshakeWrites  uint64  `json:"handshake_writes"`
 	ScribbleSeconds  float64 `json:"scribble_seconds"`
 	HandshakeSeconds float64 `json:"handshake_seconds"`
+	// Rings counts the doorbell rings (--ring).
+	Rings uint64 `json:"rings,omitempty"`
 	// Queues are the queues whose handshake word was hammered.
 	Queues []uint32 `json:"queues,omitempty"`
 	// Gone: with --gone, the device was unplugged before the wait ended.
@@ -74,6 +78,7 @@ type opts struct {
 	size      int64
 	scribble  time.Duration
 	handshake time.Duration
+	ring      time.Duration
 	seed      uint64
 }
 
@@ -93,6 +98,7 @@ func run(args []string) int {
 	fs.Int64Var(&o.size, "size", 4096, "--truncate: new size in `bytes`")
 	fs.DurationVar(&o.scribble, "for", 3*time.Second, "write random words for this `long`")
 	fs.DurationVar(&o.handshake, "handshake", 0, "then hammer the handshake word(s) for this `long`")
+	fs.DurationVar(&o.ring, "ring", 0, "--bar: then ring the device's doorbell as fast as possible for this `long`")
 	fs.Uint64Var(&o.seed, "seed", 0, "random `seed` (0: from the clock)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -158,6 +164,11 @@ func runBAR(o opts) (Summary, error) {
 		qs[i] = uint32(i)
 	}
 	hostile(&s, o, m.Bytes(), &l, wholeRegion(m.Bytes(), &l), qs)
+	if o.ring > 0 {
+		if err := ring(&s, dev, o.ring); err != nil {
+			return s, err
+		}
+	}
 	if o.gone > 0 {
 		fmt.Fprintf(os.Stderr, "scribble: waiting up to %v for device %s to go\n", o.gone, dev.Addr)
 		deadline := time.Now().Add(o.gone)
@@ -310,4 +321,24 @@ func hostile(s *Summary, o opts, b []byte, l *ivshmem.Layout, spans []span, qs [
 	}
 	s.HandshakeSeconds = time.Since(start).Seconds()
 	fmt.Fprintf(os.Stderr, "scribble: wrote %d handshake requests in %.2fs\n", s.HandshakeWrites, s.HandshakeSeconds)
+}
+
+// ring rings dev's doorbell (peer 0, vector 0: the host) without pause for
+// d, through its BAR0 register (no interrupts needed, no driver bound).
+func ring(s *Summary, dev guest.Device, d time.Duration) error {
+	db, err := guest.OpenDoorbell(dev, guest.DoorbellOptions{NoBind: true})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	fmt.Fprintf(os.Stderr, "scribble: ringing the doorbell of %s for %v\n", dev.Addr, d)
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		for range 1024 {
+			db.Ring(0, 0)
+		}
+		s.Rings += 1024
+	}
+	fmt.Fprintf(os.Stderr, "scribble: rang %d times\n", s.Rings)
+	return nil
 }
