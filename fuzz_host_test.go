@@ -314,7 +314,7 @@ func fuzzProducerOnce(t *testing.T, c *Cluster, in []byte) {
 			if st.a&2 != 0 {
 				// The agent's relay, as if a guest rang: it reads the
 				// wake and owner words the consumer wrote, writes none.
-				s.host("relay", func() { s.c.WakeDoorbellSleepers() })
+				s.host("relay", func() { s.c.WakeDoorbellSleepers(nil) })
 			} else {
 				s.host("reclaim", func() { s.c.Pool().Reclaim() })
 			}

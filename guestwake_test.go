@@ -3,6 +3,7 @@ package zc
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -134,7 +135,7 @@ func expectWoken(t *testing.T, got <-chan int, who string) {
 func TestHostSleepsOnGuestProducer(t *testing.T) {
 	c := newCluster(t, Config{ID: 46, Queues: 2, QueueLen: 64, Buffers: 64, QueueBuffers: 64})
 	var relayed atomic.Int64
-	bell := newFakeBell(func() { relayed.Add(int64(c.WakeDoorbellSleepers())) })
+	bell := newFakeBell(func() { relayed.Add(int64(c.WakeDoorbellSleepers(nil))) })
 	g := guestView(t, c, bell)
 	gp := guestProducer(t, g, 0)
 	cons := mustQ(t)(c.Consumer(0))
@@ -170,7 +171,7 @@ func TestHostSleepsOnGuestProducer(t *testing.T) {
 func TestGuestSleepsOnAgentRing(t *testing.T) {
 	c := newCluster(t, Config{ID: 47, Queues: 1, QueueLen: 16, Buffers: 16})
 	var relayed atomic.Int64
-	bell := newFakeBell(func() { relayed.Add(int64(c.WakeDoorbellSleepers())) })
+	bell := newFakeBell(func() { relayed.Add(int64(c.WakeDoorbellSleepers(nil))) })
 	g := guestView(t, c, bell)
 	prod := mustQ(t)(c.Producer(0))
 	gc, err := g.attach(0, ivshmem.EndConsumer, false)
@@ -178,7 +179,7 @@ func TestGuestSleepsOnAgentRing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer gc.Close()
-	if m := gc.WakeMode(); m != "poll: the host end does not ring this guest's doorbell (not the agent serving it)" {
+	if m := gc.WakeMode(); !strings.HasPrefix(m, "doorbell (the host peer does not ring") {
 		t.Fatalf("guest reader before the host serves its doorbell: idle waits %q", m)
 	}
 	remove := c.OnGuestWake(bell.interrupt)
@@ -225,6 +226,77 @@ func TestGuestSleepsOnAgentRing(t *testing.T) {
 	}
 }
 
+// TestGuestSleepsOnHostProcess: a guest reader fed by a host process
+// that cannot ring it (not the one serving its doorbell) still sleeps on
+// its doorbell: it rings the doorbell server as it goes to sleep, the
+// server's watcher (here a loop of AwaitGuestSleep, as the agent runs)
+// waits on the ring's index word, the producer's next packet wakes it
+// (its notify: FUTEX_WAKE), and the watcher raises the guest's interrupt.
+// The same for a guest producer waiting for a host consumer's returns.
+func TestGuestSleepsOnHostProcess(t *testing.T) {
+	c := newCluster(t, Config{ID: 49, Queues: 2, QueueLen: 16, Buffers: 16, QueueBuffers: 16})
+	var bell *fakeBell
+	var watches atomic.Int64
+	bell = newFakeBell(func() {
+		c.WakeDoorbellSleepers(func(g ivshmem.GuestSleep) {
+			watches.Add(1)
+			go func() {
+				for {
+					ring, asleep := c.AwaitGuestSleep(g, SleepSlice)
+					if ring {
+						bell.interrupt()
+					}
+					if ring || !asleep {
+						return
+					}
+				}
+			}()
+		})
+	})
+	g := guestView(t, c, bell)
+	prod := mustQ(t)(c.Producer(0)) // no OnGuestWake: it cannot ring the guest
+	gc, err := g.attach(0, ivshmem.EndConsumer, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gc.Close()
+	if m := gc.WakeMode(); !strings.HasPrefix(m, "doorbell (the host peer does not ring") {
+		t.Fatalf("guest reader of a host process: idle waits %q", m)
+	}
+	got := recvAsync(t, gc)
+	time.Sleep(100 * time.Millisecond)
+	if err := prod.Send([]byte("wake")); err != nil {
+		t.Fatal(err)
+	}
+	expectWoken(t, got, "the guest reader of a host process")
+	if watches.Load() == 0 || prod.Wakes() == 0 {
+		t.Errorf("watches %d, producer wake-ups %d: the guest was not woken through a watch", watches.Load(), prod.Wakes())
+	}
+
+	// A guest producer whose every buffer is out with a host consumer.
+	gp := guestProducer(t, g, 1)
+	cons := mustQ(t)(c.Consumer(1))
+	pkts := make([]Packet, 16)
+	if sendAll(t, gp, pkts) == 0 {
+		t.Fatal("the guest sent nothing")
+	}
+	before := watches.Load()
+	done := allocWaitAsync(t, gp, pkts[:4])
+	time.Sleep(200 * time.Millisecond)
+	k := returnSome(t, cons)
+	select {
+	case n := <-done:
+		if n == 0 || n > k {
+			t.Fatalf("the guest's AllocWait got %d buffers after %d came back", n, k)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the guest's AllocWait was not woken by the host consumer's release")
+	}
+	if watches.Load() == before {
+		t.Error("the guest producer was not watched for: it polled")
+	}
+}
+
 // TestDoorbellWakerHostile: a guest that rings without pause, its sleeper
 // word set, costs a host sleeper one wake-up per sleep; a guest consumer's
 // own doorbell sleep (its queue's consumer end is a guest) is never
@@ -237,11 +309,11 @@ func TestDoorbellWakerHostile(t *testing.T) {
 	if ready, err := cons.in.Announce(ivshmem.WakeDoorbell); ready || err != nil {
 		t.Fatalf("announce: %v %v", ready, err)
 	}
-	if n := c.WakeDoorbellSleepers(); n != 1 {
+	if n := c.WakeDoorbellSleepers(nil); n != 1 {
 		t.Fatalf("relay woke %d, want the one host sleeper", n)
 	}
 	for range 1000 {
-		if n := c.WakeDoorbellSleepers(); n != 0 {
+		if n := c.WakeDoorbellSleepers(nil); n != 0 {
 			t.Fatalf("relay woke %d sleepers again for the same sleep", n)
 		}
 	}
@@ -253,7 +325,7 @@ func TestDoorbellWakerHostile(t *testing.T) {
 	}
 	defer gc.Close()
 	gc.in.Announce(ivshmem.WakeDoorbell)
-	if n := c.WakeDoorbellSleepers(); n != 0 {
+	if n := c.WakeDoorbellSleepers(nil); n != 0 {
 		t.Fatalf("relay woke %d: a guest's own sleeper", n)
 	}
 }

@@ -20,16 +20,18 @@ import (
 //     the producer index (WakeFutex);
 //   - a guest whose region came as an ivshmem-doorbell device it can take
 //     interrupts from (guest.Doorbell: vfio-pci, q35 with a virtual
-//     IOMMU) sleeps on the interrupt (WakeDoorbell) when its peer is the
-//     process serving that doorbell (the agent), which rings it
-//     (Cluster.OnGuestWake);
+//     IOMMU) sleeps on the interrupt (WakeDoorbell). The process serving
+//     that doorbell (the agent) rings it when it is the peer
+//     (Cluster.OnGuestWake); when the peer is another host process, the
+//     guest rings the agent as it goes to sleep, the agent watches the
+//     ring for it (Cluster.AwaitGuestSleep, asleep on the ring's index
+//     word, which the peer's notify FUTEX_WAKEs) and rings the guest;
 //   - a host process whose peer is a guest with a doorbell device sleeps
 //     in futex(2) too, announcing WakeDoorbell: the guest rings the
 //     doorbell server (the agent), whose relay FUTEX_WAKEs it
 //     (Cluster.WakeDoorbellSleepers);
-//   - anything else polls: a guest without a doorbell, a host process
-//     whose guest peer has none, a guest whose host peer cannot ring it
-//     (a host process that does not serve its doorbell).
+//   - anything else polls: a guest without a doorbell interrupt, a host
+//     process whose guest peer has no doorbell.
 //
 // Whether a peer rings is the rings word of the ring it produces
 // (ivshmem RingProducer.SetRings): a guest end writes it at attach, a host
@@ -65,6 +67,12 @@ func (q *Queue) notify(p *ivshmem.RingProducer) {
 			for _, f := range *fs {
 				f()
 			}
+			q.wakes.Add(1)
+		} else {
+			// Not the process serving the guest's doorbell: that one
+			// watches this ring for the guest (Cluster.AwaitGuestSleep),
+			// asleep on the index word; wake it.
+			p.Wake()
 			q.wakes.Add(1)
 		}
 	}
@@ -147,22 +155,41 @@ func (r *region) dropProd(p *ivshmem.RingProducer) {
 	r.mu.Unlock()
 }
 
-// WakeDoorbellSleepers wakes the host processes asleep on a ring of this
-// cluster whose producer is a guest (they announced WakeDoorbell and wait
-// in futex(2)): the agent calls it each time a guest rings one of its
-// doorbell servers for this region. It answers each sleep once, so a
-// guest that rings without pause costs each host sleeper at most one
-// wake-up per sleep; it returns how many it woke. Safe from any
-// goroutine.
-func (c *Cluster) WakeDoorbellSleepers() (n int) {
+// WakeDoorbellSleepers answers a guest's ring: the agent calls it each
+// time a guest rings one of its doorbell servers for this region. It
+// wakes the host processes asleep on a ring whose producer is a guest
+// (they announced WakeDoorbell and wait in futex(2)), and returns how
+// many; it calls guest (when not nil) for each guest asleep on a ring
+// whose host producer cannot ring it, for the caller to watch
+// (AwaitGuestSleep). It answers each sleep once, so a guest that rings
+// without pause costs each sleeper at most one answer per sleep. Safe
+// from any goroutine.
+func (c *Cluster) WakeDoorbellSleepers(guest func(ivshmem.GuestSleep)) (n int) {
 	r := c.r
 	r.wakerMu.Lock()
 	defer r.wakerMu.Unlock()
 	if r.waker == nil {
 		r.waker = r.l.NewDoorbellWaker(r.b)
 	}
-	protect(func() { n = r.waker.Wake() }) // a truncated file faults: nobody to wake
+	protect(func() { n = r.waker.Wake(guest) }) // a truncated file faults: nobody to wake
 	return n
+}
+
+// AwaitGuestSleep waits, at most d, while the guest of g (reported by
+// WakeDoorbellSleepers) sleeps on its empty ring, whose producer is a host
+// process that cannot ring it: ring says the ring has entries now (ring
+// the guest), asleep false that its sleep is over. Call it again while it
+// returns false, true. The host producer's next enqueue ends the wait
+// (its notify wakes the ring's index word). A fault on the region counts
+// as the sleep being over.
+func (c *Cluster) AwaitGuestSleep(g ivshmem.GuestSleep, d time.Duration) (ring, asleep bool) {
+	protect(func() { ring, asleep = c.r.l.AwaitGuestSleep(c.r.b, g, d) })
+	return ring, asleep
+}
+
+// InterruptGuestSleep ends an AwaitGuestSleep on g's ring at once.
+func (c *Cluster) InterruptGuestSleep(g ivshmem.GuestSleep) {
+	protect(func() { c.r.l.InterruptGuestSleep(c.r.b, g) })
 }
 
 // openBell opens the doorbell of the guest device whose BAR2 is path
@@ -202,10 +229,11 @@ func (q *Queue) peerRings() bool {
 // sleepMode is how this end sleeps when idle: WakeFutex (a host process
 // whose peer is one too), WakeDoorbell (a guest on its interrupt, or a
 // host process in futex(2) woken by the agent's relay, when the peer
-// rings), or WakeNone (it polls).
+// rings; a guest's peer that does not ring is watched by the agent), or
+// WakeNone (it polls).
 func (q *Queue) sleepMode() uint32 {
 	if q.r.side == ivshmem.SideGuest {
-		if _, ok := q.r.guestBell(); ok && q.peerRings() {
+		if _, ok := q.r.guestBell(); ok {
 			return ivshmem.WakeDoorbell
 		}
 		return ivshmem.WakeNone
@@ -230,13 +258,13 @@ func (q *Queue) WakeMode() string {
 		if q.r.side == ivshmem.SideHost {
 			return "futex, woken through the guest's doorbell"
 		}
+		if !q.peerRings() {
+			return "doorbell (the host peer does not ring: the agent watches the queue for this guest)"
+		}
 		return "doorbell"
 	}
 	if q.r.side == ivshmem.SideGuest {
-		if _, ok := q.r.guestBell(); !ok {
-			return fmt.Sprintf("poll: no doorbell interrupts (%v)", q.r.bellErr)
-		}
-		return "poll: the host end does not ring this guest's doorbell (not the agent serving it)"
+		return fmt.Sprintf("poll: no doorbell interrupts (%v)", q.r.bellErr)
 	}
 	return "poll: the peer is a guest without a doorbell device"
 }
@@ -251,6 +279,12 @@ func (q *Queue) sleepBell(ctx context.Context) (err error) {
 	}
 	if err := q.announce(ivshmem.WakeDoorbell); err != nil {
 		return err
+	}
+	if !q.peerRings() {
+		// The host peer cannot ring this guest: ask the agent, which
+		// serves the doorbell, to watch the ring (it rings once entries
+		// come).
+		bell.Ring(0, 0)
 	}
 	tctx, cancel := context.WithTimeout(ctx, SleepSlice)
 	_, werr := bell.Wait(tctx)

@@ -155,9 +155,13 @@
 // guest's ring announces code 2 and waits in futex(2) on the producer
 // index word; the guest rings peer 0, and the process serving the
 // region's doorbell (the agent) FUTEX_WAKEs every host sleeper with code
-// 2 that it has not woken for that sleep yet (DoorbellWaker). A sleeper
-// announces code 2 only to a producer that wrote rings = 1; otherwise it
-// polls. The
+// 2 that it has not woken for that sleep yet (DoorbellWaker). A host
+// sleeper announces code 2 only to a guest producer that wrote rings = 1;
+// otherwise it polls. A guest asleep on its interrupt whose producer is a
+// host process that cannot ring it (rings = 0) rings peer 0 as it goes to
+// sleep; the agent then waits in futex(2) on the ring's producer index
+// word (AwaitGuestSleep) until the producer's enqueue, whose wake-up for
+// code 2 is a FUTEX_WAKE on that word, and rings the guest. The
 // two full barriers make a lost wake-up impossible (each side's store is
 // ordered before its load of the other's word); a busy ring makes no
 // system call, because nobody announces a sleep. Who sleeps on what: the

@@ -414,18 +414,35 @@ func (p *RingProducer) InRing(fn func(h uint32)) error {
 	return nil
 }
 
-// DoorbellWaker wakes the host processes asleep on the rings of a region
-// whose producer is a guest: such a sleeper announces WakeDoorbell and
-// waits in futex(2) on the producer index word, the guest answers by
-// ringing the host's doorbell (peer 0), and the process serving that
-// doorbell calls Wake each time it rings. Wake answers each sleep once
-// (the wake word's sleep number), so a guest that rings without pause
-// costs a host sleeper at most one wake-up per sleep. Not safe for
-// concurrent use.
+// DoorbellWaker answers a guest's doorbell rings for the region in b, in
+// the process that serves the guest's doorbell (the agent):
+//
+//   - a host process asleep on a ring whose producer is the guest (it
+//     announced WakeDoorbell and waits in futex(2) on the producer index
+//     word) is woken with FUTEX_WAKE;
+//   - a guest asleep on its interrupt on a ring whose producer is a host
+//     process that cannot ring it (rings word 0) rang to be watched for:
+//     Wake reports it (GuestSleep), and the caller waits in
+//     AwaitGuestSleep until entries come, then rings the guest.
+//
+// Wake answers each sleep once (the wake word's sleep number), so a guest
+// that rings without pause costs each sleeper at most one answer per
+// sleep. Not safe for concurrent use.
 type DoorbellWaker struct {
 	l        *Layout
 	b        []byte
 	answered []uint32 // per ring (queue*2, +1 for the return ring): the last wake word answered
+}
+
+// GuestSleep is a guest asleep on its doorbell waiting for entries on a
+// ring whose producer does not ring it (DoorbellWaker.Wake).
+type GuestSleep struct {
+	// Queue and Return name the ring: queue Queue's data ring, or its
+	// return ring.
+	Queue  uint32
+	Return bool
+	off    uint64 // the ring, from the validated layout
+	word   uint32 // the wake word of this sleep
 }
 
 // NewDoorbellWaker returns the waker of the region in b.
@@ -434,12 +451,13 @@ func (l *Layout) NewDoorbellWaker(b []byte) *DoorbellWaker {
 }
 
 // Wake wakes, with FUTEX_WAKE, every host process asleep with WakeDoorbell
-// on a ring of the region that it has not woken for that sleep yet, and
-// returns how many it woke. The sleeper of a data ring is its queue's
-// consumer end, of a return ring the producer end; a ring whose sleeper
-// is a guest (it waits for its interrupt) is skipped. It reads only
-// words it compares: nothing read steers an access.
-func (w *DoorbellWaker) Wake() int {
+// on a ring of the region that it has not answered for that sleep yet,
+// and returns how many it woke; it calls guest (when not nil) for each
+// guest asleep with WakeDoorbell on a ring whose producer does not ring
+// it. The sleeper of a data ring is its queue's consumer end, of a return
+// ring the producer end. It reads only words it compares: nothing read
+// steers an access.
+func (w *DoorbellWaker) Wake(guest func(GuestSleep)) int {
 	n := 0
 	for i, q := range w.l.Queues {
 		for j, r := range [2]struct {
@@ -450,16 +468,47 @@ func (w *DoorbellWaker) Wake() int {
 			if v&wakeCode != WakeDoorbell || v == w.answered[2*i+j] {
 				continue
 			}
-			if w.l.QueueOwner(w.b, uint32(i), r.end).Side != SideHost {
-				continue
+			switch w.l.QueueOwner(w.b, uint32(i), r.end).Side {
+			case SideHost:
+				w.answered[2*i+j] = v
+				futexWake(u32ptr(w.b, r.off+rOffProd))
+				n++
+			case SideGuest:
+				if guest != nil && loadU32(w.b, r.off+rOffRings) != 1 {
+					w.answered[2*i+j] = v
+					guest(GuestSleep{Queue: uint32(i), Return: j == 1, off: r.off, word: v})
+				}
 			}
-			w.answered[2*i+j] = v
-			futexWake(u32ptr(w.b, r.off+rOffProd))
-			n++
 		}
 	}
 	return n
 }
+
+// AwaitGuestSleep waits, at most d, while the guest of g sleeps on an
+// empty ring: it returns ring true when the ring has entries for it (ring
+// the guest now), asleep false when that sleep is over (the wake word
+// changed: nothing to do). After a timeout it returns false, true: call
+// again. A FUTEX_WAKE on the ring's producer index word (the host
+// producer's notify, InterruptGuestSleep) ends the wait early.
+func (l *Layout) AwaitGuestSleep(b []byte, g GuestSleep, d time.Duration) (ring, asleep bool) {
+	prod, wake := u32ptr(b, g.off+rOffProd), u32ptr(b, g.off+rOffWake)
+	v := atomic.LoadUint32(prod)
+	if atomic.LoadUint32(wake) != g.word {
+		return false, false
+	}
+	if v != loadU32(b, g.off+rOffCons) {
+		return true, true
+	}
+	futexWait(prod, v, d)
+	if atomic.LoadUint32(wake) != g.word {
+		return false, false
+	}
+	return atomic.LoadUint32(prod) != v, true
+}
+
+// InterruptGuestSleep ends an AwaitGuestSleep on g's ring at once (its
+// caller is stopping).
+func (l *Layout) InterruptGuestSleep(b []byte, g GuestSleep) { futexWake(u32ptr(b, g.off+rOffProd)) }
 
 // WakeAll wakes every process sleeping on any ring of the region in b
 // (futex on the producer indices): the creator closes the region, and
