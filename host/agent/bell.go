@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -14,6 +15,7 @@ import (
 	"github.com/zcfabric/zc/host/doorbell"
 	"github.com/zcfabric/zc/host/libvirt"
 	"github.com/zcfabric/zc/host/qmp"
+	"github.com/zcfabric/zc/ivshmem"
 )
 
 // exportDoorbell hot-plugs cluster c into the VM vmName names as an
@@ -78,11 +80,16 @@ func exportDoorbell(ctx context.Context, log hclog.Logger, vmName string, c *zc.
 		}
 	})
 	relayDone := make(chan struct{})
+	w := newGuestWatch(c, func() {
+		for _, p := range srv.Peers() {
+			srv.Notify(p, 0)
+		}
+	})
 	go func() {
 		defer close(relayDone)
-		relayRings(srv, c.WakeDoorbellSleepers)
+		relayRings(srv, func() int { return c.WakeDoorbellSleepers(w.start) })
 	}()
-	stop := func() { removeWake(); srv.Close(); <-relayDone }
+	stop := func() { removeWake(); srv.Close(); <-relayDone; w.stop() }
 	start := time.Now()
 	unplug, desc, err := p.attach(ctx, srv.Path(), c)
 	if err != nil {
@@ -144,6 +151,89 @@ func relayRings(srv *doorbell.Server, wake func() int) {
 		last = time.Now()
 		wake()
 	}
+}
+
+// guestWatch watches, for the guests of one doorbell export, the rings
+// whose host producer is a process that cannot ring them (a host zsend
+// feeding a guest zcount, a host zcount returning a guest zsend's
+// buffers): one goroutine per ring while a guest sleeps on it, asleep on
+// the ring's index word until entries come, then it rings the guests.
+// A ring has one watcher at most, so a guest that keeps sleeping and
+// ringing costs at most one goroutine (and one thread, in futex(2)) per
+// ring of its region.
+type guestWatch struct {
+	c    *zc.Cluster
+	ring func() // rings the export's guests
+	mu   sync.Mutex
+	on   map[guestRing]*ivshmem.GuestSleep // the sleep each watcher waits on
+	done bool
+	wg   sync.WaitGroup
+}
+
+// guestRing names a ring of the region.
+type guestRing struct {
+	q   uint32
+	ret bool
+}
+
+func newGuestWatch(c *zc.Cluster, ring func()) *guestWatch {
+	return &guestWatch{c: c, ring: ring, on: map[guestRing]*ivshmem.GuestSleep{}}
+}
+
+// start watches g's ring for its guest, or hands the ring's watcher the
+// newer sleep g.
+func (w *guestWatch) start(g ivshmem.GuestSleep) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	k := guestRing{g.Queue, g.Return}
+	if w.done {
+		return
+	}
+	if cur, ok := w.on[k]; ok {
+		*cur = g
+		return
+	}
+	cur := &g
+	w.on[k] = cur
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		for {
+			w.mu.Lock()
+			g, done := *cur, w.done
+			w.mu.Unlock()
+			if done {
+				break
+			}
+			ring, asleep := w.c.AwaitGuestSleep(g, zc.SleepSlice)
+			if ring {
+				w.ring()
+			}
+			if ring || !asleep {
+				w.mu.Lock()
+				if *cur == g { // no newer sleep handed over meanwhile
+					delete(w.on, k)
+					w.mu.Unlock()
+					return
+				}
+				w.mu.Unlock()
+			}
+		}
+		w.mu.Lock()
+		delete(w.on, k)
+		w.mu.Unlock()
+	}()
+}
+
+// stop ends every watcher and waits for them.
+func (w *guestWatch) stop() {
+	w.mu.Lock()
+	w.done = true
+	for _, g := range w.on {
+		w.c.InterruptGuestSleep(*g)
+	}
+	w.mu.Unlock()
+	w.wg.Wait()
 }
 
 // bellPlug is a connection to the VM a doorbell device goes into.
