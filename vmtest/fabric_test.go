@@ -55,9 +55,9 @@ func (s summary) check(t *testing.T, who string, n uint64) {
 
 // hostTools are the host-side binaries and the region directory they share.
 type hostTools struct {
-	zchost, zcount string
-	zcountSum      string // sha256 of the zcount file, hex
-	dir            string // ZC_DIR
+	zchost, zcount, zsend string
+	zcountSum             string // sha256 of the zcount file, hex
+	dir                   string // ZC_DIR
 }
 
 func newHostTools(t *testing.T) *hostTools {
@@ -67,7 +67,7 @@ func newHostTools(t *testing.T) *hostTools {
 	for _, b := range []struct {
 		dst *string
 		pkg string
-	}{{&h.zchost, zchostPkg}, {&h.zcount, zcountPkg}} {
+	}{{&h.zchost, zchostPkg}, {&h.zcount, zcountPkg}, {&h.zsend, zsendPkg}} {
 		*b.dst = filepath.Join(bin, filepath.Base(b.pkg))
 		if err := os.WriteFile(*b.dst, BuildGo(t, b.pkg), 0o755); err != nil {
 			t.Fatal(err)

@@ -272,3 +272,65 @@ func expectSent(t *testing.T, ctx context.Context, vm *VM, who string, n int) {
 		t.Errorf("%s zsend sent %d, want %d", who, sent.Packets, n)
 	}
 }
+
+// TestGuestReadsHostProcessAsleep: host → guest through a host process
+// other than the agent. zsend on the host sends a packet every quarter
+// second into a queue that zcount reads in the guest. zsend cannot ring
+// the guest, so with --doorbell the guest's zcount rings the agent as it
+// goes to sleep, and the agent watches the queue for it (asleep on the
+// ring's index word, which zsend's enqueue wakes) and rings its
+// interrupt; without, the guest polls. Every packet is counted exactly
+// either way, and QEMU's CPU while zsend sends is compared: the guest
+// asleep must cost it less.
+func TestGuestReadsHostProcessAsleep(t *testing.T) {
+	var use [2]cpuUse
+	bellOrPoll(t, "QEMU CPU while the guest read a host zsend at 4 packets/s", func(t *testing.T, bell bool) time.Duration {
+		u := testGuestReadsHostProcess(t, bell)
+		use[map[bool]int{true: 0, false: 1}[bell]] = u
+		return u.cpu
+	})
+	if use[0].cpu > 0 && use[1].cpu > 0 && use[0].share() >= use[1].share() {
+		t.Errorf("the guest asleep on its doorbell cost QEMU %v, no less than polling (%v)", use[0], use[1])
+	}
+}
+
+func testGuestReadsHostProcess(t *testing.T, bell bool) cpuUse {
+	const (
+		id = 82
+		n  = 24
+	)
+	h := newHostTools(t)
+	ctx := testCtx(t, 150*time.Second)
+	vm := bellVM(t, GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(fmt.Sprintf(`
+zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
+echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"
+zcguest wait -c %[1]d --gone --timeout 60s --poll 5ms
+sleep 1 # let QEMU see the eject before power-off`, id, n)))
+	args := []string{"run", "-c", fmt.Sprint(id), "-n", "1", "--queue-buffers", "256", "--backing", "shm",
+		"--stats-interval", "0", "--vm", vm.QMPPath()}
+	if bell {
+		args = append(args, "--doorbell")
+	}
+	agent := h.start(t, h.zchost, args...)
+	want := map[bool]string{true: "idle waits: doorbell (the host peer does not ring", false: "idle waits: poll: no doorbell interrupts"}[bell]
+	if _, err := vm.Expect(ctx, want); err != nil {
+		t.Fatalf("the guest's zcount did not say %q: %v\nagent:\n%s", want, err, agent.stderrText())
+	}
+	zsend := h.start(t, h.zsend, "-o", fmt.Sprintf("zc:%d@0", id), "-n", fmt.Sprint(n), "-r", "4", "-l", fmt.Sprint(frameLen), "--json", "--wait", "20s")
+	time.Sleep(time.Second) // past the first packets
+	use, err := measureCPU(vm.PID(), 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("QEMU CPU in 3 s while the guest read a host zsend (doorbell %v): %v", bell, use)
+	var s summary
+	if _, err := vm.Result(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
+	s.check(t, "guest reader of a host zsend", n)
+	if _, err := zsend.wait(ctx); err != nil {
+		t.Fatalf("host zsend: %v", err)
+	}
+	agent.stop(t, ctx)
+	return use
+}
