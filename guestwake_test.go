@@ -205,17 +205,7 @@ func TestGuestSleepsOnAgentRing(t *testing.T) {
 	if m := prod.WakeMode(); m != "futex, woken through the guest's doorbell" {
 		t.Fatalf("host producer of a guest reader: idle waits %q", m)
 	}
-	done := allocWaitAsync(t, prod, pkts[:4])
-	time.Sleep(200 * time.Millisecond)
-	k := returnSome(t, gc)
-	select {
-	case n := <-done:
-		if n == 0 || n > k {
-			t.Fatalf("AllocWait got %d buffers after %d came back", n, k)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("AllocWait not woken by the guest's release")
-	}
+	expectAllocWoken(t, prod, gc, pkts[:4], "the host producer of a guest reader", nil)
 	if relayed.Load() == 0 {
 		t.Error("the relay woke nobody: the producer was not asleep on the guest's ring")
 	}
@@ -281,17 +271,7 @@ func TestGuestSleepsOnHostProcess(t *testing.T) {
 		t.Fatal("the guest sent nothing")
 	}
 	before := watches.Load()
-	done := allocWaitAsync(t, gp, pkts[:4])
-	time.Sleep(200 * time.Millisecond)
-	k := returnSome(t, cons)
-	select {
-	case n := <-done:
-		if n == 0 || n > k {
-			t.Fatalf("the guest's AllocWait got %d buffers after %d came back", n, k)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the guest's AllocWait was not woken by the host consumer's release")
-	}
+	expectAllocWoken(t, gp, cons, pkts[:4], "the guest producer of a host reader", nil)
 	if watches.Load() == before {
 		t.Error("the guest producer was not watched for: it polled")
 	}

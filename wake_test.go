@@ -123,17 +123,30 @@ func TestAllocWaitSleeps(t *testing.T) {
 		t.Fatalf("AllocWait with no buffer back: %d, %v; want 0 and the context's error", n, err)
 	}
 	ccancel()
-	done := allocWaitAsync(t, prod, pkts[:8])
+	expectAllocWoken(t, prod, cons, pkts[:8], "a producer waiting for buffers", func() {
+		checkAsleep(t, "a producer waiting for buffers")
+	})
+}
+
+// expectAllocWoken runs prod.AllocWait(pkts) while every buffer is in
+// flight, lets it wait 200 ms (then runs meanwhile, if not nil), returns
+// some packets on cons, and fails unless AllocWait (who) wakes with no
+// more buffers than came back.
+func expectAllocWoken(t *testing.T, prod, cons *Queue, pkts []Packet, who string, meanwhile func()) {
+	t.Helper()
+	done := allocWaitAsync(t, prod, pkts)
 	time.Sleep(200 * time.Millisecond) // every buffer in flight: the producer waits
-	checkAsleep(t, "a producer waiting for buffers")
+	if meanwhile != nil {
+		meanwhile()
+	}
 	k := returnSome(t, cons)
 	select {
 	case n := <-done:
 		if n == 0 || n > k {
-			t.Fatalf("AllocWait got %d buffers after %d came back", n, k)
+			t.Fatalf("%s: AllocWait got %d buffers after %d came back", who, n, k)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("AllocWait not woken by the consumer's release")
+		t.Fatalf("%s: AllocWait not woken by the release", who)
 	}
 }
 
