@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -331,6 +332,85 @@ sleep 1 # let QEMU see the eject before power-off`, id, n)))
 	if _, err := zsend.wait(ctx); err != nil {
 		t.Fatalf("host zsend: %v", err)
 	}
+	agent.stop(t, ctx)
+	return use
+}
+
+// TestGuestWaitsForHostProcessAsleep: guest → host through a host process
+// other than the agent, the producer waiting. zsend in the guest fills a
+// 64-buffer queue that zcount reads on the host; zcount is stopped
+// (SIGSTOP) for three seconds, so zsend waits for returned buffers. zcount
+// cannot ring the guest, so with --doorbell zsend rings the agent as it
+// goes to sleep, and the agent watches the return ring for it and rings
+// it once zcount, continued, returns buffers; without, zsend polls. QEMU's
+// CPU over those seconds is compared, and every packet is counted exactly.
+func TestGuestWaitsForHostProcessAsleep(t *testing.T) {
+	var use [2]cpuUse
+	bellOrPoll(t, "QEMU CPU while the guest's zsend waited for a stopped host zcount", func(t *testing.T, bell bool) time.Duration {
+		u := testGuestWaitsForHostProcess(t, bell)
+		use[map[bool]int{true: 0, false: 1}[bell]] = u
+		return u.cpu
+	})
+	if use[0].cpu > 0 && use[1].cpu > 0 && use[0].share() >= use[1].share() {
+		t.Errorf("the guest's zsend asleep on its doorbell cost QEMU %v, no less than polling (%v)", use[0], use[1])
+	}
+}
+
+func testGuestWaitsForHostProcess(t *testing.T, bell bool) cpuUse {
+	const (
+		id = 83
+		n  = 5000
+	)
+	h := newHostTools(t)
+	ctx := testCtx(t, 150*time.Second)
+	vm := bellVM(t, GoBinary("zcguest", zcguestPkg), GoBinary("zsend", zsendPkg), Script(fmt.Sprintf(`
+zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
+echo "ZCSEND starts"
+echo "ZCRESULT $(zsend -o zc:%[1]d@0 -n %[2]d -l %[3]d --json)"
+zcguest wait -c %[1]d --gone --timeout 60s --poll 5ms
+sleep 1 # let QEMU see the eject before power-off`, id, n, frameLen)))
+	args := []string{"run", "-c", fmt.Sprint(id), "-n", "1", "-q", "64", "--queue-buffers", "64", "--backing", "shm",
+		"--stats-interval", "0", "--vm", vm.QMPPath()}
+	if bell {
+		args = append(args, "--doorbell")
+	}
+	agent := h.start(t, h.zchost, args...)
+	zcount := h.start(t, h.zcount, "-i", fmt.Sprintf("zc:%d@0", id), "-n", fmt.Sprint(n), "--verify", "--json", "--interval", "0", "--wait", "60s")
+	// Stop zcount once it is attached and idle, before zsend sends.
+	for !strings.Contains(zcount.stderrText(), "idle waits") {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("host zcount never attached:\n%s", zcount.stderrText())
+		case <-zcount.done:
+			t.Fatalf("host zcount exited: %v\n%s", zcount.err, zcount.stderrText())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if err := zcount.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.Expect(ctx, "ZCSEND starts"); err != nil {
+		t.Fatalf("the guest never saw the region: %v\nagent:\n%s", err, agent.stderrText())
+	}
+	time.Sleep(1500 * time.Millisecond) // the queue fills; zsend waits, past its polls
+	use, err := measureCPU(vm.PID(), 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := zcount.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("QEMU CPU in 3 s while the guest's zsend waited for a stopped host zcount (doorbell %v): %v", bell, use)
+	out, err := zcount.wait(ctx)
+	if err != nil {
+		t.Fatalf("host zcount: %v", err)
+	}
+	var s summary
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("host zcount output %q: %v", out, err)
+	}
+	s.check(t, "host reader stopped and continued", n)
+	expectSent(t, ctx, vm, "guest", n)
 	agent.stop(t, ctx)
 	return use
 }
