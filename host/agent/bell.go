@@ -25,7 +25,9 @@ import (
 // (zc.Cluster.OnGuestWake); when the guest rings back, relayRings wakes
 // the host processes asleep on its queues (this agent's lossless
 // producers waiting for returns, a host zcount reading what the guest
-// sends). It returns the function that unplugs the device and stops the
+// sends), and guestWatch watches, for the guest, the queues whose host
+// peer is a process that cannot ring it (a host zsend feeding a guest
+// zcount). It returns the function that unplugs the device and stops the
 // server.
 //
 // vmName is a QMP socket (chardev-add + device_add, host/qmp) or
@@ -74,17 +76,14 @@ func exportDoorbell(ctx context.Context, log hclog.Logger, vmName string, c *zc.
 	}
 	// Ring and relay before the device is plugged: a guest reader that
 	// attaches at once already finds that this process rings it.
-	removeWake := c.OnGuestWake(func() {
+	ringGuests := func() {
 		for _, p := range srv.Peers() {
 			srv.Notify(p, 0)
 		}
-	})
+	}
+	removeWake := c.OnGuestWake(ringGuests)
 	relayDone := make(chan struct{})
-	w := newGuestWatch(c, func() {
-		for _, p := range srv.Peers() {
-			srv.Notify(p, 0)
-		}
-	})
+	w := newGuestWatch(c, ringGuests)
 	go func() {
 		defer close(relayDone)
 		relayRings(srv, func() int { return c.WakeDoorbellSleepers(w.start) })
