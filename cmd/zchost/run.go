@@ -94,8 +94,10 @@ func runFlags(o *runOpts) *flag.FlagSet {
 	fs.DurationVar(&o.vmRecover, "vm-recover", 10*time.Second, "a VM whose region fails (its guest broke a ring, or the region file was truncated) keeps\n"+
 		"its packets dropped and counted; after this `long` it gets a fresh region, plugged in place of the\n"+
 		"broken device (offered again with --ctl). Each further failure doubles the wait, up to 10m. 0: never")
-	fs.BoolVar(&o.doorbell, "doorbell", false, "plug each VM's region as an ivshmem-doorbell device that zchost serves, so guest readers sleep on an\n"+
-		"interrupt instead of polling and wake in microseconds (QMP VMs, and libvirt domains as a doorbell <shmem>;\n"+
+	fs.BoolVar(&o.doorbell, "doorbell", false, "plug each VM's region as an ivshmem-doorbell device that zchost serves, so idle guest readers and\n"+
+		"writers sleep on an interrupt instead of polling, whoever feeds or reads them on the host (zchost rings them,\n"+
+		"and watches the queues of other host processes for them), and host processes reading a guest's queue sleep\n"+
+		"too, woken through the guest's doorbell (QMP VMs, and libvirt domains as a doorbell <shmem>;\n"+
 		"the guest needs a q35 machine with an intel-iommu with intremap=on (libvirt: <iommu model='intel'> with\n"+
 		"<driver intremap='on'/> and <ioapic driver='qemu'/>) and the vfio-pci module: QEMU's doorbell interrupts\n"+
 		"only through MSI-X; other guests poll, and say so)")
