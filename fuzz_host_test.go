@@ -313,8 +313,13 @@ func fuzzProducerOnce(t *testing.T, c *Cluster, in []byte) {
 		case 4:
 			if st.a&2 != 0 {
 				// The agent's relay, as if a guest rang: it reads the
-				// wake and owner words the consumer wrote, writes none.
-				s.host("relay", func() { s.c.WakeDoorbellSleepers(nil) })
+				// wake, owner, rings and index words the consumer wrote
+				// (and watches a guest's sleep), writes none.
+				s.host("relay", func() {
+					s.c.WakeDoorbellSleepers(func(g ivshmem.GuestSleep) {
+						s.c.AwaitGuestSleep(g, time.Microsecond) // what the agent's watcher does
+					})
+				})
 			} else {
 				s.host("reclaim", func() { s.c.Pool().Reclaim() })
 			}
