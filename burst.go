@@ -91,20 +91,11 @@ func (q *Queue) Reserve(b *Burst, n int) (k int, err error) {
 		return 0, q.check("reserve")
 	}
 	n = q.room(min(n, MaxBurst))
-	if len(p.free) < n {
-		p.Reclaim()
-	}
-	k = min(n, len(p.free))
+	k = p.Handles(b.hs[:n])
 	if k == 0 && n > 0 {
 		p.empty++
 	}
-	top := len(p.free)
-	for i := range k {
-		h := p.free[top-1-i]
-		p.ref[h-p.first] = 1
-		b.hs[i], b.lens[i] = h, 0
-	}
-	p.free = p.free[:top-k]
+	clear(b.lens[:k])
 	b.q, b.n, b.size = q, k, q.r.l.BufSize
 	b.metaSet = [MaxBurst / 64]uint64{}
 	return k, nil
@@ -190,12 +181,7 @@ func (b *Burst) release() {
 		return
 	}
 	if p := b.q.Pool(); p != nil {
-		for _, h := range b.hs[:b.n] {
-			if h-p.first < p.count && p.ref[h-p.first] > 0 {
-				p.ref[h-p.first] = 0
-				p.free = append(p.free, h)
-			}
-		}
+		p.FreeHandles(b.hs[:b.n])
 	}
 	b.n = 0
 }
