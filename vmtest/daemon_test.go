@@ -72,15 +72,7 @@ func (r *daemonRig) start(t *testing.T, ctx context.Context, wait bool) *proc {
 // waitReady waits for p to log "daemon ready".
 func (r *daemonRig) waitReady(t *testing.T, ctx context.Context, p *proc) {
 	t.Helper()
-	for !strings.Contains(p.stderrText(), "daemon ready") {
-		select {
-		case <-p.done:
-			t.Fatalf("zchost daemon exited before it was ready: %v", p.err)
-		case <-ctx.Done():
-			t.Fatalf("zchost daemon not ready: %v", ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	p.awaitLog(t, ctx, "daemon ready", "zchost daemon")
 }
 
 // kill kills the daemon with SIGKILL and waits for it to be gone.

@@ -190,6 +190,21 @@ func expectGone(t *testing.T, ctx context.Context, vm *VM, who string) {
 }
 
 // stderrText returns what the process wrote to stderr so far.
+// awaitLog waits until p has logged text on stderr; it fails the test if
+// p exits first or ctx ends (what names p in the message).
+func (p *proc) awaitLog(t *testing.T, ctx context.Context, text, what string) {
+	t.Helper()
+	for !strings.Contains(p.stderrText(), text) {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s never logged %q: %v\n%s", what, text, ctx.Err(), p.stderrText())
+		case <-p.done:
+			t.Fatalf("%s exited before it logged %q: %v\n%s", what, text, p.err, p.stderrText())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 func (p *proc) stderrText() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -58,15 +58,7 @@ sleep 1 # let libvirt see the eject before power-off`, id, n),
 	agent := h.start(t, h.zchost, "run", "-c", fmt.Sprint(id), "-i", fmt.Sprintf("gen:len=%d,count=%d,after=6s", frameLen, n),
 		"-n", "1", "--keep", "--backing", "shm", "--stats-interval", "0", "--wait-consumers", "150s", "--doorbell", "--vm", target)
 
-	for !strings.Contains(agent.stderrText(), "sources started") {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("the agent never started its sources:\n%s", agent.stderrText())
-		case <-agent.done:
-			t.Fatalf("zchost run exited: %v\n%s", agent.err, agent.stderrText())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	agent.awaitLog(t, ctx, "sources started", "zchost run")
 
 	// libvirt knows the device: a doorbell <shmem> served by the agent.
 	dom, err := libvirt.Dial(ctx, libvirt.Spec{Domain: name, Socket: d.socket})

@@ -3,6 +3,7 @@ package vmtest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -157,38 +158,46 @@ func Start(t testing.TB, opts ...Option) *VM {
 // connection is closed at once; QEMU then serves the next client. It gives
 // up when QEMU exits or after timeout.
 func (vm *VM) waitQMP(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		c, err := net.Dial("unix", vm.qmp)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-vm.exited:
-			return fmt.Errorf("QEMU exited before listening on its QMP socket: %v", vm.exitErr)
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("QEMU not listening on its QMP socket %s after %v: %w", vm.qmp, timeout, err)
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := vm.dialRetry(ctx, vm.qmp)
+	switch {
+	case errors.Is(err, errQEMUExited):
+		return fmt.Errorf("QEMU exited before listening on its QMP socket: %v", vm.exitErr)
+	case err != nil:
+		return fmt.Errorf("QEMU not listening on its QMP socket %s after %v: %w", vm.qmp, timeout, err)
 	}
+	c.Close()
+	return nil
 }
 
 // DialCtl connects to the host end of the VM's virtio-serial port (see
 // [VirtioSerial]). QEMU binds that socket after its QMP socket, so right
 // after Start it may not be there yet: DialCtl retries until ctx ends.
 func (vm *VM) DialCtl(ctx context.Context) (net.Conn, error) {
+	c, err := vm.dialRetry(ctx, vm.ctl)
+	if err != nil {
+		return nil, fmt.Errorf("vmtest: dial the ctl port %s: %w", vm.ctl, err)
+	}
+	return c, nil
+}
+
+// errQEMUExited: QEMU exited while dialRetry waited for its socket.
+var errQEMUExited = errors.New("QEMU exited")
+
+// dialRetry dials QEMU's unix socket at path every 5 ms until it answers,
+// QEMU exits (errQEMUExited) or ctx ends (the last dial error and ctx's).
+func (vm *VM) dialRetry(ctx context.Context, path string) (net.Conn, error) {
 	for {
-		c, err := net.Dial("unix", vm.ctl)
+		c, err := net.Dial("unix", path)
 		if err == nil {
 			return c, nil
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("vmtest: dial the ctl port %s: %w (%w)", vm.ctl, err, ctx.Err())
+			return nil, fmt.Errorf("%w (%w)", err, ctx.Err())
 		case <-vm.exited:
-			return nil, fmt.Errorf("vmtest: dial the ctl port %s: QEMU exited: %w", vm.ctl, err)
+			return nil, fmt.Errorf("%w: %w", errQEMUExited, err)
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
