@@ -40,6 +40,8 @@ func BenchmarkQueue(b *testing.B) {
 			b.Run("burst", func(b *testing.B) { benchQueueBurst(b, burst) })
 			b.Run("meta-only", func(b *testing.B) { benchQueue(b, burst, false) })
 			b.Run("bare", func(b *testing.B) { benchBare(b, burst) })
+			b.Run("floor-producer", func(b *testing.B) { benchFloorProducer(b, burst) })
+			b.Run("floor-consumer", func(b *testing.B) { benchFloorConsumer(b, burst) })
 			b.Run("chan", benchChan)
 		})
 	}
@@ -63,59 +65,118 @@ func benchBare(b *testing.B, burst int) {
 	in, _ := ivshmem.NewDescConsumer(r.b, ql.DataRing, ql.Slots)
 	back, _ := ivshmem.NewRingProducer(r.b, ql.RetRing, ql.Slots)
 	ret, _ := ivshmem.NewRingConsumer(r.b, ql.RetRing, ql.Slots)
+	free := make([]uint32, 0, ql.Slots)
+	for h := range ql.Slots {
+		free = append(free, ql.Slots-1-h)
+	}
 	total := uint32(b.N)
 	var cerr error
 	cpuset.RunPair(b, "pkts/s", func() {
-		free := make([]uint32, 0, ql.Slots)
-		for h := range ql.Slots {
-			free = append(free, ql.Slots-1-h)
-		}
-		idle := 0
-		for seq := uint32(0); seq < total; {
-			if len(free) < burst { // take returns back only when short, as Pool.Alloc does
-				n, _ := ret.Ready(MaxBurst)
-				for i := range n {
-					free = append(free, ret.HandleAt(i))
-				}
-				ret.Consume(n)
-			}
-			k, _ := out.Reserve(min(burst, len(free), int(total-seq)))
-			if k == 0 {
-				cpuset.Spin(&idle)
-				continue
-			}
-			for i := range k {
-				h := free[len(free)-1-i]
-				binary.LittleEndian.PutUint32(r.buffer(h), seq+uint32(i))
-				*out.DescAt(i) = ivshmem.Desc{Handle: h, Len: 64}
-			}
-			free = free[:len(free)-k]
-			out.Publish(k)
-			seq += uint32(k)
-		}
+		bareProduce(r, out, ret, free, total, burst)
 	}, func() {
-		idle := 0
-		for next := uint32(0); next < total; {
-			n, _ := in.Ready(burst)
-			if n == 0 {
-				cpuset.Spin(&idle)
-				continue
-			}
-			back.Reserve(n) // the return ring has a slot for every buffer
-			for i := range n {
-				d := in.DescAt(i)
-				if s := binary.LittleEndian.Uint32(r.buffer(d.Handle)[d.Off : d.Off+d.Len]); s != next && cerr == nil {
-					cerr = fmt.Errorf("got packet %d, want %d", s, next)
-				}
-				next++
-				back.SetHandle(i, d.Handle)
-			}
-			in.Consume(n)
-			back.Publish(n)
-		}
+		cerr = bareConsume(r, in, back, total, burst)
 	})
 	if cerr != nil {
 		b.Fatal(cerr)
+	}
+}
+
+// bareProduce is the floor's producer: total packets numbered in their
+// first four bytes, in bursts, through out, buffers taken from free (a
+// LIFO stack of at most the ring's size, so that the return ring always
+// has room) and taken back from ret only when free runs short, as
+// Pool.Alloc does.
+func bareProduce(r *region, out *ivshmem.RingProducer, ret *ivshmem.RingConsumer, free []uint32, total uint32, burst int) {
+	idle := 0
+	for seq := uint32(0); seq < total; {
+		if len(free) < burst {
+			n, _ := ret.Ready(MaxBurst)
+			for i := range n {
+				free = append(free, ret.HandleAt(i))
+			}
+			ret.Consume(n)
+		}
+		k, _ := out.Reserve(min(burst, len(free), int(total-seq)))
+		if k == 0 {
+			cpuset.Spin(&idle)
+			continue
+		}
+		for i := range k {
+			h := free[len(free)-1-i]
+			binary.LittleEndian.PutUint32(r.buffer(h), seq+uint32(i))
+			*out.DescAt(i) = ivshmem.Desc{Handle: h, Len: 64}
+		}
+		free = free[:len(free)-k]
+		out.Publish(k)
+		seq += uint32(k)
+	}
+}
+
+// bareConsume is the floor's consumer: it reads total packets from in,
+// checks each number, and returns each handle through back.
+func bareConsume(r *region, in *ivshmem.RingConsumer, back *ivshmem.RingProducer, total uint32, burst int) (err error) {
+	idle := 0
+	for next := uint32(0); next < total; {
+		n, _ := in.Ready(burst)
+		if n == 0 {
+			cpuset.Spin(&idle)
+			continue
+		}
+		back.Reserve(n) // the return ring has a slot for every buffer
+		for i := range n {
+			d := in.DescAt(i)
+			if s := binary.LittleEndian.Uint32(r.buffer(d.Handle)[d.Off : d.Off+d.Len]); s != next && err == nil {
+				err = fmt.Errorf("got packet %d, want %d", s, next)
+			}
+			next++
+			back.SetHandle(i, d.Handle)
+		}
+		in.Consume(n)
+		back.Publish(n)
+	}
+	return err
+}
+
+// benchFloorProducer is the floor's producer (bareProduce) in front of the
+// queue's consumer (RecvBurst, read, Release): the most any producer can
+// get out of this consumer. benchFloorConsumer is the queue's fast
+// producer (Reserve/Commit) in front of the floor's consumer. Between
+// them they say which end holds the queue back from its floor.
+func benchFloorProducer(b *testing.B, burst int) {
+	c := newCluster(b, Config{ID: 54, QueueLen: benchQueueLen})
+	prod := mustQ(b)(c.Producer(0))
+	cons := mustQ(b)(c.Consumer(0))
+	free := make([]uint32, prod.Slots()) // no more than the return ring holds
+	if n := prod.Pool().Handles(free); n != len(free) {
+		b.Fatalf("pool gave %d of %d buffers", n, len(free))
+	}
+	total := uint32(b.N)
+	var cerr error
+	cpuset.RunPair(b, "pkts/s", func() {
+		bareProduce(c.r, prod.out, prod.ret, free, total, burst)
+	}, func() {
+		cerr = consume64(cons, total, burst, true)
+	})
+	if cerr != nil {
+		b.Fatal(cerr)
+	}
+}
+
+func benchFloorConsumer(b *testing.B, burst int) {
+	c := newCluster(b, Config{ID: 55, QueueLen: benchQueueLen})
+	prod := mustQ(b)(c.Producer(0))
+	cons := mustQ(b)(c.Consumer(0))
+	total := uint32(b.N)
+	var perr, cerr error
+	var failed atomic.Bool
+	cpuset.RunPair(b, "pkts/s", func() {
+		perr = produce64Burst(prod, total, burst, failed.Load)
+	}, func() {
+		cerr = bareConsume(c.r, cons.in, cons.back, total, burst)
+		failed.Store(cerr != nil)
+	})
+	if perr != nil || cerr != nil {
+		b.Fatalf("producer: %v; consumer: %v", perr, cerr)
 	}
 }
 
@@ -213,39 +274,44 @@ func benchQueueWith(b *testing.B, burst int, touch bool, produce func(prod *Queu
 	cpuset.RunPair(b, "pkts/s", func() {
 		perr = produce(prod, total, failed.Load)
 	}, func() {
-		defer func() { failed.Store(cerr != nil) }()
-		got := make([]Packet, burst)
-		idle := 0
-		for next := uint32(0); next < total; {
-			n, err := cons.RecvBurst(got)
-			if err != nil {
-				cerr = err
-				return
-			}
-			if n == 0 {
-				cpuset.Spin(&idle)
-				continue
-			}
-			for i := range got[:n] {
-				s := got[i].Seq
-				if touch {
-					s = binary.LittleEndian.Uint32(got[i].Data)
-				}
-				if s != next {
-					cerr = fmt.Errorf("got packet %d, want %d", s, next)
-					return
-				}
-				next++
-			}
-			if err := cons.Release(got[:n]...); err != nil {
-				cerr = err
-				return
-			}
-		}
+		cerr = consume64(cons, total, burst, touch)
+		failed.Store(cerr != nil)
 	})
 	if perr != nil || cerr != nil {
 		b.Fatalf("producer: %v; consumer: %v", perr, cerr)
 	}
+}
+
+// consume64 receives total packets in bursts (RecvBurst, read, Release)
+// and checks that they come numbered 0..total-1: in their first four
+// bytes, or with !touch in Packet.Seq.
+func consume64(cons *Queue, total uint32, burst int, touch bool) error {
+	got := make([]Packet, burst)
+	idle := 0
+	for next := uint32(0); next < total; {
+		n, err := cons.RecvBurst(got)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			cpuset.Spin(&idle)
+			continue
+		}
+		for i := range got[:n] {
+			s := got[i].Seq
+			if touch {
+				s = binary.LittleEndian.Uint32(got[i].Data)
+			}
+			if s != next {
+				return fmt.Errorf("got packet %d, want %d", s, next)
+			}
+			next++
+		}
+		if err := cons.Release(got[:n]...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func benchChan(b *testing.B) {

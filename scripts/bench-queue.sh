@@ -6,7 +6,10 @@
 # and best of each and their ratios. Each run also carries its same-run
 # baselines: BenchmarkQueue/32/bare (the same exchange over the same rings
 # with none of the queue's work: the floor of this shape, this tree only)
-# and BenchmarkTwoProc/32/socket (a unix socket pair). Both benchmarks
+# and BenchmarkTwoProc/32/socket (a unix socket pair). floor-producer and
+# floor-consumer (this tree only) are the floor's producer in front of the
+# queue's consumer and the queue's fast producer in front of the floor's
+# consumer: what each end alone costs, against base. Both benchmarks
 # also run this tree's producer fast path (Reserve/Commit: the "burst"
 # rows), compared with the base's queue (Alloc/SendBurst, v1 has no other).
 #
@@ -39,7 +42,7 @@ run() {
 }
 for r in $(seq "$K"); do
 	for b in base tree; do
-		run "$W/$b.test" 'BenchmarkQueue/32/(queue|burst|bare)$' | sed "s/^/$b /"
+		run "$W/$b.test" 'BenchmarkQueue/32/(queue|burst|bare|floor-producer|floor-consumer)$' | sed "s/^/$b /"
 		run "$W/$b.test" 'BenchmarkTwoProc/32/(queue|burst|socket)$' | sed "s/^/$b /"
 	done
 done >"$W/all"
@@ -67,6 +70,14 @@ END {
 	q = "BenchmarkQueue/32/queue"; f = "BenchmarkQueue/32/bare"
 	if (med["tree " f] > 0)
 		printf "  tree queue/bare (the queue against its floor)  median %.2fx  best %.2fx\n", med["tree " q] / med["tree " f], best["tree " q] / best["tree " f]
+	if (med["tree " f] > 0 && med["base " q] > 0)
+		printf "  tree bare/base queue (the floor against v1)  median %.2fx  best %.2fx\n", med["tree " f] / med["base " q], best["tree " f] / best["base " q]
+	for (e = 1; e <= 2; e++) {
+		h = e == 1 ? "producer" : "consumer"
+		f = "BenchmarkQueue/32/floor-" h
+		if (med["tree " f] > 0 && med["base " q] > 0)
+			printf "  tree floor-%s/base queue (the other end alone)  median %.2fx  best %.2fx\n", h, med["tree " f] / med["base " q], best["tree " f] / best["base " q]
+	}
 	t = "BenchmarkTwoProc/32/queue"; s = "BenchmarkTwoProc/32/socket"
 	if (med["tree " s] > 0)
 		printf "  tree twoproc/socket                             median %.2fx  best %.2fx\n", med["tree " t] / med["tree " s], best["tree " t] / best["tree " s]
