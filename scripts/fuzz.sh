@@ -9,7 +9,8 @@
 #
 #   scripts/fuzz.sh                 # all targets, 10s each
 #   FUZZTIME=60s scripts/fuzz.sh    # longer
-#   scripts/fuzz.sh FuzzProducer    # the targets whose name matches
+#   scripts/fuzz.sh FuzzProducer    # the targets whose name contains it
+#                                   # (a plain substring; no match is an error)
 #
 # Then the C target FuzzCReader: the libpcap shim's reader of the format
 # (pcapshim/src/zcreader.c) under libFuzzer with AddressSanitizer and
@@ -37,9 +38,11 @@ targets=(
 fuzztime=${FUZZTIME:-10s}
 filter=${1:-}
 failed=()
+ran=0
 for pt in "${targets[@]}"; do
 	pkg=${pt%%:*} target=${pt#*:}
 	if [ -n "$filter" ] && [[ $target != *"$filter"* ]]; then continue; fi
+	ran=$((ran + 1))
 	echo "-- $target ($pkg, $fuzztime)"
 	log=$(mktemp)
 	start=$SECONDS
@@ -65,6 +68,7 @@ for pt in "${targets[@]}"; do
 done
 # The C reader (libzcpcap.so's): libFuzzer.
 if [ -z "$filter" ] || [[ FuzzCReader == *"$filter"* ]]; then
+	ran=$((ran + 1))
 	echo "-- FuzzCReader (pcapshim/fuzz, $fuzztime)"
 	start=$SECONDS
 	cc=${FUZZ_CC:-clang}
@@ -102,6 +106,11 @@ if [ -z "$filter" ] || [[ FuzzCReader == *"$filter"* ]]; then
 	echo "   $((SECONDS - start))s"
 fi
 
+if [ "$ran" -eq 0 ]; then
+	echo "fuzz: no target's name contains \"$filter\" (a plain substring, not a pattern); the targets:" >&2
+	printf '  %s\n' "${targets[@]#*:}" FuzzCReader >&2
+	exit 2
+fi
 if [ ${#failed[@]} -gt 0 ]; then
 	echo "fuzz: FAILED: ${failed[*]}"
 	exit 1
