@@ -41,6 +41,15 @@
 // ivshmem-plain; Ring still works. BAR2 is mapped with [Device.Map]
 // whichever driver is bound.
 //
+// VFIO lets one process at a time hold a device, and a guest often runs a
+// reader per queue. The first process to open the doorbell holds its
+// interrupts and passes each one on to the guest's other processes that
+// open it, over an abstract unix socket named after the device (an
+// eventfd each, sent with SCM_RIGHTS; share.go); when it closes the
+// doorbell or exits, one of them takes the device over and the others
+// follow it. So every reader of the device sleeps, and each interrupt
+// wakes each of them once (they look at their own queues).
+//
 // An unplug ends a blocked Wait with [ErrDoorbellGone]. A restart of the
 // host agent changes nothing here: the new agent takes QEMU's eventfds back
 // (host/doorbell's Recover), and the same device and Doorbell go on

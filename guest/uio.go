@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,14 +67,31 @@ type DoorbellOptions struct {
 // returns [ErrNoInterrupts] and the caller polls. BAR2 (the region) is
 // mapped as before with [Device.Map], whichever driver is bound.
 //
+// VFIO lets one process at a time hold a device. The first process of
+// the guest to open the doorbell holds its interrupts and passes each one
+// on to the other processes that open it (see share.go: an abstract unix
+// socket named after the device, an eventfd per process), so that every
+// reader of the device's queues sleeps. When that process closes the
+// doorbell or exits, one of the others takes the interrupts over. A
+// process that gets its interrupts from another sees every interrupt as
+// vector 0.
+//
 // Ring, IVPosition and Wait are safe for concurrent use; Ring and
 // IVPosition allocate nothing.
 type Doorbell struct {
-	dev  Device
-	regs []byte // BAR0, one page
+	dev    Device
+	regs   []byte // BAR0, one page
+	devDir string // where the VFIO nodes are, for a takeover
 
-	noIntr error // why Wait cannot work; nil when it can
-	v      *vfio
+	noIntr error                 // why Wait cannot work; nil when it can
+	lost   atomic.Pointer[error] // the interrupts were lost later (no takeover)
+
+	mu       sync.Mutex // guards what follows
+	v        *vfio      // this process holds the interrupts ...
+	share    *bellShare // ... and passes them on (nil if it could not)
+	sub      *net.UnixConn
+	subEv    *os.File // or another process passes them on through these
+	isClosed bool
 
 	pending  atomic.Uint64 // vectors that fired since the last Wait
 	sig      chan struct{} // a vector fired (capacity 1)
@@ -102,26 +121,138 @@ func openDoorbell(d Device, opts DoorbellOptions) (*Doorbell, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Doorbell{dev: d, regs: regs, sig: make(chan struct{}, 1), gone: make(chan struct{}), closed: make(chan struct{})}
-	devDir := opts.DevDir
-	if devDir == "" {
-		devDir = "/dev"
+	b := &Doorbell{dev: d, regs: regs, devDir: opts.DevDir, sig: make(chan struct{}, 1), gone: make(chan struct{}), closed: make(chan struct{})}
+	if b.devDir == "" {
+		b.devDir = "/dev"
 	}
-	b.v, b.noIntr = openVFIO(d, devDir, !opts.NoBind)
-	if b.noIntr != nil {
-		if !errors.Is(b.noIntr, ErrNoInterrupts) {
-			// Whatever failed, the caller's answer is the same: poll.
-			b.noIntr = fmt.Errorf("%w: %w", ErrNoInterrupts, b.noIntr)
+	if b.subscribe() {
+		return b, nil // another process of the guest holds the interrupts
+	}
+	v, err := openVFIO(d, b.devDir, !opts.NoBind)
+	if err != nil && errors.Is(err, unix.EBUSY) {
+		// Another process holds the device but does not share it (yet:
+		// it listens just after it opened the device).
+		terr := b.takeOver(time.Now().Add(time.Second))
+		if terr == nil {
+			return b, nil
 		}
+		err = fmt.Errorf("another process of this guest holds the device and does not share its interrupts: %w", terr)
+	}
+	if err != nil {
+		if !errors.Is(err, ErrNoInterrupts) {
+			// Whatever failed, the caller's answer is the same: poll.
+			err = fmt.Errorf("%w: %w", ErrNoInterrupts, err)
+		}
+		b.noIntr = err
 		return b, nil
 	}
-	for i, f := range b.v.irqs {
+	b.own(v)
+	return b, nil
+}
+
+// own takes the interrupts of v (this process holds the device) and
+// shares them with the guest's other processes. It releases v when the
+// doorbell was closed meanwhile.
+func (b *Doorbell) own(v *vfio) {
+	share, _ := listenShare(b.dev) // without it, this process alone sleeps
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.isClosed {
+		if share != nil {
+			share.close(false)
+		}
+		v.close()
+		return
+	}
+	b.v, b.share = v, share
+	for i, f := range v.irqs {
 		b.readers.Add(1)
-		go b.readIRQ(f, uint64(1)<<uint(i))
+		go b.readIRQ(f, uint64(1)<<uint(i), share)
 	}
 	b.readers.Add(1)
-	go b.readReq(b.v.req)
-	return b, nil
+	go b.readReq(v, share)
+}
+
+// subscribe gets the interrupts from the process of the guest that holds
+// the device, if one shares them; it reports whether it did.
+func (b *Doorbell) subscribe() bool {
+	c, ev, err := dialShare(b.dev)
+	if err != nil {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.isClosed {
+		c.Close()
+		ev.Close()
+		return true // nothing more to do
+	}
+	b.sub, b.subEv = c, ev
+	b.readers.Add(2)
+	go b.readIRQ(ev, 1, nil)
+	go b.watchOwner(c, ev)
+	return true
+}
+
+// takeOverWait bounds a takeover (a variable for tests).
+var takeOverWait = 2 * time.Second
+
+// watchOwner waits for the end of a subscription: an unplug (the owner
+// says so), or the owner stopped, in which case this process takes the
+// interrupts over or subscribes to whoever did.
+func (b *Doorbell) watchOwner(c *net.UnixConn, ev *os.File) {
+	defer b.readers.Done()
+	var m [1]byte
+	n, _ := c.Read(m[:])
+	b.mu.Lock()
+	closing := b.isClosed
+	if b.sub == c {
+		b.sub, b.subEv = nil, nil
+	}
+	b.mu.Unlock()
+	c.Close()
+	ev.Close() // ends its readIRQ
+	switch {
+	case closing:
+	case n == 1 && m[0] == shareGone:
+		b.goneOnce.Do(func() { close(b.gone) })
+	default:
+		// An interrupt may have come while nobody passed it on: wake Wait
+		// so that the caller looks at its queues.
+		b.signal(1)
+		if err := b.takeOver(time.Now().Add(takeOverWait)); err != nil {
+			err = fmt.Errorf("%w: the process that shared the interrupts of %s stopped, and none could be taken over: %w", ErrNoInterrupts, b.dev.Addr, err)
+			b.lost.Store(&err)
+			b.signal(1)
+		}
+	}
+}
+
+// takeOver gets the interrupts of a device another process held (or
+// holds): from whoever shares them now, or by opening the device once the
+// other process has released it. It retries until deadline or Close.
+func (b *Doorbell) takeOver(deadline time.Time) error {
+	for {
+		if b.subscribe() {
+			return nil
+		}
+		v, err := openVFIO(b.dev, b.devDir, false)
+		if err == nil {
+			b.own(v)
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) {
+			return err // the device is gone, or no longer vfio-pci's
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the device stayed busy and nobody shared it: %w", err)
+		}
+		select {
+		case <-b.closed:
+			return ErrDoorbellClosed
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // mapBAR0 maps the device's register BAR through sysfs.
@@ -155,7 +286,12 @@ func (b *Doorbell) Ring(peer, vector uint16) {
 
 // Interrupts returns nil when Wait can block for interrupts, else an error
 // wrapping [ErrNoInterrupts] that says why.
-func (b *Doorbell) Interrupts() error { return b.noIntr }
+func (b *Doorbell) Interrupts() error {
+	if p := b.lost.Load(); p != nil {
+		return *p
+	}
+	return b.noIntr
+}
 
 // Wait blocks until the device interrupts this guest, and returns the set
 // of vectors that fired since the last Wait (bit v for vector v; rings on
@@ -175,6 +311,9 @@ func (b *Doorbell) Wait(ctx context.Context) (uint64, error) {
 	for {
 		if p := b.pending.Swap(0); p != 0 {
 			return p, nil
+		}
+		if p := b.lost.Load(); p != nil {
+			return 0, *p
 		}
 		select {
 		case <-b.sig:
@@ -196,44 +335,70 @@ func (b *Doorbell) Wait(ctx context.Context) (uint64, error) {
 // and Wait's goroutine runs as soon as it is readied (a reader blocked in a
 // plain read(2) would hold the only P of a one-vCPU guest until sysmon
 // takes it back, up to 10 ms later).
-func (b *Doorbell) readIRQ(f *os.File, bit uint64) {
+// With share, it passes each interrupt on to the guest's other processes.
+func (b *Doorbell) readIRQ(f *os.File, bit uint64, share *bellShare) {
 	defer b.readers.Done()
 	var buf [8]byte
 	for {
 		if _, err := f.Read(buf[:]); err != nil {
 			return
 		}
-		b.pending.Or(bit)
-		select {
-		case b.sig <- struct{}{}:
-		default:
+		b.signal(bit)
+		if share != nil {
+			share.notify()
 		}
+	}
+}
+
+// signal records that the vectors in bits fired and wakes Wait.
+func (b *Doorbell) signal(bits uint64) {
+	b.pending.Or(bits)
+	select {
+	case b.sig <- struct{}{}:
+	default:
 	}
 }
 
 // readReq waits for the kernel's device request (an unplug): it releases
-// the device at once, so the unplug never waits for the application, and
-// wakes Wait with ErrDoorbellGone.
-func (b *Doorbell) readReq(f *os.File) {
+// the device at once, so the unplug never waits for the application, tells
+// the processes it shares the interrupts with, and wakes Wait with
+// ErrDoorbellGone.
+func (b *Doorbell) readReq(v *vfio, share *bellShare) {
 	defer b.readers.Done()
 	var buf [8]byte
-	if _, err := f.Read(buf[:]); err != nil {
+	if _, err := v.req.Read(buf[:]); err != nil {
 		return // closed
 	}
-	b.v.close()
+	v.close()
+	if share != nil {
+		share.close(true)
+	}
 	b.goneOnce.Do(func() { close(b.gone) })
 }
 
 // Close stops waiting (a blocked Wait returns [ErrDoorbellClosed]),
-// releases the VFIO device and unmaps BAR0. The device stays bound to
-// vfio-pci; BAR2 mappings are not affected. Safe to call more than once.
+// releases the VFIO device (another process of the guest that shared its
+// interrupts then takes them over) or ends this process's share of them,
+// and unmaps BAR0. The device stays bound to vfio-pci; BAR2 mappings are
+// not affected. Safe to call more than once.
 func (b *Doorbell) Close() error {
 	b.closeOnce.Do(func() {
+		b.mu.Lock()
+		b.isClosed = true
+		v, share, sub, ev := b.v, b.share, b.sub, b.subEv
+		b.mu.Unlock()
 		close(b.closed)
-		if b.v != nil {
-			b.v.close()
-			b.readers.Wait()
+		if share != nil {
+			share.close(false) // the others take the interrupts over
 		}
+		if v != nil {
+			v.close()
+		}
+		if sub != nil {
+			sub.Close()
+			ev.Close()
+		}
+		b.readers.Wait()
 		if err := unix.Munmap(b.regs); err != nil {
 			b.closeErr = fmt.Errorf("zc: close doorbell %s: %w", b.dev.Addr, err)
 		}

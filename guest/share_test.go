@@ -1,0 +1,166 @@
+package guest
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// openShared opens n doorbells on d, each of which must get its interrupts
+// from the owner s (a share with n subscribers).
+func openShared(t *testing.T, d Device, s *bellShare, n int) []*Doorbell {
+	t.Helper()
+	var bs []*Doorbell
+	for range n {
+		b, err := OpenDoorbell(d, DoorbellOptions{NoBind: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		if err := b.Interrupts(); err != nil {
+			t.Fatalf("a doorbell whose device another process shares: Interrupts() = %v", err)
+		}
+		bs = append(bs, b)
+	}
+	awaitSubscribers(t, s, n)
+	return bs
+}
+
+// awaitSubscribers waits until s passes interrupts on to n processes.
+func awaitSubscribers(t *testing.T, s *bellShare, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Second); s.subscribers() != n; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the owner has %d subscribers, want %d", s.subscribers(), n)
+		}
+	}
+}
+
+// expectWake fails unless b's Wait returns vector 0 within a second.
+func expectWake(t *testing.T, b *Doorbell, what string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if v, err := b.Wait(ctx); err != nil || v != 1 {
+		t.Fatalf("%s: Wait = %#x, %v; want vector 0", what, v, err)
+	}
+}
+
+// expectNoWake fails if b's Wait returns within 100 ms.
+func expectNoWake(t *testing.T, b *Doorbell, what string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if v, err := b.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("%s: Wait = %#x, %v; want it to wait", what, v, err)
+	}
+}
+
+// TestShareWakesEveryProcess: a device's interrupts held by one process
+// (here the test's owner end, over a real abstract unix socket, with real
+// eventfds passed by SCM_RIGHTS) wake every other doorbell opened on the
+// device, each once per interrupt; a doorbell that closes stops getting
+// them and the owner drops it.
+func TestShareWakesEveryProcess(t *testing.T) {
+	d := fakeDoorbell(t, t.TempDir())
+	s, err := listenShare(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close(false)
+	bs := openShared(t, d, s, 2)
+	for _, b := range bs {
+		expectNoWake(t, b, "before any interrupt")
+	}
+	s.notify()
+	for i, b := range bs {
+		expectWake(t, b, "doorbell "+string(rune('0'+i)))
+		expectNoWake(t, b, "after the one interrupt was taken")
+	}
+	bs[0].Close()
+	awaitSubscribers(t, s, 1)
+	s.notify()
+	expectWake(t, bs[1], "the doorbell still open")
+}
+
+// TestShareGone: the owner tells its subscribers of an unplug; their Wait
+// ends with ErrDoorbellGone.
+func TestShareGone(t *testing.T) {
+	d := fakeDoorbell(t, t.TempDir())
+	s, err := listenShare(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := openShared(t, d, s, 1)[0]
+	s.close(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := b.Wait(ctx); !errors.Is(err, ErrDoorbellGone) {
+		t.Fatalf("Wait after the owner saw an unplug = %v, want ErrDoorbellGone", err)
+	}
+}
+
+// TestShareTakeover: when the owner stops, its subscribers are woken once
+// (an interrupt may have been missed) and get the interrupts from whoever
+// took them over: here a second owner listening as the first lets its
+// subscribers go. (Taking the device itself over needs VFIO: the vmtest
+// TestGuestProcessesShareDoorbell does it in a real guest.)
+func TestShareTakeover(t *testing.T) {
+	d := fakeDoorbell(t, t.TempDir())
+	s1, err := listenShare(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := openShared(t, d, s1, 1)[0]
+	s1.ln.Close() // the socket's name is free again
+	s2, err := listenShare(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.close(false)
+	s1.close(false)
+	expectWake(t, b, "the owner stopped")
+	awaitSubscribers(t, s2, 1)
+	if err := b.Interrupts(); err != nil {
+		t.Fatalf("after the takeover: Interrupts() = %v", err)
+	}
+	s2.notify()
+	expectWake(t, b, "an interrupt of the new owner")
+}
+
+// TestShareLost: an owner stops and nobody can take its interrupts over
+// (here a device vfio-pci does not hold): the doorbell says so, through
+// Interrupts and Wait, and its caller polls.
+func TestShareLost(t *testing.T) {
+	defer func(w time.Duration) { takeOverWait = w }(takeOverWait)
+	takeOverWait = 200 * time.Millisecond
+	d := fakeDoorbell(t, t.TempDir())
+	s, err := listenShare(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := openShared(t, d, s, 1)[0]
+	s.close(false)
+	expectWake(t, b, "the owner stopped")
+	deadline := time.Now().Add(2 * time.Second)
+	for b.Interrupts() == nil && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	ierr := b.Interrupts()
+	if !errors.Is(ierr, ErrNoInterrupts) || !strings.Contains(ierr.Error(), "stopped") {
+		t.Fatalf("Interrupts() after a lost owner = %v, want ErrNoInterrupts saying the owner stopped", ierr)
+	}
+	// The loss itself wakes Wait once more (so that a sleeping caller
+	// learns of it); then Wait says why.
+	var werr error
+	for range 2 {
+		if _, werr = b.Wait(context.Background()); werr != nil {
+			break
+		}
+	}
+	if !errors.Is(werr, ErrNoInterrupts) {
+		t.Fatalf("Wait after a lost owner = %v, want ErrNoInterrupts", werr)
+	}
+}
