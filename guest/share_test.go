@@ -8,6 +8,19 @@ import (
 	"time"
 )
 
+// newShare returns a fake doorbell device and an owner end sharing its
+// interrupts (closed at the end of the test).
+func newShare(t *testing.T) (Device, *bellShare) {
+	t.Helper()
+	d := fakeDoorbell(t, t.TempDir())
+	s, err := listenShare(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.close(false) })
+	return d, s
+}
+
 // openShared opens n doorbells on d, each of which must get its interrupts
 // from the owner s (a share with n subscribers).
 func openShared(t *testing.T, d Device, s *bellShare, n int) []*Doorbell {
@@ -64,12 +77,7 @@ func expectNoWake(t *testing.T, b *Doorbell, what string) {
 // device, each once per interrupt; a doorbell that closes stops getting
 // them and the owner drops it.
 func TestShareWakesEveryProcess(t *testing.T) {
-	d := fakeDoorbell(t, t.TempDir())
-	s, err := listenShare(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.close(false)
+	d, s := newShare(t)
 	bs := openShared(t, d, s, 2)
 	for _, b := range bs {
 		expectNoWake(t, b, "before any interrupt")
@@ -88,11 +96,7 @@ func TestShareWakesEveryProcess(t *testing.T) {
 // TestShareGone: the owner tells its subscribers of an unplug; their Wait
 // ends with ErrDoorbellGone.
 func TestShareGone(t *testing.T) {
-	d := fakeDoorbell(t, t.TempDir())
-	s, err := listenShare(d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, s := newShare(t)
 	b := openShared(t, d, s, 1)[0]
 	s.close(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -108,11 +112,7 @@ func TestShareGone(t *testing.T) {
 // subscribers go. (Taking the device itself over needs VFIO: the vmtest
 // TestGuestProcessesShareDoorbell does it in a real guest.)
 func TestShareTakeover(t *testing.T) {
-	d := fakeDoorbell(t, t.TempDir())
-	s1, err := listenShare(d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, s1 := newShare(t)
 	b := openShared(t, d, s1, 1)[0]
 	s1.ln.Close() // the socket's name is free again
 	s2, err := listenShare(d)
@@ -136,11 +136,7 @@ func TestShareTakeover(t *testing.T) {
 func TestShareLost(t *testing.T) {
 	defer func(w time.Duration) { takeOverWait = w }(takeOverWait)
 	takeOverWait = 200 * time.Millisecond
-	d := fakeDoorbell(t, t.TempDir())
-	s, err := listenShare(d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, s := newShare(t)
 	b := openShared(t, d, s, 1)[0]
 	s.close(false)
 	expectWake(t, b, "the owner stopped")
