@@ -80,7 +80,7 @@ func floodCmd(args []string) error {
 	n, err := f.Run(ctx, count, rate, dur)
 	el := time.Since(start)
 	stopStats()
-	took := taken()
+	took := settled(taken)
 	log.Info("summary", "sent", n, "seconds", el.Seconds(), "pps", uint64(float64(n)/max(el.Seconds(), 1e-9)),
 		"if_tx_packets", took, "not_taken", n-min(n, took))
 	if txOK && n > 0 && took == 0 {
@@ -90,6 +90,24 @@ func floodCmd(args []string) error {
 		log.Info("frames "+out+" did not take (its ring was full) are counted by its driver: ethtool -S "+out, "not_taken", n-took)
 	}
 	return err
+}
+
+// settled returns count once it stopped changing (two reads 20 ms apart
+// agree; at most a second). A veth counts a redirected frame as sent only
+// when its peer's NAPI takes it off the ring, after the flood returned:
+// read at once, the frames still on the ring (a few hundred) looked
+// refused.
+func settled(count func() uint64) uint64 {
+	v := count()
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		w := count()
+		if w == v {
+			break
+		}
+		v = w
+	}
+	return v
 }
 
 // txPackets reads ifname's transmitted-packets counter from sysfs (of the
