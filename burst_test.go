@@ -13,9 +13,7 @@ import (
 // whole and in order, with their optional fields where SetMeta gave some
 // and none elsewhere; the queue's counters count them.
 func TestBurstRoundTrip(t *testing.T) {
-	c := newCluster(t, Config{ID: 60, Queues: 1, QueueLen: 64, Buffers: 128})
-	must := mustQ(t)
-	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
+	c, prod, cons := newPair(t, Config{ID: 60, Queues: 1, QueueLen: 64, Buffers: 128})
 	var b Burst
 	n, err := prod.Reserve(&b, 8)
 	if err != nil || n != 8 || b.Len() != 8 {
@@ -69,9 +67,7 @@ func TestBurstRoundTrip(t *testing.T) {
 // the other buffers back to the pool; a fresh Reserve on a burst still
 // holding a reservation gives that back too. No buffer is lost.
 func TestBurstPartialCommit(t *testing.T) {
-	c := newCluster(t, Config{ID: 61, Queues: 1, QueueLen: 64, Buffers: 64})
-	must := mustQ(t)
-	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
+	c, prod, cons := newPair(t, Config{ID: 61, Queues: 1, QueueLen: 64, Buffers: 64})
 	pool := c.Pool()
 	free := pool.Len()
 	var b Burst
@@ -103,9 +99,7 @@ func TestBurstPartialCommit(t *testing.T) {
 // takes, so every Commit goes in whole; once every slot is lent it
 // returns 0, and the consumer's returns make room again.
 func TestBurstFillsTheQueue(t *testing.T) {
-	c := newCluster(t, Config{ID: 62, Queues: 1, QueueLen: 16, Buffers: 64})
-	must := mustQ(t)
-	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
+	_, prod, cons := newPair(t, Config{ID: 62, Queues: 1, QueueLen: 16, Buffers: 64})
 	var b Burst
 	if sent := fillQueue(t, prod, &b, 7); sent != 16 {
 		t.Fatalf("sent %d into a 16-slot queue", sent)
@@ -148,9 +142,7 @@ func TestBurstErrors(t *testing.T) {
 
 // TestBurstNoAllocs: the fast path allocates nothing.
 func TestBurstNoAllocs(t *testing.T) {
-	c := newCluster(t, Config{ID: 64, Queues: 1, QueueLen: 256, Buffers: 512})
-	must := mustQ(t)
-	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
+	_, prod, cons := newPair(t, Config{ID: 64, Queues: 1, QueueLen: 256, Buffers: 512})
 	b, got := new(Burst), make([]Packet, 32)
 	allocs := testing.AllocsPerRun(1000, func() {
 		n, _ := prod.Reserve(b, 32)
@@ -171,9 +163,7 @@ func TestBurstNoAllocs(t *testing.T) {
 // sleeps (no CPU) until the consumer returns buffers, and a context that
 // ends wakes it with the context's error.
 func TestReserveWaitSleeps(t *testing.T) {
-	c := newCluster(t, Config{ID: 65, Queues: 1, QueueLen: 16, Buffers: 64})
-	must := mustQ(t)
-	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
+	_, prod, cons := newPair(t, Config{ID: 65, Queues: 1, QueueLen: 16, Buffers: 64})
 	var b Burst
 	fillQueue(t, prod, &b, 16)
 	cctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)

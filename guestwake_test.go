@@ -95,6 +95,17 @@ func guestProducer(t *testing.T, r *region, q uint32) *Queue {
 	return p
 }
 
+// guestConsumer attaches queue q of the guest's view as its consumer.
+func guestConsumer(t *testing.T, r *region, q uint32) *Queue {
+	t.Helper()
+	c, err := r.attach(q, ivshmem.EndConsumer, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // recvAsync runs cons.RecvBurstWait on a goroutine and hands back how
 // many packets it got.
 func recvAsync(t *testing.T, cons *Queue) <-chan int {
@@ -111,6 +122,18 @@ func recvAsync(t *testing.T, cons *Queue) <-chan int {
 		got <- n
 	}()
 	return got
+}
+
+// expectSendWakes starts a receive on r, lets it go to sleep, sends one
+// packet on prod and checks that it wakes r (who names r).
+func expectSendWakes(t *testing.T, r, prod *Queue, who string) {
+	t.Helper()
+	got := recvAsync(t, r)
+	time.Sleep(100 * time.Millisecond)
+	if err := prod.Send([]byte("wake")); err != nil {
+		t.Fatal(err)
+	}
+	expectWoken(t, got, who)
 }
 
 // expectWoken waits (bounded: a hang) for a receiver woken by what was
@@ -174,11 +197,7 @@ func TestGuestSleepsOnAgentRing(t *testing.T) {
 	bell := newFakeBell(func() { relayed.Add(int64(c.WakeDoorbellSleepers(nil))) })
 	g := guestView(t, c, bell)
 	prod := mustQ(t)(c.Producer(0))
-	gc, err := g.attach(0, ivshmem.EndConsumer, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gc.Close()
+	gc := guestConsumer(t, g, 0)
 	if m := gc.WakeMode(); !strings.HasPrefix(m, "doorbell (the host peer does not ring") {
 		t.Fatalf("guest reader before the host serves its doorbell: idle waits %q", m)
 	}
@@ -186,12 +205,7 @@ func TestGuestSleepsOnAgentRing(t *testing.T) {
 	if m := gc.WakeMode(); m != "doorbell" {
 		t.Fatalf("guest reader of the agent: idle waits %q", m)
 	}
-	got := recvAsync(t, gc)
-	time.Sleep(100 * time.Millisecond)
-	if err := prod.Send([]byte("wake")); err != nil {
-		t.Fatal(err)
-	}
-	expectWoken(t, got, "the guest reader")
+	expectSendWakes(t, gc, prod, "the guest reader")
 	if prod.Wakes() == 0 {
 		t.Error("the host producer rang no interrupt")
 	}
@@ -245,20 +259,11 @@ func TestGuestSleepsOnHostProcess(t *testing.T) {
 	})
 	g := guestView(t, c, bell)
 	prod := mustQ(t)(c.Producer(0)) // no OnGuestWake: it cannot ring the guest
-	gc, err := g.attach(0, ivshmem.EndConsumer, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gc.Close()
+	gc := guestConsumer(t, g, 0)
 	if m := gc.WakeMode(); !strings.HasPrefix(m, "doorbell (the host peer does not ring") {
 		t.Fatalf("guest reader of a host process: idle waits %q", m)
 	}
-	got := recvAsync(t, gc)
-	time.Sleep(100 * time.Millisecond)
-	if err := prod.Send([]byte("wake")); err != nil {
-		t.Fatal(err)
-	}
-	expectWoken(t, got, "the guest reader of a host process")
+	expectSendWakes(t, gc, prod, "the guest reader of a host process")
 	if watches.Load() == 0 || prod.Wakes() == 0 {
 		t.Errorf("watches %d, producer wake-ups %d: the guest was not woken through a watch", watches.Load(), prod.Wakes())
 	}
@@ -299,11 +304,7 @@ func TestDoorbellWakerHostile(t *testing.T) {
 	}
 	cons.in.Clear()
 	// The guest's own reader on queue 1, asleep on its interrupt.
-	gc, err := g.attach(1, ivshmem.EndConsumer, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gc.Close()
+	gc := guestConsumer(t, g, 1)
 	gc.in.Announce(ivshmem.WakeDoorbell)
 	if n := c.WakeDoorbellSleepers(nil); n != 0 {
 		t.Fatalf("relay woke %d: a guest's own sleeper", n)

@@ -36,6 +36,15 @@ func newCluster(t testing.TB, cfg Config) *Cluster {
 	return c
 }
 
+// newPair creates a cluster with cfg and attaches both ends of its queue
+// 0 (closed at the end of the test).
+func newPair(t testing.TB, cfg Config) (c *Cluster, prod, cons *Queue) {
+	t.Helper()
+	c = newCluster(t, cfg)
+	must := mustQ(t)
+	return c, must(c.Producer(0)), must(c.Consumer(0))
+}
+
 func mustQ(t testing.TB) func(*Queue, error) *Queue {
 	return func(q *Queue, err error) *Queue {
 		t.Helper()

@@ -121,9 +121,7 @@ func TestBalancerOutputFailureIsLocal(t *testing.T) {
 // twice gets it delivered once; the second is counted as bad, and
 // releasing everything received is not a double release.
 func TestRecvSkipsDuplicateHandle(t *testing.T) {
-	c := newCluster(t, Config{ID: 31, Queues: 1, QueueLen: 16, Buffers: 32})
-	must := mustQ(t)
-	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
+	c, prod, cons := newPair(t, Config{ID: 31, Queues: 1, QueueLen: 16, Buffers: 32})
 	for i := range 3 {
 		if err := prod.Send([]byte{byte(i)}); err != nil {
 			t.Fatal(err)
@@ -287,9 +285,7 @@ func (h *hammer) poke() {
 // TestHandshakeHammerRateLimited: a consumer that asks for a recovery
 // after every answer gets one per RecoverEvery, not one per burst.
 func TestHandshakeHammerRateLimited(t *testing.T) {
-	c := newCluster(t, Config{ID: 34, Queues: 1, QueueLen: 1024, Buffers: 2048})
-	must := mustQ(t)
-	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
+	c, prod, cons := newPair(t, Config{ID: 34, Queues: 1, QueueLen: 1024, Buffers: 2048})
 	h := &hammer{b: c.r.b, l: &c.r.l}
 	pkts, recv := make([]Packet, 32), make([]Packet, 32)
 	start := time.Now()

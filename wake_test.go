@@ -38,9 +38,7 @@ func checkAsleep(t *testing.T, who string) {
 // next to no CPU (the v1 pacer napped every millisecond: 2.7% of a CPU),
 // and the next packet wakes it.
 func TestIdleConsumerSleeps(t *testing.T) {
-	c := newCluster(t, Config{ID: 40, Queues: 1, QueueLen: 64, Buffers: 128})
-	must := mustQ(t)
-	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
+	_, prod, cons := newPair(t, Config{ID: 40, Queues: 1, QueueLen: 64, Buffers: 128})
 	got := make(chan time.Time, 1)
 	go func() {
 		pkts := make([]Packet, 8)
@@ -79,9 +77,7 @@ func TestIdleConsumerSleeps(t *testing.T) {
 // queue sleeps until the consumer's returns wake it, and then sends
 // everything.
 func TestLosslessProducerSleeps(t *testing.T) {
-	c := newCluster(t, Config{ID: 41, Queues: 1, QueueLen: 16, Buffers: 64})
-	must := mustQ(t)
-	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
+	_, prod, cons := newPair(t, Config{ID: 41, Queues: 1, QueueLen: 16, Buffers: 64})
 	pkts := make([]Packet, 48)
 	n, _ := prod.Alloc(pkts)
 	done := make(chan int, 1)
@@ -111,9 +107,7 @@ func TestLosslessProducerSleeps(t *testing.T) {
 // in AllocWait (no CPU) until the consumer returns some, and a context
 // ending wakes it with the context's error.
 func TestAllocWaitSleeps(t *testing.T) {
-	c := newCluster(t, Config{ID: 43, Queues: 1, QueueLen: 64, Buffers: 64})
-	must := mustQ(t)
-	prod, cons := must(c.Producer(0)), must(c.Consumer(0))
+	_, prod, cons := newPair(t, Config{ID: 43, Queues: 1, QueueLen: 64, Buffers: 64})
 	pkts := make([]Packet, 64)
 	if sendAll(t, prod, pkts) == 0 {
 		t.Fatal("nothing sent")
