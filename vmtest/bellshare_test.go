@@ -63,10 +63,7 @@ wait`, id, first/2, first/2+second/2)))
 	expectIdle := func(who string) {
 		t.Helper()
 		time.Sleep(1500 * time.Millisecond) // past the readers' polls and naps
-		use, err := measureCPU(vm.PID(), 3*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		use := qemuCPU(t, vm)
 		t.Logf("QEMU CPU in 3 s while %s waited: %v", who, use)
 		if use.cpu > idleBound {
 			t.Errorf("QEMU used %v of CPU in 3 s while %s should sleep", use, who)

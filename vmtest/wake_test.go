@@ -46,6 +46,25 @@ func bellBeatsPoll(t *testing.T, what string, test func(t *testing.T, bell bool)
 	}
 }
 
+// bellBeatsPollUse is bellBeatsPoll for a test that returns QEMU's CPU
+// use: the share of a CPU is compared.
+func bellBeatsPollUse(t *testing.T, what string, test func(t *testing.T, bell bool) cpuUse) {
+	bellBeatsPoll(t, what, func(t *testing.T, bell bool) (time.Duration, float64) {
+		u := test(t, bell)
+		return u.cpu, u.share()
+	})
+}
+
+// qemuCPU measures vm's QEMU process over 3 s.
+func qemuCPU(t *testing.T, vm *VM) cpuUse {
+	t.Helper()
+	u, err := measureCPU(vm.PID(), 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
 // startAgent starts zchost with args, and with --doorbell when bell.
 func (h *hostTools) startAgent(t *testing.T, bell bool, args ...string) *proc {
 	t.Helper()
@@ -108,10 +127,7 @@ echo "ZCRESULT $(zcount -i zc:%[1]d@0 --json --interval 0)"`, id, n)))
 		t.Fatalf("the guest never saw the region: %v\nagent:\n%s", err, agent.stderrText())
 	}
 	time.Sleep(1500 * time.Millisecond) // the same settling as the reader gets below
-	floor, err = measureCPU(vm.PID(), 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	floor = qemuCPU(t, vm)
 	if _, err := idlePort.Write([]byte("measured\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -123,10 +139,7 @@ echo "ZCRESULT $(zcount -i zc:%[1]d@0 --json --interval 0)"`, id, n)))
 	// QEMU's CPU over three of them.
 	agent.awaitLog(t, ctx, "sources started", "zchost run")
 	time.Sleep(1500 * time.Millisecond) // past the reader's polls and naps
-	reader, err = measureCPU(vm.PID(), 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	reader = qemuCPU(t, vm)
 	how := map[bool]string{true: "reader asleep on the doorbell", false: "reader polling"}[bell]
 	t.Logf("QEMU CPU in 3 s: guest idle without a reader %v, %s %v: the reader adds %.2f%% of a CPU (%.1fx the idle guest)",
 		floor, how, reader, 100*(reader.share()-floor.share()), ratio(reader.share(), floor.share()))
@@ -289,10 +302,7 @@ func expectSent(t *testing.T, ctx context.Context, vm *VM, who string, n int) {
 // either way, and QEMU's CPU while zsend sends is compared: the guest
 // asleep must cost it less.
 func TestGuestReadsHostProcessAsleep(t *testing.T) {
-	bellBeatsPoll(t, "QEMU CPU while the guest read a host zsend at 4 packets/s", func(t *testing.T, bell bool) (time.Duration, float64) {
-		u := testGuestReadsHostProcess(t, bell)
-		return u.cpu, u.share()
-	})
+	bellBeatsPollUse(t, "QEMU CPU while the guest read a host zsend at 4 packets/s", testGuestReadsHostProcess)
 }
 
 func testGuestReadsHostProcess(t *testing.T, bell bool) cpuUse {
@@ -316,10 +326,7 @@ sleep 1 # let QEMU see the eject before power-off`, id, n)))
 	}
 	zsend := h.start(t, h.zsend, "-o", fmt.Sprintf("zc:%d@0", id), "-n", fmt.Sprint(n), "-r", "4", "-l", fmt.Sprint(frameLen), "--json", "--wait", "20s")
 	time.Sleep(time.Second) // past the first packets
-	use, err := measureCPU(vm.PID(), 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	use := qemuCPU(t, vm)
 	t.Logf("QEMU CPU in 3 s while the guest read a host zsend (doorbell %v): %v", bell, use)
 	var s summary
 	if _, err := vm.Result(ctx, &s); err != nil {
@@ -342,10 +349,7 @@ sleep 1 # let QEMU see the eject before power-off`, id, n)))
 // it once zcount, continued, returns buffers; without, zsend polls. QEMU's
 // CPU over those seconds is compared, and every packet is counted exactly.
 func TestGuestWaitsForHostProcessAsleep(t *testing.T) {
-	bellBeatsPoll(t, "QEMU CPU while the guest's zsend waited for a stopped host zcount", func(t *testing.T, bell bool) (time.Duration, float64) {
-		u := testGuestWaitsForHostProcess(t, bell)
-		return u.cpu, u.share()
-	})
+	bellBeatsPollUse(t, "QEMU CPU while the guest's zsend waited for a stopped host zcount", testGuestWaitsForHostProcess)
 }
 
 func testGuestWaitsForHostProcess(t *testing.T, bell bool) cpuUse {
@@ -374,10 +378,7 @@ sleep 1 # let QEMU see the eject before power-off`, id, n, frameLen)))
 		t.Fatalf("the guest never saw the region: %v\nagent:\n%s", err, agent.stderrText())
 	}
 	time.Sleep(1500 * time.Millisecond) // the queue fills; zsend waits, past its polls
-	use, err := measureCPU(vm.PID(), 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	use := qemuCPU(t, vm)
 	if err := zcount.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
