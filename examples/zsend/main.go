@@ -90,8 +90,9 @@ func run() int {
 		next = func(b []byte, seq uint64) (int, error) { return synth.Frame(b, seq), nil }
 	}
 
-	pkts := make([]zc.Packet, 32) // --lossless=false
-	var burst zc.Burst            // --lossless: frames made in place
+	pkts := make([]zc.Packet, 32)    // --lossless=false
+	var burst zc.Burst               // --lossless: frames made in place
+	lens := make([]int, zc.MaxBurst) // and their lengths
 	var sent, bytes, drops uint64
 	start := time.Now()
 	last := start
@@ -114,7 +115,7 @@ func run() int {
 		}
 		var r result
 		if lossless {
-			r = sendBurst(ctx, q, &burst, int(want), stamp, next, sent+drops)
+			r = sendBurst(ctx, q, &burst, lens, int(want), stamp, next, sent+drops)
 		} else {
 			r = sendPackets(ctx, q, pkts[:want], stamp, next, sent+drops)
 			drops += uint64(r.made - r.sent)
@@ -160,14 +161,15 @@ type result struct {
 
 // sendBurst makes up to want frames in place (ReserveWait: asleep while
 // every buffer is out or the queue is full) and commits them: lossless.
-func sendBurst(ctx context.Context, q *zc.Queue, b *zc.Burst, want int, stamp bool, next func([]byte, uint64) (int, error), seq uint64) (r result) {
+// lens (MaxBurst long, reused) holds the frames' lengths until Commit says
+// how many went in.
+func sendBurst(ctx context.Context, q *zc.Queue, b *zc.Burst, lens []int, want int, stamp bool, next func([]byte, uint64) (int, error), seq uint64) (r result) {
 	n, err := q.ReserveWait(ctx, b, want)
 	if err != nil {
 		r.qerr = err
 		return r
 	}
 	ts := now(stamp)
-	var lens [zc.MaxBurst]int
 	for i := range n {
 		l, err := next(b.Buf(i), seq+uint64(i))
 		if err != nil {
