@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -98,6 +99,7 @@ func openVFIO(d Device, devDir string, bind bool) (*vfio, error) {
 	if _, err := ioctlVal(v.container, vfioSetIOMMU, iommu); err != nil {
 		return fail(fmt.Errorf("%w: set VFIO IOMMU type %d: %v", ErrNoInterrupts, iommu, err))
 	}
+	disableReset(d.Dir)
 	if v.dev, err = vfioDeviceFD(v.group, d.Addr); err != nil {
 		return fail(fmt.Errorf("open VFIO device %s: %w", d.Addr, err))
 	}
@@ -131,6 +133,25 @@ func openVFIO(d Device, devDir string, bind bool) (*vfio, error) {
 		return fail(fmt.Errorf("arm the device request: %w", err))
 	}
 	return v, nil
+}
+
+// disableReset turns off the resets of the device at dir. vfio-pci resets
+// a device when a process opens it and when it releases it (a secondary
+// bus reset, for ivshmem behind a PCIe root port), and a reset turns the
+// device's BARs off for a moment: every other process of the guest that
+// maps BAR2 reads zeros meanwhile and takes its region for unplugged. With
+// the doorbell's interrupts passed from process to process (share.go), a
+// process opens the device while others read their queues. Nothing here
+// needs a reset: it writes an empty list to the device's reset_method
+// (Linux >= 5.15; an older kernel has no such file and keeps resetting).
+// It writes only when the list is not empty already: the kernel logs each
+// write.
+func disableReset(dir string) {
+	path := filepath.Join(dir, "reset_method")
+	if b, err := os.ReadFile(path); err != nil || len(strings.TrimSpace(string(b))) == 0 {
+		return
+	}
+	_ = writeAttr(path, "\n")
 }
 
 // close releases the device (which disables its interrupts and lets an
