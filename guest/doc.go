@@ -48,7 +48,11 @@
 // eventfd each, sent with SCM_RIGHTS; share.go); when it closes the
 // doorbell or exits, one of them takes the device over and the others
 // follow it. So every reader of the device sleeps, and each interrupt
-// wakes each of them once (they look at their own queues).
+// wakes each of them once (they look at their own queues). Before it opens
+// the device, a process turns the device's resets off (its reset_method):
+// vfio-pci resets a device on open and release, which turns BAR2 off for
+// a moment under the other readers, who would take their regions for
+// unplugged.
 //
 // An unplug ends a blocked Wait with [ErrDoorbellGone]. A restart of the
 // host agent changes nothing here: the new agent takes QEMU's eventfds back
