@@ -15,7 +15,8 @@
 //	12            4     header size (4096)
 //	16            8     region size (power of two, == mapped size)
 //	24            4     cluster id
-//	28            4     flags (1 hugepages, 2 shared trust domain)
+//	28            4     flags (1 hugepages, 2 shared trust domain,
+//	                    4 one VM's own region)
 //	32            8     generation (differs on every re-creation)
 //	40            4     number of queues Q (1..1024)
 //	44            4     queue descriptor size (64)
@@ -43,7 +44,9 @@
 //	+28           4     queue pool: buffer count (for an outside producer)
 //	+32           4     flags
 //	+36           4     (reserved)
-//	+40           8     producer owner, mutable: side<<32 | pid, 0 free
+//	+40           8     producer owner, mutable, 0 free: side<<32 |
+//	                    boot<<22 | pid (side 1 host, 2 guest; boot: a
+//	                    guest's boot tag, 0 on the host)
 //	+48           8     consumer owner, mutable
 //	+56           4     attach handshake, mutable: epoch<<2 | state
 //	                    (0 go, 1 consumer waits, 2 producer recovering, 3 done)
@@ -125,6 +128,16 @@
 // reclaimed): it takes over those still in the data ring and waits,
 // bounded, until the rest came back on the return ring before it
 // allocates, so it never hands out a buffer the consumer still reads.
+//
+// Who may find an owner word stale (and take the end over): a host
+// process, for a host owner whose process is gone (kill(pid, 0) fails,
+// or it is a zombie); a guest process, in a region with flag 4 (one VM's
+// own), for a guest owner whose boot tag is not this boot's (a claim from
+// before a reboot), or is this boot's or 0 and whose pid is gone in this
+// guest. Nobody else: the host cannot see a guest's processes nor a guest
+// the host's, and in a region that several VMs map a guest cannot tell
+// another VM's pid from one of its own. Such an end is freed when the
+// agent unplugs the VM, or taken by force (zcount --force).
 //
 // # Publication order
 //

@@ -145,6 +145,12 @@ const (
 	FlagHugepages = 1 << 0
 	// FlagShared: a shared trust domain (several VMs on one region).
 	FlagShared = 1 << 1
+	// FlagOneVM: a VM's own region, plugged into that VM only (never
+	// into two at once): every guest-side owner word in it is that VM's,
+	// so a guest process may take over an end that a dead process of the
+	// same guest left claimed (see Owner). Readers that predate it
+	// ignore it.
+	FlagOneVM = 1 << 2
 )
 
 // RingBytes is the size of a return ring of n slots: its header and n

@@ -1,0 +1,60 @@
+package ivshmem
+
+import "testing"
+
+// TestOwnerToken: an owner word carries side, boot tag and pid, each
+// decoded as written; readers from before the boot tag still read the
+// side from the upper half.
+func TestOwnerToken(t *testing.T) {
+	for _, o := range []Owner{
+		{Side: SideHost, PID: 1},
+		{Side: SideHost, PID: 1<<PIDBits - 1},
+		{Side: SideGuest, PID: 812, Boot: 1},
+		{Side: SideGuest, PID: 4194303, Boot: MaxBootTag},
+	} {
+		v := o.Token()
+		if got := decodeOwner(v); got != o {
+			t.Errorf("%+v: decoded %+v", o, got)
+		}
+		if Side(v>>32) != o.Side {
+			t.Errorf("%+v: side word %d", o, v>>32)
+		}
+	}
+	if s := (Owner{Side: SideGuest, PID: 7, Boot: 3}).String(); s != "guest pid 7" {
+		t.Errorf("String: %q", s)
+	}
+}
+
+// TestBootTag: 1..MaxBootTag, FNV-1a of the id folded, 0 for none, and
+// spread over the range by real-looking ids.
+func TestBootTag(t *testing.T) {
+	if BootTag("") != 0 {
+		t.Error("empty id: want 0")
+	}
+	id := "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+	// pcapshim's boot_tag computes the same function (its test checks
+	// it against zc's tag): here, against the definition.
+	if got := BootTag(id); got != bootTagRef(id) {
+		t.Errorf("BootTag(%q) = %d, reference %d", id, got, bootTagRef(id))
+	}
+	seen := map[uint32]bool{}
+	for i := range 4096 {
+		b := BootTag(id[:35] + string(rune('0'+i%10)) + string(rune('a'+i/10%26)) + string(rune('a'+i/260)))
+		if b < 1 || b > MaxBootTag {
+			t.Fatalf("tag %d out of range", b)
+		}
+		seen[b] = true
+	}
+	if len(seen) < 900 {
+		t.Errorf("4096 ids gave only %d distinct tags of %d", len(seen), MaxBootTag)
+	}
+}
+
+// bootTagRef is FNV-1a written out from its definition, folded.
+func bootTagRef(s string) uint32 {
+	h := uint64(0x811c9dc5)
+	for _, c := range []byte(s) {
+		h = (h ^ uint64(c)) * 0x01000193 % (1 << 32)
+	}
+	return uint32(1 + h%1023)
+}
