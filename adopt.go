@@ -68,6 +68,10 @@ func AdoptCluster(cfg Config) (*Cluster, error) {
 		if l.Flags&ivshmem.FlagHugepages != 0 {
 			want.Flags |= ivshmem.FlagHugepages
 		}
+		// A VM region from an agent that predates FlagOneVM keeps its
+		// flags: the flag only lets that VM's guest replace its own
+		// dead processes' claims.
+		want.Flags = want.Flags&^ivshmem.FlagOneVM | l.Flags&ivshmem.FlagOneVM
 		if !reflect.DeepEqual(want, l) {
 			err = fmt.Errorf("%w: its layout differs from the configuration (region: %d queues of %d, %d buffers of %d bytes, %d bytes; wanted %d queues of %d, %d buffers of %d bytes, %d bytes)",
 				ErrBadRegion, len(l.Queues), slotsOf(l), l.NumBufs, l.BufSize, l.RegionSize,

@@ -52,6 +52,11 @@ type Config struct {
 	Path string
 	// Shared marks a shared trust domain (several VMs on one region).
 	Shared bool
+	// OneVM marks a VM's own region: it is plugged into one VM only,
+	// so a process in that guest may take over a queue end that a dead
+	// process of the same guest left claimed (killed, or from before the
+	// guest rebooted). Never set it on a region two VMs map.
+	OneVM bool
 	// Group, when set, names a group (name or id) whose members may open
 	// the region file too (mode 0660); by default it is 0600, the creating
 	// user's only (see ivshmem.CreateOptions).
@@ -142,6 +147,9 @@ func (cfg *Config) plan(gen uint64, created int64, pid uint32) (ivshmem.Layout, 
 	var flags uint32
 	if cfg.Shared {
 		flags |= ivshmem.FlagShared
+	}
+	if cfg.OneVM {
+		flags |= ivshmem.FlagOneVM
 	}
 	icfg := ivshmem.Config{
 		ClusterID: cfg.ID, Queues: uint32(cfg.Queues), Slots: uint32(cfg.QueueLen),

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -55,9 +56,22 @@ type bellDevice interface {
 }
 
 func newRegion(m *ivshmem.Mapping, l ivshmem.Layout, side ivshmem.Side) *region {
-	return &region{m: m, b: m.Bytes, l: l, bufs: l.BufferArea(m.Bytes), side: side, refs: 1,
-		owner: ivshmem.Owner{Side: side, PID: uint32(os.Getpid())}}
+	o := ivshmem.Owner{Side: side, PID: uint32(os.Getpid())}
+	if side == ivshmem.SideGuest {
+		o.Boot = bootTag()
+	}
+	return &region{m: m, b: m.Bytes, l: l, bufs: l.BufferArea(m.Bytes), side: side, refs: 1, owner: o}
 }
+
+// bootTag is this kernel's boot tag (ivshmem.BootTag), 0 when its boot
+// id cannot be read.
+var bootTag = sync.OnceValue(func() uint32 {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return 0
+	}
+	return ivshmem.BootTag(strings.TrimSpace(string(b)))
+})
 
 func (r *region) ref() { r.mu.Lock(); r.refs++; r.mu.Unlock() }
 
@@ -120,24 +134,56 @@ func (r *region) readMeta(h uint32, p *Packet) {
 	p.Seq = le.Uint32(m[ivshmem.MetaOffSeq:])
 }
 
-// claim takes one end of queue q for this process. A host-side holder
-// whose process is gone (or any holder, with force) is replaced, and
+// claim takes one end of queue q for this process. A holder this process
+// can tell is gone (stale), or any holder with force, is replaced, and
 // replaced says so.
 func (r *region) claim(q uint32, e ivshmem.End, force bool) (replaced bool, err error) {
-	stale := func(o ivshmem.Owner) bool {
-		if force {
-			return true
-		}
-		if o.Side != r.side || o.Side != ivshmem.SideHost {
-			return false
-		}
-		return !processAlive(o.PID)
-	}
+	stale := func(o ivshmem.Owner) bool { return force || r.stale(o) }
 	replaced, err = r.l.Claim(r.b, q, e, r.owner, stale)
 	if err != nil {
+		if o := r.l.QueueOwner(r.b, q, e); errors.Is(err, ErrBusy) && !force && o.Side != 0 && !r.canJudge(o) {
+			err = fmt.Errorf("%w (%s; if it is gone, attaching with force, zcount --force, takes the end over)", err, r.cannotJudge(o))
+		}
 		return false, fmt.Errorf("zc: attach cluster %d queue %d as %s: %w", r.l.ClusterID, q, e, err)
 	}
 	return replaced, nil
+}
+
+// stale reports whether owner o of a queue end is gone, as far as this
+// process can tell (ivshmem/doc.go, Ownership): a host process judges
+// host owners by their pid; a guest process judges the owners of its own
+// VM in a region only that VM maps (FlagOneVM): one from another boot is
+// gone, one from this boot (or untagged) when its pid is.
+func (r *region) stale(o ivshmem.Owner) bool {
+	if !r.canJudge(o) {
+		return false
+	}
+	if r.side == ivshmem.SideGuest && o.Boot != 0 && r.owner.Boot != 0 && o.Boot != r.owner.Boot {
+		return true
+	}
+	return !processAlive(o.PID)
+}
+
+// canJudge reports whether this process can tell if owner o is alive.
+func (r *region) canJudge(o ivshmem.Owner) bool {
+	if o.Side != r.side {
+		return false
+	}
+	return r.side == ivshmem.SideHost || r.l.Flags&ivshmem.FlagOneVM != 0
+}
+
+// cannotJudge says why owner o, refused by canJudge, cannot be judged.
+func (r *region) cannotJudge(o ivshmem.Owner) string {
+	switch {
+	case o.Side == ivshmem.SideGuest && r.side == ivshmem.SideHost:
+		return "a process in a guest: the host cannot see whether it runs"
+	case o.Side == ivshmem.SideGuest:
+		return "other VMs may map this region too: this guest cannot tell whether that process runs"
+	case o.Side == ivshmem.SideHost:
+		return "a host process: a guest cannot see whether it runs"
+	default:
+		return fmt.Sprintf("an owner of unknown side %d", o.Side)
+	}
 }
 
 func (r *region) unclaim(q uint32, e ivshmem.End) { r.l.Unclaim(r.b, q, e, r.owner) }

@@ -202,6 +202,7 @@ func (g *guard) openRegion(k int, spec vmSpec, open func(zc.Config) (*zc.Cluster
 	cfg := g.cfg
 	cfg.Path = zc.VMRegionPath(g.c.ID(), k)
 	cfg.Buffers = len(spec.queues)*cfg.QueueLen + 1024
+	cfg.OneVM = true // plugged into this VM only: its guest may replace its own dead readers
 	c, err := open(cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("region for vm %s: %w", spec.path, err)
