@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/ivshmem"
 )
 
 // A guest finds its regions as ivshmem PCI devices in sysfs (guest.Find,
@@ -262,4 +263,80 @@ func TestGuestUnplug(t *testing.T) {
 		defer copy(b, saved[:])
 		endsGone(t, td, log, done, "cluster 72 gone (region unplugged or re-created)")
 	})
+}
+
+// TestGuestDeadReaderReplaced: in a VM's own region (zc.Config.OneVM) a
+// guest's tcpdump takes the consumer end over from a dead process of the
+// same guest (this boot's tag and a gone pid, or another boot's tag), and
+// is refused one a live process of this boot holds, and any in a region
+// several VMs may map: the shim judges owners as zc does, with the same
+// boot tag (a live pid under this boot's tag would be taken over if it
+// computed another tag).
+func TestGuestDeadReaderReplaced(t *testing.T) {
+	needTool(t, "tcpdump", "tcpdump")
+	id, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Skipf("no boot id: %v", err)
+	}
+	mine := ivshmem.BootTag(strings.TrimSpace(string(id)))
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	deadPID, live := uint32(dead.Process.Pid), uint32(os.Getpid())
+	e := newEnv(t)
+	s := newSysfs(t)
+	g := e.guestEnv(s)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i, tc := range []struct {
+		oneVM     bool
+		pid, boot uint32
+		takes     bool
+	}{
+		{true, deadPID, mine, true},
+		{true, live, mine%ivshmem.MaxBootTag + 1, true},
+		{true, live, mine, false},
+		{false, deadPID, mine, false},
+	} {
+		cid := uint32(73 + i)
+		c, err := zc.CreateCluster(zc.Config{ID: cid, QueueLen: 64, Buffers: 256, Backing: zc.BackingShm, OneVM: tc.oneVM,
+			Path: filepath.Join(e.dir, "zc-"+strconv.FormatUint(uint64(cid), 10))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		s.ivshmem(fmt.Sprintf("0000:00:%02x.0", 4+i), c.File())
+		p, err := c.Producer(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pkts := make([]zc.Packet, 1)
+		if n := p.Pool().Alloc(pkts); n != 1 {
+			t.Fatal("no buffer")
+		}
+		pkts[0].Data = pkts[0].Data[:zc.SynthFrame(pkts[0].Data[:cap(pkts[0].Data)], 0, 64, 1)]
+		if k, err := p.SendBurst(pkts); k != 1 {
+			t.Fatalf("send: %v", err)
+		}
+		l, err := ivshmem.Parse(c.Bytes())
+		if err != nil {
+			t.Fatal(err)
+		}
+		holder := ivshmem.Owner{Side: ivshmem.SideGuest, PID: tc.pid, Boot: tc.boot}
+		if _, err := l.Claim(c.Bytes(), 0, ivshmem.EndConsumer, holder, nil); err != nil {
+			t.Fatal(err)
+		}
+		dev := fmt.Sprintf("zc:%d@0", cid)
+		res, err := g.preloaded(ctx, "tcpdump", "-i", dev, "-c", "1", "-w", os.DevNull).CombinedOutput()
+		switch {
+		case tc.takes && err != nil:
+			t.Errorf("%+v (one VM %v): tcpdump did not take the end over: %v\n%s", holder, tc.oneVM, err, res)
+		case !tc.takes && (err == nil || !strings.Contains(string(res), fmt.Sprintf("held by guest pid %d", tc.pid))):
+			t.Errorf("%+v (one VM %v): tcpdump was not refused: %v\n%s", holder, tc.oneVM, err, res)
+		case !tc.takes && l.QueueOwner(c.Bytes(), 0, ivshmem.EndConsumer) != holder:
+			t.Errorf("%+v: the refused tcpdump changed the owner word", holder)
+		}
+		p.Close()
+	}
 }

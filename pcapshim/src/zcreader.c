@@ -108,6 +108,7 @@ int zcr_parse_header(const uint8_t *hdr, uint64_t size, uint32_t q, const uint8_
 	}
 	l->size = le64(hdr + 16);
 	l->cluster = le32(hdr + 24);
+	l->flags = le32(hdr + 28);
 	l->generation = le64(hdr + 32);
 	l->nqueues = le32(hdr + 40);
 	l->qtable = le64(hdr + 48);
@@ -243,14 +244,49 @@ static int fail(struct zcr *z, const char *what)
 
 static uint8_t *qdesc(struct zcr *z) { return z->base + z->l.qtable + (uint64_t)z->queue * QDESC_SIZE; }
 
-/* owner_stale reports whether the holder of an owner word is gone: only
- * a host process, seen from a host process (zc's region.claim); a guest
- * cannot see the host's processes, nor the host a guest's. */
+/* boot_tag is ivshmem.BootTag of this kernel's boot id: FNV-1a of
+ * /proc/sys/kernel/random/boot_id (trimmed), folded to 1..1023; 0 when it
+ * cannot be read. */
+static uint32_t boot_tag(void)
+{
+	char id[64];
+	FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+	if (f == NULL)
+		return 0;
+	size_t n = fread(id, 1, sizeof id - 1, f);
+	fclose(f);
+	while (n > 0 && (id[n - 1] == '\n' || id[n - 1] == ' '))
+		n--;
+	if (n == 0)
+		return 0;
+	uint32_t h = 2166136261u;
+	for (size_t i = 0; i < n; i++) {
+		h ^= (uint8_t)id[i];
+		h *= 16777619u;
+	}
+	return 1 + h % ((1u << (32 - PID_BITS)) - 1);
+}
+
+/* owner_stale reports whether the holder of an owner word is gone, as
+ * zc's region.stale judges it: a host owner seen from a host process, by
+ * its pid; a guest owner seen from the same VM in a region only that VM
+ * maps (FLAG_ONE_VM): gone when its boot tag is another boot's, else when
+ * its pid is. The host cannot see a guest's processes, nor a guest the
+ * host's or another VM's. */
 static int owner_stale(struct zcr *z, uint64_t cur)
 {
-	uint32_t side = (uint32_t)(cur >> 32), pid = (uint32_t)cur;
-	if (side != SIDE_HOST || z->side != SIDE_HOST)
+	uint32_t side = (uint32_t)(cur >> 32), pid = (uint32_t)cur & ((1u << PID_BITS) - 1);
+	uint32_t boot = (uint32_t)cur >> PID_BITS, mine = (uint32_t)z->owner >> PID_BITS;
+	if (side != z->side)
 		return 0;
+	if (side == SIDE_GUEST) {
+		if (!(z->l.flags & FLAG_ONE_VM))
+			return 0;
+		if (boot != 0 && mine != 0 && boot != mine)
+			return 1;
+	} else if (side != SIDE_HOST) {
+		return 0;
+	}
 	return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
 }
 
@@ -692,12 +728,15 @@ static int attach_mapped(struct zcr *z, const char *path)
 
 	/* Claim the consumer owner word (ivshmem.Layout.Claim). */
 	uint8_t *ow = qdesc(z) + Q_CONS_OWNER;
-	z->owner = (uint64_t)z->side << 32 | (uint32_t)getpid();
+	z->owner = (uint64_t)z->side << 32 | ((uint32_t)getpid() & ((1u << PID_BITS) - 1));
+	if (z->side == SIDE_GUEST)
+		z->owner |= (uint64_t)boot_tag() << PID_BITS;
 	int replaced = 0, ok = 0;
 	for (int i = 0; i < 8 && !ok; i++) {
 		uint64_t cur = ld64(ow);
 		if (cur != 0 && !owner_stale(z, cur)) {
-			zcr_seterr(z, "queue taken: the consumer of queue %u is held by pid %u", z->queue, (uint32_t)cur);
+			zcr_seterr(z, "queue taken: the consumer of queue %u is held by %spid %u", z->queue,
+				   (uint32_t)(cur >> 32) == SIDE_GUEST ? "guest " : "", (uint32_t)cur & ((1u << PID_BITS) - 1));
 			return ZCR_ERR;
 		}
 		if (__atomic_compare_exchange_n((uint64_t *)ow, &cur, z->owner, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {

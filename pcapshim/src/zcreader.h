@@ -36,6 +36,8 @@
 #define STATE_READY 1u
 #define SIDE_HOST 1u
 #define SIDE_GUEST 2u
+#define FLAG_ONE_VM 4u /* ivshmem.FlagOneVM: one VM's own region */
+#define PID_BITS 22    /* ivshmem.PIDBits: an owner word's pid bits */
 #define HS_GO 0u
 #define HS_WAIT 1u
 #define HS_DONE 3u
@@ -74,6 +76,7 @@ struct zcr_desc {
 struct zcr_layout {
 	uint64_t size, generation, qtable, metaoff, bufoff;
 	uint32_t cluster, nqueues, bufsize, numbufs;
+	uint32_t flags; /* header flags (FLAG_ONE_VM) */
 	uint32_t slots;
 	uint64_t dring, rring;
 };
@@ -95,7 +98,7 @@ struct zcr {
 	int regs_tried;
 	int fault_slot;     /* index in the table of guarded mappings, -1: none */
 	struct zcr_layout l;
-	uint64_t owner; /* our owner word: side<<32 | pid */
+	uint64_t owner; /* our owner word: side<<32 | boot<<22 | pid */
 
 	/* consumer of the data ring */
 	uint8_t *dr;
