@@ -1,0 +1,64 @@
+package vmtest
+
+import (
+	"fmt"
+	"regexp"
+	"testing"
+	"time"
+)
+
+// TestGuestReplacesKilledReader: a guest reader killed with SIGKILL left
+// its queue end claimed; before, every later reader in that guest was
+// refused ("queue end busy ... held by pid N") until the agent unplugged
+// the region. In a VM's own region (the agent's default) the guest can
+// judge its own processes: a reader started while the holder lives is
+// refused, naming it as a guest pid; once the holder is killed, a new
+// reader takes the end over without --force and counts a later burst
+// exactly.
+func TestGuestReplacesKilledReader(t *testing.T) {
+	const (
+		id     = 84
+		first  = 2000 // read by the reader that gets killed
+		second = 3000 // read by its replacement
+	)
+	h := newHostTools(t)
+	vm := Start(t, GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(fmt.Sprintf(`
+zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
+zcount -i zc:%[1]d@0 --interval 0 >/dev/null 2>&1 &
+holder=$!
+sleep 4
+echo "ZCBUSY holder $holder: $(zcount -i zc:%[1]d@0 -n 1 --interval 0 2>&1 | tr '\n' ' ')"
+kill -9 $holder
+wait $holder
+echo "ZCKILLED $holder"
+echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"
+zcguest wait -c %[1]d --gone --timeout 60s --poll 5ms || exit 1
+sleep 1 # let QEMU see the eject before power-off`, id, second)))
+	ctx := testCtx(t, 150*time.Second)
+	agent := h.start(t, h.zchost, "run", "-c", fmt.Sprint(id), "-n", "1",
+		"-i", fmt.Sprintf("gen:len=%d,count=%d", frameLen, first),
+		"-i", fmt.Sprintf("gen:len=%d,count=%d,after=15s", frameLen, second),
+		"--lossless", "--backing", "shm", "--stats-interval", "0", "--wait-consumers", "60s", "--vm", vm.QMPPath())
+
+	_, m, err := vm.ExpectRegexp(ctx, regexp.MustCompile(`ZCBUSY holder (\d+): (.*)`))
+	if err != nil {
+		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
+	}
+	if want := "held by guest pid " + m[1]; !regexp.MustCompile(regexp.QuoteMeta(want) + `\b`).MatchString(m[2]) {
+		t.Errorf("a second reader while the holder lives: %q, want a refusal saying %q", m[2], want)
+	}
+	if _, err := vm.Expect(ctx, "ZCKILLED"); err != nil {
+		t.Fatal(err)
+	}
+	var s summary
+	if _, err := vm.Result(ctx, &s); err != nil {
+		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
+	}
+	s.check(t, "the reader that replaced the killed one", second)
+	if _, err := agent.wait(ctx); err != nil {
+		t.Errorf("zchost run: %v", err)
+	}
+	if err := vm.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
