@@ -62,3 +62,69 @@ sleep 1 # let QEMU see the eject before power-off`, id, second)))
 		t.Fatal(err)
 	}
 }
+
+// TestGuestReaderAfterReboot: a guest rebooted (a hard reset, here
+// sysrq-b) while its reader held a queue end; the region stays plugged
+// across the reset. The next boot's reader takes the end over: the claim
+// carries the first boot's tag, so its pid, which in the new boot may name
+// another process or none, is not looked at. Before, it was refused until
+// the agent unplugged the region. It counts a later burst exactly.
+func TestGuestReaderAfterReboot(t *testing.T) {
+	const (
+		id = 85
+		n  = 3000
+	)
+	h := newHostTools(t)
+	// The device is there when the script starts only in the second boot:
+	// the agent plugs it after the first boot says ZCPLUG.
+	vm := Start(t, QEMUArgs("-action", "reboot=reset"), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(fmt.Sprintf(`
+boot=1
+for d in /sys/bus/pci/devices/*; do
+	[ "$(cat $d/vendor):$(cat $d/device)" = "0x1af4:0x1110" ] && boot=2
+done
+echo "ZCBOOT $boot $(cat /proc/sys/kernel/random/boot_id)"
+[ $boot = 1 ] && echo ZCPLUG
+zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
+if [ $boot = 1 ]; then
+	zcount -i zc:%[1]d@0 --interval 0 >/dev/null 2>&1 &
+	sleep 3
+	echo "ZCRESET reader $!"
+	echo b >/proc/sysrq-trigger
+	sleep 60
+fi
+echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"
+zcguest wait -c %[1]d --gone --timeout 60s --poll 5ms || exit 1
+sleep 1 # let QEMU see the eject before power-off`, id, n)))
+	ctx := testCtx(t, 200*time.Second)
+	_, b1, err := vm.ExpectRegexp(ctx, regexp.MustCompile(`ZCBOOT (\d) (\S+)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.Expect(ctx, "ZCPLUG"); err != nil {
+		t.Fatal(err)
+	}
+	agent := h.start(t, h.zchost, "run", "-c", fmt.Sprint(id), "-n", "1",
+		"-i", fmt.Sprintf("gen:len=%d,count=%d,after=20s", frameLen, n),
+		"--lossless", "--backing", "shm", "--stats-interval", "0", "--wait-consumers", "60s", "--vm", vm.QMPPath())
+	if _, err := vm.Expect(ctx, "ZCRESET"); err != nil {
+		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
+	}
+	_, b2, err := vm.ExpectRegexp(ctx, regexp.MustCompile(`ZCBOOT 2 (\S+)`))
+	if err != nil {
+		t.Fatalf("no second boot with the device plugged: %v", err)
+	}
+	if b1[1] != "1" || b1[2] == b2[1] {
+		t.Fatalf("boots %q then %q: want a first boot, then a second with another boot id", b1[0], b2[0])
+	}
+	var s summary
+	if _, err := vm.Result(ctx, &s); err != nil {
+		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
+	}
+	s.check(t, "the second boot's reader", n)
+	if _, err := agent.wait(ctx); err != nil {
+		t.Errorf("zchost run: %v", err)
+	}
+	if err := vm.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
