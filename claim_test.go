@@ -2,8 +2,10 @@ package zc
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -28,29 +30,33 @@ func deadPID(t *testing.T) uint32 {
 // and the way out. Both ends, and the producer's takeover keeps its
 // earlier loans as usual.
 func TestGuestReplacesItsOwnDeadClaims(t *testing.T) {
-	mine := bootTag()
-	if mine == 0 {
-		t.Skip("no /proc/sys/kernel/random/boot_id: no boot tag")
+	mine := ownerTag()
+	if mine == ivshmem.TagNone || mine == ivshmem.TagNested {
+		t.Skipf("this test process has owner tag %d: it needs a boot id and the initial pid namespace", mine)
 	}
-	other := mine%ivshmem.MaxBootTag + 1 // another boot's tag
+	other := mine%(ivshmem.TagNested-1) + 1 // another boot's tag
 	dead, live := deadPID(t), uint32(os.Getpid())
-	guest := func(pid, boot uint32) ivshmem.Owner {
-		return ivshmem.Owner{Side: ivshmem.SideGuest, PID: pid, Boot: boot}
+	guest := func(pid, tag uint32) ivshmem.Owner {
+		return ivshmem.Owner{Side: ivshmem.SideGuest, PID: pid, Tag: tag}
 	}
+	const own = -1 // this process keeps its own tag
 	cases := []struct {
 		name   string
 		oneVM  bool
 		holder ivshmem.Owner
+		myTag  int // this process's tag instead of mine, or own
 		takes  bool
 		why    string // in the refusal
 	}{
-		{"dead, this boot", true, guest(dead, mine), true, ""},
-		{"another boot, its pid alive now", true, guest(live, other), true, ""},
-		{"untagged (an older binary), dead", true, guest(dead, 0), true, ""},
-		{"alive, this boot", true, guest(live, mine), false, "held by guest pid"},
-		{"untagged, alive", true, guest(live, 0), false, "held by guest pid"},
-		{"dead, region shared by VMs", false, guest(dead, mine), false, "other VMs may map this region"},
-		{"a host process", true, ivshmem.Owner{Side: ivshmem.SideHost, PID: dead}, false, "a guest cannot see"},
+		{"dead, this boot", true, guest(dead, mine), own, true, ""},
+		{"another boot, its pid alive now", true, guest(live, other), own, true, ""},
+		{"alive, this boot", true, guest(live, mine), own, false, "held by guest pid"},
+		{"untagged (a binary from before tags), dead", true, guest(dead, ivshmem.TagNone), own, false, "carries no boot tag"},
+		{"in a nested pid namespace, dead", true, guest(dead, ivshmem.TagNested), own, false, "nested pid namespace of the guest"},
+		{"dead, this process in a nested pid namespace", true, guest(dead, mine), ivshmem.TagNested, false, "this process runs in a nested pid namespace"},
+		{"dead, this process without a boot id", true, guest(dead, mine), ivshmem.TagNone, false, "boot id cannot be read"},
+		{"dead, region shared by VMs", false, guest(dead, mine), own, false, "other VMs may map this region"},
+		{"a host process", true, ivshmem.Owner{Side: ivshmem.SideHost, PID: dead}, own, false, "a guest cannot see"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -60,6 +66,9 @@ func TestGuestReplacesItsOwnDeadClaims(t *testing.T) {
 					t.Fatal(err)
 				}
 				g := guestView(t, c, nil)
+				if tc.myTag != own {
+					g.owner.Tag = uint32(tc.myTag)
+				}
 				q, err := g.attach(0, end, false)
 				if tc.takes {
 					if err != nil {
@@ -95,7 +104,7 @@ func TestGuestReplacesItsOwnDeadClaims(t *testing.T) {
 // is refused with the reason and the way out; the claim is untouched.
 func TestHostCannotJudgeGuestOwner(t *testing.T) {
 	c := newCluster(t, Config{ID: 47, Queues: 1, QueueLen: 64, OneVM: true})
-	holder := ivshmem.Owner{Side: ivshmem.SideGuest, PID: deadPID(t), Boot: 5}
+	holder := ivshmem.Owner{Side: ivshmem.SideGuest, PID: deadPID(t), Tag: 5}
 	if _, err := c.r.l.Claim(c.r.b, 0, ivshmem.EndConsumer, holder, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -130,5 +139,35 @@ func TestAdoptKeepsOneVMFlag(t *testing.T) {
 			t.Errorf("adopted region has OneVM %v, made with %v", got, made)
 		}
 		c2.Close()
+	}
+}
+
+// TestOwnerTag: a process in the initial pid namespace tags its guest
+// claims with its boot's tag; one in a pid namespace of its own (this
+// test binary again, under unshare) with ivshmem.TagNested, so that
+// nobody judges its pid.
+func TestOwnerTag(t *testing.T) {
+	if os.Getenv("ZC_TEST_PRINT_TAG") != "" {
+		fmt.Println(ownerTag())
+		os.Exit(0)
+	}
+	id, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Skipf("no boot id: %v", err)
+	}
+	if got, want := ownerTag(), ivshmem.BootTag(strings.TrimSpace(string(id))); got != want {
+		t.Errorf("owner tag %d, want the boot's, %d", got, want)
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("no unshare(1) (util-linux): cannot run a process in a pid namespace of its own")
+	}
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", os.Args[0], "-test.run=^TestOwnerTag$")
+	cmd.Env = append(os.Environ(), "ZC_TEST_PRINT_TAG=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Skipf("cannot run in a pid namespace of its own (needs CAP_SYS_ADMIN): %v: %s", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); got != strconv.Itoa(ivshmem.TagNested) {
+		t.Errorf("in a nested pid namespace: owner tag %q, want %d (TagNested)", got, ivshmem.TagNested)
 	}
 }

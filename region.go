@@ -58,17 +58,25 @@ type bellDevice interface {
 func newRegion(m *ivshmem.Mapping, l ivshmem.Layout, side ivshmem.Side) *region {
 	o := ivshmem.Owner{Side: side, PID: uint32(os.Getpid())}
 	if side == ivshmem.SideGuest {
-		o.Boot = bootTag()
+		o.Tag = ownerTag()
 	}
 	return &region{m: m, b: m.Bytes, l: l, bufs: l.BufferArea(m.Bytes), side: side, refs: 1, owner: o}
 }
 
-// bootTag is this kernel's boot tag (ivshmem.BootTag), 0 when its boot
-// id cannot be read.
-var bootTag = sync.OnceValue(func() uint32 {
+// initPIDNS is the kernel's initial pid namespace, as /proc/self/ns/pid
+// names it (PROC_PID_INIT_INO, fixed since Linux 3.8).
+const initPIDNS = "pid:[4026531836]"
+
+// ownerTag is the tag of this process's claims in a guest: its kernel's
+// boot tag, ivshmem.TagNested outside the initial pid namespace, or
+// ivshmem.TagNone when the boot id cannot be read.
+var ownerTag = sync.OnceValue(func() uint32 {
+	if ns, err := os.Readlink("/proc/self/ns/pid"); err != nil || ns != initPIDNS {
+		return ivshmem.TagNested
+	}
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
-		return 0
+		return ivshmem.TagNone
 	}
 	return ivshmem.BootTag(strings.TrimSpace(string(b)))
 })
@@ -152,24 +160,30 @@ func (r *region) claim(q uint32, e ivshmem.End, force bool) (replaced bool, err 
 // stale reports whether owner o of a queue end is gone, as far as this
 // process can tell (ivshmem/doc.go, Ownership): a host process judges
 // host owners by their pid; a guest process judges the owners of its own
-// VM in a region only that VM maps (FlagOneVM): one from another boot is
-// gone, one from this boot (or untagged) when its pid is.
+// kernel in a region only its VM maps (ivshmem.GuestOwnerGone).
 func (r *region) stale(o ivshmem.Owner) bool {
 	if !r.canJudge(o) {
 		return false
 	}
-	if r.side == ivshmem.SideGuest && o.Boot != 0 && r.owner.Boot != 0 && o.Boot != r.owner.Boot {
-		return true
+	if r.side == ivshmem.SideHost {
+		return !processAlive(o.PID)
 	}
-	return !processAlive(o.PID)
+	_, gone := ivshmem.GuestOwnerGone(r.owner.Tag, o, processAlive)
+	return gone
 }
 
 // canJudge reports whether this process can tell if owner o is alive.
 func (r *region) canJudge(o ivshmem.Owner) bool {
-	if o.Side != r.side {
+	switch {
+	case o.Side != r.side:
+		return false
+	case r.side == ivshmem.SideHost:
+		return true
+	case r.l.Flags&ivshmem.FlagOneVM == 0:
 		return false
 	}
-	return r.side == ivshmem.SideHost || r.l.Flags&ivshmem.FlagOneVM != 0
+	known, _ := ivshmem.GuestOwnerGone(r.owner.Tag, o, func(uint32) bool { return true })
+	return known
 }
 
 // cannotJudge says why owner o, refused by canJudge, cannot be judged.
@@ -177,12 +191,20 @@ func (r *region) cannotJudge(o ivshmem.Owner) string {
 	switch {
 	case o.Side == ivshmem.SideGuest && r.side == ivshmem.SideHost:
 		return "a process in a guest: the host cannot see whether it runs"
-	case o.Side == ivshmem.SideGuest:
-		return "other VMs may map this region too: this guest cannot tell whether that process runs"
 	case o.Side == ivshmem.SideHost:
 		return "a host process: a guest cannot see whether it runs"
-	default:
+	case o.Side != ivshmem.SideGuest:
 		return fmt.Sprintf("an owner of unknown side %d", o.Side)
+	case r.l.Flags&ivshmem.FlagOneVM == 0:
+		return "other VMs may map this region too: this guest cannot tell whether that process runs"
+	case r.owner.Tag == ivshmem.TagNested:
+		return "this process runs in a nested pid namespace: it cannot tell whether that process runs"
+	case r.owner.Tag == ivshmem.TagNone:
+		return "this guest's boot id cannot be read: this process cannot tell whether that process runs"
+	case o.Tag == ivshmem.TagNested:
+		return "it runs in a nested pid namespace of the guest (a container): its pid means nothing here"
+	default:
+		return "it carries no boot tag (a zcfabric binary from before tags): this process cannot tell whether it runs"
 	}
 }
 

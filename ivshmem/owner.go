@@ -4,12 +4,13 @@ import "fmt"
 
 // Owner words record who holds each end of a queue, so that a second
 // producer or consumer is refused (the rings are single-producer,
-// single-consumer). A word holds Side<<32 | Boot<<22 | pid, or 0 when
-// free. Boot is 0 for a host owner; a guest owner's is its boot's tag
-// (BootTag), so that a process of the same guest can tell a claim left by
-// one of its own dead processes (or by an earlier boot) from a live one.
-// Readers from before the boot tag see a larger pid there, nothing else:
-// the side is unchanged.
+// single-consumer). A word holds Side<<32 | Tag<<22 | pid, or 0 when
+// free. A guest owner's tag says which boot of its kernel it ran in
+// (BootTag), or that it ran in a nested pid namespace (TagNested), so that
+// a process of the same guest can tell a claim left by one of its own
+// dead processes, or by an earlier boot, from a live one (ivshmem/doc.go,
+// Ownership). Readers from before the tag see a larger pid there, nothing
+// else: the side is unchanged.
 
 // Side says where an owner runs.
 type Side uint32
@@ -41,19 +42,29 @@ func (e End) String() string {
 // stay below 1<<22 (PID_MAX_LIMIT).
 const PIDBits = 22
 
-// MaxBootTag is the largest boot tag (10 bits above the pid).
-const MaxBootTag = 1<<(32-PIDBits) - 1
+// Owner tags besides boot tags (1..TagNested-1), in the 10 bits above
+// the pid.
+const (
+	// TagNone: no tag. A host owner, a guest binary from before tags, or
+	// a guest process that could not read its boot id. Nobody judges a
+	// guest owner without a tag.
+	TagNone = 0
+	// TagNested: a guest process outside its kernel's initial pid
+	// namespace (a container in the guest). Its pid means nothing to the
+	// guest's other processes: nobody judges it.
+	TagNested = 1<<(32-PIDBits) - 1
+)
 
 // Owner is the decoded content of an owner word.
 type Owner struct {
 	Side Side
 	PID  uint32 // below 1<<PIDBits
-	Boot uint32 // a guest's BootTag; 0 for a host owner or unknown
+	Tag  uint32 // a guest's BootTag, TagNested, or TagNone (host owners)
 }
 
 // Token encodes o as an owner word.
 func (o Owner) Token() uint64 {
-	return uint64(o.Side)<<32 | uint64(o.Boot&MaxBootTag)<<PIDBits | uint64(o.PID&(1<<PIDBits-1))
+	return uint64(o.Side)<<32 | uint64(o.Tag&TagNested)<<PIDBits | uint64(o.PID&(1<<PIDBits-1))
 }
 
 // String names the owner for messages: "pid 812" or "guest pid 812".
@@ -65,23 +76,40 @@ func (o Owner) String() string {
 }
 
 func decodeOwner(v uint64) Owner {
-	return Owner{Side: Side(v >> 32), PID: uint32(v) & (1<<PIDBits - 1), Boot: uint32(v) >> PIDBits}
+	return Owner{Side: Side(v >> 32), PID: uint32(v) & (1<<PIDBits - 1), Tag: uint32(v) >> PIDBits}
 }
 
 // BootTag returns the boot tag of a kernel whose boot id
-// (/proc/sys/kernel/random/boot_id, trimmed) is id: 1..MaxBootTag, or 0
-// for an empty id. It is FNV-1a (32-bit) of the id, folded: two boots
-// share a tag with a chance of 1 in 1023. pcapshim computes the same.
+// (/proc/sys/kernel/random/boot_id, trimmed) is id: 1..TagNested-1, or
+// TagNone for an empty id. It is FNV-1a (32-bit) of the id, folded: two
+// boots share a tag with a chance of 1 in 1022. pcapshim computes the
+// same.
 func BootTag(id string) uint32 {
 	if id == "" {
-		return 0
+		return TagNone
 	}
 	h := uint32(2166136261)
 	for i := 0; i < len(id); i++ {
 		h ^= uint32(id[i])
 		h *= 16777619
 	}
-	return 1 + h%MaxBootTag
+	return 1 + h%(TagNested-1)
+}
+
+// GuestOwnerGone says what a guest process tagged mine (its BootTag) can
+// tell of guest owner o in a region only its VM maps (FlagOneVM): known
+// is false when it cannot judge (either tag is TagNone or TagNested);
+// else gone is true for another boot's claim, or for one of this boot
+// whose pid alive says is not running. The caller must run in its
+// kernel's initial pid namespace, as mine says.
+func GuestOwnerGone(mine uint32, o Owner, alive func(pid uint32) bool) (known, gone bool) {
+	if mine == TagNone || mine == TagNested || o.Tag == TagNone || o.Tag == TagNested {
+		return false, false
+	}
+	if o.Tag != mine {
+		return true, true
+	}
+	return true, !alive(o.PID)
 }
 
 func ownerOff(l *Layout, q uint32, e End) uint64 {
