@@ -268,10 +268,11 @@ func TestGuestUnplug(t *testing.T) {
 // TestGuestDeadReaderReplaced: in a VM's own region (zc.Config.OneVM) a
 // guest's tcpdump takes the consumer end over from a dead process of the
 // same guest (this boot's tag and a gone pid, or another boot's tag), and
-// is refused one a live process of this boot holds, and any in a region
-// several VMs may map: the shim judges owners as zc does, with the same
-// boot tag (a live pid under this boot's tag would be taken over if it
-// computed another tag).
+// is refused one a live process of this boot holds, one without a tag or
+// from a nested pid namespace, and any in a region several VMs may map;
+// run in a nested pid namespace itself (unshare), it judges nobody. The
+// shim judges owners as zc does, with the same tag: a live pid under this
+// boot's tag would be taken over if it computed another.
 func TestGuestDeadReaderReplaced(t *testing.T) {
 	needTool(t, "tcpdump", "tcpdump")
 	id, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
@@ -290,14 +291,18 @@ func TestGuestDeadReaderReplaced(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for i, tc := range []struct {
-		oneVM     bool
-		pid, boot uint32
-		takes     bool
+		oneVM    bool
+		pid, tag uint32
+		nested   bool // tcpdump in a pid namespace of its own
+		takes    bool
 	}{
-		{true, deadPID, mine, true},
-		{true, live, mine%ivshmem.MaxBootTag + 1, true},
-		{true, live, mine, false},
-		{false, deadPID, mine, false},
+		{true, deadPID, mine, false, true},
+		{true, live, mine%(ivshmem.TagNested-1) + 1, false, true},
+		{true, live, mine, false, false},
+		{true, deadPID, ivshmem.TagNone, false, false},
+		{true, deadPID, ivshmem.TagNested, false, false},
+		{true, deadPID, mine, true, false},
+		{false, deadPID, mine, false, false},
 	} {
 		cid := uint32(73 + i)
 		c, err := zc.CreateCluster(zc.Config{ID: cid, QueueLen: 64, Buffers: 256, Backing: zc.BackingShm, OneVM: tc.oneVM,
@@ -323,17 +328,22 @@ func TestGuestDeadReaderReplaced(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		holder := ivshmem.Owner{Side: ivshmem.SideGuest, PID: tc.pid, Boot: tc.boot}
+		holder := ivshmem.Owner{Side: ivshmem.SideGuest, PID: tc.pid, Tag: tc.tag}
 		if _, err := l.Claim(c.Bytes(), 0, ivshmem.EndConsumer, holder, nil); err != nil {
 			t.Fatal(err)
 		}
-		dev := fmt.Sprintf("zc:%d@0", cid)
-		res, err := g.preloaded(ctx, "tcpdump", "-i", dev, "-c", "1", "-w", os.DevNull).CombinedOutput()
+		args := []string{"tcpdump", "-i", fmt.Sprintf("zc:%d@0", cid), "-c", "1", "-w", os.DevNull}
+		if tc.nested {
+			args = append([]string{"unshare", "--pid", "--fork", "--mount-proc"}, args...)
+		}
+		res, err := g.preloaded(ctx, args[0], args[1:]...).CombinedOutput()
 		switch {
+		case tc.nested && strings.Contains(string(res), "unshare:"):
+			t.Logf("no nested pid namespace here: %s", res)
 		case tc.takes && err != nil:
 			t.Errorf("%+v (one VM %v): tcpdump did not take the end over: %v\n%s", holder, tc.oneVM, err, res)
 		case !tc.takes && (err == nil || !strings.Contains(string(res), fmt.Sprintf("held by guest pid %d", tc.pid))):
-			t.Errorf("%+v (one VM %v): tcpdump was not refused: %v\n%s", holder, tc.oneVM, err, res)
+			t.Errorf("%+v (one VM %v, nested %v): tcpdump was not refused: %v\n%s", holder, tc.oneVM, tc.nested, err, res)
 		case !tc.takes && l.QueueOwner(c.Bytes(), 0, ivshmem.EndConsumer) != holder:
 			t.Errorf("%+v: the refused tcpdump changed the owner word", holder)
 		}

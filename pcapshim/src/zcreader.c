@@ -244,45 +244,50 @@ static int fail(struct zcr *z, const char *what)
 
 static uint8_t *qdesc(struct zcr *z) { return z->base + z->l.qtable + (uint64_t)z->queue * QDESC_SIZE; }
 
-/* boot_tag is ivshmem.BootTag of this kernel's boot id: FNV-1a of
- * /proc/sys/kernel/random/boot_id (trimmed), folded to 1..1023; 0 when it
- * cannot be read. */
-static uint32_t boot_tag(void)
+/* owner_tag is zc's ownerTag: the tag of this process's claims in a
+ * guest. TAG_NESTED outside the kernel's initial pid namespace; else
+ * ivshmem.BootTag of /proc/sys/kernel/random/boot_id (trimmed): FNV-1a,
+ * folded to 1..TAG_NESTED-1; TAG_NONE when it cannot be read. */
+static uint32_t owner_tag(void)
 {
-	char id[64];
+	char ns[64], id[64];
+	ssize_t k = readlink("/proc/self/ns/pid", ns, sizeof ns - 1);
+	if (k < 0 || (ns[k] = 0, strcmp(ns, "pid:[4026531836]") != 0))
+		return TAG_NESTED;
 	FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
 	if (f == NULL)
-		return 0;
+		return TAG_NONE;
 	size_t n = fread(id, 1, sizeof id - 1, f);
 	fclose(f);
 	while (n > 0 && (id[n - 1] == '\n' || id[n - 1] == ' '))
 		n--;
 	if (n == 0)
-		return 0;
+		return TAG_NONE;
 	uint32_t h = 2166136261u;
 	for (size_t i = 0; i < n; i++) {
 		h ^= (uint8_t)id[i];
 		h *= 16777619u;
 	}
-	return 1 + h % ((1u << (32 - PID_BITS)) - 1);
+	return 1 + h % (TAG_NESTED - 1);
 }
 
 /* owner_stale reports whether the holder of an owner word is gone, as
  * zc's region.stale judges it: a host owner seen from a host process, by
- * its pid; a guest owner seen from the same VM in a region only that VM
- * maps (FLAG_ONE_VM): gone when its boot tag is another boot's, else when
- * its pid is. The host cannot see a guest's processes, nor a guest the
- * host's or another VM's. */
+ * its pid; a guest owner seen from the same guest in a region only its VM
+ * maps (FLAG_ONE_VM), when both carry a boot tag (ivshmem.GuestOwnerGone):
+ * gone when its tag is another boot's, else when its pid is. The host
+ * cannot see a guest's processes, nor a guest the host's or another
+ * VM's, nor a process its pid namespace's. */
 static int owner_stale(struct zcr *z, uint64_t cur)
 {
 	uint32_t side = (uint32_t)(cur >> 32), pid = (uint32_t)cur & ((1u << PID_BITS) - 1);
-	uint32_t boot = (uint32_t)cur >> PID_BITS, mine = (uint32_t)z->owner >> PID_BITS;
+	uint32_t tag = (uint32_t)cur >> PID_BITS, mine = (uint32_t)z->owner >> PID_BITS;
 	if (side != z->side)
 		return 0;
 	if (side == SIDE_GUEST) {
-		if (!(z->l.flags & FLAG_ONE_VM))
+		if (!(z->l.flags & FLAG_ONE_VM) || mine == TAG_NONE || mine == TAG_NESTED || tag == TAG_NONE || tag == TAG_NESTED)
 			return 0;
-		if (boot != 0 && mine != 0 && boot != mine)
+		if (tag != mine)
 			return 1;
 	} else if (side != SIDE_HOST) {
 		return 0;
@@ -730,7 +735,7 @@ static int attach_mapped(struct zcr *z, const char *path)
 	uint8_t *ow = qdesc(z) + Q_CONS_OWNER;
 	z->owner = (uint64_t)z->side << 32 | ((uint32_t)getpid() & ((1u << PID_BITS) - 1));
 	if (z->side == SIDE_GUEST)
-		z->owner |= (uint64_t)boot_tag() << PID_BITS;
+		z->owner |= (uint64_t)owner_tag() << PID_BITS;
 	int replaced = 0, ok = 0;
 	for (int i = 0; i < 8 && !ok; i++) {
 		uint64_t cur = ld64(ow);

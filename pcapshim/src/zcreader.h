@@ -38,6 +38,8 @@
 #define SIDE_GUEST 2u
 #define FLAG_ONE_VM 4u /* ivshmem.FlagOneVM: one VM's own region */
 #define PID_BITS 22    /* ivshmem.PIDBits: an owner word's pid bits */
+#define TAG_NONE 0u    /* ivshmem.TagNone */
+#define TAG_NESTED 1023u /* ivshmem.TagNested */
 #define HS_GO 0u
 #define HS_WAIT 1u
 #define HS_DONE 3u
@@ -98,7 +100,7 @@ struct zcr {
 	int regs_tried;
 	int fault_slot;     /* index in the table of guarded mappings, -1: none */
 	struct zcr_layout l;
-	uint64_t owner; /* our owner word: side<<32 | boot<<22 | pid */
+	uint64_t owner; /* our owner word: side<<32 | tag<<22 | pid */
 
 	/* consumer of the data ring */
 	uint8_t *dr;
