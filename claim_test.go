@@ -142,6 +142,23 @@ func TestAdoptKeepsOneVMFlag(t *testing.T) {
 	}
 }
 
+// inNestedPIDNS runs this test binary's test name under unshare(1) in a
+// pid namespace of its own, with env added, and returns its output; it
+// skips the test when that cannot be done here.
+func inNestedPIDNS(t *testing.T, name string, env ...string) (string, error) {
+	t.Helper()
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("no unshare(1) (util-linux): cannot run a process in a pid namespace of its own")
+	}
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", os.Args[0], "-test.run=^"+name+"$")
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if strings.HasPrefix(string(out), "unshare:") {
+		t.Skipf("cannot run in a pid namespace of its own (needs CAP_SYS_ADMIN): %s", out)
+	}
+	return string(out), err
+}
+
 // TestOwnerTag: a process in the initial pid namespace tags its guest
 // claims with its boot's tag; one in a pid namespace of its own (this
 // test binary again, under unshare) with ivshmem.TagNested, so that
@@ -158,16 +175,40 @@ func TestOwnerTag(t *testing.T) {
 	if got, want := ownerTag(), ivshmem.BootTag(strings.TrimSpace(string(id))); got != want {
 		t.Errorf("owner tag %d, want the boot's, %d", got, want)
 	}
-	if _, err := exec.LookPath("unshare"); err != nil {
-		t.Skip("no unshare(1) (util-linux): cannot run a process in a pid namespace of its own")
+	out, err := inNestedPIDNS(t, "TestOwnerTag", "ZC_TEST_PRINT_TAG=1")
+	if got := strings.TrimSpace(out); err != nil || got != strconv.Itoa(ivshmem.TagNested) {
+		t.Errorf("in a nested pid namespace: owner tag %q (%v), want %d (TagNested)", got, err, ivshmem.TagNested)
 	}
-	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", os.Args[0], "-test.run=^TestOwnerTag$")
-	cmd.Env = append(os.Environ(), "ZC_TEST_PRINT_TAG=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Skipf("cannot run in a pid namespace of its own (needs CAP_SYS_ADMIN): %v: %s", err, out)
+}
+
+// TestNestedPIDNamespaceCannotSteal: a host process in a pid namespace of
+// its own (a container) does not see the host's pids; before, it took the
+// end of a live consumer of the initial namespace for gone (kill(pid, 0)
+// found no such pid) and replaced it. Now it is refused and says why, and
+// the initial namespace does not judge its claims either.
+func TestNestedPIDNamespaceCannotSteal(t *testing.T) {
+	if q := os.Getenv("ZC_TEST_NESTED_OPEN"); q != "" {
+		_, err := Open(q)
+		fmt.Println(err)
+		os.Exit(0)
 	}
-	if got := strings.TrimSpace(string(out)); got != strconv.Itoa(ivshmem.TagNested) {
-		t.Errorf("in a nested pid namespace: owner tag %q, want %d (TagNested)", got, ivshmem.TagNested)
+	c := newCluster(t, Config{ID: 48, Queues: 1, QueueLen: 64})
+	live := mustQ(t)(c.Consumer(0))
+	out, _ := inNestedPIDNS(t, "TestNestedPIDNamespaceCannotSteal", "ZC_TEST_NESTED_OPEN=zc:48@0")
+	if !strings.Contains(out, "queue end busy") || !strings.Contains(out, "this process runs in a nested pid namespace") {
+		t.Errorf("a nested process attaching a live consumer's end: %q, want refused", out)
+	}
+	if live.Err() != nil || c.r.l.QueueOwner(c.r.b, 0, ivshmem.EndConsumer) != live.r.owner {
+		t.Errorf("the live consumer lost its end: %v, owner %+v", live.Err(), c.r.l.QueueOwner(c.r.b, 0, ivshmem.EndConsumer))
+	}
+	live.Close()
+	// A container's claim, its process gone: the initial namespace cannot
+	// tell (its pid means nothing here) and is refused.
+	nested := ivshmem.Owner{Side: ivshmem.SideHost, PID: deadPID(t), Tag: ivshmem.TagNested}
+	if _, err := c.r.l.Claim(c.r.b, 0, ivshmem.EndConsumer, nested, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open("zc:48@0"); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "it runs in a nested pid namespace") {
+		t.Errorf("attach in place of a container's claim: %v, want refused", err)
 	}
 }

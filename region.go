@@ -56,9 +56,9 @@ type bellDevice interface {
 }
 
 func newRegion(m *ivshmem.Mapping, l ivshmem.Layout, side ivshmem.Side) *region {
-	o := ivshmem.Owner{Side: side, PID: uint32(os.Getpid())}
-	if side == ivshmem.SideGuest {
-		o.Tag = ownerTag()
+	o := ivshmem.Owner{Side: side, PID: uint32(os.Getpid()), Tag: ownerTag()}
+	if side == ivshmem.SideHost && o.Tag != ivshmem.TagNested {
+		o.Tag = ivshmem.TagNone // host owners carry no boot tag
 	}
 	return &region{m: m, b: m.Bytes, l: l, bufs: l.BufferArea(m.Bytes), side: side, refs: 1, owner: o}
 }
@@ -67,9 +67,10 @@ func newRegion(m *ivshmem.Mapping, l ivshmem.Layout, side ivshmem.Side) *region 
 // names it (PROC_PID_INIT_INO, fixed since Linux 3.8).
 const initPIDNS = "pid:[4026531836]"
 
-// ownerTag is the tag of this process's claims in a guest: its kernel's
-// boot tag, ivshmem.TagNested outside the initial pid namespace, or
-// ivshmem.TagNone when the boot id cannot be read.
+// ownerTag is the tag of this process's claims: ivshmem.TagNested outside
+// its kernel's initial pid namespace (on the host too), else in a guest
+// its kernel's boot tag, or ivshmem.TagNone when the boot id cannot be
+// read.
 var ownerTag = sync.OnceValue(func() uint32 {
 	if ns, err := os.Readlink("/proc/self/ns/pid"); err != nil || ns != initPIDNS {
 		return ivshmem.TagNested
@@ -159,8 +160,9 @@ func (r *region) claim(q uint32, e ivshmem.End, force bool) (replaced bool, err 
 
 // stale reports whether owner o of a queue end is gone, as far as this
 // process can tell (ivshmem/doc.go, Ownership): a host process judges
-// host owners by their pid; a guest process judges the owners of its own
-// kernel in a region only its VM maps (ivshmem.GuestOwnerGone).
+// host owners by their pid, both in the initial pid namespace; a guest
+// process judges the owners of its own kernel in a region only its VM
+// maps (ivshmem.GuestOwnerGone).
 func (r *region) stale(o ivshmem.Owner) bool {
 	if !r.canJudge(o) {
 		return false
@@ -178,7 +180,7 @@ func (r *region) canJudge(o ivshmem.Owner) bool {
 	case o.Side != r.side:
 		return false
 	case r.side == ivshmem.SideHost:
-		return true
+		return r.owner.Tag == ivshmem.TagNone && o.Tag == ivshmem.TagNone
 	case r.l.Flags&ivshmem.FlagOneVM == 0:
 		return false
 	}
@@ -191,14 +193,16 @@ func (r *region) cannotJudge(o ivshmem.Owner) string {
 	switch {
 	case o.Side == ivshmem.SideGuest && r.side == ivshmem.SideHost:
 		return "a process in a guest: the host cannot see whether it runs"
-	case o.Side == ivshmem.SideHost:
+	case o.Side == ivshmem.SideHost && r.side == ivshmem.SideGuest:
 		return "a host process: a guest cannot see whether it runs"
-	case o.Side != ivshmem.SideGuest:
+	case o.Side != ivshmem.SideGuest && o.Side != ivshmem.SideHost:
 		return fmt.Sprintf("an owner of unknown side %d", o.Side)
+	case r.owner.Tag == ivshmem.TagNested:
+		return "this process runs in a nested pid namespace (a container): it cannot tell whether that process runs"
+	case o.Side == ivshmem.SideHost:
+		return "it runs in a nested pid namespace (a container): its pid means nothing here"
 	case r.l.Flags&ivshmem.FlagOneVM == 0:
 		return "other VMs may map this region too: this guest cannot tell whether that process runs"
-	case r.owner.Tag == ivshmem.TagNested:
-		return "this process runs in a nested pid namespace: it cannot tell whether that process runs"
 	case r.owner.Tag == ivshmem.TagNone:
 		return "this guest's boot id cannot be read: this process cannot tell whether that process runs"
 	case o.Tag == ivshmem.TagNested:
