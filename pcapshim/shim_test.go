@@ -393,6 +393,23 @@ func TestListAndErrors(t *testing.T) {
 	if err == nil || !strings.Contains(string(res), "queue taken") || !strings.Contains(string(res), "pid "+strconv.Itoa(first.Process.Pid)) {
 		t.Errorf("second reader of a queue: %v\n%s", err, res)
 	}
+	// From a pid namespace of its own (a container), where the first
+	// one's pid does not exist: refused too, not taken for gone.
+	if _, lerr := exec.LookPath("unshare"); lerr == nil {
+		// A reader that took the queue would wait for a packet: bounded,
+		// and --kill-child ends tcpdump with unshare.
+		nctx, ncancel := context.WithTimeout(ctx, 10*time.Second)
+		nested := e.preloaded(nctx, "unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "tcpdump", "-i", "zc:63@1", "-c", "1")
+		nested.WaitDelay = time.Second
+		res, err = nested.CombinedOutput()
+		ncancel()
+		switch {
+		case strings.HasPrefix(string(res), "unshare:"):
+			t.Logf("no nested pid namespace here: %s", res)
+		case err == nil || !strings.Contains(string(res), "queue taken"):
+			t.Errorf("a reader in a nested pid namespace took a live reader's queue: %v\n%s", err, res)
+		}
+	}
 	first.Process.Signal(syscall.SIGINT)
 	<-copied
 	if err := first.Wait(); err != nil {

@@ -244,10 +244,10 @@ static int fail(struct zcr *z, const char *what)
 
 static uint8_t *qdesc(struct zcr *z) { return z->base + z->l.qtable + (uint64_t)z->queue * QDESC_SIZE; }
 
-/* owner_tag is zc's ownerTag: the tag of this process's claims in a
- * guest. TAG_NESTED outside the kernel's initial pid namespace; else
- * ivshmem.BootTag of /proc/sys/kernel/random/boot_id (trimmed): FNV-1a,
- * folded to 1..TAG_NESTED-1; TAG_NONE when it cannot be read. */
+/* owner_tag is zc's ownerTag: TAG_NESTED outside the kernel's initial pid
+ * namespace (on the host too); else ivshmem.BootTag of
+ * /proc/sys/kernel/random/boot_id (trimmed): FNV-1a, folded to
+ * 1..TAG_NESTED-1, used in a guest; TAG_NONE when it cannot be read. */
 static uint32_t owner_tag(void)
 {
 	char ns[64], id[64];
@@ -273,8 +273,9 @@ static uint32_t owner_tag(void)
 
 /* owner_stale reports whether the holder of an owner word is gone, as
  * zc's region.stale judges it: a host owner seen from a host process, by
- * its pid; a guest owner seen from the same guest in a region only its VM
- * maps (FLAG_ONE_VM), when both carry a boot tag (ivshmem.GuestOwnerGone):
+ * its pid, both untagged (neither in a nested pid namespace); a guest
+ * owner seen from the same guest in a region only its VM maps
+ * (FLAG_ONE_VM), when both carry a boot tag (ivshmem.GuestOwnerGone):
  * gone when its tag is another boot's, else when its pid is. The host
  * cannot see a guest's processes, nor a guest the host's or another
  * VM's, nor a process its pid namespace's. */
@@ -289,7 +290,7 @@ static int owner_stale(struct zcr *z, uint64_t cur)
 			return 0;
 		if (tag != mine)
 			return 1;
-	} else if (side != SIDE_HOST) {
+	} else if (side != SIDE_HOST || mine != TAG_NONE || tag != TAG_NONE) {
 		return 0;
 	}
 	return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
@@ -733,9 +734,10 @@ static int attach_mapped(struct zcr *z, const char *path)
 
 	/* Claim the consumer owner word (ivshmem.Layout.Claim). */
 	uint8_t *ow = qdesc(z) + Q_CONS_OWNER;
-	z->owner = (uint64_t)z->side << 32 | ((uint32_t)getpid() & ((1u << PID_BITS) - 1));
-	if (z->side == SIDE_GUEST)
-		z->owner |= (uint64_t)owner_tag() << PID_BITS;
+	uint32_t tag = owner_tag();
+	if (z->side == SIDE_HOST && tag != TAG_NESTED)
+		tag = TAG_NONE; /* host owners carry no boot tag */
+	z->owner = (uint64_t)z->side << 32 | (uint64_t)tag << PID_BITS | ((uint32_t)getpid() & ((1u << PID_BITS) - 1));
 	int replaced = 0, ok = 0;
 	for (int i = 0; i < 8 && !ok; i++) {
 		uint64_t cur = ld64(ow);
