@@ -45,9 +45,10 @@
 //	+32           4     flags
 //	+36           4     (reserved)
 //	+40           8     producer owner, mutable, 0 free: side<<32 |
-//	                    tag<<22 | pid (side 1 host, 2 guest; tag, for a
-//	                    guest: 1..1022 its boot's, 1023 a nested pid
-//	                    namespace; 0 on the host or unknown)
+//	                    tag<<22 | pid (side 1 host, 2 guest; tag: 1023
+//	                    a nested pid namespace, host or guest; else in a
+//	                    guest 1..1022 its boot's; 0 on the host, or
+//	                    unknown)
 //	+48           8     consumer owner, mutable
 //	+56           4     attach handshake, mutable: epoch<<2 | state
 //	                    (0 go, 1 consumer waits, 2 producer recovering, 3 done)
@@ -131,17 +132,18 @@
 // allocates, so it never hands out a buffer the consumer still reads.
 //
 // Who may find an owner word stale (and take the end over): a host
-// process, for a host owner whose process is gone (kill(pid, 0) fails,
-// or it is a zombie); a guest process in its kernel's initial pid
-// namespace, in a region with flag 4 (one VM's own), for a guest owner
-// tagged with another boot's tag (a claim from before a reboot), or with
-// this boot's tag and a pid that is gone in this guest. Nobody else: the
-// host cannot see a guest's processes nor a guest the host's; in a region
-// that several VMs map a guest cannot tell another VM's pid from one of
-// its own; a pid from a nested pid namespace (a container) means nothing
-// outside it; and an untagged guest owner (a binary from before tags)
-// could be any of these. Such an end is freed when the agent unplugs the
-// VM, or taken by force (zcount --force).
+// process in the initial pid namespace, for an untagged host owner whose
+// process is gone (kill(pid, 0) fails, or it is a zombie); a guest
+// process in its kernel's initial pid namespace, in a region with flag 4
+// (one VM's own), for a guest owner tagged with another boot's tag (a
+// claim from before a reboot), or with this boot's tag and a pid that is
+// gone in this guest. Nobody else: the host cannot see a guest's
+// processes nor a guest the host's; in a region that several VMs map a
+// guest cannot tell another VM's pid from one of its own; a pid from a
+// nested pid namespace (a container) means nothing outside it, nor one
+// from outside inside it; and an untagged guest owner (a binary from
+// before tags) could be any of these. Such an end is freed when the
+// agent unplugs the VM, or taken by force (zcount --force).
 //
 // # Publication order
 //
