@@ -212,3 +212,45 @@ func TestNestedPIDNamespaceCannotSteal(t *testing.T) {
 		t.Errorf("attach in place of a container's claim: %v, want refused", err)
 	}
 }
+
+// TestStatsSayGone: Inspect marks an end whose holder the reader can tell
+// is gone, and the owner column says so; a live holder, and one the
+// reader cannot judge, are shown as they are.
+func TestStatsSayGone(t *testing.T) {
+	if tag := ownerTag(); tag == ivshmem.TagNone || tag == ivshmem.TagNested {
+		t.Skipf("this test process has owner tag %d: it needs a boot id and the initial pid namespace", tag)
+	}
+	c := newCluster(t, Config{ID: 49, Queues: 3, QueueLen: 64, OneVM: true})
+	dead := deadPID(t)
+	live := mustQ(t)(c.Consumer(0))
+	claim := func(q uint32, o ivshmem.Owner) {
+		t.Helper()
+		if _, err := c.r.l.Claim(c.r.b, q, ivshmem.EndConsumer, o, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	claim(1, ivshmem.Owner{Side: ivshmem.SideHost, PID: dead})
+	claim(2, ivshmem.Owner{Side: ivshmem.SideGuest, PID: dead, Tag: ownerTag()})
+	info, err := Inspect(49)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{fmt.Sprint(os.Getpid()), fmt.Sprintf("%d (gone)", dead), fmt.Sprintf("guest:%d", dead)}
+	for i, w := range want {
+		if got := info.Queues[i].Owner(ivshmem.EndConsumer); got != w {
+			t.Errorf("host view, queue %d consumer %q, want %q", i, got, w)
+		}
+	}
+	// A guest's view (the region mapped again as a guest maps it): its
+	// own dead process is gone; it cannot judge the host's.
+	g := guestView(t, c, nil)
+	qs := g.stats()
+	for i, w := range []string{fmt.Sprint(os.Getpid()), fmt.Sprint(dead), fmt.Sprintf("guest:%d (gone)", dead)} {
+		if got := qs[i].Owner(ivshmem.EndConsumer); got != w {
+			t.Errorf("guest view, queue %d consumer %q, want %q", i, got, w)
+		}
+	}
+	if live.Err() != nil {
+		t.Fatal(live.Err())
+	}
+}

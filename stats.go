@@ -36,6 +36,11 @@ type QueueStats struct {
 	// whether they run in a guest.
 	Producer, Consumer           uint32
 	ProducerGuest, ConsumerGuest bool
+	// ProducerGone and ConsumerGone say that the process which read the
+	// stats (Inspect) can tell that end's holder is gone (killed, or from
+	// before its guest rebooted): its claim is stale, and the next process
+	// to attach that end takes it over (ivshmem/doc.go, Ownership).
+	ProducerGone, ConsumerGone bool `json:",omitempty"`
 	// View says whose record the counters are. "producer" or "consumer":
 	// Queue.Stats of an attached end, whose own counters (Sent, SentBytes,
 	// Drops, Reclaimed, BadReturns, Recovered for a producer; Received,
@@ -109,11 +114,43 @@ func (c *Cluster) Stats() []QueueStats { return c.r.stats() }
 func (r *region) stats() []QueueStats {
 	out := make([]QueueStats, len(r.l.Queues))
 	for i := range out {
-		if err := protect(func() { out[i] = readQueueStats(r.b, &r.l, i) }); err != nil {
+		if err := protect(func() {
+			out[i] = readQueueStats(r.b, &r.l, i)
+			out[i].ProducerGone = r.gone(uint32(i), ivshmem.EndProducer)
+			out[i].ConsumerGone = r.gone(uint32(i), ivshmem.EndConsumer)
+		}); err != nil {
 			out[i] = QueueStats{Queue: i, Slots: int(r.l.Queues[i].Slots), View: "region", State: "failed", Failure: err.Error()}
 		}
 	}
 	return out
+}
+
+// gone reports whether end e of queue q is held by an owner this process
+// can tell is gone.
+func (r *region) gone(q uint32, e ivshmem.End) bool {
+	o := r.l.QueueOwner(r.b, q, e)
+	return o.Side != 0 && r.stale(o)
+}
+
+// Owner names the holder of end e of the queue for a table: "-" when
+// free, its pid, "guest:PID" in a guest, with " (gone)" when the reader
+// of the stats could tell it is (ProducerGone, ConsumerGone).
+func (q QueueStats) Owner(e ivshmem.End) string {
+	pid, guest, gone := q.Producer, q.ProducerGuest, q.ProducerGone
+	if e == ivshmem.EndConsumer {
+		pid, guest, gone = q.Consumer, q.ConsumerGuest, q.ConsumerGone
+	}
+	if pid == 0 {
+		return "-"
+	}
+	s := fmt.Sprint(pid)
+	if guest {
+		s = "guest:" + s
+	}
+	if gone {
+		s += " (gone)"
+	}
+	return s
 }
 
 // ClusterInfo describes a cluster found by Inspect.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/guest"
+	"github.com/zcfabric/zc/ivshmem"
 )
 
 // deviceInfo is one line of "zcguest list".
@@ -72,8 +73,8 @@ func cmdList(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "%-14s %12d  %s\n", i.Addr, i.Size, cluster)
 		for _, q := range i.Queues {
-			fmt.Fprintf(stdout, "    queue %-3d depth %d/%d sent %d drops %d received %d returned %d bad %d producer %d consumer %d\n",
-				q.Queue, q.Depth, q.Slots, q.Sent, q.Drops, q.Received, q.Returned, q.Bad, q.Producer, q.Consumer)
+			fmt.Fprintf(stdout, "    queue %-3d depth %d/%d sent %d drops %d received %d returned %d bad %d producer %s consumer %s\n",
+				q.Queue, q.Depth, q.Slots, q.Sent, q.Drops, q.Received, q.Returned, q.Bad, q.Owner(ivshmem.EndProducer), q.Owner(ivshmem.EndConsumer))
 		}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/host/status"
+	"github.com/zcfabric/zc/ivshmem"
 )
 
 func init() {
@@ -118,7 +119,7 @@ func printInfo(info zc.ClusterInfo) {
 			state = "?"
 		}
 		fmt.Fprintf(w, "%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n", q.Queue, state, q.Slots, q.Depth, q.Sent, q.SentBytes,
-			q.Drops, q.Received, q.ReceivedBytes, q.Bad, q.Returned, q.BadReturns, q.Recovered, owner(q.Producer, q.ProducerGuest), owner(q.Consumer, q.ConsumerGuest))
+			q.Drops, q.Received, q.ReceivedBytes, q.Bad, q.Returned, q.BadReturns, q.Recovered, q.Owner(ivshmem.EndProducer), q.Owner(ivshmem.EndConsumer))
 	}
 	w.Flush()
 	for _, q := range info.Queues {
@@ -131,14 +132,4 @@ func printInfo(info zc.ClusterInfo) {
 	} else {
 		fmt.Println("* and every other counter: read from the region as its users wrote them (no agent record for it)")
 	}
-}
-
-func owner(pid uint32, guest bool) string {
-	switch {
-	case pid == 0:
-		return "-"
-	case guest:
-		return fmt.Sprintf("guest:%d", pid)
-	}
-	return fmt.Sprint(pid)
 }
