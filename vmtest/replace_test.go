@@ -3,6 +3,7 @@ package vmtest
 import (
 	"fmt"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -14,7 +15,7 @@ import (
 // judge its own processes: a reader started while the holder lives is
 // refused, naming it as a guest pid; once the holder is killed, a new
 // reader takes the end over without --force and counts a later burst
-// exactly.
+// exactly. Between the two, zcguest list shows the end as gone.
 func TestGuestReplacesKilledReader(t *testing.T) {
 	const (
 		id     = 84
@@ -31,6 +32,7 @@ echo "ZCBUSY holder $holder: $(zcount -i zc:%[1]d@0 -n 1 --interval 0 2>&1 | tr 
 kill -9 $holder
 wait $holder
 echo "ZCKILLED $holder"
+zcguest list | grep "queue 0 " | sed 's/^ */ZCLIST /'
 echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"
 zcguest wait -c %[1]d --gone --timeout 60s --poll 5ms || exit 1
 sleep 1 # let QEMU see the eject before power-off`, id, second)))
@@ -49,6 +51,12 @@ sleep 1 # let QEMU see the eject before power-off`, id, second)))
 	}
 	if _, err := vm.Expect(ctx, "ZCKILLED"); err != nil {
 		t.Fatal(err)
+	}
+	// zcguest list shows the end the killed reader left as gone.
+	if l, err := vm.Expect(ctx, "ZCLIST"); err != nil {
+		t.Fatal(err)
+	} else if want := "consumer guest:" + m[1] + " (gone)"; !strings.Contains(l.Text, want) {
+		t.Errorf("zcguest list after the kill: %q, want %q", l.Text, want)
 	}
 	var s summary
 	if _, err := vm.Result(ctx, &s); err != nil {
