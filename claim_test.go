@@ -1,13 +1,14 @@
 package zc
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/zcfabric/zc/ivshmem"
 )
@@ -30,7 +31,7 @@ func deadPID(t *testing.T) uint32 {
 // and the way out. Both ends, and the producer's takeover keeps its
 // earlier loans as usual.
 func TestGuestReplacesItsOwnDeadClaims(t *testing.T) {
-	mine := ownerTag()
+	mine := ownerTag(ivshmem.SideGuest)
 	if mine == ivshmem.TagNone || mine == ivshmem.TagNested {
 		t.Skipf("this test process has owner tag %d: it needs a boot id and the initial pid namespace", mine)
 	}
@@ -52,8 +53,8 @@ func TestGuestReplacesItsOwnDeadClaims(t *testing.T) {
 		{"another boot, its pid alive now", true, guest(live, other), own, true, ""},
 		{"alive, this boot", true, guest(live, mine), own, false, "held by guest pid"},
 		{"untagged (a binary from before tags), dead", true, guest(dead, ivshmem.TagNone), own, false, "carries no boot tag"},
-		{"in a nested pid namespace, dead", true, guest(dead, ivshmem.TagNested), own, false, "nested pid namespace of the guest"},
-		{"dead, this process in a nested pid namespace", true, guest(dead, mine), ivshmem.TagNested, false, "this process runs in a nested pid namespace"},
+		{"in a nested pid namespace, dead", true, guest(dead, ivshmem.TagNested), own, false, "it runs in a container of the guest"},
+		{"dead, this process in a nested pid namespace", true, guest(dead, mine), ivshmem.TagNested, false, "this process runs in a container of the guest"},
 		{"dead, this process without a boot id", true, guest(dead, mine), ivshmem.TagNone, false, "boot id cannot be read"},
 		{"dead, region shared by VMs", false, guest(dead, mine), own, false, "other VMs may map this region"},
 		{"a host process", true, ivshmem.Owner{Side: ivshmem.SideHost, PID: dead}, own, false, "a guest cannot see"},
@@ -142,74 +143,161 @@ func TestAdoptKeepsOneVMFlag(t *testing.T) {
 	}
 }
 
-// inNestedPIDNS runs this test binary's test name under unshare(1) in a
-// pid namespace of its own, with env added, and returns its output; it
-// skips the test when that cannot be done here.
-func inNestedPIDNS(t *testing.T, name string, env ...string) (string, error) {
+// nestedHelper is the child side of the pid namespace tests: run by
+// inNestedPIDNS with ZC_TEST_NESTED=MODE (and ZC_TEST_QUEUE), it prints
+// one line and exits. Modes: tag (its host and guest owner tags), open
+// (attach the consumer end and detach: "ok" or the error), claim (attach
+// and exit without detaching: "claimed"), hold (attach, say "holding",
+// wait to be killed).
+func nestedHelper(mode string) {
+	if mode == "tag" {
+		fmt.Println(ownerTag(ivshmem.SideHost), ownerTag(ivshmem.SideGuest))
+		os.Exit(0)
+	}
+	q, err := Open(os.Getenv("ZC_TEST_QUEUE"))
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(0)
+	}
+	switch mode {
+	case "open":
+		q.Close()
+		fmt.Println("ok")
+	case "claim":
+		fmt.Println("claimed")
+	case "hold":
+		fmt.Println("holding")
+		time.Sleep(time.Minute)
+	}
+	os.Exit(0)
+}
+
+// inNestedPIDNS starts a shell script in a pid namespace of its own
+// (unshare(1)) in which $T runs this test binary as nestedHelper, and
+// returns it running with its stdout; it skips the test when that cannot
+// be done here.
+func inNestedPIDNS(t *testing.T, script, queue string) (*exec.Cmd, *bufio.Scanner) {
 	t.Helper()
 	if _, err := exec.LookPath("unshare"); err != nil {
 		t.Skip("no unshare(1) (util-linux): cannot run a process in a pid namespace of its own")
 	}
-	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", os.Args[0], "-test.run=^"+name+"$")
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	if strings.HasPrefix(string(out), "unshare:") {
-		t.Skipf("cannot run in a pid namespace of its own (needs CAP_SYS_ADMIN): %s", out)
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script)
+	cmd.Env = append(os.Environ(), "T="+os.Args[0]+" -test.run=^TestNestedHelper$", "ZC_TEST_QUEUE="+queue)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return string(out), err
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() {
+		cmd.Wait()
+		if strings.HasPrefix(stderr.String(), "unshare:") {
+			t.Skipf("cannot run in a pid namespace of its own (needs CAP_SYS_ADMIN): %s", stderr.String())
+		}
+		t.Fatalf("nested helper said nothing: %s", stderr.String())
+	}
+	return cmd, sc
 }
 
-// TestOwnerTag: a process in the initial pid namespace tags its guest
-// claims with its boot's tag; one in a pid namespace of its own (this
-// test binary again, under unshare) with ivshmem.TagNested, so that
-// nobody judges its pid.
-func TestOwnerTag(t *testing.T) {
-	if os.Getenv("ZC_TEST_PRINT_TAG") != "" {
-		fmt.Println(ownerTag())
-		os.Exit(0)
+// TestNestedHelper is nestedHelper when the pid namespace tests run it;
+// on its own it skips.
+func TestNestedHelper(t *testing.T) {
+	mode := os.Getenv("ZC_TEST_NESTED")
+	if mode == "" {
+		t.Skip("child of the pid namespace tests; runs only when they start it")
 	}
+	nestedHelper(mode)
+}
+
+// TestOwnerTag: a process in the initial pid namespace tags its claims
+// TagNone on the host and with its boot's tag in a guest; one in a pid
+// namespace of its own (this test binary again, under unshare) with its
+// namespace's NSTag on the host and TagNested in a guest.
+func TestOwnerTag(t *testing.T) {
 	id, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		t.Skipf("no boot id: %v", err)
 	}
-	if got, want := ownerTag(), ivshmem.BootTag(strings.TrimSpace(string(id))); got != want {
-		t.Errorf("owner tag %d, want the boot's, %d", got, want)
+	if got, want := ownerTag(ivshmem.SideGuest), ivshmem.BootTag(strings.TrimSpace(string(id))); got != want {
+		t.Errorf("guest owner tag %d, want the boot's, %d", got, want)
 	}
-	out, err := inNestedPIDNS(t, "TestOwnerTag", "ZC_TEST_PRINT_TAG=1")
-	if got := strings.TrimSpace(out); err != nil || got != strconv.Itoa(ivshmem.TagNested) {
-		t.Errorf("in a nested pid namespace: owner tag %q (%v), want %d (TagNested)", got, err, ivshmem.TagNested)
+	if got := ownerTag(ivshmem.SideHost); got != ivshmem.TagNone {
+		t.Errorf("host owner tag %d, want TagNone", got)
 	}
+	cmd, sc := inNestedPIDNS(t, `readlink /proc/self/ns/pid; ZC_TEST_NESTED=tag $T`, "")
+	var ino uint64
+	fmt.Sscanf(sc.Text(), "pid:[%d]", &ino)
+	sc.Scan()
+	if want := fmt.Sprintf("%d %d", ivshmem.NSTag(ino), ivshmem.TagNested); sc.Text() != want || ivshmem.NSTag(ino) == ivshmem.TagNested {
+		t.Errorf("in pid namespace %d: owner tags %q, want %q (host: its NSTag, guest: TagNested)", ino, sc.Text(), want)
+	}
+	cmd.Wait()
 }
 
-// TestNestedPIDNamespaceCannotSteal: a host process in a pid namespace of
-// its own (a container) does not see the host's pids; before, it took the
-// end of a live consumer of the initial namespace for gone (kill(pid, 0)
-// found no such pid) and replaced it. Now it is refused and says why, and
-// the initial namespace does not judge its claims either.
-func TestNestedPIDNamespaceCannotSteal(t *testing.T) {
-	if q := os.Getenv("ZC_TEST_NESTED_OPEN"); q != "" {
-		_, err := Open(q)
-		fmt.Println(err)
-		os.Exit(0)
-	}
+// TestNestedPIDNamespaceClaims: claims across host pid namespaces (a
+// container: unshare).
+//   - A process in a container does not see the host's pids: before, it
+//     took the end of a live consumer of the initial namespace for gone
+//     and replaced it. Now it is refused and says why.
+//   - In the same container, a process replaces one that died holding
+//     the end (its namespace's tag, its pid gone).
+//   - The initial namespace sees into containers: it is refused a live
+//     container process's end, and takes over one whose process is gone,
+//     and one whose container is gone.
+func TestNestedPIDNamespaceClaims(t *testing.T) {
 	c := newCluster(t, Config{ID: 48, Queues: 1, QueueLen: 64})
+	owner := func() ivshmem.Owner { return c.r.l.QueueOwner(c.r.b, 0, ivshmem.EndConsumer) }
 	live := mustQ(t)(c.Consumer(0))
-	out, _ := inNestedPIDNS(t, "TestNestedPIDNamespaceCannotSteal", "ZC_TEST_NESTED_OPEN=zc:48@0")
-	if !strings.Contains(out, "queue end busy") || !strings.Contains(out, "this process runs in a nested pid namespace") {
-		t.Errorf("a nested process attaching a live consumer's end: %q, want refused", out)
+	cmd, sc := inNestedPIDNS(t, `ZC_TEST_NESTED=open $T`, "zc:48@0")
+	if !strings.Contains(sc.Text(), "queue end busy") || !strings.Contains(sc.Text(), "this process runs in a container") {
+		t.Errorf("a container process attaching a live consumer's end: %q, want refused", sc.Text())
 	}
-	if live.Err() != nil || c.r.l.QueueOwner(c.r.b, 0, ivshmem.EndConsumer) != live.r.owner {
-		t.Errorf("the live consumer lost its end: %v, owner %+v", live.Err(), c.r.l.QueueOwner(c.r.b, 0, ivshmem.EndConsumer))
+	cmd.Wait()
+	if live.Err() != nil || owner() != live.r.owner {
+		t.Errorf("the live consumer lost its end: %v, owner %+v", live.Err(), owner())
 	}
 	live.Close()
-	// A container's claim, its process gone: the initial namespace cannot
-	// tell (its pid means nothing here) and is refused.
+
+	cmd, sc = inNestedPIDNS(t, `ZC_TEST_NESTED=claim $T; ZC_TEST_NESTED=open $T`, "zc:48@0")
+	if sc.Text() != "claimed" || !sc.Scan() || sc.Text() != "ok" {
+		t.Errorf("a container process in place of its dead sibling: %q, want claimed then ok", sc.Text())
+	}
+	cmd.Wait()
+
+	cmd, sc = inNestedPIDNS(t, `ZC_TEST_NESTED=hold $T`, "zc:48@0")
+	if sc.Text() != "holding" {
+		t.Fatalf("container holder: %q", sc.Text())
+	}
+	held := owner()
+	if _, err := Open("zc:48@0"); !errors.Is(err, ErrBusy) {
+		t.Errorf("attach in place of a live container process %+v: %v, want busy", held, err)
+	}
+	if info, err := Inspect(48); err != nil || info.Queues[0].ConsumerGone {
+		t.Errorf("stats of a live container process's end: gone %v (%v)", info.Queues[0].ConsumerGone, err)
+	}
+	cmd.Process.Kill() // with --kill-child, the whole container
+	cmd.Wait()
+	if info, err := Inspect(48); err != nil || !info.Queues[0].ConsumerGone {
+		t.Errorf("stats of a gone container's end: gone %v (%v)", info.Queues[0].ConsumerGone, err)
+	}
+	q, err := Open("zc:48@0")
+	if err != nil {
+		t.Fatalf("attach in place of a gone container %+v: %v", held, err)
+	}
+	q.Close()
+
+	// A claim from a container whose namespace has no tag: not judged.
 	nested := ivshmem.Owner{Side: ivshmem.SideHost, PID: deadPID(t), Tag: ivshmem.TagNested}
 	if _, err := c.r.l.Claim(c.r.b, 0, ivshmem.EndConsumer, nested, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open("zc:48@0"); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "it runs in a nested pid namespace") {
-		t.Errorf("attach in place of a container's claim: %v, want refused", err)
+	if _, err := Open("zc:48@0"); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "has no tag") {
+		t.Errorf("attach in place of an untagged container's claim: %v, want refused", err)
 	}
 }
 
@@ -217,7 +305,7 @@ func TestNestedPIDNamespaceCannotSteal(t *testing.T) {
 // is gone, and the owner column says so; a live holder, and one the
 // reader cannot judge, are shown as they are.
 func TestStatsSayGone(t *testing.T) {
-	if tag := ownerTag(); tag == ivshmem.TagNone || tag == ivshmem.TagNested {
+	if tag := ownerTag(ivshmem.SideGuest); tag == ivshmem.TagNone || tag == ivshmem.TagNested {
 		t.Skipf("this test process has owner tag %d: it needs a boot id and the initial pid namespace", tag)
 	}
 	c := newCluster(t, Config{ID: 49, Queues: 3, QueueLen: 64, OneVM: true})
@@ -230,7 +318,7 @@ func TestStatsSayGone(t *testing.T) {
 		}
 	}
 	claim(1, ivshmem.Owner{Side: ivshmem.SideHost, PID: dead})
-	claim(2, ivshmem.Owner{Side: ivshmem.SideGuest, PID: dead, Tag: ownerTag()})
+	claim(2, ivshmem.Owner{Side: ivshmem.SideGuest, PID: dead, Tag: ownerTag(ivshmem.SideGuest)})
 	info, err := Inspect(49)
 	if err != nil {
 		t.Fatal(err)

@@ -162,6 +162,39 @@ func (cfg *Config) plan(gen uint64, created int64, pid uint32) (ivshmem.Layout, 
 	return ivshmem.Plan(icfg)
 }
 
+// nestedAlive reports, from the initial pid namespace, whether pid
+// namespace ino has a live process whose pid there is pid
+// (/proc/P/ns/pid, and the last NSpid of /proc/P/status). A namespace
+// with no process left is gone, and so are its claims. When /proc cannot
+// be read it says alive: nothing is taken over on a guess.
+func nestedAlive(ino uint64, pid uint32) bool {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return true
+	}
+	want := "pid:[" + strconv.FormatUint(ino, 10) + "]"
+	for _, e := range ents {
+		p, err := strconv.ParseUint(e.Name(), 10, 32)
+		if err != nil {
+			continue
+		}
+		dir := "/proc/" + e.Name()
+		if l, err := os.Readlink(dir + "/ns/pid"); err != nil || l != want {
+			continue
+		}
+		b, err := os.ReadFile(dir + "/status")
+		if err != nil {
+			continue
+		}
+		for line := range bytes.Lines(b) {
+			if f := bytes.Fields(line); len(f) > 1 && string(f[0]) == "NSpid:" && string(f[len(f)-1]) == strconv.FormatUint(uint64(pid), 10) {
+				return processAlive(uint32(p))
+			}
+		}
+	}
+	return false
+}
+
 // processAlive reports whether process pid exists and is not a zombie
 // (killed, not yet reaped: its mappings are gone).
 func processAlive(pid uint32) bool {

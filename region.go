@@ -56,10 +56,7 @@ type bellDevice interface {
 }
 
 func newRegion(m *ivshmem.Mapping, l ivshmem.Layout, side ivshmem.Side) *region {
-	o := ivshmem.Owner{Side: side, PID: uint32(os.Getpid()), Tag: ownerTag()}
-	if side == ivshmem.SideHost && o.Tag != ivshmem.TagNested {
-		o.Tag = ivshmem.TagNone // host owners carry no boot tag
-	}
+	o := ivshmem.Owner{Side: side, PID: uint32(os.Getpid()), Tag: ownerTag(side)}
 	return &region{m: m, b: m.Bytes, l: l, bufs: l.BufferArea(m.Bytes), side: side, refs: 1, owner: o}
 }
 
@@ -67,20 +64,42 @@ func newRegion(m *ivshmem.Mapping, l ivshmem.Layout, side ivshmem.Side) *region 
 // names it (PROC_PID_INIT_INO, fixed since Linux 3.8).
 const initPIDNS = "pid:[4026531836]"
 
-// ownerTag is the tag of this process's claims: ivshmem.TagNested outside
-// its kernel's initial pid namespace (on the host too), else in a guest
-// its kernel's boot tag, or ivshmem.TagNone when the boot id cannot be
-// read.
-var ownerTag = sync.OnceValue(func() uint32 {
-	if ns, err := os.Readlink("/proc/self/ns/pid"); err != nil || ns != initPIDNS {
+// procPlace is where this process runs, for its owner tags.
+type procPlace struct {
+	initNS bool   // in its kernel's initial pid namespace
+	nsIno  uint64 // else its pid namespace's inode number (0: unknown)
+	boot   uint32 // its kernel's boot tag (ivshmem.BootTag), or TagNone
+}
+
+var place = sync.OnceValue(func() procPlace {
+	var p procPlace
+	ns, err := os.Readlink("/proc/self/ns/pid")
+	p.initNS = err == nil && ns == initPIDNS
+	if err == nil && !p.initNS {
+		fmt.Sscanf(ns, "pid:[%d]", &p.nsIno)
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		p.boot = ivshmem.BootTag(strings.TrimSpace(string(b)))
+	}
+	return p
+})
+
+// ownerTag is the tag of this process's claims on side (ivshmem.Owner): on
+// the host, TagNone in the initial pid namespace, else its namespace's
+// NSTag; in a guest, its kernel's boot tag (TagNone when its boot id
+// cannot be read), TagNested outside the initial pid namespace.
+func ownerTag(side ivshmem.Side) uint32 {
+	p := place()
+	switch {
+	case side == ivshmem.SideHost && p.initNS:
+		return ivshmem.TagNone
+	case side == ivshmem.SideHost && p.nsIno != 0:
+		return ivshmem.NSTag(p.nsIno)
+	case !p.initNS:
 		return ivshmem.TagNested
 	}
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if err != nil {
-		return ivshmem.TagNone
-	}
-	return ivshmem.BootTag(strings.TrimSpace(string(b)))
-})
+	return p.boot
+}
 
 func (r *region) ref() { r.mu.Lock(); r.refs++; r.mu.Unlock() }
 
@@ -160,18 +179,22 @@ func (r *region) claim(q uint32, e ivshmem.End, force bool) (replaced bool, err 
 
 // stale reports whether owner o of a queue end is gone, as far as this
 // process can tell (ivshmem/doc.go, Ownership): a host process judges
-// host owners by their pid, both in the initial pid namespace; a guest
-// process judges the owners of its own kernel in a region only its VM
-// maps (ivshmem.GuestOwnerGone).
+// host owners of its own pid namespace by their pid, and from the
+// initial namespace those of any tagged namespace (gone with its
+// namespace, or when no process there has that pid); a guest process
+// judges the owners of its own kernel in a region only its VM maps
+// (ivshmem.GuestOwnerGone).
 func (r *region) stale(o ivshmem.Owner) bool {
-	if !r.canJudge(o) {
+	switch {
+	case !r.canJudge(o):
 		return false
-	}
-	if r.side == ivshmem.SideHost {
+	case r.side == ivshmem.SideGuest:
+		_, gone := ivshmem.GuestOwnerGone(r.owner.Tag, o, processAlive)
+		return gone
+	case o.Tag == r.owner.Tag:
 		return !processAlive(o.PID)
 	}
-	_, gone := ivshmem.GuestOwnerGone(r.owner.Tag, o, processAlive)
-	return gone
+	return !nestedAlive(ivshmem.NSInode(o.Tag), o.PID)
 }
 
 // canJudge reports whether this process can tell if owner o is alive.
@@ -180,7 +203,8 @@ func (r *region) canJudge(o ivshmem.Owner) bool {
 	case o.Side != r.side:
 		return false
 	case r.side == ivshmem.SideHost:
-		return r.owner.Tag == ivshmem.TagNone && o.Tag == ivshmem.TagNone
+		// Same namespace, or the initial one, which sees every other.
+		return o.Tag != ivshmem.TagNested && (o.Tag == r.owner.Tag || r.owner.Tag == ivshmem.TagNone)
 	case r.l.Flags&ivshmem.FlagOneVM == 0:
 		return false
 	}
@@ -197,16 +221,18 @@ func (r *region) cannotJudge(o ivshmem.Owner) string {
 		return "a host process: a guest cannot see whether it runs"
 	case o.Side != ivshmem.SideGuest && o.Side != ivshmem.SideHost:
 		return fmt.Sprintf("an owner of unknown side %d", o.Side)
-	case r.owner.Tag == ivshmem.TagNested:
-		return "this process runs in a nested pid namespace (a container): it cannot tell whether that process runs"
+	case o.Side == ivshmem.SideHost && r.owner.Tag != ivshmem.TagNone:
+		return "this process runs in a container (a pid namespace of its own), that process outside it: it cannot tell whether it runs"
 	case o.Side == ivshmem.SideHost:
-		return "it runs in a nested pid namespace (a container): its pid means nothing here"
+		return "it runs in a container whose pid namespace has no tag: this process cannot tell whether it runs"
+	case r.owner.Tag == ivshmem.TagNested:
+		return "this process runs in a container of the guest (a nested pid namespace): it cannot tell whether that process runs"
 	case r.l.Flags&ivshmem.FlagOneVM == 0:
 		return "other VMs may map this region too: this guest cannot tell whether that process runs"
 	case r.owner.Tag == ivshmem.TagNone:
 		return "this guest's boot id cannot be read: this process cannot tell whether that process runs"
 	case o.Tag == ivshmem.TagNested:
-		return "it runs in a nested pid namespace of the guest (a container): its pid means nothing here"
+		return "it runs in a container of the guest (a nested pid namespace): its pid means nothing here"
 	default:
 		return "it carries no boot tag (a zcfabric binary from before tags): this process cannot tell whether it runs"
 	}

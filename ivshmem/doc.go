@@ -45,10 +45,11 @@
 //	+32           4     flags
 //	+36           4     (reserved)
 //	+40           8     producer owner, mutable, 0 free: side<<32 |
-//	                    tag<<22 | pid (side 1 host, 2 guest; tag: 1023
-//	                    a nested pid namespace, host or guest; else in a
-//	                    guest 1..1022 its boot's; 0 on the host, or
-//	                    unknown)
+//	                    tag<<22 | pid (side 1 host, 2 guest; tag: where
+//	                    the pid means something: on the host 0 the
+//	                    initial pid namespace, 1..1022 a nested one's
+//	                    number + 1; in a guest 1..1022 its boot's tag,
+//	                    0 unknown; 1023 a namespace nobody judges)
 //	+48           8     consumer owner, mutable
 //	+56           4     attach handshake, mutable: epoch<<2 | state
 //	                    (0 go, 1 consumer waits, 2 producer recovering, 3 done)
@@ -131,19 +132,25 @@
 // bounded, until the rest came back on the return ring before it
 // allocates, so it never hands out a buffer the consumer still reads.
 //
-// Who may find an owner word stale (and take the end over): a host
-// process in the initial pid namespace, for an untagged host owner whose
-// process is gone (kill(pid, 0) fails, or it is a zombie); a guest
-// process in its kernel's initial pid namespace, in a region with flag 4
-// (one VM's own), for a guest owner tagged with another boot's tag (a
-// claim from before a reboot), or with this boot's tag and a pid that is
-// gone in this guest. Nobody else: the host cannot see a guest's
-// processes nor a guest the host's; in a region that several VMs map a
-// guest cannot tell another VM's pid from one of its own; a pid from a
-// nested pid namespace (a container) means nothing outside it, nor one
-// from outside inside it; and an untagged guest owner (a binary from
-// before tags) could be any of these. Such an end is freed when the
-// agent unplugs the VM, or taken by force (zcount --force).
+// Who may find an owner word stale (and take the end over), by its tag:
+//   - On the host, a process of the same pid namespace (the same tag: 0
+//     for the initial one), when the owner's pid is gone (kill(pid, 0)
+//     fails, or it is a zombie); and a process of the initial namespace,
+//     for an owner of a tagged nested one (a container), when no process
+//     of that namespace has the owner's pid (or no process is left in
+//     it). A namespace's number is reused only after it is gone.
+//   - In a guest, a process of its kernel's initial pid namespace, in a
+//     region with flag 4 (one VM's own), for a guest owner tagged with
+//     another boot's tag (a claim from before a reboot), or with this
+//     boot's tag and a pid that is gone in this guest.
+//
+// Nobody else: the host cannot see a guest's processes nor a guest the
+// host's; in a region that several VMs map a guest cannot tell another
+// VM's pid from one of its own; a container cannot see the processes
+// outside it; a guest's containers are not told apart (tag 1023); and
+// an untagged guest owner (a binary from before tags) could be any of
+// these. Such an end is freed when the agent unplugs the VM, or taken by
+// force (zcount --force).
 //
 // # Publication order
 //

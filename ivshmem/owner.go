@@ -5,10 +5,12 @@ import "fmt"
 // Owner words record who holds each end of a queue, so that a second
 // producer or consumer is refused (the rings are single-producer,
 // single-consumer). A word holds Side<<32 | Tag<<22 | pid, or 0 when
-// free. A guest owner's tag says which boot of its kernel it ran in
-// (BootTag), or that it ran in a nested pid namespace (TagNested), so that
-// a process of the same guest can tell a claim left by one of its own
-// dead processes, or by an earlier boot, from a live one (ivshmem/doc.go,
+// free. The tag says where the pid means something: for a guest owner,
+// which boot of its kernel it ran in (BootTag), or that it ran in a
+// nested pid namespace (TagNested); for a host owner, which nested pid
+// namespace it ran in (NSTag), or TagNone for the initial one. With it a
+// process can tell a claim left by a dead process (or by an earlier boot,
+// or by a container that is gone) from a live one (ivshmem/doc.go,
 // Ownership). Readers from before the tag see a larger pid there, nothing
 // else: the side is unchanged.
 
@@ -42,16 +44,17 @@ func (e End) String() string {
 // stay below 1<<22 (PID_MAX_LIMIT).
 const PIDBits = 22
 
-// Owner tags besides boot tags (1..TagNested-1), in the 10 bits above
-// the pid.
+// Owner tags besides boot tags and namespace tags (1..TagNested-1), in
+// the 10 bits above the pid.
 const (
-	// TagNone: no tag. A host owner, a guest binary from before tags, or
-	// a guest process that could not read its boot id. Nobody judges a
-	// guest owner without a tag.
+	// TagNone: no tag. A host owner in the initial pid namespace, a
+	// binary from before tags, or a guest process that could not read
+	// its boot id. A guest owner without a tag is never judged.
 	TagNone = 0
 	// TagNested: a guest process outside its kernel's initial pid
-	// namespace (a container in the guest). Its pid means nothing to the
-	// guest's other processes: nobody judges it.
+	// namespace (a container in the guest), or a host process in a
+	// nested namespace whose number does not fit a tag. Never judged:
+	// its pid means nothing to the others.
 	TagNested = 1<<(32-PIDBits) - 1
 )
 
@@ -59,7 +62,7 @@ const (
 type Owner struct {
 	Side Side
 	PID  uint32 // below 1<<PIDBits
-	Tag  uint32 // a guest's BootTag, TagNested, or TagNone (host owners)
+	Tag  uint32 // TagNone, TagNested, a guest's BootTag or a host NSTag
 }
 
 // Token encodes o as an owner word.
@@ -111,6 +114,28 @@ func GuestOwnerGone(mine uint32, o Owner, alive func(pid uint32) bool) (known, g
 	}
 	return true, !alive(o.PID)
 }
+
+// nsFirst is the first inode number Linux gives namespaces (nsfs inodes
+// come from the kernel's proc inode allocator, PROC_DYNAMIC_FIRST, the
+// smallest free number first; the initial pid namespace has a fixed one
+// below it).
+const nsFirst = 0xF0000000
+
+// NSTag returns the tag of a host process in the pid namespace whose
+// inode number is ino (as /proc/self/ns/pid says "pid:[ino]"): one more
+// than its number among namespaces, 1..TagNested-1, or TagNested when it
+// does not fit. Two live namespaces never share a number; a number is
+// reused only once its namespace is gone, and with it all its processes.
+func NSTag(ino uint64) uint32 {
+	if ino < nsFirst || ino-nsFirst >= TagNested-1 {
+		return TagNested
+	}
+	return uint32(ino-nsFirst) + 1
+}
+
+// NSInode returns the inode number of the pid namespace NSTag(ino) ==
+// tag names (tag in 1..TagNested-1).
+func NSInode(tag uint32) uint64 { return nsFirst + uint64(tag) - 1 }
 
 func ownerOff(l *Layout, q uint32, e End) uint64 {
 	off := l.QueueTable + uint64(q)*QueueDescSize + qOffProducer

@@ -82,3 +82,25 @@ func TestGuestOwnerGone(t *testing.T) {
 		}
 	}
 }
+
+// TestNSTag: a nested pid namespace's number, one up, when it fits; the
+// initial namespace's fixed inode and numbers past the tags do not.
+func TestNSTag(t *testing.T) {
+	for _, c := range []struct {
+		ino uint64
+		tag uint32
+	}{
+		{0xF0000000, 1},
+		{4026532179, 340},
+		{0xF0000000 + TagNested - 2, TagNested - 1},
+		{0xF0000000 + TagNested - 1, TagNested},
+		{0xEFFFFFFC, TagNested}, // the initial pid namespace
+	} {
+		if got := NSTag(c.ino); got != c.tag {
+			t.Errorf("NSTag(%d) = %d, want %d", c.ino, got, c.tag)
+		}
+		if c.tag != TagNested && NSInode(c.tag) != c.ino {
+			t.Errorf("NSInode(%d) = %d, want %d", c.tag, NSInode(c.tag), c.ino)
+		}
+	}
+}
