@@ -577,3 +577,40 @@ func TestDeadReaderReplaced(t *testing.T) {
 		t.Errorf("the second reader's last frame is seq %d, want %d", prev, n-1)
 	}
 }
+
+// TestContainerReaders: tcpdumps in a container (a pid namespace of its
+// own, unshare): one killed with SIGKILL is replaced by the next in the
+// same container (its namespace's tag, its pid gone), and once the whole
+// container is gone, by a tcpdump outside it (from the initial namespace
+// the shim sees that no process of that namespace is left).
+func TestContainerReaders(t *testing.T) {
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("no unshare(1) (util-linux)")
+	}
+	e := newEnv(t)
+	e.startAgent(65, "-i", "gen:len=64,count=100000000,rate=2000", "-n", "1")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	run := func(args ...string) (string, error) {
+		c := e.preloaded(ctx, args[0], args[1:]...)
+		c.WaitDelay = time.Second
+		res, err := c.CombinedOutput()
+		if strings.HasPrefix(string(res), "unshare:") {
+			t.Skipf("no pid namespace of its own here (needs CAP_SYS_ADMIN): %s", res)
+		}
+		return string(res), err
+	}
+	// In one container: a reader killed while it holds the queue, then
+	// another; then the container ends with a third killed holding it.
+	res, err := run("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", `
+tcpdump -i zc:65@0 -w /dev/null 2>/dev/null & sleep 1; kill -9 $!; wait
+tcpdump -i zc:65@0 -c 100 -w /dev/null 2>&1 && echo SIBLING-OK
+tcpdump -i zc:65@0 -w /dev/null 2>/dev/null & sleep 1; kill -9 $!; wait`)
+	if err != nil || !strings.Contains(res, "SIBLING-OK") {
+		t.Fatalf("a reader in place of its killed sibling in the same container: %v\n%s", err, res)
+	}
+	res, err = run("tcpdump", "-i", "zc:65@0", "-c", "100", "-w", os.DevNull)
+	if err != nil {
+		t.Errorf("a host reader in place of a gone container's reader: %v\n%s", err, res)
+	}
+}

@@ -244,16 +244,26 @@ static int fail(struct zcr *z, const char *what)
 
 static uint8_t *qdesc(struct zcr *z) { return z->base + z->l.qtable + (uint64_t)z->queue * QDESC_SIZE; }
 
-/* owner_tag is zc's ownerTag: TAG_NESTED outside the kernel's initial pid
- * namespace (on the host too); else ivshmem.BootTag of
- * /proc/sys/kernel/random/boot_id (trimmed): FNV-1a, folded to
- * 1..TAG_NESTED-1, used in a guest; TAG_NONE when it cannot be read. */
-static uint32_t owner_tag(void)
+/* owner_tag is zc's ownerTag: the tag of this process's claims on side.
+ * On the host TAG_NONE in the kernel's initial pid namespace, else its
+ * namespace's ivshmem.NSTag (its inode's number among namespaces, one
+ * up). In a guest TAG_NESTED outside the initial namespace, else
+ * ivshmem.BootTag of /proc/sys/kernel/random/boot_id (trimmed): FNV-1a,
+ * folded to 1..TAG_NESTED-1; TAG_NONE when it cannot be read. */
+static uint32_t owner_tag(uint32_t side)
 {
 	char ns[64], id[64];
+	unsigned long long ino = 0;
 	ssize_t k = readlink("/proc/self/ns/pid", ns, sizeof ns - 1);
-	if (k < 0 || (ns[k] = 0, strcmp(ns, "pid:[4026531836]") != 0))
-		return TAG_NESTED;
+	if (k >= 0)
+		ns[k] = 0;
+	if (k < 0 || strcmp(ns, "pid:[4026531836]") != 0) {
+		if (side != SIDE_HOST || k < 0 || sscanf(ns, "pid:[%llu]", &ino) != 1 || ino < NS_FIRST || ino - NS_FIRST >= TAG_NESTED - 1)
+			return TAG_NESTED;
+		return (uint32_t)(ino - NS_FIRST) + 1;
+	}
+	if (side == SIDE_HOST)
+		return TAG_NONE;
 	FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
 	if (f == NULL)
 		return TAG_NONE;
@@ -271,14 +281,73 @@ static uint32_t owner_tag(void)
 	return 1 + h % (TAG_NESTED - 1);
 }
 
+/* pid_alive is zc's processAlive: kill(pid, 0) finds it, and it is not a
+ * zombie. */
+static int pid_alive(uint32_t pid)
+{
+	char path[64], b[512];
+	if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+		return 0;
+	snprintf(path, sizeof path, "/proc/%u/stat", pid);
+	FILE *f = fopen(path, "re");
+	if (f == NULL)
+		return 1;
+	size_t n = fread(b, 1, sizeof b - 1, f);
+	fclose(f);
+	b[n] = 0;
+	char *p = strrchr(b, ')');
+	return !(p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'));
+}
+
+/* nested_alive is zc's nestedAlive: from the initial pid namespace,
+ * whether the pid namespace NSTag tag names has a live process whose pid
+ * there is pid (/proc/P/ns/pid, the last NSpid of /proc/P/status). When
+ * /proc cannot be read it says alive. */
+static int nested_alive(uint32_t tag, uint32_t pid)
+{
+	char want[64], path[64], link[64], line[256];
+	DIR *d = opendir("/proc");
+	if (d == NULL)
+		return 1;
+	snprintf(want, sizeof want, "pid:[%llu]", NS_FIRST + (unsigned long long)tag - 1);
+	struct dirent *e;
+	int alive = 0;
+	while (!alive && (e = readdir(d)) != NULL) {
+		char *end;
+		unsigned long p = strtoul(e->d_name, &end, 10);
+		if (*end != 0 || e->d_name[0] == 0)
+			continue;
+		snprintf(path, sizeof path, "/proc/%lu/ns/pid", p);
+		ssize_t k = readlink(path, link, sizeof link - 1);
+		if (k < 0 || (link[k] = 0, strcmp(link, want) != 0))
+			continue;
+		snprintf(path, sizeof path, "/proc/%lu/status", p);
+		FILE *f = fopen(path, "re");
+		if (f == NULL)
+			continue;
+		while (fgets(line, sizeof line, f) != NULL) {
+			if (strncmp(line, "NSpid:", 6) != 0)
+				continue;
+			char *last = strrchr(line, '\t');
+			if (last != NULL && strtoul(last + 1, NULL, 10) == pid)
+				alive = pid_alive((uint32_t)p);
+			break;
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return alive;
+}
+
 /* owner_stale reports whether the holder of an owner word is gone, as
- * zc's region.stale judges it: a host owner seen from a host process, by
- * its pid, both untagged (neither in a nested pid namespace); a guest
- * owner seen from the same guest in a region only its VM maps
- * (FLAG_ONE_VM), when both carry a boot tag (ivshmem.GuestOwnerGone):
- * gone when its tag is another boot's, else when its pid is. The host
- * cannot see a guest's processes, nor a guest the host's or another
- * VM's, nor a process its pid namespace's. */
+ * zc's region.stale judges it. A host owner seen from a host process: of
+ * the same pid namespace (the same tag), by its pid; of a tagged nested
+ * namespace seen from the initial one, gone with its namespace or when
+ * no process there has its pid. A guest owner seen from the same guest in
+ * a region only its VM maps (FLAG_ONE_VM), when both carry a boot tag
+ * (ivshmem.GuestOwnerGone): gone when its tag is another boot's, else
+ * when its pid is. The host cannot see a guest's processes, nor a guest
+ * the host's or another VM's, nor a container the processes outside it. */
 static int owner_stale(struct zcr *z, uint64_t cur)
 {
 	uint32_t side = (uint32_t)(cur >> 32), pid = (uint32_t)cur & ((1u << PID_BITS) - 1);
@@ -290,10 +359,15 @@ static int owner_stale(struct zcr *z, uint64_t cur)
 			return 0;
 		if (tag != mine)
 			return 1;
-	} else if (side != SIDE_HOST || mine != TAG_NONE || tag != TAG_NONE) {
-		return 0;
+		return !pid_alive(pid);
 	}
-	return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+	if (side != SIDE_HOST || tag == TAG_NESTED)
+		return 0;
+	if (tag == mine)
+		return !pid_alive(pid);
+	if (mine == TAG_NONE)
+		return !nested_alive(tag, pid);
+	return 0;
 }
 
 
@@ -734,9 +808,7 @@ static int attach_mapped(struct zcr *z, const char *path)
 
 	/* Claim the consumer owner word (ivshmem.Layout.Claim). */
 	uint8_t *ow = qdesc(z) + Q_CONS_OWNER;
-	uint32_t tag = owner_tag();
-	if (z->side == SIDE_HOST && tag != TAG_NESTED)
-		tag = TAG_NONE; /* host owners carry no boot tag */
+	uint32_t tag = owner_tag(z->side);
 	z->owner = (uint64_t)z->side << 32 | (uint64_t)tag << PID_BITS | ((uint32_t)getpid() & ((1u << PID_BITS) - 1));
 	int replaced = 0, ok = 0;
 	for (int i = 0; i < 8 && !ok; i++) {

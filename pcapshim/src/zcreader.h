@@ -40,6 +40,7 @@
 #define PID_BITS 22    /* ivshmem.PIDBits: an owner word's pid bits */
 #define TAG_NONE 0u    /* ivshmem.TagNone */
 #define TAG_NESTED 1023u /* ivshmem.TagNested */
+#define NS_FIRST 0xF0000000ull /* ivshmem's nsFirst: the first namespace inode */
 #define HS_GO 0u
 #define HS_WAIT 1u
 #define HS_DONE 3u
