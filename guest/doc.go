@@ -45,14 +45,16 @@
 // reader per queue. The first process to open the doorbell holds its
 // interrupts and passes each one on to the guest's other processes that
 // open it, over an abstract unix socket named after the device (an
-// eventfd each, sent with SCM_RIGHTS; share.go); when it closes the
-// doorbell or exits, one of them takes the device over and the others
+// eventfd each, sent with SCM_RIGHTS; share.go), together with its VFIO
+// descriptors, which they keep; when it closes the doorbell or exits, one
+// of them takes the interrupts over with those descriptors and the others
 // follow it. So every reader of the device sleeps, and each interrupt
-// wakes each of them once (they look at their own queues). Before it opens
-// the device, a process turns the device's resets off (its reset_method):
-// vfio-pci resets a device on open and release, which turns BAR2 off for
-// a moment under the other readers, who would take their regions for
-// unplugged.
+// wakes each of them once (they look at their own queues). The device
+// stays open while any process of the guest uses it: released, vfio-pci
+// suspends it, and then resets and enables it again on the next open,
+// which turns BAR2 off for a while under the other readers, who would take
+// their regions for unplugged. Before it first opens the device, a process
+// turns the device's resets off too (its reset_method).
 //
 // An unplug ends a blocked Wait with [ErrDoorbellGone]. A restart of the
 // host agent changes nothing here: the new agent takes QEMU's eventfds back

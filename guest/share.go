@@ -25,14 +25,27 @@ import (
 // the device's vectors fires. Each interrupt wakes every process; each
 // looks at its own queues, as it would after a spurious wake-up.
 //
+// With the eventfd the owner also passes its VFIO descriptors (device,
+// group, container), which the subscriber keeps: the device stays open
+// as long as any process of the guest uses its interrupts. When the last
+// descriptor of an open device closes, vfio-pci disables it (it writes
+// the PCI command register, turning memory decoding off, then restores
+// it), and every process that maps BAR2 reads zeros meanwhile: it took
+// its region for unplugged, or its ring indices for corrupt. A takeover
+// with the passed descriptors opens and releases nothing.
+//
 // The connection stays open and carries what ends the sharing:
 //   - shareGone: the device is being unplugged (the owner received the
 //     kernel's device request and released it); the subscriber's Wait
-//     returns ErrDoorbellGone.
+//     returns ErrDoorbellGone, and it closes the descriptors it kept, so
+//     that the unplug completes.
 //   - end of file: the owner closed its doorbell or its process ended;
-//     the subscriber takes the interrupts over (it opens the device through
-//     VFIO itself, which the kernel allows once the owner's descriptors are
-//     closed, and serves the others), or subscribes to whoever did.
+//     the subscriber takes the interrupts over (it listens first, which
+//     only one process can, then routes the vectors to eventfds of its
+//     own through the descriptors it kept, and serves the others), or
+//     subscribes to whoever did. Without descriptors (an owner from
+//     before they were passed) it opens the device through VFIO itself,
+//     which the kernel allows once the owner's descriptors are closed.
 //
 // The owner drops a subscriber when its connection ends (the process
 // exited). Any process of the guest may connect: all it can get is
@@ -55,6 +68,7 @@ func shareName(d Device) string {
 // subscribers' eventfds.
 type bellShare struct {
 	ln     *net.UnixListener
+	vfds   []int // the owner's VFIO descriptors, passed with each hello
 	mu     sync.Mutex
 	subs   map[*net.UnixConn]int // each subscriber's eventfd
 	closed bool
@@ -62,13 +76,17 @@ type bellShare struct {
 }
 
 // listenShare starts passing device d's interrupts on to the guest's other
-// processes.
-func listenShare(d Device) (*bellShare, error) {
+// processes, with v's descriptors (v may be nil in tests). Only one
+// process of the guest can listen: that makes it the owner.
+func listenShare(d Device, v *vfio) (*bellShare, error) {
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: shareName(d), Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("share the interrupts of %s: %w", d.Addr, err)
 	}
 	s := &bellShare{ln: ln, subs: make(map[*net.UnixConn]int)}
+	if v != nil {
+		s.vfds = v.fds()
+	}
 	s.wg.Add(1)
 	go s.accept()
 	return s, nil
@@ -86,7 +104,7 @@ func (s *bellShare) accept() {
 			c.Close()
 			continue
 		}
-		if _, _, err := c.WriteMsgUnix([]byte{shareHello}, unix.UnixRights(fd), nil); err != nil {
+		if _, _, err := c.WriteMsgUnix([]byte{shareHello}, unix.UnixRights(append([]int{fd}, s.vfds...)...), nil); err != nil {
 			unix.Close(fd)
 			c.Close()
 			continue
@@ -170,19 +188,20 @@ var errNoOwner = errors.New("no process of this guest shares the device's interr
 
 // dialShare subscribes to the interrupts of device d that another process
 // of the guest holds: the connection (which ends the subscription when
-// closed, or tells of an unplug) and the eventfd the owner writes.
-func dialShare(d Device) (*net.UnixConn, *os.File, error) {
+// closed, or tells of an unplug), the eventfd the owner writes, and the
+// owner's VFIO descriptors (nil from an owner that passes none).
+func dialShare(d Device) (*net.UnixConn, *os.File, *vfio, error) {
 	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: shareName(d), Net: "unix"})
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", errNoOwner, err)
+		return nil, nil, nil, fmt.Errorf("%w: %v", errNoOwner, err)
 	}
-	fail := func(err error) (*net.UnixConn, *os.File, error) {
+	fail := func(err error) (*net.UnixConn, *os.File, *vfio, error) {
 		c.Close()
-		return nil, nil, fmt.Errorf("subscribe to the interrupts of %s: %w", d.Addr, err)
+		return nil, nil, nil, fmt.Errorf("subscribe to the interrupts of %s: %w", d.Addr, err)
 	}
 	c.SetReadDeadline(time.Now().Add(time.Second))
 	var b [1]byte
-	oob := make([]byte, unix.CmsgSpace(4))
+	oob := make([]byte, unix.CmsgSpace(4*4))
 	n, oobn, _, _, err := c.ReadMsgUnix(b[:], oob)
 	if err != nil {
 		return fail(err)
@@ -196,14 +215,20 @@ func dialShare(d Device) (*net.UnixConn, *os.File, error) {
 		return fail(fmt.Errorf("no eventfd in the owner's answer (%v)", err))
 	}
 	fds, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(fds) != 1 {
+	if err != nil || (len(fds) != 1 && len(fds) != 4) {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
-		return fail(fmt.Errorf("want one eventfd in the owner's answer, got %d (%v)", len(fds), err))
+		return fail(fmt.Errorf("want an eventfd and maybe 3 VFIO descriptors in the owner's answer, got %d (%v)", len(fds), err))
+	}
+	for _, fd := range fds {
+		unix.CloseOnExec(fd)
+	}
+	var held *vfio
+	if len(fds) == 4 {
+		held = &vfio{dev: fds[1], group: fds[2], container: fds[3]}
 	}
 	// The eventfd is non-blocking (the owner made it so; the flag is the
 	// open file's), so the runtime poller watches the file.
-	unix.CloseOnExec(fds[0])
-	return c, os.NewFile(uintptr(fds[0]), "doorbell-share"), nil
+	return c, os.NewFile(uintptr(fds[0]), "doorbell-share"), held, nil
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // newShare returns a fake doorbell device and an owner end sharing its
@@ -13,7 +15,7 @@ import (
 func newShare(t *testing.T) (Device, *bellShare) {
 	t.Helper()
 	d := fakeDoorbell(t, t.TempDir())
-	s, err := listenShare(d)
+	s, err := listenShare(d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +117,7 @@ func TestShareTakeover(t *testing.T) {
 	d, s1 := newShare(t)
 	b := openShared(t, d, s1, 1)[0]
 	s1.ln.Close() // the socket's name is free again
-	s2, err := listenShare(d)
+	s2, err := listenShare(d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,5 +160,57 @@ func TestShareLost(t *testing.T) {
 	}
 	if !errors.Is(werr, ErrNoInterrupts) {
 		t.Fatalf("Wait after a lost owner = %v, want ErrNoInterrupts", werr)
+	}
+}
+
+// TestSharePassesDescriptors: the owner passes its VFIO descriptors with
+// each subscription, and a subscriber keeps them until it closes its
+// doorbell or the device goes away: the same open files (here eventfds
+// standing in for the device, group and container), so that the device
+// stays open when the owner's process ends.
+func TestSharePassesDescriptors(t *testing.T) {
+	d := fakeDoorbell(t, t.TempDir())
+	var own vfio
+	for _, fd := range []*int{&own.dev, &own.group, &own.container} {
+		var err error
+		if *fd, err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := listenShare(d, &own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close(false)
+	b, err := OpenDoorbell(d, DoorbellOptions{NoBind: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	awaitSubscribers(t, s, 1)
+	b.mu.Lock()
+	held := b.held
+	b.mu.Unlock()
+	if held == nil {
+		t.Fatal("the subscriber kept no descriptors")
+	}
+	for i, pair := range [][2]int{{own.dev, held.dev}, {own.group, held.group}, {own.container, held.container}} {
+		var a, c unix.Stat_t
+		if unix.Fstat(pair[0], &a) != nil || unix.Fstat(pair[1], &c) != nil || a.Ino != c.Ino || pair[0] == pair[1] {
+			t.Errorf("descriptor %d: the subscriber's %d is not a copy of the owner's %d", i, pair[1], pair[0])
+		}
+	}
+	// The owner's process ends (its descriptors close): the subscriber's
+	// copies keep the files open.
+	own.close()
+	var st unix.Stat_t
+	if err := unix.Fstat(held.dev, &st); err != nil {
+		t.Errorf("the kept device descriptor after the owner closed its own: %v", err)
+	}
+	b.Close()
+	b.mu.Lock()
+	kept := b.held
+	b.mu.Unlock()
+	if kept != nil {
+		t.Error("the subscriber still keeps the descriptors after Close")
 	}
 }

@@ -90,7 +90,8 @@ type Doorbell struct {
 	v        *vfio      // this process holds the interrupts ...
 	share    *bellShare // ... and passes them on (nil if it could not)
 	sub      *net.UnixConn
-	subEv    *os.File // or another process passes them on through these
+	subEv    *os.File // or another process passes them on through these,
+	held     *vfio    // with its VFIO descriptors, kept for a takeover
 	isClosed bool
 
 	pending  atomic.Uint64 // vectors that fired since the last Wait
@@ -146,15 +147,15 @@ func openDoorbell(d Device, opts DoorbellOptions) (*Doorbell, error) {
 		b.noIntr = err
 		return b, nil
 	}
-	b.own(v)
+	share, _ := listenShare(b.dev, v) // without it, this process alone sleeps
+	b.own(v, share)
 	return b, nil
 }
 
 // own takes the interrupts of v (this process holds the device) and
-// shares them with the guest's other processes. It releases v when the
-// doorbell was closed meanwhile.
-func (b *Doorbell) own(v *vfio) {
-	share, _ := listenShare(b.dev) // without it, this process alone sleeps
+// shares them with the guest's other processes through share (nil: it
+// could not). It releases both when the doorbell was closed meanwhile.
+func (b *Doorbell) own(v *vfio, share *bellShare) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.isClosed {
@@ -176,7 +177,7 @@ func (b *Doorbell) own(v *vfio) {
 // subscribe gets the interrupts from the process of the guest that holds
 // the device, if one shares them; it reports whether it did.
 func (b *Doorbell) subscribe() bool {
-	c, ev, err := dialShare(b.dev)
+	c, ev, held, err := dialShare(b.dev)
 	if err != nil {
 		return false
 	}
@@ -185,7 +186,18 @@ func (b *Doorbell) subscribe() bool {
 	if b.isClosed {
 		c.Close()
 		ev.Close()
+		if held != nil {
+			held.close()
+		}
 		return true // nothing more to do
+	}
+	if held != nil {
+		// The new owner's descriptors (of the same open device) replace
+		// those of the one before.
+		if b.held != nil {
+			b.held.close()
+		}
+		b.held = held
 	}
 	b.sub, b.subEv = c, ev
 	b.readers.Add(2)
@@ -215,6 +227,7 @@ func (b *Doorbell) watchOwner(c *net.UnixConn, ev *os.File) {
 	switch {
 	case closing:
 	case n == 1 && m[0] == shareGone:
+		b.dropHeld() // let the unplug complete
 		b.goneOnce.Do(func() { close(b.gone) })
 	default:
 		// An interrupt may have come while nobody passed it on: wake Wait
@@ -228,18 +241,66 @@ func (b *Doorbell) watchOwner(c *net.UnixConn, ev *os.File) {
 	}
 }
 
+// dropHeld closes the VFIO descriptors kept from the owner.
+func (b *Doorbell) dropHeld() {
+	b.mu.Lock()
+	held := b.held
+	b.held = nil
+	b.mu.Unlock()
+	if held != nil {
+		held.close()
+	}
+}
+
+// adopt makes this process the owner with the VFIO descriptors it kept
+// from the owner before (the device stays open throughout): it listens
+// first, which only one process of the guest can, then routes the
+// vectors to eventfds of its own. It reports whether it holds the
+// interrupts now; false with a nil error when another process listens
+// (subscribe to it).
+func (b *Doorbell) adopt() (bool, error) {
+	b.mu.Lock()
+	held := b.held
+	b.mu.Unlock()
+	if held == nil {
+		return false, nil
+	}
+	share, err := listenShare(b.dev, held)
+	if err != nil {
+		return false, nil // another process took them over: subscribe
+	}
+	b.mu.Lock()
+	b.held = nil
+	b.mu.Unlock()
+	if err := held.arm(b.dev); err != nil {
+		share.close(false)
+		held.close()
+		return false, err
+	}
+	b.own(held, share)
+	return true, nil
+}
+
 // takeOver gets the interrupts of a device another process held (or
-// holds): from whoever shares them now, or by opening the device once the
-// other process has released it. It retries until deadline or Close.
+// holds): from whoever shares them now, with the descriptors the last
+// owner passed, or by opening the device once the other process has
+// released it. It retries until deadline or Close.
 func (b *Doorbell) takeOver(deadline time.Time) error {
 	for {
 		if b.subscribe() {
 			return nil
 		}
-		v, err := openVFIO(b.dev, b.devDir, false)
-		if err == nil {
-			b.own(v)
+		owns, err := b.adopt()
+		if owns {
 			return nil
+		}
+		if err == nil {
+			var v *vfio
+			if v, err = openVFIO(b.dev, b.devDir, false); err == nil {
+				share, _ := listenShare(b.dev, v)
+				b.own(v, share)
+				return nil
+			}
 		}
 		if !errors.Is(err, unix.EBUSY) {
 			return err // the device is gone, or no longer vfio-pci's
@@ -385,7 +446,8 @@ func (b *Doorbell) Close() error {
 	b.closeOnce.Do(func() {
 		b.mu.Lock()
 		b.isClosed = true
-		v, share, sub, ev := b.v, b.share, b.sub, b.subEv
+		v, share, sub, ev, held := b.v, b.share, b.sub, b.subEv, b.held
+		b.held = nil
 		b.mu.Unlock()
 		close(b.closed)
 		if share != nil {
@@ -397,6 +459,9 @@ func (b *Doorbell) Close() error {
 		if sub != nil {
 			sub.Close()
 			ev.Close()
+		}
+		if held != nil {
+			held.close()
 		}
 		b.readers.Wait()
 		if err := unix.Munmap(b.regs); err != nil {

@@ -103,9 +103,20 @@ func openVFIO(d Device, devDir string, bind bool) (*vfio, error) {
 	if v.dev, err = vfioDeviceFD(v.group, d.Addr); err != nil {
 		return fail(fmt.Errorf("open VFIO device %s: %w", d.Addr, err))
 	}
+	if err := v.arm(d); err != nil {
+		return fail(err)
+	}
+	return v, nil
+}
+
+// arm routes the device's MSI-X vectors (at most 64) and its device
+// request to fresh eventfds of this process, in place of any armed before
+// (by the process that held the device until now, when this one took it
+// over with the descriptors it was given: share.go).
+func (v *vfio) arm(d Device) error {
 	_, n, err := vfioIRQInfo(v.dev, vfioPCIMSIXIndex)
 	if err != nil || n == 0 {
-		return fail(fmt.Errorf("%w: device has no MSI-X vectors (%v); is it an ivshmem-plain device?", ErrNoInterrupts, err))
+		return fmt.Errorf("%w: device has no MSI-X vectors (%v); is it an ivshmem-plain device?", ErrNoInterrupts, err)
 	}
 	if n > 64 {
 		n = 64 // Wait reports vectors as bits of a uint64
@@ -114,26 +125,30 @@ func openVFIO(d Device, devDir string, bind bool) (*vfio, error) {
 	for i := range fds {
 		f, fd, err := newEventfd("vfio-msix")
 		if err != nil {
-			return fail(err)
+			return err
 		}
 		v.irqs = append(v.irqs, f)
 		fds[i] = int32(fd)
 	}
 	if err := vfioSetIRQs(v.dev, vfioPCIMSIXIndex, vfioIRQDataEvent|vfioIRQActTrigger, fds); err != nil {
-		return fail(fmt.Errorf("arm %d MSI-X vectors: %w", n, err))
+		return fmt.Errorf("arm %d MSI-X vectors: %w", n, err)
 	}
 	if err := setBusMaster(d.Dir); err != nil {
-		return fail(err)
+		return err
 	}
 	var reqFD int
 	if v.req, reqFD, err = newEventfd("vfio-req"); err != nil {
-		return fail(err)
+		return err
 	}
 	if err := vfioSetIRQs(v.dev, vfioPCIReqIndex, vfioIRQDataEvent|vfioIRQActTrigger, []int32{int32(reqFD)}); err != nil {
-		return fail(fmt.Errorf("arm the device request: %w", err))
+		return fmt.Errorf("arm the device request: %w", err)
 	}
-	return v, nil
+	return nil
 }
+
+// fds returns the descriptors that keep the device open (device, group,
+// container), to pass to another process.
+func (v *vfio) fds() []int { return []int{v.dev, v.group, v.container} }
 
 // disableReset turns off the resets of the device at dir. vfio-pci resets
 // a device when a process opens it and when it releases it (a secondary

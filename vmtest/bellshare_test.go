@@ -20,9 +20,12 @@ import (
 //     and it counts a second burst exactly.
 //   - Two new readers; the one holding the interrupts is killed (SIGKILL)
 //     and the other takes them over and sleeps on, reading its queue
-//     undisturbed (opening and releasing the device no longer resets it,
-//     which turned BAR2 off under the other readers: they took the region
-//     for unplugged).
+//     undisturbed: it kept the holder's VFIO descriptors, so the device
+//     is never released (its runtime PM status, sampled across the kill,
+//     stays active). Released, vfio-pci suspended it, and BAR2 read zeros
+//     under the other readers until one opened it again: they took the
+//     region for unplugged (seen in full test runs, and in this test's
+//     sampling: 5207 of 6000 samples suspended with the earlier code).
 //   - A third reader shares the new holder's interrupts; both, asleep when
 //     the agent stops and unplugs the region, end with "the queue went
 //     away" (the holder told by the kernel, the other by the holder).
@@ -43,7 +46,9 @@ func TestGuestProcessesShareDoorbell(t *testing.T) {
 	// agent waits 6 s for the first two readers only (then starts without
 	// the third, saying so).
 	vm := bellVM(t, GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(fmt.Sprintf(`
-zcguest wait -c %[1]d --timeout 60s --poll 5ms || exit 1
+at=$(zcguest wait -c %[1]d --timeout 60s --poll 5ms) || exit 1
+echo "$at"
+dev=/sys/bus/pci/devices/$(echo "$at" | sed -n 's/^cluster [0-9]* at \([^ ]*\) .*/\1/p')
 ( echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"; echo "ZCFIRST exited" ) &
 sleep 1
 echo "ZCRESULT $(zcount -i zc:%[1]d@1 -n %[3]d --verify --json --interval 0)"
@@ -53,8 +58,17 @@ holder=$!
 sleep 1
 ( echo "ZCRESULT $(zcount -i zc:%[1]d@1 --json --interval 0)" ) &
 sleep 1
+# Sample the device's runtime PM status across the kill: it must stay
+# active. When the last process holding it through VFIO lets it go,
+# vfio-pci suspends it, and BAR2 reads zeros under every reader.
+rs=$dev/power/runtime_status
+( i=0; off=0; while [ $i -lt 6000 ]; do read st <$rs; [ "$st" != active ] && off=$((off+1)); i=$((i+1)); done; echo "ZCSAMPLED $i inactive $off" ) &
+sampler=$!
+usleep 100000
 kill -9 $holder
 echo "ZCKILLED the holder"
+wait $sampler
+dmesg | grep -i "vfio\|enabling\|ivshmem\|01:00" | sed 's/^/ZCDMESG /'
 sleep 6
 echo "ZCRESULT $(zcount -i zc:%[1]d@2 --json --interval 0)"
 wait`, id, first/queues, first/queues+second/queues)))
@@ -116,6 +130,14 @@ wait`, id, first/queues, first/queues+second/queues)))
 	expectBell(0, 1)
 	if _, err := vm.Expect(ctx, "ZCKILLED"); err != nil {
 		t.Fatal(err)
+	}
+	_, m, err := vm.ExpectRegexp(ctx, regexp.MustCompile(`ZCSAMPLED (\d+) inactive (\d+)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the device's runtime PM status across the kill: %s samples, %s of them not active", m[1], m[2])
+	if m[2] != "0" {
+		t.Errorf("the device was not active in %s of %s samples across the holder's kill: it was released (and suspended), not kept open by the other reader", m[2], m[1])
 	}
 	expectIdle("the reader left after its interrupts' holder was killed")
 	// A third reader shares the new holder's interrupts; the agent stops.
