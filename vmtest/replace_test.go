@@ -1,6 +1,7 @@
 package vmtest
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strings"
@@ -58,17 +59,7 @@ sleep 1 # let QEMU see the eject before power-off`, id, second)))
 	} else if want := "consumer guest:" + m[1] + " (gone)"; !strings.Contains(l.Text, want) {
 		t.Errorf("zcguest list after the kill: %q, want %q", l.Text, want)
 	}
-	var s summary
-	if _, err := vm.Result(ctx, &s); err != nil {
-		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
-	}
-	s.check(t, "the reader that replaced the killed one", second)
-	if _, err := agent.wait(ctx); err != nil {
-		t.Errorf("zchost run: %v", err)
-	}
-	if err := vm.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
+	finishCounted(t, ctx, vm, agent, "the reader that replaced the killed one", second)
 }
 
 // TestGuestReaderAfterReboot: a guest rebooted (a hard reset, here
@@ -124,11 +115,19 @@ sleep 1 # let QEMU see the eject before power-off`, id, n)))
 	if b1[1] != "1" || b1[2] == b2[1] {
 		t.Fatalf("boots %q then %q: want a first boot, then a second with another boot id", b1[0], b2[0])
 	}
+	finishCounted(t, ctx, vm, agent, "the second boot's reader", n)
+}
+
+// finishCounted checks the guest's zcount result (who counted n packets,
+// all verified), waits for the agent to finish on its own and shuts the
+// VM down.
+func finishCounted(t *testing.T, ctx context.Context, vm *VM, agent *proc, who string, n uint64) {
+	t.Helper()
 	var s summary
 	if _, err := vm.Result(ctx, &s); err != nil {
 		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
 	}
-	s.check(t, "the second boot's reader", n)
+	s.check(t, who, n)
 	if _, err := agent.wait(ctx); err != nil {
 		t.Errorf("zchost run: %v", err)
 	}
