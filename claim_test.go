@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -204,6 +205,28 @@ func inNestedPIDNS(t *testing.T, script, queue string) (*exec.Cmd, *bufio.Scanne
 	return cmd, sc
 }
 
+// asNobody runs this test binary as nestedHelper under user nobody
+// (setpriv), with c's region and folder opened to it, and returns its
+// output; ok is false (and the test logs why) when that cannot be done.
+func asNobody(t *testing.T, c *Cluster, env ...string) (out string, ok bool) {
+	t.Helper()
+	if _, err := exec.LookPath("setpriv"); err != nil || os.Geteuid() != 0 {
+		t.Logf("not run as another user: needs root and setpriv(1) (util-linux)")
+		return "", false
+	}
+	os.Chmod(filepath.Dir(c.Path()), 0o777)
+	os.Chmod(c.Path(), 0o666)
+	os.Chmod(os.Args[0], 0o755)
+	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", os.Args[0], "-test.run=^TestNestedHelper$")
+	cmd.Env = append(os.Environ(), env...)
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Logf("not run as another user: %v: %s", err, b)
+		return "", false
+	}
+	return string(b), true
+}
+
 // TestNestedHelper is nestedHelper when the pid namespace tests run it;
 // on its own it skips.
 func TestNestedHelper(t *testing.T) {
@@ -279,6 +302,11 @@ func TestNestedPIDNamespaceClaims(t *testing.T) {
 	}
 	if info, err := Inspect(48); err != nil || info.Queues[0].ConsumerGone {
 		t.Errorf("stats of a live container process's end: gone %v (%v)", info.Queues[0].ConsumerGone, err)
+	}
+	// A user who may not look at others' processes cannot see into the
+	// container: refused too, not taken for gone.
+	if out, ok := asNobody(t, c, "ZC_TEST_NESTED=open", "ZC_TEST_QUEUE=zc:48@0"); ok && !strings.Contains(out, "queue end busy") {
+		t.Errorf("an unprivileged process attaching a live container process's end: %q, want refused", out)
 	}
 	cmd.Process.Kill() // with --kill-child, the whole container
 	cmd.Wait()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strconv"
 	"sync"
@@ -163,36 +164,50 @@ func (cfg *Config) plan(gen uint64, created int64, pid uint32) (ivshmem.Layout, 
 }
 
 // nestedAlive reports, from the initial pid namespace, whether pid
-// namespace ino has a live process whose pid there is pid
-// (/proc/P/ns/pid, and the last NSpid of /proc/P/status). A namespace
-// with no process left is gone, and so are its claims. When /proc cannot
-// be read it says alive: nothing is taken over on a guess.
+// namespace ino has a live process whose pid there is pid: a process
+// whose last NSpid (/proc/P/status) is pid, in a nested namespace (more
+// than one NSpid), whose /proc/P/ns/pid is ino. A namespace with no
+// process left is gone, and so are its claims. When /proc cannot be
+// read, or the namespace of such a process cannot (a user who may not
+// look at others' processes), it says alive: nothing is taken over on a
+// guess.
 func nestedAlive(ino uint64, pid uint32) bool {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return true
 	}
 	want := "pid:[" + strconv.FormatUint(ino, 10) + "]"
+	last := []byte(strconv.FormatUint(uint64(pid), 10))
+	unknown := false
 	for _, e := range ents {
 		p, err := strconv.ParseUint(e.Name(), 10, 32)
 		if err != nil {
 			continue
 		}
 		dir := "/proc/" + e.Name()
-		if l, err := os.Readlink(dir + "/ns/pid"); err != nil || l != want {
-			continue
-		}
 		b, err := os.ReadFile(dir + "/status")
 		if err != nil {
 			continue
 		}
+		nested := false
 		for line := range bytes.Lines(b) {
-			if f := bytes.Fields(line); len(f) > 1 && string(f[0]) == "NSpid:" && string(f[len(f)-1]) == strconv.FormatUint(uint64(pid), 10) {
-				return processAlive(uint32(p))
+			if f := bytes.Fields(line); len(f) > 0 && string(f[0]) == "NSpid:" {
+				nested = len(f) > 2 && bytes.Equal(f[len(f)-1], last)
+				break
 			}
 		}
+		if !nested {
+			continue
+		}
+		l, err := os.Readlink(dir + "/ns/pid")
+		switch {
+		case err != nil && !errors.Is(err, fs.ErrNotExist):
+			unknown = true // not ours to look at: it might be the one
+		case err == nil && l == want:
+			return processAlive(uint32(p))
+		}
 	}
-	return false
+	return unknown
 }
 
 // processAlive reports whether process pid exists and is not a zombie

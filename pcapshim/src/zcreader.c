@@ -301,8 +301,10 @@ static int pid_alive(uint32_t pid)
 
 /* nested_alive is zc's nestedAlive: from the initial pid namespace,
  * whether the pid namespace NSTag tag names has a live process whose pid
- * there is pid (/proc/P/ns/pid, the last NSpid of /proc/P/status). When
- * /proc cannot be read it says alive. */
+ * there is pid: one whose last NSpid (/proc/P/status) is pid, in a nested
+ * namespace (more than one NSpid), whose /proc/P/ns/pid names it. When
+ * /proc cannot be read, or such a process's namespace cannot (a user who
+ * may not look at others' processes), it says alive. */
 static int nested_alive(uint32_t tag, uint32_t pid)
 {
 	char want[64], path[64], link[64], line[256];
@@ -311,32 +313,40 @@ static int nested_alive(uint32_t tag, uint32_t pid)
 		return 1;
 	snprintf(want, sizeof want, "pid:[%llu]", NS_FIRST + (unsigned long long)tag - 1);
 	struct dirent *e;
-	int alive = 0;
+	int alive = 0, unknown = 0;
 	while (!alive && (e = readdir(d)) != NULL) {
 		char *end;
 		unsigned long p = strtoul(e->d_name, &end, 10);
 		if (*end != 0 || e->d_name[0] == 0)
 			continue;
-		snprintf(path, sizeof path, "/proc/%lu/ns/pid", p);
-		ssize_t k = readlink(path, link, sizeof link - 1);
-		if (k < 0 || (link[k] = 0, strcmp(link, want) != 0))
-			continue;
 		snprintf(path, sizeof path, "/proc/%lu/status", p);
 		FILE *f = fopen(path, "re");
 		if (f == NULL)
 			continue;
+		int nested = 0;
 		while (fgets(line, sizeof line, f) != NULL) {
 			if (strncmp(line, "NSpid:", 6) != 0)
 				continue;
-			char *last = strrchr(line, '\t');
-			if (last != NULL && strtoul(last + 1, NULL, 10) == pid)
-				alive = pid_alive((uint32_t)p);
+			char *first = strchr(line, '\t'), *last = strrchr(line, '\t');
+			nested = first != NULL && last != first && strtoul(last + 1, NULL, 10) == pid;
 			break;
 		}
 		fclose(f);
+		if (!nested)
+			continue;
+		snprintf(path, sizeof path, "/proc/%lu/ns/pid", p);
+		ssize_t k = readlink(path, link, sizeof link - 1);
+		if (k < 0) {
+			if (errno != ENOENT)
+				unknown = 1; /* not ours to look at: it might be the one */
+			continue;
+		}
+		link[k] = 0;
+		if (strcmp(link, want) == 0)
+			alive = pid_alive((uint32_t)p);
 	}
 	closedir(d);
-	return alive;
+	return alive || unknown;
 }
 
 /* owner_stale reports whether the holder of an owner word is gone, as
