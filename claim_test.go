@@ -360,7 +360,7 @@ func TestStatsSayGone(t *testing.T) {
 	// A guest's view (the region mapped again as a guest maps it): its
 	// own dead process is gone; it cannot judge the host's.
 	g := guestView(t, c, nil)
-	qs := g.stats()
+	qs := g.info(49).Queues
 	for i, w := range []string{fmt.Sprint(os.Getpid()), fmt.Sprint(dead), fmt.Sprintf("guest:%d (gone)", dead)} {
 		if got := qs[i].Owner(ivshmem.EndConsumer); got != w {
 			t.Errorf("guest view, queue %d consumer %q, want %q", i, got, w)

@@ -36,10 +36,11 @@ type QueueStats struct {
 	// whether they run in a guest.
 	Producer, Consumer           uint32
 	ProducerGuest, ConsumerGuest bool
-	// ProducerGone and ConsumerGone say that the process which read the
-	// stats (Inspect) can tell that end's holder is gone (killed, or from
-	// before its guest rebooted): its claim is stale, and the next process
-	// to attach that end takes it over (ivshmem/doc.go, Ownership).
+	// ProducerGone and ConsumerGone say that the process which called
+	// Inspect (only Inspect sets them) can tell that end's holder is gone
+	// (killed, or from before its guest rebooted): its claim is stale,
+	// and the next process to attach that end takes it over
+	// (ivshmem/doc.go, Ownership).
 	ProducerGone, ConsumerGone bool `json:",omitempty"`
 	// View says whose record the counters are. "producer" or "consumer":
 	// Queue.Stats of an attached end, whose own counters (Sent, SentBytes,
@@ -114,11 +115,7 @@ func (c *Cluster) Stats() []QueueStats { return c.r.stats() }
 func (r *region) stats() []QueueStats {
 	out := make([]QueueStats, len(r.l.Queues))
 	for i := range out {
-		if err := protect(func() {
-			out[i] = readQueueStats(r.b, &r.l, i)
-			out[i].ProducerGone = r.gone(uint32(i), ivshmem.EndProducer)
-			out[i].ConsumerGone = r.gone(uint32(i), ivshmem.EndConsumer)
-		}); err != nil {
+		if err := protect(func() { out[i] = readQueueStats(r.b, &r.l, i) }); err != nil {
 			out[i] = QueueStats{Queue: i, Slots: int(r.l.Queues[i].Slots), View: "region", State: "failed", Failure: err.Error()}
 		}
 	}
@@ -218,12 +215,23 @@ func InspectVMRegions(id uint32) ([]ClusterInfo, error) {
 	return out, nil
 }
 
+// info describes the region for Inspect, with the queue ends whose
+// holders this process can tell are gone (only here: judging a holder
+// costs system calls, and a container's a walk of /proc, which the
+// agent's periodic and drain-time stats must not pay).
 func (r *region) info(id uint32) ClusterInfo {
+	qs := r.stats()
+	for i := range qs {
+		protect(func() {
+			qs[i].ProducerGone = r.gone(uint32(i), ivshmem.EndProducer)
+			qs[i].ConsumerGone = r.gone(uint32(i), ivshmem.EndConsumer)
+		})
+	}
 	return ClusterInfo{
 		ID: id, Path: r.m.Path, File: r.m.File, Size: r.l.RegionSize, Generation: r.l.Generation,
 		CreatorPID: r.l.CreatorPID, BufferSize: int(r.l.BufSize), Buffers: int(r.l.NumBufs),
 		Hugepages: r.l.Flags&ivshmem.FlagHugepages != 0, Shared: r.l.Flags&ivshmem.FlagShared != 0,
-		State: "ok", Checksum: r.headerChecksum(), Queues: r.stats(),
+		State: "ok", Checksum: r.headerChecksum(), Queues: qs,
 	}
 }
 
