@@ -208,8 +208,7 @@ func (r *region) canJudge(o ivshmem.Owner) bool {
 	case r.l.Flags&ivshmem.FlagOneVM == 0:
 		return false
 	}
-	known, _ := ivshmem.GuestOwnerGone(r.owner.Tag, o, func(uint32) bool { return true })
-	return known
+	return ivshmem.GuestTagsJudged(r.owner.Tag, o.Tag)
 }
 
 // cannotJudge says why owner o, refused by canJudge, cannot be judged.

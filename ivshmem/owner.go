@@ -106,13 +106,19 @@ func BootTag(id string) uint32 {
 // whose pid alive says is not running. The caller must run in its
 // kernel's initial pid namespace, as mine says.
 func GuestOwnerGone(mine uint32, o Owner, alive func(pid uint32) bool) (known, gone bool) {
-	if mine == TagNone || mine == TagNested || o.Tag == TagNone || o.Tag == TagNested {
+	if !GuestTagsJudged(mine, o.Tag) {
 		return false, false
 	}
 	if o.Tag != mine {
 		return true, true
 	}
 	return true, !alive(o.PID)
+}
+
+// GuestTagsJudged reports whether a guest process tagged mine can judge a
+// guest owner tagged tag at all: both carry a boot tag (GuestOwnerGone).
+func GuestTagsJudged(mine, tag uint32) bool {
+	return mine != TagNone && mine != TagNested && tag != TagNone && tag != TagNested
 }
 
 // nsFirst is the first inode number Linux gives namespaces (nsfs inodes
