@@ -147,9 +147,15 @@ func openDoorbell(d Device, opts DoorbellOptions) (*Doorbell, error) {
 		b.noIntr = err
 		return b, nil
 	}
-	share, _ := listenShare(b.dev, v) // without it, this process alone sleeps
-	b.own(v, share)
+	b.ownOpened(v)
 	return b, nil
+}
+
+// ownOpened takes the interrupts of v, a device this process opened, and
+// shares them (without a share, this process alone sleeps).
+func (b *Doorbell) ownOpened(v *vfio) {
+	share, _ := listenShare(b.dev, v)
+	b.own(v, share)
 }
 
 // own takes the interrupts of v (this process holds the device) and
@@ -297,8 +303,7 @@ func (b *Doorbell) takeOver(deadline time.Time) error {
 		if err == nil {
 			var v *vfio
 			if v, err = openVFIO(b.dev, b.devDir, false); err == nil {
-				share, _ := listenShare(b.dev, v)
-				b.own(v, share)
+				b.ownOpened(v)
 				return nil
 			}
 		}
