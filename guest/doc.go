@@ -50,11 +50,17 @@
 // of them takes the interrupts over with those descriptors and the others
 // follow it. So every reader of the device sleeps, and each interrupt
 // wakes each of them once (they look at their own queues). The device
-// stays open while any process of the guest uses it: released, vfio-pci
-// suspends it, and then resets and enables it again on the next open,
-// which turns BAR2 off for a while under the other readers, who would take
-// their regions for unplugged. Before it first opens the device, a process
-// turns the device's resets off too (its reset_method).
+// stays open while any process of the guest uses it: when its last holder
+// closes it, vfio-pci disables it (memory decoding off) and, its function
+// resets being off, tries a reset of the bus below its port, which turns
+// BAR2 off for a while (long enough for a process polling it in a one-vCPU
+// guest to see it) under the other readers, who would take their regions for
+// unplugged. Before it first opens the device, a process turns the
+// device's function resets off (its reset_method), which vfio-pci would
+// do on each open and close. The libpcap shim subscribes too and keeps
+// the descriptors; holding the device alone, it lends them to the next
+// reader of this package that opens the doorbell, which takes the
+// interrupts over with them (share.go).
 //
 // An unplug ends a blocked Wait with [ErrDoorbellGone]. A restart of the
 // host agent changes nothing here: the new agent takes QEMU's eventfds back

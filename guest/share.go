@@ -29,8 +29,9 @@ import (
 // group, container), which the subscriber keeps: the device stays open
 // as long as any process of the guest uses its interrupts. When the last
 // descriptor of an open device closes, vfio-pci disables it (it writes
-// the PCI command register, turning memory decoding off, then restores
-// it), and every process that maps BAR2 reads zeros meanwhile: it took
+// the PCI command register, turning memory decoding off, tries a bus
+// reset, then restores it), and every process that maps BAR2 reads zeros
+// meanwhile: it took
 // its region for unplugged, or its ring indices for corrupt. A takeover
 // with the passed descriptors opens and releases nothing.
 //
@@ -50,9 +51,19 @@ import (
 // The owner drops a subscriber when its connection ends (the process
 // exited). Any process of the guest may connect: all it can get is
 // wake-ups.
+//
+// A reader that maps BAR2 without this package (the libpcap shim,
+// pcapshim/src/zcreader.c) subscribes too, and keeps the descriptors.
+// When the owner stops and no Go process takes over, such a reader lends
+// them: it listens in the owner's place without taking the interrupts,
+// and answers a connection with shareTake and the 3 descriptors (no
+// eventfd). The process that connected takes the interrupts over with
+// them (adopt), as after its owner stopped; the reader stops listening
+// first, and subscribes to it.
 const (
 	shareHello = 'H'
 	shareGone  = 'G'
+	shareTake  = 'T'
 )
 
 // shareName is the abstract unix socket of the owner of device d's
@@ -186,10 +197,16 @@ func (s *bellShare) close(gone bool) {
 // errNoOwner: nobody in this guest shares the device's interrupts.
 var errNoOwner = errors.New("no process of this guest shares the device's interrupts")
 
+// errHandedOver: a reader that held the device without its interrupts
+// handed its descriptors over (shareTake): take the interrupts with them.
+var errHandedOver = errors.New("handed the device's descriptors to take its interrupts over")
+
 // dialShare subscribes to the interrupts of device d that another process
 // of the guest holds: the connection (which ends the subscription when
 // closed, or tells of an unplug), the eventfd the owner writes, and the
-// owner's VFIO descriptors (nil from an owner that passes none).
+// owner's VFIO descriptors (nil from an owner that passes none). From a
+// reader that lends the descriptors it returns them alone, with
+// errHandedOver.
 func dialShare(d Device) (*net.UnixConn, *os.File, *vfio, error) {
 	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: shareName(d), Net: "unix"})
 	if err != nil {
@@ -207,7 +224,7 @@ func dialShare(d Device) (*net.UnixConn, *os.File, *vfio, error) {
 		return fail(err)
 	}
 	c.SetReadDeadline(time.Time{})
-	if n != 1 || b[0] != shareHello {
+	if n != 1 || (b[0] != shareHello && b[0] != shareTake) {
 		return fail(fmt.Errorf("owner answered %q", b[:n]))
 	}
 	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
@@ -215,7 +232,14 @@ func dialShare(d Device) (*net.UnixConn, *os.File, *vfio, error) {
 		return fail(fmt.Errorf("no eventfd in the owner's answer (%v)", err))
 	}
 	fds, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || (len(fds) != 1 && len(fds) != 4) {
+	if err == nil && b[0] == shareTake && len(fds) == 3 {
+		c.Close()
+		for _, fd := range fds {
+			unix.CloseOnExec(fd)
+		}
+		return nil, nil, &vfio{dev: fds[0], group: fds[1], container: fds[2]}, errHandedOver
+	}
+	if err != nil || b[0] != shareHello || (len(fds) != 1 && len(fds) != 4) {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}

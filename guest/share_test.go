@@ -3,6 +3,7 @@ package guest
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -213,4 +214,63 @@ func TestSharePassesDescriptors(t *testing.T) {
 	if kept != nil {
 		t.Error("the subscriber still keeps the descriptors after Close")
 	}
+}
+
+// TestShareHandedOver: a reader that kept a device's VFIO descriptors
+// without its interrupts (the libpcap shim, once the owner stopped)
+// listens in the owner's place and hands them over: one byte, shareTake,
+// and the 3 descriptors, no eventfd. The process that connects keeps them
+// to take the interrupts over (adopt), and subscribes to nobody.
+func TestShareHandedOver(t *testing.T) {
+	d := fakeDoorbell(t, t.TempDir())
+	var lent [3]int
+	for i := range lent {
+		var err error
+		if lent[i], err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(lent[i])
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: shareName(d), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		c, err := ln.AcceptUnix()
+		ln.Close() // the lender stops listening first: the taker listens next
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		_, _, err = c.WriteMsgUnix([]byte{shareTake}, unix.UnixRights(lent[:]...), nil)
+		done <- err
+	}()
+	b := &Doorbell{dev: d}
+	if b.subscribe() {
+		t.Fatal("subscribed to a lender, which has no interrupts to pass on")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	held := b.held
+	b.mu.Unlock()
+	if held == nil {
+		t.Fatal("the descriptors handed over were not kept")
+	}
+	defer held.close()
+	for i, pair := range [][2]int{{lent[0], held.dev}, {lent[1], held.group}, {lent[2], held.container}} {
+		var a, c unix.Stat_t
+		if unix.Fstat(pair[0], &a) != nil || unix.Fstat(pair[1], &c) != nil || a.Ino != c.Ino || pair[0] == pair[1] {
+			t.Errorf("descriptor %d: the taker's %d is not a copy of the lender's %d", i, pair[1], pair[0])
+		}
+	}
+	// The name is free: the taker can listen there, as adopt does.
+	s, err := listenShare(d, held)
+	if err != nil {
+		t.Fatalf("the taker cannot listen after the handover: %v", err)
+	}
+	s.close(false)
 }

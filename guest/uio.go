@@ -129,6 +129,9 @@ func openDoorbell(d Device, opts DoorbellOptions) (*Doorbell, error) {
 	if b.subscribe() {
 		return b, nil // another process of the guest holds the interrupts
 	}
+	if owns, _ := b.adopt(); owns {
+		return b, nil // a reader without the interrupts handed the device over
+	}
 	v, err := openVFIO(d, b.devDir, !opts.NoBind)
 	if err != nil && errors.Is(err, unix.EBUSY) {
 		// Another process holds the device but does not share it (yet:
@@ -184,6 +187,16 @@ func (b *Doorbell) own(v *vfio, share *bellShare) {
 // the device, if one shares them; it reports whether it did.
 func (b *Doorbell) subscribe() bool {
 	c, ev, held, err := dialShare(b.dev)
+	if errors.Is(err, errHandedOver) {
+		// Handed the device: keep the descriptors, for adopt.
+		b.mu.Lock()
+		if b.held != nil {
+			b.held.close()
+		}
+		b.held = held
+		b.mu.Unlock()
+		return false
+	}
 	if err != nil {
 		return false
 	}

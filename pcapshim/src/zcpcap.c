@@ -45,10 +45,11 @@
  * queue. A small table maps those pcap_t pointers to queue state.
  *
  * Deviations from the Go consumer (documented in README.md too):
- *  - a guest reader polls (naps up to 1 ms): it does not take the
- *    device's interrupts (zc needs VFIO for that), so it never sleeps on
- *    its doorbell; it does ring the host's doorbell for a producer that
- *    waits for returned buffers.
+ *  - a guest reader never opens its device through VFIO: it sleeps on
+ *    the doorbell's interrupts when a Go reader of the guest holds them
+ *    and passes them on (zcreader.c, "a doorbell's interrupts, shared"),
+ *    and otherwise polls (naps up to 1 ms); it rings the host's doorbell
+ *    for a producer that waits for returned buffers.
  *  - time stamps are microseconds (pcap_set_tstamp_precision(NANO) is
  *    refused), and the savefile header's snapshot length is 262144
  *    whatever pcap_set_snaplen asked (captured lengths are cut to it).

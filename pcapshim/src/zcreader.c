@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -39,9 +40,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/vfio.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -746,6 +752,343 @@ static void ring_host(struct zcr *z)
 		st32(z->regs + REG_DOORBELL, 0);
 }
 
+/* ---- guests: a doorbell's interrupts, shared (guest/share.go) ----
+ *
+ * VFIO lets one process of a guest hold an ivshmem-doorbell device. The
+ * Go library's holder passes each interrupt on to the guest's other
+ * processes that subscribe (an eventfd each) together with its VFIO
+ * descriptors, which they keep. When the last process holding a device
+ * closes it, vfio-pci disables and resets it (memory decoding off, then
+ * a secondary bus reset), and BAR2 reads zeros for a while: a reader that
+ * maps it takes its region for unplugged.
+ *
+ * So the reader subscribes too, whenever a holder listens (tried at most
+ * every SHARE_RETRY_NS while idle or every 256 bursts): it sleeps on its
+ * eventfd instead of polling, and keeps the descriptors. When the holder
+ * stops and nobody takes over, the reader, holding the device, listens in
+ * its place without taking the interrupts (it polls): it only lends the
+ * descriptors. It arms the device request (an unplug) so that it lets
+ * the device go when asked. A Go reader that connects is handed the
+ * descriptors (SHARE_TAKE) and holds the interrupts from then on; another
+ * reader of this library says so first (SHARE_SHIM) and gets copies
+ * (SHARE_LEND). */
+
+#define SHARE_HELLO 'H' /* holder: an eventfd and the VFIO descriptors */
+#define SHARE_GONE 'G'  /* holder: the device is being unplugged */
+#define SHARE_TAKE 'T'  /* lender to a Go reader: the VFIO descriptors, take the interrupts */
+#define SHARE_SHIM 'S'  /* this library, as it connects: do not hand me the interrupts */
+#define SHARE_LEND 'L'  /* lender to this library: copies of the VFIO descriptors */
+#define SHARE_RETRY_NS 250000000ll
+#define LEND_BACKOFF_NS 2000000000ll
+
+/* share_addr is guest.shareName: the abstract unix socket of the holder
+ * of the interrupts of the device at sysfs directory dir,
+ * "zcfabric-doorbell-" and the FNV-1a (64-bit) hash of dir in hex. */
+static socklen_t share_addr(const char *dir, struct sockaddr_un *a)
+{
+	uint64_t h = 14695981039346656037ull;
+	for (const char *p = dir; *p != 0; p++) {
+		h ^= (uint8_t)*p;
+		h *= 1099511628211ull;
+	}
+	memset(a, 0, sizeof *a);
+	a->sun_family = AF_UNIX;
+	int n = snprintf(a->sun_path + 1, sizeof a->sun_path - 1, "zcfabric-doorbell-%016llx", (unsigned long long)h);
+	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+/* keep_fds keeps the 3 VFIO descriptors in fds in place of those kept
+ * before: the same open device (a holder that took over passes what it
+ * was passed), so closing those releases nothing. */
+static void keep_fds(struct zcr *z, const int *fds)
+{
+	for (int i = 0; i < 3; i++) {
+		close_fd(&z->vfio_fd[i]);
+		z->vfio_fd[i] = fds[i];
+	}
+}
+
+/* unsubscribe ends the subscription; with all, it also stops lending and
+ * closes the VFIO descriptors kept (the device is being unplugged, or the
+ * reader detaches). */
+static void unsubscribe(struct zcr *z, int all)
+{
+	close_fd(&z->share_fd);
+	close_fd(&z->bell_fd);
+	if (all) {
+		close_fd(&z->lend_fd);
+		close_fd(&z->req_fd);
+		for (int i = 0; i < 3; i++)
+			close_fd(&z->vfio_fd[i]);
+	}
+}
+
+/* send_fds sends byte b with the descriptors fds[0:n] on socket s. */
+static int send_fds(int s, char b, const int *fds, int n)
+{
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+	} u;
+	memset(&u, 0, sizeof u);
+	struct iovec iov = {&b, 1};
+	struct msghdr m;
+	memset(&m, 0, sizeof m);
+	m.msg_iov = &iov;
+	m.msg_iovlen = 1;
+	m.msg_control = u.buf;
+	m.msg_controllen = CMSG_SPACE((size_t)n * sizeof(int));
+	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN((size_t)n * sizeof(int));
+	memcpy(CMSG_DATA(c), fds, (size_t)n * sizeof(int));
+	return sendmsg(s, &m, MSG_NOSIGNAL) == 1 ? 0 : -1;
+}
+
+/* recv_fds receives one byte into *b and up to 4 descriptors into fds
+ * (close-on-exec); it returns how many descriptors, or -1 (none kept). */
+static int recv_fds(int s, char *b, int *fds)
+{
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+	} u;
+	struct iovec iov = {b, 1};
+	struct msghdr m;
+	memset(&m, 0, sizeof m);
+	m.msg_iov = &iov;
+	m.msg_iovlen = 1;
+	m.msg_control = u.buf;
+	m.msg_controllen = sizeof u.buf;
+	ssize_t n = recvmsg(s, &m, MSG_CMSG_CLOEXEC);
+	int nfd = 0;
+	if (n >= 0)
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c)) {
+			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+				continue;
+			size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			for (size_t i = 0; i < k; i++) {
+				int fd;
+				memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+				if (nfd < 4)
+					fds[nfd++] = fd;
+				else
+					close(fd);
+			}
+		}
+	if (n != 1 || (m.msg_flags & MSG_CTRUNC) != 0) {
+		for (int i = 0; i < nfd; i++)
+			close(fds[i]);
+		return -1;
+	}
+	return nfd;
+}
+
+/* subscribe is guest.dialShare: it connects to the process of the guest
+ * that listens for the device, if one does, and takes its answer: from a
+ * holder of the interrupts SHARE_HELLO, an eventfd and (from holders that
+ * pass them) its VFIO descriptors; from a reader lending them, copies of
+ * the descriptors (SHARE_LEND), or all of them to take over (SHARE_TAKE,
+ * from a lender that does not know this library). */
+static void subscribe(struct zcr *z, int64_t now)
+{
+	if (z->share_fd >= 0 || z->lend_fd >= 0 || now < z->sub_next)
+		return;
+	z->sub_next = now + SHARE_RETRY_NS;
+	struct sockaddr_un a;
+	socklen_t alen = share_addr(z->devdir, &a);
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return;
+	struct timeval tv = {1, 0}; /* whoever listens answers at once */
+	char b = SHARE_SHIM;
+	if (setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 || connect(s, (struct sockaddr *)&a, alen) != 0 ||
+	    send(s, &b, 1, MSG_NOSIGNAL) != 1) {
+		close(s);
+		return;
+	}
+	int fds[4];
+	int nfd = recv_fds(s, &b, fds);
+	if (b == SHARE_HELLO && (nfd == 1 || nfd == 4)) {
+		z->share_fd = s;
+		z->bell_fd = fds[0]; /* non-blocking: the holder made it so */
+		if (nfd == 4)
+			keep_fds(z, fds + 1);
+		return;
+	}
+	if ((b == SHARE_LEND || b == SHARE_TAKE) && nfd == 3) {
+		if (z->vfio_fd[0] < 0)
+			keep_fds(z, fds);
+		else
+			for (int i = 0; i < 3; i++)
+				close(fds[i]);
+		z->sub_next = now + LEND_BACKOFF_NS; /* a lender listens: no interrupts there for a while */
+	} else {
+		for (int i = 0; i < nfd; i++)
+			close(fds[i]);
+	}
+	close(s);
+}
+
+/* arm_request routes the device request (vfio-pci asks for the device
+ * back: an unplug) to a fresh eventfd of ours, on the device descriptor
+ * kept (guest.vfio.arm does it for the holder). It returns 0 or -1. */
+static int arm_request(struct zcr *z)
+{
+	int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (fd < 0)
+		return -1;
+	/* struct vfio_irq_set (argsz, flags, index, start, count) and its
+	 * data: one eventfd */
+	uint32_t set[6] = {sizeof set, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_REQ_IRQ_INDEX, 0, 1,
+			   (uint32_t)fd};
+	if (ioctl(z->vfio_fd[0], VFIO_DEVICE_SET_IRQS, set) != 0) {
+		close(fd);
+		return -1;
+	}
+	close_fd(&z->req_fd);
+	z->req_fd = fd;
+	return 0;
+}
+
+/* lend starts lending the descriptors kept when nobody listens for the
+ * device (the name is free: binding it is what makes us the lender) and
+ * arms the device request. Without the request armed it lets the device
+ * go: an unplug must never wait for a reader. */
+static void lend(struct zcr *z, int64_t now)
+{
+	if (z->vfio_fd[0] < 0 || z->share_fd >= 0 || z->lend_fd >= 0 || now < z->lend_next)
+		return;
+	z->lend_next = now + SHARE_RETRY_NS;
+	struct sockaddr_un a;
+	socklen_t alen = share_addr(z->devdir, &a);
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (s < 0)
+		return;
+	if (bind(s, (struct sockaddr *)&a, alen) != 0 || listen(s, 8) != 0) {
+		close(s); /* EADDRINUSE: somebody listens; subscribe to it */
+		return;
+	}
+	z->lend_fd = s;
+	if (arm_request(z) != 0)
+		unsubscribe(z, 1);
+}
+
+/* lend_accept answers whoever connected to the lender: copies of the
+ * descriptors to a reader of this library, all of them to a Go reader,
+ * which takes the interrupts over (guest.Doorbell.adopt): the lender
+ * stops listening first, so that it can listen, then subscribes to it. */
+static void lend_accept(struct zcr *z, int64_t now)
+{
+	for (;;) {
+		int c = accept4(z->lend_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0)
+			return;
+		struct pollfd pf = {c, POLLIN, 0};
+		char b = 0;
+		if (poll(&pf, 1, 100) == 1 && recv(c, &b, 1, MSG_DONTWAIT) == 1 && b == SHARE_SHIM) {
+			send_fds(c, SHARE_LEND, z->vfio_fd, 3);
+			close(c);
+			continue;
+		}
+		/* A Go reader: it sends nothing. */
+		close_fd(&z->lend_fd);
+		close_fd(&z->req_fd); /* the taker arms its own */
+		send_fds(c, SHARE_TAKE, z->vfio_fd, 3);
+		close(c);
+		z->sub_next = now;
+		z->lend_next = now + LEND_BACKOFF_NS; /* let the taker listen */
+		return;
+	}
+}
+
+/* share_news reads what the holder sent: an unplug (SHARE_GONE: close
+ * everything kept, so that the unplug completes, and never subscribe
+ * again), or the end of the connection (the holder closed the doorbell or
+ * exited: keep the VFIO descriptors and subscribe to whichever process
+ * takes the interrupts over). A lender looks at the device request. */
+static void share_news(struct zcr *z)
+{
+	uint64_t v;
+	if (z->req_fd >= 0 && read(z->req_fd, &v, sizeof v) == (ssize_t)sizeof v) {
+		unsubscribe(z, 1);
+		z->sub_next = INT64_MAX;
+		return;
+	}
+	if (z->share_fd < 0)
+		return;
+	char b;
+	ssize_t n = recv(z->share_fd, &b, 1, MSG_DONTWAIT);
+	if (n == 1 && b == SHARE_GONE) {
+		unsubscribe(z, 1);
+		z->sub_next = INT64_MAX;
+	} else if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+		unsubscribe(z, 0);
+		z->sub_next = 0;
+	}
+}
+
+/* share_tend is the reader's part in sharing the device (above): news
+ * from the holder or the kernel, then subscribing, lending, answering. */
+static void share_tend(struct zcr *z)
+{
+	if (z->side != SIDE_GUEST || z->devdir[0] == 0 || z->sub_next == INT64_MAX)
+		return;
+	share_news(z);
+	if (z->sub_next == INT64_MAX || !open_bell(z))
+		return; /* unplugged, or ivshmem-plain: no interrupts to share */
+	int64_t now = zcr_now_ns(CLOCK_MONOTONIC);
+	if (z->lend_fd >= 0) {
+		lend_accept(z, now);
+		return;
+	}
+	subscribe(z, now);
+	lend(z, now);
+}
+
+/* bell_sleep is zc.Queue.sleepBell for a subscribed reader: announce on
+ * the data ring (WAKE_DOORBELL), look again, ask the agent to watch the
+ * ring when its producer does not ring, then sleep on the eventfd (at
+ * most max_ns, and 100 ms: pcap_breakloop and the region are looked at
+ * that often), awake early on news from the holder. */
+static void bell_sleep(struct zcr *z, int64_t max_ns)
+{
+	uint32_t *wake = (uint32_t *)(z->dr + R_WAKE), *prod = (uint32_t *)(z->dr + R_PROD);
+	if (z->sleep_no == 0) /* number our sleeps after the last reader's */
+		z->sleep_no = __atomic_load_n(wake, __ATOMIC_SEQ_CST) >> 2;
+	z->sleep_no++;
+	__atomic_store_n(wake, z->sleep_no << 2 | WAKE_DOORBELL, __ATOMIC_SEQ_CST);
+	uint32_t p = __atomic_load_n(prod, __ATOMIC_SEQ_CST);
+	if (p == z->dpos && max_ns > 0) {
+		if (ld32(z->dr + R_RINGS) != 1)
+			ring_host(z);
+		if (max_ns > 100000000)
+			max_ns = 100000000;
+		struct pollfd pf[2] = {{z->bell_fd, POLLIN, 0}, {z->share_fd, POLLIN, 0}};
+		if (poll(pf, 2, (int)((max_ns + 999999) / 1000000)) > 0) {
+			uint64_t v;
+			if ((pf[0].revents & POLLIN) != 0 && read(z->bell_fd, &v, sizeof v) < 0) {
+				/* EAGAIN: another reader's wake-up took it; nothing to do */
+			}
+			if (pf[1].revents != 0)
+				share_news(z);
+		}
+		z->sleeps++;
+		z->bell_sleeps++;
+		z->idle |= 63; /* look at the region on the next empty poll */
+	}
+	__atomic_store_n(wake, z->sleep_no << 2, __ATOMIC_SEQ_CST);
+	z->nap_ns = 0;
+}
+
 static int attach_mapped(struct zcr *z, const char *path);
 
 /* unclaim frees the consumer owner word if it is still ours. */
@@ -977,7 +1320,9 @@ static int fetch(struct zcr *z)
 		return 0;
 	}
 	z->idle = 0;
-	if ((++z->bursts & 255) == 0 && !region_ok(z)) {
+	if ((++z->bursts & 255) == 0)
+		share_tend(z); /* an unplug, or a holder to subscribe to (a busy reader keeps the device open too) */
+	if ((z->bursts & 255) == 0 && !region_ok(z)) {
 		/* a busy queue looks at the region too, now and then */
 		z->failed = z->gone = 1;
 		return ZCR_ERR;
@@ -1052,6 +1397,13 @@ static void wait_some(struct zcr *z, int64_t max_ns)
 		sched_yield();
 		return;
 	}
+	if (z->side == SIDE_GUEST) {
+		share_tend(z);
+		if (z->bell_fd >= 0 && z->idle >= FREE_POLLS + 40) {
+			bell_sleep(z, max_ns);
+			return;
+		}
+	}
 	if (z->idle < FREE_POLLS + 40 || cannot_sleep(z)) {
 		/* naps of 50 to 200 µs, up to 1 ms for a reader that cannot sleep */
 		uint32_t most = z->idle < FREE_POLLS + 40 ? 200000 : 1000000;
@@ -1115,6 +1467,9 @@ void zcr_init(struct zcr *z, uint32_t c, uint32_t q)
 	z->fd = -1;
 	z->fault_slot = -1;
 	z->side = SIDE_HOST;
+	z->share_fd = z->bell_fd = z->lend_fd = z->req_fd = -1;
+	for (int i = 0; i < 3; i++)
+		z->vfio_fd[i] = -1;
 }
 
 int zcr_attach(struct zcr *z)
@@ -1211,6 +1566,7 @@ void zcr_detach(struct zcr *z)
 		z->base = NULL;
 		z->mapped = 0;
 	}
+	unsubscribe(z, 1);
 	if (z->regs != NULL)
 		munmap(z->regs, 4096);
 	z->regs = NULL;

@@ -137,6 +137,17 @@ struct zcr {
 	uint64_t recv, bad, wakes, sleeps;
 	uint32_t sleep_no; /* our sleep number: the data ring's wake word is sleep_no << 2 | code */
 	uint32_t woken;    /* the last return-ring wake word answered */
+
+	/* guest, ivshmem-doorbell device: the interrupts that another process
+	 * of the guest holds through VFIO, passed on to us (guest/share.go) */
+	int share_fd;       /* our connection to that process, -1: not subscribed */
+	int bell_fd;        /* the eventfd it writes on each interrupt, -1: none */
+	int vfio_fd[3];     /* VFIO descriptors (device, group, container), kept: the device stays open while we read */
+	int lend_fd;        /* listening to lend them while nobody holds the interrupts, -1: not */
+	int req_fd;         /* eventfd of the device request (an unplug) while lending, -1: none */
+	int64_t sub_next;   /* CLOCK_MONOTONIC ns of the next attempt to subscribe (INT64_MAX: never: unplugged) */
+	int64_t lend_next;  /* and to lend */
+	uint64_t bell_sleeps; /* sleeps on the doorbell */
 	char err[256];
 };
 

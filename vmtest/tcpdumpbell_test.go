@@ -1,0 +1,206 @@
+package vmtest
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host/qmp"
+)
+
+// TestTcpdumpSharesDoorbell: Debian's tcpdump with the libpcap shim in a
+// guest, reading one queue of an ivshmem-doorbell device while zcount
+// reads another. VFIO lets one process hold the device; when the last one
+// closes it, vfio-pci resets it (memory decoding off, a secondary bus
+// reset), and BAR2 read zeros under the shim, which polled: tcpdump
+// stopped with "cluster gone" the moment zcount exited (seen with the
+// earlier shim in this test, every run). Now the shim subscribes to the
+// holder of the interrupts as Go readers do (guest/share.go), sleeps on
+// them, keeps the VFIO descriptors, and lends them on when the holder
+// stops.
+//
+//   - zcount holds the device's interrupts; tcpdump subscribes: QEMU stays
+//     nearly idle while both wait.
+//   - zcount exits after its share of a first burst; tcpdump reads on
+//     across the release (the device stays open: its runtime PM status
+//     stays active), and zcguest list still reads the region. tcpdump
+//     polls while nobody holds the interrupts (QEMU's CPU is logged).
+//   - A second zcount gets the interrupts from the shim (it was lending
+//     the device) and sleeps on the doorbell; tcpdump subscribes to it:
+//     both wait idle again, then each counts its share of a second burst.
+//   - The second zcount exits; the agent stops and unplugs the region
+//     while tcpdump alone holds the device: the shim gives it up on the
+//     kernel's request, the unplug completes, tcpdump stops with the
+//     shim's "gone" error, and its file holds both bursts' frames, whole.
+func TestTcpdumpSharesDoorbell(t *testing.T) {
+	const (
+		id     = 88
+		queues = 2
+		first  = 400 // packets split evenly (round-robin)
+		second = 200
+		// Both readers asleep add little to QEMU's CPU under TCG; one
+		// that polls adds about 25% (TestGuestSleepsOnDoorbell): the bound
+		// sits far from both.
+		idleBound = 450 * time.Millisecond // of QEMU's CPU in 3 s
+	)
+	g := newTcpdumpGuest(t)
+	h := newHostTools(t)
+	ctx := testCtx(t, 240*time.Second)
+	want := first/queues + second/queues
+	vm := bellVM(t, append(g.opts, Name("tcpdump-bell"), Timeout(4*time.Minute), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(fmt.Sprintf(`
+at=$(zcguest wait -c %[1]d --timeout 60s --poll 5ms) || exit 1
+echo "$at"
+dev=/sys/bus/pci/devices/$(echo "$at" | sed -n 's/^cluster [0-9]* at \([^ ]*\) .*/\1/p')
+st() { echo "ZCSTATUS $1 $(cat $dev/power/runtime_status)"; }
+( echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"; st released ) &
+first=$!
+sleep 1
+st held
+LD_PRELOAD=/libzcpcap.so /usr/bin/tcpdump -i zc:%[1]d@1 -w /tmp/x.pcap 2>&1 &
+tp=$!
+wait $first
+sleep 6
+st later
+zcguest list 2>&1 | sed 's/^/ZCLIST /'
+echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[3]d --verify --json --interval 0)"
+echo "ZCSECOND exited"
+wait $tp
+echo "ZCTCPDUMP $?"
+echo "ZCPCAP $(base64 -w 0 /tmp/x.pcap)"`, id, first/queues, second/queues)))...)
+	agent := h.startAgent(t, true, "run", "-c", fmt.Sprint(id), "-n", fmt.Sprint(queues), "-m", "0",
+		"-i", fmt.Sprintf("gen:len=%d,count=%d,after=16s", frameLen, first),
+		"-i", fmt.Sprintf("gen:len=%d,count=%d,after=34s", frameLen, second),
+		"--keep", "--backing", "shm", "--stats-interval", "0", "--wait-consumers", "6s", "--vm", vm.QMPPath())
+
+	// expectIdle measures QEMU's CPU over 3 s while who should sleep.
+	expectIdle := func(who string) {
+		t.Helper()
+		time.Sleep(1500 * time.Millisecond) // past the readers' polls and naps
+		use := qemuCPU(t, vm)
+		t.Logf("QEMU CPU in 3 s while %s waited: %v", who, use)
+		if use.cpu > idleBound {
+			t.Errorf("QEMU used %v of CPU in 3 s while %s should sleep (a reader polls)", use, who)
+		}
+	}
+	zcountWaits := regexp.MustCompile(fmt.Sprintf(`zc:%d@0: idle waits: (.*)`, id))
+	expectBell := func(who string) {
+		t.Helper()
+		_, m, err := vm.ExpectRegexp(ctx, zcountWaits)
+		if err != nil {
+			t.Fatalf("%s never said how it waits: %v\nagent:\n%s", who, err, agent.stderrText())
+		}
+		if m[1] != "doorbell" {
+			t.Fatalf("%s waits by %q, want the doorbell", who, m[1])
+		}
+	}
+
+	expectBell("the first zcount")
+	if _, err := vm.Expect(ctx, fmt.Sprintf("listening on zc:%d@1", id)); err != nil {
+		t.Fatal(err)
+	}
+	expectIdle("zcount and tcpdump (subscribed to zcount)")
+	var s summary
+	if _, err := vm.Result(ctx, &s); err != nil {
+		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
+	}
+	s.check(t, "the first zcount (it held the interrupts)", first/queues)
+	// tcpdump holds the device alone and lends it: it polls meanwhile.
+	time.Sleep(1500 * time.Millisecond)
+	t.Logf("QEMU CPU in 3 s while tcpdump alone waited, polling (it lends the device, nobody holds the interrupts): %v", qemuCPU(t, vm))
+
+	// The second zcount takes the interrupts over from the shim.
+	expectBell("the second zcount, after the first exited")
+	expectIdle("the second zcount and tcpdump (subscribed to it)")
+	if _, err := vm.Result(ctx, &s); err != nil {
+		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
+	}
+	s.check(t, "the second zcount", second/queues)
+	if _, err := vm.Expect(ctx, "ZCSECOND exited"); err != nil {
+		t.Fatal(err)
+	}
+
+	// tcpdump alone holds the device now; the agent unplugs it.
+	time.Sleep(time.Second)
+	start := time.Now()
+	agent.stop(t, ctx)
+	t.Logf("the agent stopped and unplugged the region in %v while tcpdump alone held the device", time.Since(start).Round(time.Millisecond))
+	if log := agent.stderrText(); strings.Contains(log, qmp.ErrDetachTimeout.Error()) {
+		t.Errorf("the unplug did not complete: the guest kept the device (tcpdump did not give it up)\nagent:\n%s", log)
+	}
+	_, m, err := vm.ExpectRegexp(ctx, regexp.MustCompile(`^ZCTCPDUMP (\d+)$`))
+	if err != nil {
+		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
+	}
+	if m[1] == "0" {
+		t.Errorf("tcpdump exited 0 after the unplug, want its error status")
+	}
+	var list []string
+	var sawGone bool
+	statuses := map[string]string{}
+	status := regexp.MustCompile(`^ZCSTATUS (\w+) (\w+)`)
+	for _, l := range vm.Lines() {
+		if strings.HasPrefix(l.Text, "ZCLIST ") {
+			list = append(list, l.Text)
+		}
+		if m := status.FindStringSubmatch(l.Text); m != nil {
+			statuses[m[1]] = m[2]
+		}
+		sawGone = sawGone || strings.Contains(l.Text, fmt.Sprintf("tcpdump: pcap_loop: zc:%d@1: cluster %d gone", id, id))
+	}
+	t.Logf("the device's runtime PM status: %v", statuses)
+	for _, when := range []string{"held", "released", "later"} {
+		if statuses[when] != "active" {
+			t.Errorf("the device was %q %s the first zcount exited, want active: tcpdump keeps it open", statuses[when], map[string]string{"held": "before", "released": "just after", "later": "3 s after"}[when])
+		}
+	}
+	t.Logf("zcguest list after the release:\n%s", strings.Join(list, "\n"))
+	if !regexp.MustCompile(fmt.Sprintf(`(?m)^ZCLIST \S+ +\d+ +%d$`, id)).MatchString(strings.Join(list, "\n")) {
+		t.Errorf("zcguest list after the release does not show cluster %d:\n%s", id, strings.Join(list, "\n"))
+	}
+	if !sawGone {
+		t.Errorf("tcpdump did not stop with the shim's \"cluster %d gone\" error after the unplug", id)
+	}
+	_, m, err = vm.ExpectRegexp(ctx, regexp.MustCompile(`^ZCPCAP (\S*)$`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := countSynthPcap(t, m[1]); n != want {
+		t.Fatalf("tcpdump captured %d packets, want %d", n, want)
+	}
+	t.Logf("tcpdump read queue 1 across both zcounts: %d generator frames, all whole", want)
+}
+
+// countSynthPcap decodes a pcap file sent over the console (base64) and
+// returns how many frames it holds, checking each is a whole generator
+// frame.
+func countSynthPcap(t *testing.T, b64 string) int {
+	t.Helper()
+	file, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		t.Fatalf("the guest's pcap file, base64: %v", err)
+	}
+	r, err := pcapgo.NewReader(bytes.NewReader(file))
+	if err != nil {
+		t.Fatalf("the guest's pcap file (%d bytes): %v", len(file), err)
+	}
+	n := 0
+	for ; ; n++ {
+		data, _, err := r.ReadPacketData()
+		if err == io.EOF {
+			return n
+		}
+		if err != nil {
+			t.Fatalf("the guest's pcap file, packet %d: %v", n, err)
+		}
+		if _, err := zc.CheckSynth(data); err != nil || len(data) != frameLen {
+			t.Fatalf("the guest's pcap file, packet %d (%d bytes): %v", n, len(data), err)
+		}
+	}
+}
