@@ -92,16 +92,7 @@ wait`, id, first/queues, first/queues+second/queues)))
 			}
 		}
 	}
-	// expectIdle measures QEMU's CPU over 3 s while who should sleep.
-	expectIdle := func(who string) {
-		t.Helper()
-		time.Sleep(1500 * time.Millisecond) // past the readers' polls and naps
-		use := qemuCPU(t, vm)
-		t.Logf("QEMU CPU in 3 s while %s waited: %v", who, use)
-		if use.cpu > idleBound {
-			t.Errorf("QEMU used %v of CPU in 3 s while %s should sleep", use, who)
-		}
-	}
+	expectIdle := func(who string) { t.Helper(); expectQEMUIdle(t, vm, who, idleBound) }
 
 	// Both readers sleep on the doorbell: the second through the first.
 	expectBell(0, 1)

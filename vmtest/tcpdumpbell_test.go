@@ -79,16 +79,7 @@ echo "ZCPCAP $(base64 -w 0 /tmp/x.pcap)"`, id, first/queues, second/queues)))...
 		"-i", fmt.Sprintf("gen:len=%d,count=%d,after=34s", frameLen, second),
 		"--keep", "--backing", "shm", "--stats-interval", "0", "--wait-consumers", "6s", "--vm", vm.QMPPath())
 
-	// expectIdle measures QEMU's CPU over 3 s while who should sleep.
-	expectIdle := func(who string) {
-		t.Helper()
-		time.Sleep(1500 * time.Millisecond) // past the readers' polls and naps
-		use := qemuCPU(t, vm)
-		t.Logf("QEMU CPU in 3 s while %s waited: %v", who, use)
-		if use.cpu > idleBound {
-			t.Errorf("QEMU used %v of CPU in 3 s while %s should sleep (a reader polls)", use, who)
-		}
-	}
+	expectIdle := func(who string) { t.Helper(); expectQEMUIdle(t, vm, who, idleBound) }
 	zcountWaits := regexp.MustCompile(fmt.Sprintf(`zc:%d@0: idle waits: (.*)`, id))
 	expectBell := func(who string) {
 		t.Helper()

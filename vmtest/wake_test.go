@@ -65,6 +65,19 @@ func qemuCPU(t *testing.T, vm *VM) cpuUse {
 	return u
 }
 
+// expectQEMUIdle measures QEMU's CPU over 3 s while who should sleep,
+// starting 1.5 s from now (past the readers' polls and naps), and fails
+// the test when it used more than bound.
+func expectQEMUIdle(t *testing.T, vm *VM, who string, bound time.Duration) {
+	t.Helper()
+	time.Sleep(1500 * time.Millisecond)
+	use := qemuCPU(t, vm)
+	t.Logf("QEMU CPU in 3 s while %s waited: %v", who, use)
+	if use.cpu > bound {
+		t.Errorf("QEMU used %v of CPU in 3 s while %s should sleep (a reader polls)", use, who)
+	}
+}
+
 // startAgent starts zchost with args, and with --doorbell when bell.
 func (h *hostTools) startAgent(t *testing.T, bell bool, args ...string) *proc {
 	t.Helper()

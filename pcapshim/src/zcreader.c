@@ -1054,6 +1054,26 @@ static void share_tend(struct zcr *z)
 	lend(z, now);
 }
 
+/* announce stores our next sleep's number and code in the data ring's
+ * wake word (the need_wakeup protocol of ivshmem/doc.go, "Sleeping and
+ * waking"), then returns the producer index to look at again: sleep only
+ * if it is still z->dpos. withdraw clears the word once awake. */
+static uint32_t announce(struct zcr *z, uint32_t code)
+{
+	uint32_t *wake = (uint32_t *)(z->dr + R_WAKE);
+	if (z->sleep_no == 0) /* number our sleeps after the last reader's */
+		z->sleep_no = __atomic_load_n(wake, __ATOMIC_SEQ_CST) >> 2;
+	z->sleep_no++;
+	__atomic_store_n(wake, z->sleep_no << 2 | code, __ATOMIC_SEQ_CST);
+	return __atomic_load_n((uint32_t *)(z->dr + R_PROD), __ATOMIC_SEQ_CST);
+}
+
+static void withdraw(struct zcr *z)
+{
+	__atomic_store_n((uint32_t *)(z->dr + R_WAKE), z->sleep_no << 2, __ATOMIC_SEQ_CST);
+	z->nap_ns = 0;
+}
+
 /* bell_sleep is zc.Queue.sleepBell for a subscribed reader: announce on
  * the data ring (WAKE_DOORBELL), look again, ask the agent to watch the
  * ring when its producer does not ring, then sleep on the eventfd (at
@@ -1061,13 +1081,7 @@ static void share_tend(struct zcr *z)
  * that often), awake early on news from the holder. */
 static void bell_sleep(struct zcr *z, int64_t max_ns)
 {
-	uint32_t *wake = (uint32_t *)(z->dr + R_WAKE), *prod = (uint32_t *)(z->dr + R_PROD);
-	if (z->sleep_no == 0) /* number our sleeps after the last reader's */
-		z->sleep_no = __atomic_load_n(wake, __ATOMIC_SEQ_CST) >> 2;
-	z->sleep_no++;
-	__atomic_store_n(wake, z->sleep_no << 2 | WAKE_DOORBELL, __ATOMIC_SEQ_CST);
-	uint32_t p = __atomic_load_n(prod, __ATOMIC_SEQ_CST);
-	if (p == z->dpos && max_ns > 0) {
+	if (announce(z, WAKE_DOORBELL) == z->dpos && max_ns > 0) {
 		if (ld32(z->dr + R_RINGS) != 1)
 			ring_host(z);
 		if (max_ns > 100000000)
@@ -1085,8 +1099,7 @@ static void bell_sleep(struct zcr *z, int64_t max_ns)
 		z->bell_sleeps++;
 		z->idle |= 63; /* look at the region on the next empty poll */
 	}
-	__atomic_store_n(wake, z->sleep_no << 2, __ATOMIC_SEQ_CST);
-	z->nap_ns = 0;
+	withdraw(z);
 }
 
 static int attach_mapped(struct zcr *z, const char *path);
@@ -1416,22 +1429,16 @@ static void wait_some(struct zcr *z, int64_t max_ns)
 		nap(max_ns < z->nap_ns ? (long)max_ns : (long)z->nap_ns);
 		return;
 	}
-	uint32_t *wake = (uint32_t *)(z->dr + R_WAKE), *prod = (uint32_t *)(z->dr + R_PROD);
-	if (z->sleep_no == 0) /* number our sleeps after the last reader's */
-		z->sleep_no = __atomic_load_n(wake, __ATOMIC_SEQ_CST) >> 2;
-	z->sleep_no++;
-	__atomic_store_n(wake, z->sleep_no << 2 | WAKE_FUTEX, __ATOMIC_SEQ_CST);
-	uint32_t p = __atomic_load_n(prod, __ATOMIC_SEQ_CST);
+	uint32_t p = announce(z, WAKE_FUTEX);
 	if (p == z->dpos && max_ns > 0) {
 		if (max_ns > 100000000)
 			max_ns = 100000000; /* look at the region and at pcap_breakloop now and then */
 		struct timespec ts = {max_ns / 1000000000, max_ns % 1000000000};
-		syscall(SYS_futex, prod, FUTEX_WAIT, p, &ts, NULL, 0);
+		syscall(SYS_futex, (uint32_t *)(z->dr + R_PROD), FUTEX_WAIT, p, &ts, NULL, 0);
 		z->sleeps++;
 		z->idle |= 63; /* look at the region on the next empty poll */
 	}
-	__atomic_store_n(wake, z->sleep_no << 2, __ATOMIC_SEQ_CST);
-	z->nap_ns = 0;
+	withdraw(z);
 }
 
 /* release gives back what the burst did not deliver. */
