@@ -76,7 +76,7 @@ echo "ZCTCPDUMP $?"
 echo "ZCPCAP $(base64 -w 0 /tmp/x.pcap)"`, id, first/queues, second/queues)))...)
 	agent := h.startAgent(t, true, "run", "-c", fmt.Sprint(id), "-n", fmt.Sprint(queues), "-m", "0",
 		"-i", fmt.Sprintf("gen:len=%d,count=%d,after=16s", frameLen, first),
-		"-i", fmt.Sprintf("gen:len=%d,count=%d,after=34s", frameLen, second),
+		"-i", fmt.Sprintf("gen:len=%d,count=%d,after=40s", frameLen, second),
 		"--keep", "--backing", "shm", "--stats-interval", "0", "--wait-consumers", "6s", "--vm", vm.QMPPath())
 
 	expectIdle := func(who string) { t.Helper(); expectQEMUIdle(t, vm, who, idleBound) }
