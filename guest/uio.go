@@ -190,11 +190,15 @@ func (b *Doorbell) subscribe() bool {
 	if errors.Is(err, errHandedOver) {
 		// Handed the device: keep the descriptors, for adopt.
 		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.isClosed {
+			held.close()
+			return false
+		}
 		if b.held != nil {
 			b.held.close()
 		}
 		b.held = held
-		b.mu.Unlock()
 		return false
 	}
 	if err != nil {
