@@ -31,9 +31,9 @@ import (
 // descriptor of an open device closes, vfio-pci disables it (it writes
 // the PCI command register, turning memory decoding off, tries a bus
 // reset, then restores it), and every process that maps BAR2 reads zeros
-// meanwhile: it took
-// its region for unplugged, or its ring indices for corrupt. A takeover
-// with the passed descriptors opens and releases nothing.
+// meanwhile: it took its region for unplugged, or its ring indices for
+// corrupt. A takeover with the passed descriptors opens and releases
+// nothing.
 //
 // The connection stays open and carries what ends the sharing:
 //   - shareGone: the device is being unplugged (the owner received the
@@ -53,7 +53,9 @@ import (
 // wake-ups.
 //
 // A reader that maps BAR2 without this package (the libpcap shim,
-// pcapshim/src/zcreader.c) subscribes too, and keeps the descriptors.
+// pcapshim/src/zcreader.c) subscribes too, and keeps the descriptors (it
+// sends one byte, 'S', as it connects; the owner reads nothing a
+// subscriber sends).
 // When the owner stops and no Go process takes over, such a reader lends
 // them: it listens in the owner's place without taking the interrupts,
 // and answers a connection with shareTake and the 3 descriptors (no
