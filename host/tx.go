@@ -549,12 +549,7 @@ func TransmitQueue(ctx context.Context, q *zc.Queue, sink Sink, max uint64) (TxS
 			st.Elapsed = time.Since(start)
 			return st, err
 		}
-		if !idle.Busy(n) {
-			busy = 0
-			if !idleFlush(done, sink, &pace) {
-				break
-			}
-		} else if busy++; busy%stopEvery == 0 && stopped(done) {
+		if !goOn(n, &busy, done, sink, &pace) {
 			break
 		}
 	}
@@ -592,12 +587,7 @@ func Bounce(ctx context.Context, src Source, pool *zc.Pool, sink Sink) (TxStats,
 			st.Elapsed = time.Since(start)
 			return st, fmt.Errorf("bounce: %s: %w", src.Name(), rerr)
 		}
-		if !idle.Busy(n) {
-			busy = 0
-			if !idleFlush(done, sink, &pace) {
-				break
-			}
-		} else if busy++; busy%stopEvery == 0 && stopped(done) {
+		if !goOn(n, &busy, done, sink, &pace) {
 			break
 		}
 	}
@@ -614,6 +604,18 @@ func (st *TxStats) send(ctx context.Context, sink Sink, pkts []zc.Packet) error 
 	}
 	st.Packets += uint64(sent)
 	return err
+}
+
+// goOn ends a TX loop's round that moved n packets, and reports whether
+// the loop goes on: an idle round flushes sink once and naps (idleFlush);
+// a busy one looks at done every stopEvery rounds (busy counts them).
+func goOn(n int, busy *int, done <-chan struct{}, sink Sink, pace *idle.Pacer) bool {
+	if !idle.Busy(n) {
+		*busy = 0
+		return idleFlush(done, sink, pace)
+	}
+	*busy++
+	return *busy%stopEvery != 0 || !stopped(done)
 }
 
 // idleFlush is a TX loop's step after a poll that was not busy: it reports
