@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -62,7 +63,7 @@ func TestGuestDoorbellSubscription(t *testing.T) {
 
 	// hello subscribes one tcpdump: it returns the tcpdump, its log, the
 	// holder's end of the connection and the files passed as descriptors.
-	hello := func() (td *os.Process, conn *net.UnixConn, files []string, stop func()) {
+	hello := func() (td *os.Process, conn *net.UnixConn, files []string, stop func() string) {
 		t.Helper()
 		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: name, Net: "unix"})
 		if err != nil {
@@ -71,13 +72,14 @@ func TestGuestDoorbellSubscription(t *testing.T) {
 		defer ln.Close()
 		cmd := g.preloaded(ctx, "tcpdump", "-i", "zc:73@0", "-w", os.DevNull)
 		log, done := listening(t, cmd, "zc:73@0")
-		stop = func() {
+		stop = func() string {
 			cmd.Process.Signal(os.Interrupt)
 			<-done
 			cmd.Wait()
 			if t.Failed() {
 				t.Logf("tcpdump:\n%s", log)
 			}
+			return log.String()
 		}
 		ln.SetDeadline(time.Now().Add(10 * time.Second))
 		conn, err = ln.AcceptUnix()
@@ -134,9 +136,9 @@ func TestGuestDoorbellSubscription(t *testing.T) {
 
 	t.Run("gone", func(t *testing.T) {
 		td, conn, files, stop := hello()
-		defer stop()
 		defer conn.Close()
 		if !holds(td, files, true) {
+			stop()
 			t.Fatalf("tcpdump did not keep the holder's 3 descriptors (%s)", strings.Join(files, " "))
 		}
 		asleep := false
@@ -151,6 +153,11 @@ func TestGuestDoorbellSubscription(t *testing.T) {
 		}
 		if !holds(td, files, false) {
 			t.Errorf("tcpdump still holds the descriptors 5 s after the unplug notice")
+		}
+		// ZCPCAP_VERBOSE's counters at pcap_close.
+		log := stop()
+		if m := regexp.MustCompile(`sleeps \d+ \(on the doorbell (\d+)\)`).FindStringSubmatch(log); m == nil || m[1] == "0" {
+			t.Errorf("the shim's counters show no sleep on the doorbell:\n%s", log)
 		}
 	})
 	t.Run("holder stops", func(t *testing.T) {

@@ -63,7 +63,7 @@ st() { echo "ZCSTATUS $1 $(cat $dev/power/runtime_status)"; }
 first=$!
 sleep 1
 st held
-LD_PRELOAD=/libzcpcap.so /usr/bin/tcpdump -i zc:%[1]d@1 -w /tmp/x.pcap 2>&1 &
+LD_PRELOAD=/libzcpcap.so ZCPCAP_VERBOSE=1 /usr/bin/tcpdump -i zc:%[1]d@1 -w /tmp/x.pcap 2>&1 &
 tp=$!
 wait $first
 sleep 6
@@ -134,6 +134,8 @@ echo "ZCPCAP $(base64 -w 0 /tmp/x.pcap)"`, id, first/queues, second/queues)))...
 	}
 	var list []string
 	var sawGone bool
+	bellSleeps := ""
+	sleeps := regexp.MustCompile(fmt.Sprintf(`^libzcpcap: zc:%d@1: .*sleeps \d+ \(on the doorbell (\d+)\)`, id))
 	statuses := map[string]string{}
 	status := regexp.MustCompile(`^ZCSTATUS (\w+) (\w+)`)
 	for _, l := range vm.Lines() {
@@ -144,6 +146,14 @@ echo "ZCPCAP $(base64 -w 0 /tmp/x.pcap)"`, id, first/queues, second/queues)))...
 			statuses[m[1]] = m[2]
 		}
 		sawGone = sawGone || strings.Contains(l.Text, fmt.Sprintf("tcpdump: pcap_loop: zc:%d@1: cluster %d gone", id, id))
+		if m := sleeps.FindStringSubmatch(l.Text); m != nil {
+			bellSleeps = m[1]
+		}
+	}
+	if bellSleeps == "" || bellSleeps == "0" {
+		t.Errorf("the shim's counters at pcap_close show no sleep on the doorbell (%q)", bellSleeps)
+	} else {
+		t.Logf("tcpdump slept %s times on the doorbell", bellSleeps)
 	}
 	t.Logf("the device's runtime PM status: %v", statuses)
 	for _, when := range []string{"held", "released", "later"} {

@@ -672,10 +672,11 @@ void pcap_close(pcap_t *p)
 		return;
 	}
 	if (verbose())
-		fprintf(stderr, "libzcpcap: %s: received %llu, passed filter %llu, filtered %llu, bad %llu, queue drops %llu, wake-ups sent %llu, sleeps %llu%s%s\n",
+		fprintf(stderr, "libzcpcap: %s: received %llu, passed filter %llu, filtered %llu, bad %llu, queue drops %llu, wake-ups sent %llu, sleeps %llu (on the doorbell %llu)%s%s\n",
 			z->r.name, (unsigned long long)z->r.recv, (unsigned long long)z->passed, (unsigned long long)z->filtered,
 			(unsigned long long)z->r.bad, (unsigned long long)zcr_drops(&z->r), (unsigned long long)z->r.wakes,
-			(unsigned long long)z->r.sleeps, z->r.failed ? ", failed: " : "", z->r.failed ? z->r.err : "");
+			(unsigned long long)z->r.sleeps, (unsigned long long)z->r.bell_sleeps, z->r.failed ? ", failed: " : "",
+			z->r.failed ? z->r.err : "");
 	if (z->last_valid && !z->r.failed)
 		zcr_put(&z->r, z->last); /* the rest goes back in zcr_detach */
 	z->last_valid = 0;
