@@ -26,8 +26,10 @@ import (
 // them, keeps the VFIO descriptors, and lends them on when the holder
 // stops.
 //
-//   - zcount holds the device's interrupts; tcpdump subscribes: QEMU stays
-//     nearly idle while both wait.
+//   - tcpdump starts first and polls (nobody holds the interrupts yet);
+//     zcount then binds the device to vfio-pci under it and holds the
+//     interrupts, and tcpdump subscribes: QEMU stays nearly idle while
+//     both wait.
 //   - zcount exits after its share of a first burst; tcpdump reads on
 //     across the release (the device stays open: its runtime PM status
 //     stays active), and zcguest list still reads the region. tcpdump
@@ -59,12 +61,14 @@ at=$(zcguest wait -c %[1]d --timeout 60s --poll 5ms) || exit 1
 echo "$at"
 dev=/sys/bus/pci/devices/$(echo "$at" | sed -n 's/^cluster [0-9]* at \([^ ]*\) .*/\1/p')
 st() { echo "ZCSTATUS $1 $(cat $dev/power/runtime_status)"; }
+st unbound
+LD_PRELOAD=/libzcpcap.so ZCPCAP_VERBOSE=1 /usr/bin/tcpdump -i zc:%[1]d@1 -w /tmp/x.pcap 2>&1 &
+tp=$!
+sleep 1
 ( echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)"; st released ) &
 first=$!
 sleep 1
 st held
-LD_PRELOAD=/libzcpcap.so ZCPCAP_VERBOSE=1 /usr/bin/tcpdump -i zc:%[1]d@1 -w /tmp/x.pcap 2>&1 &
-tp=$!
 wait $first
 sleep 6
 st later
@@ -92,10 +96,10 @@ echo "ZCPCAP $(base64 -w 0 /tmp/x.pcap)"`, id, first/queues, second/queues)))...
 		}
 	}
 
-	expectBell("the first zcount")
 	if _, err := vm.Expect(ctx, fmt.Sprintf("listening on zc:%d@1", id)); err != nil {
 		t.Fatal(err)
 	}
+	expectBell("the first zcount")
 	expectIdle("zcount and tcpdump (subscribed to zcount)")
 	var s summary
 	if _, err := vm.Result(ctx, &s); err != nil {
