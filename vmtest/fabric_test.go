@@ -442,16 +442,29 @@ sleep 1 # sysfs drops the device before QEMU completes the unplug: let the host'
 
 // inspect reads a cluster of the tools' region directory from this process.
 func inspect(h *hostTools, id uint32) (zc.ClusterInfo, error) {
+	defer inToolsDir(h)()
+	return zc.Inspect(id)
+}
+
+// inspectVMs reads the per-VM regions of a cluster of the tools' region
+// directory (what each guest reads and returns) from this process.
+func inspectVMs(h *hostTools, id uint32) ([]zc.ClusterInfo, error) {
+	defer inToolsDir(h)()
+	return zc.InspectVMRegions(id)
+}
+
+// inToolsDir points ZC_DIR at the tools' region directory, and returns
+// what puts it back.
+func inToolsDir(h *hostTools) func() {
 	old, had := os.LookupEnv("ZC_DIR")
 	os.Setenv("ZC_DIR", h.dir)
-	defer func() {
+	return func() {
 		if had {
 			os.Setenv("ZC_DIR", old)
 		} else {
 			os.Unsetenv("ZC_DIR")
 		}
-	}()
-	return zc.Inspect(id)
+	}
 }
 
 // TestFabricTwoVMs runs two guests at once, each with its own cluster (99

@@ -209,3 +209,104 @@ func countSynthPcap(t *testing.T, b64 string) int {
 		}
 	}
 }
+
+// TestTcpdumpsLendDevice: two tcpdumps with the shim in a doorbell guest,
+// after the Go reader that held the interrupts exited. The first tcpdump
+// kept the device's VFIO descriptors and lends them; the second, started
+// then, gets copies from it ('L'). When the first exits, the second alone
+// keeps the device open (its runtime PM status stays active) and reads
+// its queue on, exactly; then it lends the device itself, and gives it
+// up to the agent's unplug, which completes.
+func TestTcpdumpsLendDevice(t *testing.T) {
+	const (
+		id     = 89
+		queues = 3
+		first  = 300 // packets split evenly (round-robin)
+		second = 150
+	)
+	g := newTcpdumpGuest(t)
+	h := newHostTools(t)
+	ctx := testCtx(t, 240*time.Second)
+	vm := bellVM(t, append(g.opts, Name("tcpdumps"), Timeout(4*time.Minute), GoBinary("zcguest", zcguestPkg), GoBinary("zcount", zcountPkg), Script(fmt.Sprintf(`
+at=$(zcguest wait -c %[1]d --timeout 60s --poll 5ms) || exit 1
+dev=/sys/bus/pci/devices/$(echo "$at" | sed -n 's/^cluster [0-9]* at \([^ ]*\) .*/\1/p')
+( echo "ZCRESULT $(zcount -i zc:%[1]d@0 -n %[2]d --verify --json --interval 0)" ) &
+first=$!
+sleep 1
+LD_PRELOAD=/libzcpcap.so ZCPCAP_VERBOSE=1 /usr/bin/tcpdump -i zc:%[1]d@1 -w /tmp/a.pcap 2>&1 | sed 's/^/ZCA /' &
+wait $first
+sleep 2
+LD_PRELOAD=/libzcpcap.so ZCPCAP_VERBOSE=1 /usr/bin/tcpdump -i zc:%[1]d@2 -w /tmp/b.pcap 2>&1 &
+tb=$!
+sleep 3
+kill -INT $(pidof tcpdump | tr ' ' '\n' | grep -v "^$tb$")
+echo "ZCSTOPPED the first tcpdump"
+( i=0; off=0; while [ $i -lt 2000 ]; do read s <$dev/power/runtime_status; [ "$s" != active ] && off=$((off+1)); i=$((i+1)); done; echo "ZCSAMPLED $i inactive $off" )
+wait $tb
+echo "ZCTCPDUMP $?"
+echo "ZCPCAP $(base64 -w 0 /tmp/b.pcap)"`, id, first/queues)))...)
+	agent := h.startAgent(t, true, "run", "-c", fmt.Sprint(id), "-n", fmt.Sprint(queues), "-m", "0",
+		"-i", fmt.Sprintf("gen:len=%d,count=%d,after=14s", frameLen, first),
+		"-i", fmt.Sprintf("gen:len=%d,count=%d,after=34s", frameLen, second),
+		"--keep", "--backing", "shm", "--stats-interval", "0", "--wait-consumers", "6s", "--vm", vm.QMPPath())
+
+	var s summary
+	if _, err := vm.Result(ctx, &s); err != nil {
+		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
+	}
+	s.check(t, "zcount (it held the interrupts)", first/queues)
+	if _, err := vm.Expect(ctx, "ZCSTOPPED"); err != nil {
+		t.Fatal(err)
+	}
+	_, m, err := vm.ExpectRegexp(ctx, regexp.MustCompile(`ZCSAMPLED (\d+) inactive (\d+)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the device's runtime PM status after the first tcpdump stopped: %s samples, %s not active", m[1], m[2])
+	if m[2] != "0" {
+		t.Errorf("the device was released when the first tcpdump stopped (%s of %s samples not active): the second kept no descriptors", m[2], m[1])
+	}
+	// The second tcpdump reads its share of the second burst; then the
+	// agent unplugs the region while it alone holds the device.
+	want := uint64(first/queues + second/queues)
+	for got := uint64(0); got != want; {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the second tcpdump's queue: %d of %d packets received: %v", got, want, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if vms, err := inspectVMs(h, id); err == nil && len(vms) == 1 && len(vms[0].Queues) == queues {
+			got = vms[0].Queues[2].Received
+		}
+		for _, l := range vm.Lines() {
+			if strings.HasPrefix(l.Text, "ZCTCPDUMP ") {
+				t.Fatalf("the second tcpdump ended after %d of %d packets, before the unplug (its error is in the console above)", got, want)
+			}
+		}
+	}
+	start := time.Now()
+	agent.stop(t, ctx)
+	t.Logf("the agent stopped and unplugged the region in %v while the second tcpdump alone held the device", time.Since(start).Round(time.Millisecond))
+	if log := agent.stderrText(); strings.Contains(log, qmp.ErrDetachTimeout.Error()) {
+		t.Errorf("the unplug did not complete: the guest kept the device\nagent:\n%s", log)
+	}
+	if _, m, err = vm.ExpectRegexp(ctx, regexp.MustCompile(`^ZCTCPDUMP (\d+)$`)); err != nil {
+		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
+	}
+	if m[1] == "0" {
+		t.Errorf("the second tcpdump exited 0 after the unplug, want its error status")
+	}
+	firstStopped := false
+	for _, l := range vm.Lines() {
+		firstStopped = firstStopped || strings.HasPrefix(l.Text, "ZCA ") && strings.Contains(l.Text, "packets captured")
+	}
+	if !firstStopped {
+		t.Errorf("the first tcpdump did not stop on SIGINT")
+	}
+	if _, m, err = vm.ExpectRegexp(ctx, regexp.MustCompile(`^ZCPCAP (\S*)$`)); err != nil {
+		t.Fatal(err)
+	}
+	if n := countSynthPcap(t, m[1]); n != int(want) {
+		t.Fatalf("the second tcpdump captured %d packets, want %d", n, want)
+	}
+}
