@@ -193,12 +193,9 @@ func (b *Doorbell) subscribe() bool {
 		defer b.mu.Unlock()
 		if b.isClosed {
 			held.close()
-			return false
+		} else {
+			b.keepHeld(held)
 		}
-		if b.held != nil {
-			b.held.close()
-		}
-		b.held = held
 		return false
 	}
 	if err != nil {
@@ -215,12 +212,7 @@ func (b *Doorbell) subscribe() bool {
 		return true // nothing more to do
 	}
 	if held != nil {
-		// The new owner's descriptors (of the same open device) replace
-		// those of the one before.
-		if b.held != nil {
-			b.held.close()
-		}
-		b.held = held
+		b.keepHeld(held)
 	}
 	b.sub, b.subEv = c, ev
 	b.readers.Add(2)
@@ -262,6 +254,16 @@ func (b *Doorbell) watchOwner(c *net.UnixConn, ev *os.File) {
 			b.signal(1)
 		}
 	}
+}
+
+// keepHeld keeps held, VFIO descriptors passed by an owner or a lender, in
+// place of those kept before: the same open device, so closing those
+// releases nothing (under b.mu).
+func (b *Doorbell) keepHeld(held *vfio) {
+	if b.held != nil {
+		b.held.close()
+	}
+	b.held = held
 }
 
 // dropHeld closes the VFIO descriptors kept from the owner.

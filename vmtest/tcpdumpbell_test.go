@@ -2,6 +2,7 @@ package vmtest
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -123,19 +124,7 @@ echo "ZCPCAP $(base64 -w 0 /tmp/x.pcap)"`, id, first/queues, second/queues)))...
 
 	// tcpdump alone holds the device now; the agent unplugs it.
 	time.Sleep(time.Second)
-	start := time.Now()
-	agent.stop(t, ctx)
-	t.Logf("the agent stopped and unplugged the region in %v while tcpdump alone held the device", time.Since(start).Round(time.Millisecond))
-	if log := agent.stderrText(); strings.Contains(log, qmp.ErrDetachTimeout.Error()) {
-		t.Errorf("the unplug did not complete: the guest kept the device (tcpdump did not give it up)\nagent:\n%s", log)
-	}
-	_, m, err := vm.ExpectRegexp(ctx, regexp.MustCompile(`^ZCTCPDUMP (\d+)$`))
-	if err != nil {
-		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
-	}
-	if m[1] == "0" {
-		t.Errorf("tcpdump exited 0 after the unplug, want its error status")
-	}
+	unplugUnder(t, ctx, vm, agent, "tcpdump")
 	var list []string
 	var sawGone bool
 	bellSleeps := ""
@@ -172,7 +161,7 @@ echo "ZCPCAP $(base64 -w 0 /tmp/x.pcap)"`, id, first/queues, second/queues)))...
 	if !sawGone {
 		t.Errorf("tcpdump did not stop with the shim's \"cluster %d gone\" error after the unplug", id)
 	}
-	_, m, err = vm.ExpectRegexp(ctx, regexp.MustCompile(`^ZCPCAP (\S*)$`))
+	_, m, err := vm.ExpectRegexp(ctx, regexp.MustCompile(`^ZCPCAP (\S*)$`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,6 +169,27 @@ echo "ZCPCAP $(base64 -w 0 /tmp/x.pcap)"`, id, first/queues, second/queues)))...
 		t.Fatalf("tcpdump captured %d packets, want %d", n, want)
 	}
 	t.Logf("tcpdump read queue 1 across both zcounts: %d generator frames, all whole", want)
+}
+
+// unplugUnder stops the agent, which unplugs the region while who (a
+// tcpdump of the guest) alone holds the device, and checks that the
+// unplug completed (who gave the device up) and that who then exited with
+// an error status (the script prints it as "ZCTCPDUMP status").
+func unplugUnder(t *testing.T, ctx context.Context, vm *VM, agent *proc, who string) {
+	t.Helper()
+	start := time.Now()
+	agent.stop(t, ctx)
+	t.Logf("the agent stopped and unplugged the region in %v while %s alone held the device", time.Since(start).Round(time.Millisecond), who)
+	if log := agent.stderrText(); strings.Contains(log, qmp.ErrDetachTimeout.Error()) {
+		t.Errorf("the unplug did not complete: the guest kept the device (%s did not give it up)\nagent:\n%s", who, log)
+	}
+	_, m, err := vm.ExpectRegexp(ctx, regexp.MustCompile(`^ZCTCPDUMP (\d+)$`))
+	if err != nil {
+		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
+	}
+	if m[1] == "0" {
+		t.Errorf("%s exited 0 after the unplug, want its error status", who)
+	}
 }
 
 // countSynthPcap decodes a pcap file sent over the console (base64) and
@@ -241,10 +251,10 @@ tb=$!
 sleep 3
 kill -INT $(pidof tcpdump | tr ' ' '\n' | grep -v "^$tb$")
 echo "ZCSTOPPED the first tcpdump"
-( i=0; off=0; while [ $i -lt 2000 ]; do read s <$dev/power/runtime_status; [ "$s" != active ] && off=$((off+1)); i=$((i+1)); done; echo "ZCSAMPLED $i inactive $off" )
+%[3]s
 wait $tb
 echo "ZCTCPDUMP $?"
-echo "ZCPCAP $(base64 -w 0 /tmp/b.pcap)"`, id, first/queues)))...)
+echo "ZCPCAP $(base64 -w 0 /tmp/b.pcap)"`, id, first/queues, samplePM(2000))))...)
 	agent := h.startAgent(t, true, "run", "-c", fmt.Sprint(id), "-n", fmt.Sprint(queues), "-m", "0",
 		"-i", fmt.Sprintf("gen:len=%d,count=%d,after=14s", frameLen, first),
 		"-i", fmt.Sprintf("gen:len=%d,count=%d,after=34s", frameLen, second),
@@ -258,14 +268,7 @@ echo "ZCPCAP $(base64 -w 0 /tmp/b.pcap)"`, id, first/queues)))...)
 	if _, err := vm.Expect(ctx, "ZCSTOPPED"); err != nil {
 		t.Fatal(err)
 	}
-	_, m, err := vm.ExpectRegexp(ctx, regexp.MustCompile(`ZCSAMPLED (\d+) inactive (\d+)`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("the device's runtime PM status after the first tcpdump stopped: %s samples, %s not active", m[1], m[2])
-	if m[2] != "0" {
-		t.Errorf("the device was released when the first tcpdump stopped (%s of %s samples not active): the second kept no descriptors", m[2], m[1])
-	}
+	expectKeptOpen(t, ctx, vm, "after the first tcpdump stopped", "the second (it kept no descriptors)")
 	// The second tcpdump reads its share of the second burst; then the
 	// agent unplugs the region while it alone holds the device.
 	want := uint64(first/queues + second/queues)
@@ -284,18 +287,7 @@ echo "ZCPCAP $(base64 -w 0 /tmp/b.pcap)"`, id, first/queues)))...)
 			}
 		}
 	}
-	start := time.Now()
-	agent.stop(t, ctx)
-	t.Logf("the agent stopped and unplugged the region in %v while the second tcpdump alone held the device", time.Since(start).Round(time.Millisecond))
-	if log := agent.stderrText(); strings.Contains(log, qmp.ErrDetachTimeout.Error()) {
-		t.Errorf("the unplug did not complete: the guest kept the device\nagent:\n%s", log)
-	}
-	if _, m, err = vm.ExpectRegexp(ctx, regexp.MustCompile(`^ZCTCPDUMP (\d+)$`)); err != nil {
-		t.Fatalf("%v\nagent:\n%s", err, agent.stderrText())
-	}
-	if m[1] == "0" {
-		t.Errorf("the second tcpdump exited 0 after the unplug, want its error status")
-	}
+	unplugUnder(t, ctx, vm, agent, "the second tcpdump")
 	firstStopped := false
 	for _, l := range vm.Lines() {
 		firstStopped = firstStopped || strings.HasPrefix(l.Text, "ZCA ") && strings.Contains(l.Text, "packets captured")
@@ -303,7 +295,8 @@ echo "ZCPCAP $(base64 -w 0 /tmp/b.pcap)"`, id, first/queues)))...)
 	if !firstStopped {
 		t.Errorf("the first tcpdump did not stop on SIGINT")
 	}
-	if _, m, err = vm.ExpectRegexp(ctx, regexp.MustCompile(`^ZCPCAP (\S*)$`)); err != nil {
+	_, m, err := vm.ExpectRegexp(ctx, regexp.MustCompile(`^ZCPCAP (\S*)$`))
+	if err != nil {
 		t.Fatal(err)
 	}
 	if n := countSynthPcap(t, m[1]); n != int(want) {

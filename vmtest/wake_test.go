@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -63,6 +64,29 @@ func qemuCPU(t *testing.T, vm *VM) cpuUse {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// samplePM is a guest shell command that reads the runtime PM status of
+// the PCI device at sysfs directory $dev n times in a row and prints
+// "ZCSAMPLED n inactive K" (expectKeptOpen reads it). The device is not
+// "active" once the last process holding it through VFIO released it.
+func samplePM(n int) string {
+	return fmt.Sprintf(`( i=0; off=0; while [ $i -lt %d ]; do read st <$dev/power/runtime_status; [ "$st" != active ] && off=$((off+1)); i=$((i+1)); done; echo "ZCSAMPLED $i inactive $off" )`, n)
+}
+
+// expectKeptOpen reads samplePM's line and fails the test if the device
+// was ever not active across when: it was released, which it must not
+// be (why says who should have kept it open).
+func expectKeptOpen(t *testing.T, ctx context.Context, vm *VM, when, why string) {
+	t.Helper()
+	_, m, err := vm.ExpectRegexp(ctx, regexp.MustCompile(`ZCSAMPLED (\d+) inactive (\d+)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the device's runtime PM status %s: %s samples, %s not active", when, m[1], m[2])
+	if m[2] != "0" {
+		t.Errorf("the device was not active in %s of %s samples %s: it was released, not kept open by %s", m[2], m[1], when, why)
+	}
 }
 
 // expectQEMUIdle measures QEMU's CPU over 3 s while who should sleep,
