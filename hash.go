@@ -1,6 +1,12 @@
 package zc
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+)
 
 // HashFunc computes a packet's balancing hash. It must not keep p.
 type HashFunc func(p *Packet) uint32
@@ -23,53 +29,75 @@ const (
 	ModeGTP HashMode = 4
 )
 
-// ParseHashMode accepts the numbers of zchost -m and the names
-// "rr", "ip", "fanout", "5tuple", "gtp".
+// hashModes is the one table of balancing modes, indexed by mode: the
+// name logs print, the other names ParseHashMode accepts (besides the
+// number), what the mode does for help texts, and its hash function (nil
+// for the modes that do not look at the packet). A new mode is a row here
+// and a constant above.
+var hashModes = [...]struct {
+	name    string
+	aliases []string
+	does    string
+	fn      HashFunc
+}{
+	ModeRoundRobin: {"round-robin", []string{"rr"}, "spread evenly, the content not looked at", nil},
+	ModeIPPair:     {"ip-pair", []string{"ip"}, "both directions of an IP pair on one queue", HashIPPair},
+	ModeFanout:     {"fan-out", []string{"fanout"}, "every packet to every queue", nil},
+	Mode5Tuple:     {"5-tuple", []string{"5tuple", "flow"}, "both directions of a flow (IPs, protocol, ports) on one queue", Hash5Tuple},
+	ModeGTP:        {"gtp", []string{"gtp-u"}, "GTP-U tunnels by their inner IP pair", HashGTP},
+}
+
+// ParseHashMode accepts a mode's number (as zchost -m takes it, after
+// zbalance_ipc), its name ("round-robin", "ip-pair", "fan-out",
+// "5-tuple", "gtp") or a short form ("rr", "ip", "fanout", "5tuple",
+// "flow", "gtp-u").
 func ParseHashMode(s string) (HashMode, bool) {
-	switch s {
-	case "0", "rr", "round-robin":
-		return ModeRoundRobin, true
-	case "1", "ip", "ip-pair":
-		return ModeIPPair, true
-	case "2", "fanout", "fan-out":
-		return ModeFanout, true
-	case "3", "5tuple", "5-tuple", "flow":
-		return Mode5Tuple, true
-	case "4", "gtp", "gtp-u":
-		return ModeGTP, true
+	for m, row := range hashModes {
+		if s == strconv.Itoa(m) || s == row.name || slices.Contains(row.aliases, s) {
+			return HashMode(m), true
+		}
 	}
 	return 0, false
 }
 
 // String names the mode as logs print it.
 func (m HashMode) String() string {
-	switch m {
-	case ModeRoundRobin:
-		return "round-robin"
-	case ModeIPPair:
-		return "ip-pair"
-	case ModeFanout:
-		return "fan-out"
-	case Mode5Tuple:
-		return "5-tuple"
-	case ModeGTP:
-		return "gtp"
+	if m < 0 || int(m) >= len(hashModes) {
+		return "unknown"
 	}
-	return "unknown"
+	return hashModes[m].name
 }
 
 // Func returns the hash function of a content-based mode (nil for
 // round-robin and fan-out).
 func (m HashMode) Func() HashFunc {
-	switch m {
-	case ModeIPPair:
-		return HashIPPair
-	case Mode5Tuple:
-		return Hash5Tuple
-	case ModeGTP:
-		return HashGTP
+	if m < 0 || int(m) >= len(hashModes) {
+		return nil
 	}
-	return nil
+	return hashModes[m].fn
+}
+
+// HashModeUsage lists the modes for a flag's help, a line each: number,
+// name and what the mode does ("1 ip-pair: both directions of ...").
+func HashModeUsage() string {
+	var b strings.Builder
+	for m, row := range hashModes {
+		if m > 0 {
+			b.WriteByte('\n')
+		}
+		fmt.Fprintf(&b, "%d %s: %s", m, row.name, row.does)
+	}
+	return b.String()
+}
+
+// HashModeNames lists the modes' names for an error message:
+// "round-robin, ip-pair, fan-out, 5-tuple, gtp (or 0..4)".
+func HashModeNames() string {
+	names := make([]string, len(hashModes))
+	for m, row := range hashModes {
+		names[m] = row.name
+	}
+	return fmt.Sprintf("%s (or 0..%d)", strings.Join(names, ", "), len(hashModes)-1)
 }
 
 // fmix is MurmurHash3's 32-bit finaliser: it spreads every input bit.

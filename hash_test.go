@@ -2,6 +2,8 @@ package zc
 
 import (
 	"encoding/binary"
+	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -77,4 +79,48 @@ func FuzzHashes(f *testing.F) {
 		Hash5Tuple(&p)
 		HashGTP(&p)
 	})
+}
+
+// TestHashModes: every mode parses by its number, its name and each short
+// form, prints its name, has a hash function exactly when it looks at the
+// packet, and shows in both help lists; anything else is refused.
+func TestHashModes(t *testing.T) {
+	content := map[HashMode]bool{ModeIPPair: true, Mode5Tuple: true, ModeGTP: true}
+	forms := map[HashMode][]string{
+		ModeRoundRobin: {"0", "round-robin", "rr"},
+		ModeIPPair:     {"1", "ip-pair", "ip"},
+		ModeFanout:     {"2", "fan-out", "fanout"},
+		Mode5Tuple:     {"3", "5-tuple", "5tuple", "flow"},
+		ModeGTP:        {"4", "gtp", "gtp-u"},
+	}
+	usage, names := HashModeUsage(), HashModeNames()
+	for m, ss := range forms {
+		for _, s := range ss {
+			if got, ok := ParseHashMode(s); !ok || got != m {
+				t.Errorf("ParseHashMode(%q) = %v, %v; want %v", s, got, ok, m)
+			}
+		}
+		if m.String() != ss[1] {
+			t.Errorf("mode %d prints %q, want %q", m, m.String(), ss[1])
+		}
+		if (m.Func() != nil) != content[m] {
+			t.Errorf("mode %v: hash function %v, want one: %v", m, m.Func() != nil, content[m])
+		}
+		if !strings.Contains(usage, fmt.Sprintf("%d %s: ", m, ss[1])) || !strings.Contains(names, ss[1]) {
+			t.Errorf("mode %v missing from the help lists:\n%s\n%s", m, usage, names)
+		}
+	}
+	if len(forms) != len(hashModes) {
+		t.Errorf("%d modes tested, %d in the table", len(forms), len(hashModes))
+	}
+	for _, s := range []string{"", "5", "-1", "RR", "fan", "round robin"} {
+		if m, ok := ParseHashMode(s); ok {
+			t.Errorf("ParseHashMode(%q) = %v, want refused", s, m)
+		}
+	}
+	for _, m := range []HashMode{-1, 5} {
+		if m.String() != "unknown" || m.Func() != nil {
+			t.Errorf("mode %d: %q, %v", int(m), m.String(), m.Func() != nil)
+		}
+	}
 }

@@ -68,7 +68,7 @@ func runFlags(o *runOpts) *flag.FlagSet {
 		fs.IntVar(&o.queues, n, 1, "number of egress `queues`")
 	}
 	for _, n := range []string{"m", "hash"} {
-		fs.StringVar(&o.hash, n, "0", "balancing `mode`: 0 round-robin, 1 IP pair, 2 fan-out (every packet to every queue),\n3 symmetric 5-tuple, 4 GTP-U inner IP pair")
+		fs.StringVar(&o.hash, n, "0", "balancing `mode`, a number or a name:\n"+zc.HashModeUsage())
 	}
 	for _, n := range []string{"q", "queue-len"} {
 		fs.IntVar(&o.queueLen, n, 4096, "queue capacity in `packets` (a power of two)")
@@ -153,7 +153,7 @@ func runCmd(args []string) error {
 func (o *runOpts) config() (agent.Config, error) {
 	mode, ok := zc.ParseHashMode(o.hash)
 	if !ok {
-		return agent.Config{}, fmt.Errorf("%w: -m %q: want 0 (round-robin), 1 (IP pair), 2 (fan-out), 3 (5-tuple) or 4 (GTP)", errUsage, o.hash)
+		return agent.Config{}, fmt.Errorf("%w: -m %q: want %s", errUsage, o.hash, zc.HashModeNames())
 	}
 	backing, err := ivshmemBacking(o.backing)
 	if err != nil {

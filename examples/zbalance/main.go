@@ -27,7 +27,7 @@ func run() int {
 	fs := flag.NewFlagSet("zbalance", flag.ContinueOnError)
 	id := fs.Uint("c", 1234, "cluster `id` to create")
 	n := fs.Int("n", 4, "number of worker queues")
-	mode := fs.String("m", "1", "hash mode: 0 round-robin, 1 IP pair, 2 fan-out, 3 5-tuple, 4 GTP")
+	mode := fs.String("m", "1", "hash `mode`, a number or a name:\n"+zc.HashModeUsage())
 	count := fs.Uint64("count", 1000000, "packets to generate")
 	length := fs.Int("l", 64, "frame length")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -37,8 +37,12 @@ func run() int {
 		return 2
 	}
 	m, ok := zc.ParseHashMode(*mode)
-	if !ok || *n < 1 {
-		fmt.Fprintln(os.Stderr, "zbalance: bad -m or -n")
+	if !ok {
+		fmt.Fprintf(os.Stderr, "zbalance: -m %q: want %s\n", *mode, zc.HashModeNames())
+		return 2
+	}
+	if *n < 1 {
+		fmt.Fprintf(os.Stderr, "zbalance: -n %d: want at least one output queue\n", *n)
 		return 2
 	}
 	c, err := zc.CreateCluster(zc.Config{ID: uint32(*id), Queues: 1 + *n, QueueLen: 1024, Backing: zc.BackingShm})

@@ -7,7 +7,7 @@
 // and a bad value are all errors, and each one names the file, the line
 // and the key (with array indices, "cluster[1].mode") as an *Error:
 //
-//	zchost.toml:12: cluster[1].mode: "ipx": want round-robin, ip-pair, fanout, 5-tuple, gtp (or 0..4)
+//	zchost.toml:12: cluster[1].mode: "ipx": want round-robin, ip-pair, fan-out, 5-tuple, gtp (or 0..4)
 //
 // Parsing opens nothing: sources are checked for their syntax only, VM
 // names for their form. A file that parses is complete: defaults are filled

@@ -103,7 +103,7 @@ func TestBadFiles(t *testing.T) {
 		{"unknown export key", c1 + "[[cluster.export]]\nvm = \"/a\"\nbar = 1\n", 5, "cluster[0].export[0].bar", ErrUnknownKey, "takes vm, queues"},
 		{"unknown table", c1 + "[[cluster.bogus]]\nx = 1\n", 3, "cluster[0].bogus[0]", ErrUnknownKey, ""},
 		{"bad mode", c1 + "[[cluster]]\nid = 2\nqueues = 2\nmode = \"ipx\"\n", 6, "cluster[1].mode", ErrValue,
-			`"ipx": want round-robin, ip-pair, fanout, 5-tuple, gtp (or 0..4)`},
+			`"ipx": want round-robin, ip-pair, fan-out, 5-tuple, gtp (or 0..4)`},
 		{"mode out of range", c1 + "mode = 7\n", 3, "cluster[0].mode", ErrValue, "7: want round-robin"},
 		{"mode wrong type", c1 + "mode = true\n", 3, "cluster[0].mode", ErrType, "not a boolean"},
 		{"queues string", c1 + "queues = \"two\"\n", 3, "cluster[0].queues", ErrType, "want an integer number of queues, not a string"},

@@ -116,9 +116,6 @@ func (c *checker) pow2(key string, v, lo, hi int64, unit string) int {
 	return int(v)
 }
 
-// modeNames is how errors list the balancing modes.
-const modeNames = "round-robin, ip-pair, fanout, 5-tuple, gtp (or 0..4)"
-
 func (c *checker) cluster(p string, r *rawCluster) Cluster {
 	cl := Cluster{Queues: 1, QueueLen: DefaultQueueLen, BufferSize: DefaultBufferSize, VMRecover: DefaultVMRecover,
 		Lossless: r.Lossless, Hugetlbfs: r.Hugetlbfs, Group: r.Group, Shared: r.Shared, Ctl: r.Ctl,
@@ -138,13 +135,13 @@ func (c *checker) cluster(p string, r *rawCluster) Cluster {
 		if mode, ok := zc.ParseHashMode(m); ok {
 			cl.Mode = mode
 		} else {
-			c.fail(p+".mode", ErrValue, "%q: want %s", m, modeNames)
+			c.fail(p+".mode", ErrValue, "%q: want %s", m, zc.HashModeNames())
 		}
 	case int64:
 		if mode, ok := zc.ParseHashMode(strconv.FormatInt(m, 10)); ok {
 			cl.Mode = mode
 		} else {
-			c.fail(p+".mode", ErrValue, "%d: want %s", m, modeNames)
+			c.fail(p+".mode", ErrValue, "%d: want %s", m, zc.HashModeNames())
 		}
 	default:
 		kind := "a table"

@@ -22,7 +22,7 @@ Top level
   id = 99                       cluster id consumers attach by, zc:ID@QUEUE
                                 (required; distinct across clusters)
   queues = 1                    number of egress queues
-  mode = "round-robin"          balancing: round-robin, ip-pair, fanout (every
+  mode = "round-robin"          balancing: round-robin, ip-pair, fan-out (every
                                 packet to every queue), 5-tuple (symmetric),
                                 gtp (GTP-U inner IP pair); or 0..4, as an
                                 integer or a string
