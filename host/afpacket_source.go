@@ -70,7 +70,9 @@ func (a *AFPacket) Mode() string {
 // RX returns the underlying ring.
 func (a *AFPacket) RX() *afpacket.RX { return a.rx }
 
-func (a *AFPacket) setFilter(f *Filter, kernel bool) error {
+// SetFilter implements Filterable: in the kernel (SO_ATTACH_FILTER) when
+// kernel is set or the program needs the kernel, else in user space.
+func (a *AFPacket) SetFilter(f *Filter, kernel bool) error {
 	if kernel || !f.UserSpace() {
 		if err := f.attach(a.rx.FD()); err != nil {
 			return fmt.Errorf("%s: %w", a.name, err)

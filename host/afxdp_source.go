@@ -176,12 +176,11 @@ func (a *AFXDP) Mode() string {
 // Socket returns the AF_XDP socket (for its FD or Stats).
 func (a *AFXDP) Socket() *afxdp.Socket { return a.sock }
 
-func (a *AFXDP) setFilter(f *Filter, kernel bool) error {
-	if !f.UserSpace() {
-		return fmt.Errorf("%s: BPF filter uses Linux extensions the user-space interpreter lacks: %w", a.name, ErrBadFilter)
-	}
-	a.filter = f
-	return nil
+// SetFilter implements Filterable, in user space (kernel is ignored:
+// the XDP program does not run it).
+func (a *AFXDP) SetFilter(f *Filter, kernel bool) (err error) {
+	a.filter, err = userSpace(a.name, f)
+	return err
 }
 
 // refill tops the fill ring up to the target with buffers from pool.

@@ -103,6 +103,31 @@ func (f *Filter) String() string { return f.src }
 // Len returns the number of instructions.
 func (f *Filter) Len() int { return len(f.raw) }
 
+// Filterable is a source that applies a BPF filter to every packet it
+// receives (SourceOptions.Filter), counting what it rejects in
+// SourceStats.Filtered: in user space, or in the kernel where the source
+// can and kernel is set. Every kind ParseSource opens is one: a filter is
+// never ignored.
+type Filterable interface {
+	SetFilter(f *Filter, kernel bool) error
+}
+
+var (
+	_ Filterable = (*AFXDP)(nil)
+	_ Filterable = (*AFPacket)(nil)
+	_ Filterable = (*Gen)(nil)
+	_ Filterable = (*Pcap)(nil)
+)
+
+// userSpace returns f for a source that runs filters in user space, or
+// an error naming source when f needs the kernel.
+func userSpace(source string, f *Filter) (*Filter, error) {
+	if !f.UserSpace() {
+		return nil, fmt.Errorf("%s: BPF filter uses Linux extensions the user-space interpreter lacks: %w", source, ErrBadFilter)
+	}
+	return f, nil
+}
+
 // UserSpace reports whether the program can run in user space (it uses no
 // Linux ancillary loads).
 func (f *Filter) UserSpace() bool { return f.vm != nil }

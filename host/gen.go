@@ -64,12 +64,13 @@ func ParseGen(opts string) (GenConfig, error) {
 
 // Gen is a Source of synthetic, sequence-numbered frames.
 type Gen struct {
-	cfg   GenConfig
-	name  string
-	synth *zc.Synth
-	seq   uint64
-	start time.Time
-	st    SourceStats
+	cfg    GenConfig
+	name   string
+	synth  *zc.Synth
+	seq    uint64
+	start  time.Time
+	st     SourceStats
+	filter *Filter
 }
 
 // NewGen returns a generator.
@@ -106,6 +107,14 @@ func (g *Gen) ReadyAt() time.Time {
 
 var _ Waiter = (*Gen)(nil)
 
+// SetFilter implements Filterable, in user space (kernel is ignored): a
+// rejected frame still counts in the generator's sequence (a gap that
+// zcount --verify reports), its buffer goes back to the pool.
+func (g *Gen) SetFilter(f *Filter, kernel bool) (err error) {
+	g.filter, err = userSpace(g.name, f)
+	return err
+}
+
 // Recv implements Source: it writes the next frames, paced to the rate.
 func (g *Gen) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 	want := uint64(len(pkts))
@@ -135,14 +144,23 @@ func (g *Gen) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 		return 0, nil
 	}
 	ts := now.UnixNano()
+	k := 0
 	for i := range pkts[:n] {
 		p := &pkts[i]
 		p.Data = p.Data[:g.synth.Frame(p.Data, g.seq)]
 		p.Seq = uint32(g.seq)
 		p.Timestamp = ts
 		g.seq++
+		if g.filter != nil && !g.filter.Match(p.Data) {
+			g.st.Filtered++
+			pool.Free(pkts[i : i+1])
+			continue
+		}
 		g.st.Bytes += uint64(len(p.Data))
+		pkts[k] = *p
+		k++
 	}
+	n = k
 	g.st.Packets += uint64(n)
 	if g.cfg.Count > 0 && g.seq >= g.cfg.Count {
 		return n, io.EOF

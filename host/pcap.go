@@ -36,6 +36,7 @@ type Pcap struct {
 	held    []byte    // a frame read but not yet sent (aliases heldBuf)
 	heldBuf []byte
 	heldTS  time.Time
+	filter  *Filter
 	// Truncated counts frames cut to the buffer size.
 	Truncated uint64
 }
@@ -104,6 +105,13 @@ func (p *Pcap) Close() error {
 	return err
 }
 
+// SetFilter implements Filterable, in user space (kernel is ignored): a
+// rejected frame is skipped before it takes a buffer.
+func (p *Pcap) SetFilter(f *Filter, kernel bool) (err error) {
+	p.filter, err = userSpace(p.Name(), f)
+	return err
+}
+
 // Recv implements Source.
 func (p *Pcap) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 	if p.f == nil {
@@ -142,6 +150,11 @@ func (p *Pcap) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 				p.hold(data, ts)
 				return n, nil
 			}
+		}
+		if p.filter != nil && !p.filter.Match(data) {
+			p.held = nil
+			p.st.Filtered++
+			continue
 		}
 		if pool.Alloc(pkts[n:n+1]) == 0 {
 			p.st.NoBuffer++

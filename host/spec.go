@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -79,36 +80,76 @@ func ParseSource(spec string, opts SourceOptions) ([]Source, error) {
 	if rest == "" {
 		return nil, fmt.Errorf("source %q: nothing after %q: %w", spec, kind+":", ErrBadSpec)
 	}
-	var srcs []Source
-	var err error
-	switch kind {
-	case "gen":
-		var cfg GenConfig
-		if cfg, err = ParseGen(rest); err != nil {
-			return nil, fmt.Errorf("source %q: %w: %w", spec, ErrBadSpec, err)
-		}
-		srcs = []Source{NewGen(spec, cfg)}
-	case "pcap":
-		srcs, err = parsePcap(spec, rest)
-	case "afxdp", "afpacket", "zc":
-		srcs, err = parseIfaces(spec, kind, rest, opts)
-	default:
-		return nil, fmt.Errorf("source %q: unknown kind %q (want gen:, pcap:, afxdp:, afpacket:, zc: or an interface name): %w", spec, kind, ErrBadSpec)
+	i := slices.IndexFunc(sourceKinds[:], func(k sourceKind) bool { return k.kind == kind })
+	if i < 0 {
+		return nil, fmt.Errorf("source %q: unknown kind %q (want %s or an interface name): %w", spec, kind, kindNames(), ErrBadSpec)
 	}
+	srcs, err := sourceKinds[i].open(spec, kind, rest, opts)
 	if err != nil {
 		return nil, err
 	}
 	if opts.Filter != nil {
 		for _, s := range srcs {
-			if fs, ok := s.(interface{ setFilter(*Filter, bool) error }); ok {
-				if err := fs.setFilter(opts.Filter, opts.KernelFilter); err != nil {
-					closeAll(srcs)
-					return nil, fmt.Errorf("source %q: %w", spec, err)
-				}
+			fs, ok := s.(Filterable)
+			if !ok {
+				closeAll(srcs)
+				return nil, fmt.Errorf("source %q: %s cannot filter: %w", spec, s.Name(), ErrBadFilter)
+			}
+			if err := fs.SetFilter(opts.Filter, opts.KernelFilter); err != nil {
+				closeAll(srcs)
+				return nil, fmt.Errorf("source %q: %w", spec, err)
 			}
 		}
 	}
 	return srcs, nil
+}
+
+// sourceKind is a row of sourceKinds.
+type sourceKind struct {
+	kind string // the prefix before ':'
+	form string // its syntax, for help texts
+	does string // what it is, for help texts
+	open func(spec, kind, rest string, opts SourceOptions) ([]Source, error)
+}
+
+// sourceKinds is the one table of source kinds ParseSource opens: a new
+// kind is a row here (and, when its sources filter, a Filterable).
+var sourceKinds = [...]sourceKind{
+	{"gen", "gen:len=64,count=N[,rate=PPS][,flows=N][,after=5s]", "synthetic, sequence-numbered frames", openGen},
+	{"pcap", "pcap:FILE[?timing=1&loops=N]", "pcap/pcapng replay", parsePcap},
+	{"zc", "zc:IF[@Q]", "capture, the best of AF_XDP zero copy, AF_XDP copy and AF_PACKET", parseIfaces},
+	{"afxdp", "afxdp:IF[@Q][?mode=copy|zerocopy&xdp=native|generic&ring=N]", "capture through AF_XDP into the cluster's buffers", parseIfaces},
+	{"afpacket", "afpacket:IF", "capture through AF_PACKET TPACKET_V3, one copy", parseIfaces},
+}
+
+// SourceUsage lists the source kinds for a flag's help, a line each: the
+// form, then what it is.
+func SourceUsage() string {
+	var b strings.Builder
+	for i, k := range sourceKinds {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		fmt.Fprintf(&b, "%s — %s", k.form, k.does)
+	}
+	return b.String()
+}
+
+// kindNames lists the kinds for an error: "gen:, pcap:, ...".
+func kindNames() string {
+	names := make([]string, len(sourceKinds))
+	for i, k := range sourceKinds {
+		names[i] = k.kind + ":"
+	}
+	return strings.Join(names, ", ")
+}
+
+func openGen(spec, _, rest string, _ SourceOptions) ([]Source, error) {
+	cfg, err := ParseGen(rest)
+	if err != nil {
+		return nil, fmt.Errorf("source %q: %w: %w", spec, ErrBadSpec, err)
+	}
+	return []Source{NewGen(spec, cfg)}, nil
 }
 
 func closeAll(srcs []Source) {
@@ -117,7 +158,7 @@ func closeAll(srcs []Source) {
 	}
 }
 
-func parsePcap(spec, rest string) ([]Source, error) {
+func parsePcap(spec, _, rest string, _ SourceOptions) ([]Source, error) {
 	path, query, _ := strings.Cut(rest, "?")
 	q, err := url.ParseQuery(query)
 	if err != nil {

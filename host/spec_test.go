@@ -1,12 +1,15 @@
 package host
 
 import (
+	"encoding/binary"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/zcfabric/zc"
@@ -215,5 +218,84 @@ func BenchmarkFilterMatch(b *testing.B) {
 	}
 	for b.Loop() {
 		f.Match(frame)
+	}
+}
+
+// srcPort1025 is a classic BPF program accepting UDP/IPv4 frames from
+// source port 1025 (no IP options): ldh [34]; jeq #1025; ret all; ret 0.
+// The generator gives flow f source port 1024+f.
+const srcPort1025 = "4\n40 0 0 34\n21 0 1 1025\n6 0 0 262144\n6 0 0 0"
+
+// TestFilterGenPcap: --bpf applies to the generator and to pcap replay as
+// to captures (it was silently ignored there): what the filter rejects is
+// counted as Filtered, its buffer goes back to the pool, and only the
+// accepted frames come out, in order.
+func TestFilterGenPcap(t *testing.T) {
+	c := newCluster(t, 256)
+	pool := c.Pool()
+	// A pcap file of the generator's first 100 frames, four flows.
+	path := filepath.Join(t.TempDir(), "four.pcap")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := pcapgo.NewWriter(f)
+	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 64)
+	for seq := range uint64(100) {
+		n := zc.SynthFrame(b, seq, 64, 4)
+		if err := w.WritePacket(gopacket.CaptureInfo{CaptureLength: n, Length: n}, b[:n]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	for _, spec := range []string{"gen:count=100,flows=4", "pcap:" + path} {
+		srcs, err := ParseSource(spec, SourceOptions{BPF: srcPort1025})
+		if err != nil {
+			t.Fatalf("%s: %v", spec, err)
+		}
+		s := srcs[0]
+		free := pool.Len()
+		pkts := make([]zc.Packet, 32)
+		var got []uint64
+		for range 100 {
+			n, err := s.Recv(pool, pkts)
+			for _, p := range pkts[:n] {
+				if len(p.Data) < 54 || p.Data[35] != 1 || p.Data[34] != 4 {
+					t.Fatalf("%s: a frame the filter rejects came out: %x", spec, p.Data)
+				}
+				got = append(got, binary.BigEndian.Uint64(p.Data[46:]))
+			}
+			pool.Free(pkts[:n])
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", spec, err)
+			}
+		}
+		s.Close()
+		st := s.Stats()
+		if len(got) != 25 || st.Packets != 25 || st.Filtered != 75 {
+			t.Errorf("%s: %d frames out, stats %+v; want 25 out, 75 filtered", spec, len(got), st)
+		}
+		for i, seq := range got {
+			if seq != uint64(4*i+1) {
+				t.Errorf("%s: frame %d is seq %d, want %d", spec, i, seq, 4*i+1)
+				break
+			}
+		}
+		if pool.Len() != free {
+			t.Errorf("%s: pool has %d free buffers, had %d", spec, pool.Len(), free)
+		}
+	}
+	// A program that needs the kernel (an ancillary load) is refused, not
+	// ignored, where it can only run in user space.
+	for _, spec := range []string{"gen:count=1", "pcap:" + path} {
+		if _, err := ParseSource(spec, SourceOptions{BPF: "2\n32 0 0 4294963200\n6 0 0 0"}); !errors.Is(err, ErrBadFilter) {
+			t.Errorf("%s with an ancillary load: %v, want ErrBadFilter", spec, err)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host"
 	"github.com/zcfabric/zc/host/agent"
 )
 
@@ -59,10 +60,8 @@ func runFlags(o *runOpts) *flag.FlagSet {
 		fs.UintVar(&o.cluster, n, 99, "cluster `id` consumers attach to as zc:ID@QUEUE")
 	}
 	for _, n := range []string{"i", "in"} {
-		fs.Var(&o.in, n, "packet `source`, repeatable: gen:len=64,count=1000000[,rate=PPS][,flows=N][,after=5s], pcap:FILE,\n"+
-			"zc:IF (best of AF_XDP/AF_PACKET), afxdp:IF[@Q][?mode=copy|zerocopy&xdp=native|generic&ring=N],\n"+
-			"afpacket:IF. None: create the cluster and\n"+
-			"wait (queues fed by producers that attach, e.g. zsend -o zc:ID@Q)")
+		fs.Var(&o.in, n, "packet `source`, repeatable; an interface name alone is zc:IF. None: create the cluster\n"+
+			"and wait (queues fed by producers that attach, e.g. zsend -o zc:ID@Q).\n"+host.SourceUsage())
 	}
 	for _, n := range []string{"n", "queues"} {
 		fs.IntVar(&o.queues, n, 1, "number of egress `queues`")
