@@ -86,16 +86,7 @@ func TestParseSourceGenPcap(t *testing.T) {
 	if err != nil || len(srcs) != 1 || srcs[0].Name() != "gen:len=100,count=10" {
 		t.Fatalf("gen: %v %v", srcs, err)
 	}
-	path := filepath.Join(t.TempDir(), "x.pcap")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := pcapgo.NewWriter(f)
-	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	path := pcapFile(t)
 	srcs, err = ParseSource("pcap:"+path+"?timing=1&loops=3", SourceOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -179,6 +170,27 @@ func TestAFPacketRecvNoTraffic(t *testing.T) {
 	}
 }
 
+// pcapFile writes frames to a new Ethernet pcap file and returns its path.
+func pcapFile(t *testing.T, frames ...[]byte) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "frames.pcap")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	w := pcapgo.NewWriter(f)
+	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range frames {
+		if err := w.WritePacket(gopacket.CaptureInfo{CaptureLength: len(b), Length: len(b)}, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return path
+}
+
 // udpPort53 is `tcpdump -ddd 'udp port 53'` (20 instructions).
 const udpPort53 = `20
 40 0 0 12
@@ -234,23 +246,12 @@ func TestFilterGenPcap(t *testing.T) {
 	c := newCluster(t, 256)
 	pool := c.Pool()
 	// A pcap file of the generator's first 100 frames, four flows.
-	path := filepath.Join(t.TempDir(), "four.pcap")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
+	frames := make([][]byte, 100)
+	for seq := range frames {
+		frames[seq] = make([]byte, 64)
+		zc.SynthFrame(frames[seq], uint64(seq), 64, 4)
 	}
-	w := pcapgo.NewWriter(f)
-	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
-		t.Fatal(err)
-	}
-	b := make([]byte, 64)
-	for seq := range uint64(100) {
-		n := zc.SynthFrame(b, seq, 64, 4)
-		if err := w.WritePacket(gopacket.CaptureInfo{CaptureLength: n, Length: n}, b[:n]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f.Close()
+	path := pcapFile(t, frames...)
 	for _, spec := range []string{"gen:count=100,flows=4", "pcap:" + path} {
 		srcs, err := ParseSource(spec, SourceOptions{BPF: srcPort1025})
 		if err != nil {
