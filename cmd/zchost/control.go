@@ -136,7 +136,7 @@ func (d *daemon) handle(ctx context.Context, r controlRequest) controlReply {
 	case "reload":
 		msg, err := d.reload(ctx)
 		if err != nil {
-			return controlReply{Error: err.Error()}
+			return controlReply{Error: err.Error(), Changes: msg}
 		}
 		return controlReply{OK: true, Changes: msg}
 	case "attach", "detach":
@@ -165,26 +165,35 @@ func (d *daemon) sortedAgents() []*agent.Agent {
 	return out
 }
 
+// errRefused: a reload changed nothing (the file does not parse, or it
+// changes a running cluster's definition).
+var errRefused = errors.New("reload refused; running as before")
+
 // reload reads the configuration file again and applies the difference:
 // clusters and exports added or removed; anything else that changed in a
-// running cluster is refused, and then nothing is applied.
+// running cluster is refused (errRefused), and then nothing is applied.
+// A step that fails (an export the VM refuses, a cluster that cannot
+// start) does not stop the others: it returns what was applied and the
+// failures, and records the file less what failed, so that the next
+// reload tries that again.
 func (d *daemon) reload(ctx context.Context) (string, error) {
 	nf, err := agentconf.Load(d.path)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("%w: %w", errRefused, err)
 	}
 	d.mu.Lock()
 	of := d.file
 	d.mu.Unlock()
 	ch, err := agentconf.Diff(of, nf)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("%w: %w", errRefused, err)
 	}
 	if ch.Empty() {
 		return "none", nil
 	}
 	var done []string
 	var errs []error
+	rec := recordOf(nf)
 	for _, id := range ch.RemovedClusters {
 		d.stopCluster(id)
 		done = append(done, fmt.Sprintf("cluster %d removed", id))
@@ -194,16 +203,22 @@ func (d *daemon) reload(ctx context.Context) (string, error) {
 		if a == nil {
 			continue
 		}
+		kept := map[string]bool{} // VMs whose old export stays (unexport failed)
 		for _, e := range ec.Removed {
 			if err := a.RemoveExport(ctx, e.VM); err != nil {
-				errs = append(errs, err)
+				errs = append(errs, fmt.Errorf("cluster %d: unexport vm %s: %w", ec.Cluster, e.VM, err))
+				rec.setExport(ec.Cluster, e) // still exported as it was
+				kept[e.VM] = true
 				continue
 			}
 			done = append(done, fmt.Sprintf("cluster %d: vm %s unexported", ec.Cluster, e.VM))
 		}
 		for _, e := range ec.Added {
 			if err := a.AddExport(ctx, agent.Export{VM: e.VM, Queues: e.Queues}); err != nil {
-				errs = append(errs, err)
+				errs = append(errs, fmt.Errorf("cluster %d: export to vm %s: %w", ec.Cluster, e.VM, err))
+				if !kept[e.VM] {
+					rec.dropExport(ec.Cluster, e.VM) // not exported: add it next time
+				}
 				continue
 			}
 			done = append(done, fmt.Sprintf("cluster %d: vm %s exported", ec.Cluster, e.VM))
@@ -213,7 +228,8 @@ func (d *daemon) reload(ctx context.Context) (string, error) {
 		for _, cl := range nf.Clusters {
 			if cl.ID == id {
 				if err := d.startCluster(ctx, cl); err != nil {
-					errs = append(errs, err)
+					errs = append(errs, fmt.Errorf("cluster %d: start: %w", id, err))
+					rec.dropCluster(id)
 				} else {
 					done = append(done, fmt.Sprintf("cluster %d started", id))
 				}
@@ -230,16 +246,62 @@ func (d *daemon) reload(ctx context.Context) (string, error) {
 			}
 		case "metrics":
 			if err := d.restartMetrics(nf.Metrics); err != nil {
-				errs = append(errs, err)
+				errs = append(errs, fmt.Errorf("metrics %s: %w", nf.Metrics, err))
+				rec.Metrics = of.Metrics
 				continue
 			}
 		}
 		done = append(done, s+" changed")
 	}
 	d.mu.Lock()
-	d.file = nf
+	d.file = rec.File
 	d.mu.Unlock()
+	if len(done) == 0 {
+		done = append(done, "nothing")
+	}
 	return strings.Join(done, "; "), errors.Join(errs...)
+}
+
+// record is the configuration a reload records as running: the new file,
+// less the steps that failed. It owns its slices.
+type record struct{ *agentconf.File }
+
+// recordOf copies f's clusters and their exports, to be edited.
+func recordOf(f *agentconf.File) record {
+	c := *f
+	c.Clusters = slices.Clone(f.Clusters)
+	for i := range c.Clusters {
+		c.Clusters[i].Exports = slices.Clone(c.Clusters[i].Exports)
+	}
+	return record{&c}
+}
+
+func (r record) cluster(id uint32) *agentconf.Cluster {
+	for i := range r.Clusters {
+		if r.Clusters[i].ID == id {
+			return &r.Clusters[i]
+		}
+	}
+	return nil
+}
+
+func (r record) dropExport(id uint32, vm string) {
+	if c := r.cluster(id); c != nil {
+		c.Exports = slices.DeleteFunc(c.Exports, func(e agentconf.Export) bool { return e.VM == vm })
+	}
+}
+
+// setExport records e as cluster id's export to e.VM, in place of the
+// one the file has.
+func (r record) setExport(id uint32, e agentconf.Export) {
+	if c := r.cluster(id); c != nil {
+		r.dropExport(id, e.VM)
+		c.Exports = append(c.Exports, e)
+	}
+}
+
+func (r record) dropCluster(id uint32) {
+	r.Clusters = slices.DeleteFunc(r.Clusters, func(c agentconf.Cluster) bool { return c.ID == id })
 }
 
 // peerUID is the user id of the process at the other end of c.
@@ -298,7 +360,7 @@ func statusCmd(args []string) error {
 	fs := newFlags("status", "[--control SOCKET] [--json]")
 	path := controlFlag(fs)
 	asJSON := fs.Bool("json", false, "print the daemon's reply as JSON")
-	if err := fs.Parse(args); err != nil {
+	if err := parseAll(fs, args); err != nil {
 		return err
 	}
 	rep, err := ask(*path, controlRequest{Op: "status"}, 10*time.Second)
@@ -329,13 +391,12 @@ func statusCmd(args []string) error {
 func reloadCmd(args []string) error {
 	fs := newFlags("reload", "[--control SOCKET]")
 	path := controlFlag(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseAll(fs, args); err != nil {
 		return err
 	}
 	rep, err := ask(*path, controlRequest{Op: "reload"}, 5*time.Minute)
-	if err != nil {
-		return err
+	if rep.Changes != "" {
+		fmt.Println("reloaded:", rep.Changes)
 	}
-	fmt.Println("reloaded:", rep.Changes)
-	return nil
+	return err
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -58,11 +59,8 @@ func daemonCmd(args []string) error {
 		printFlags(fs)
 		fmt.Fprintf(w, "\nThe configuration file:\n\n%s\n", agentconf.Help)
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseAll(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
 	f, err := agentconf.Load(*path)
 	if err != nil {
@@ -117,9 +115,12 @@ func daemonCmd(args []string) error {
 			log.Info("stopping", "keep_plugged", d.file.KeepPlugged)
 			return nil
 		case <-hup:
-			if msg, err := d.reload(ctx); err != nil {
+			switch msg, err := d.reload(ctx); {
+			case errors.Is(err, errRefused):
 				log.Error("reload refused; running as before", "error", err)
-			} else {
+			case err != nil:
+				log.Error("reload partly failed; the rest is applied, and the next reload tries what failed again", "applied", msg, "error", err)
+			default:
 				log.Info("reloaded", "changes", msg)
 			}
 		}
@@ -147,7 +148,7 @@ func agentConfig(f *agentconf.File, cl agentconf.Cluster, log hclog.Logger) agen
 		QueueBuffers: cl.QueueBuffers, Backing: cl.Backing, HugetlbDir: cl.Hugetlbfs, Group: cl.Group,
 		Sources: cl.Sources, BPF: cl.BPF, Mode: cl.Mode, Lossless: cl.Lossless,
 		Shared: cl.Shared, Ctl: cl.Ctl, Doorbell: cl.Doorbell, VMRecover: cl.VMRecover,
-		DrainTimeout: 10 * time.Second, StatsInterval: 0, Keep: true,
+		DrainTimeout: agent.DefaultDrainTimeout, StatsInterval: 0, Keep: true,
 		Adopt: true, StateDir: f.StateDir, KeepPlugged: f.KeepPlugged,
 		Log: log.Named(fmt.Sprintf("c%d", cl.ID)),
 	}

@@ -479,4 +479,39 @@ queue_len = 128
 	if st := r.ask(controlRequest{Op: "status"}); len(st.Clusters) != 1 || st.Clusters[0].Cluster != 67 {
 		t.Fatalf("status after the refused reload: %+v", st)
 	}
+	// A reload of which one step fails (an export to a VM that is not
+	// there) applies the rest, says both (exit status 1), and the next
+	// reload tries the failed step again.
+	absent := filepath.Join(t.TempDir(), "absent.qmp")
+	write(moved, fmt.Sprintf(`
+[[cluster]]
+id = 67
+backing = "shm"
+queue_len = 64
+[[cluster.export]]
+vm = %q
+
+[[cluster]]
+id = 68
+backing = "shm"
+queue_len = 64
+`, absent))
+	out, err = reload()
+	if err == nil || !strings.Contains(out, "reloaded: cluster 68 started") || !strings.Contains(out, "export to vm "+absent) {
+		t.Fatalf("reload with a failing export: %v\n%s", err, out)
+	}
+	if st := r.ask(controlRequest{Op: "status"}); len(st.Clusters) != 2 {
+		t.Fatalf("status after the partly failed reload: %+v", st)
+	}
+	out, err = reload()
+	if err == nil || !strings.Contains(out, "export to vm "+absent) || strings.Contains(out, "cluster 68") {
+		t.Fatalf("second reload: the failed export is not tried again: %v\n%s", err, out)
+	}
+	r.cmd.Process.Signal(syscall.SIGHUP)
+	for !strings.Contains(r.log.String(), "reload partly failed") && time.Now().Before(deadline.Add(10*time.Second)) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(r.log.String(), "reload partly failed") {
+		t.Fatalf("SIGHUP: no partly failed reload in the log\n%s", r.log)
+	}
 }

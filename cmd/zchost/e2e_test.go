@@ -223,3 +223,56 @@ func TestDrainGivesUpOnStalledConsumer(t *testing.T) {
 		t.Fatalf("no warning about the undelivered packets:\n%s", alog.String())
 	}
 }
+
+// TestDrainTimeoutZeroWaits: --drain-timeout 0 means no bound (it gave up
+// at once): zchost keeps waiting for a consumer that holds packets
+// queued, says so, and stops when interrupted, saying it was.
+func TestDrainTimeoutZeroWaits(t *testing.T) {
+	bin := binaries(t)
+	env := shmEnv(t)
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "ZC_DIR="); ok {
+			t.Setenv("ZC_DIR", v)
+		}
+	}
+	id := strconv.Itoa(35000 + os.Getpid()%10000)
+	agent := exec.Command(filepath.Join(bin, "zchost"), "run", "-c", id, "-i", "gen:len=64,count=1000", "-n", "1",
+		"--backing", "shm", "--stats-interval", "0", "--wait-consumers", "20s", "--drain-timeout", "0")
+	agent.Env = env
+	var alog lockedBuffer
+	agent.Stdout, agent.Stderr = &alog, &alog
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer agent.Process.Kill()
+	q, err := zc.OpenWait(context.Background(), "zc:"+id+"@0", 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	done := make(chan error, 1)
+	go func() { done <- agent.Wait() }()
+	// The sources end at once; zchost then waits. Two seconds without a
+	// packet read is far past what 0 used to allow (none at all).
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(alog.String(), "waiting for consumers to drain") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("zchost exited (%v) with a consumer holding packets and --drain-timeout 0\n%s", err, alog.String())
+	case <-time.After(2 * time.Second):
+	}
+	agent.Process.Signal(os.Interrupt)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("zchost: %v\n%s", err, alog.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("zchost did not stop on SIGINT\n%s", alog.String())
+	}
+	if !strings.Contains(alog.String(), "interrupted while consumers were still reading") || strings.Contains(alog.String(), "consumers stopped reading") {
+		t.Fatalf("log:\n%s", alog.String())
+	}
+}

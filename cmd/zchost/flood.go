@@ -42,10 +42,10 @@ func floodCmd(args []string) error {
 	fs.IntVar(&batch, "batch", xdpgen.MaxBatch, "`frames` the kernel builds and flushes at a time (1-256)")
 	fs.DurationVar(&interval, "stats-interval", time.Second, "print counters this often (0: never)")
 	lf.add(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseAll(fs, args); err != nil {
 		return err
 	}
-	if out == "" || fs.NArg() > 0 {
+	if out == "" {
 		return fmt.Errorf("%w: need -o IF", errUsage)
 	}
 	frame, err := floodFrame(out, length, dst, etherType)

@@ -13,8 +13,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
@@ -93,7 +95,14 @@ type logFlags struct {
 }
 
 func (l *logFlags) add(fs *flag.FlagSet) {
-	fs.StringVar(&l.level, "log-level", "info", "log level: trace, debug, info, warn, error")
+	l.level = "info"
+	fs.Func("log-level", "log `level`: trace, debug, info, warn, error or off (default info)", func(v string) error {
+		if hclog.LevelFromString(v) == hclog.NoLevel {
+			return fmt.Errorf("%q: want trace, debug, info, warn, error or off", v)
+		}
+		l.level = v
+		return nil
+	})
 	fs.BoolVar(&l.json, "log-json", false, "log as JSON lines")
 }
 
@@ -101,6 +110,37 @@ func (l *logFlags) logger(name string) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{
 		Name: name, Level: hclog.LevelFromString(l.level), JSONFormat: l.json, Output: os.Stderr,
 	})
+}
+
+// clusterID is a cluster id flag: 0..4294967295 (a larger number is an
+// error, not wrapped around).
+type clusterID uint32
+
+func (c *clusterID) String() string { return strconv.FormatUint(uint64(*c), 10) }
+func (c *clusterID) Set(v string) error {
+	n, err := strconv.ParseUint(v, 0, 32)
+	if err != nil {
+		return fmt.Errorf("%q: cluster ids are 0..%d", v, uint32(math.MaxUint32))
+	}
+	*c = clusterID(n)
+	return nil
+}
+
+// parseAll parses a command's args with fs: a flag error (which fs has
+// printed, with the usage) is a usage error, and so is an argument left
+// after the flags (the flag package stops at the first one, so the flags
+// after it would be ignored).
+func parseAll(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q (every option is a flag; see zchost %s --help)", errUsage, fs.Arg(0), strings.TrimPrefix(fs.Name(), "zchost "))
+	}
+	return nil
 }
 
 // newFlags returns a flag set whose --help prints the command's usage.

@@ -28,7 +28,7 @@ func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 type runOpts struct {
-	cluster       uint
+	cluster       clusterID
 	in            multiFlag
 	vms           multiFlag
 	queues        int
@@ -56,8 +56,9 @@ type runOpts struct {
 
 func runFlags(o *runOpts) *flag.FlagSet {
 	fs := newFlags("run", "-c ID [-i SOURCE ...] [-n QUEUES] [-m HASH] [--lossless] [--vm QMP.sock|libvirt:DOMAIN ...]")
+	o.cluster = 99
 	for _, n := range []string{"c", "cluster"} {
-		fs.UintVar(&o.cluster, n, 99, "cluster `id` consumers attach to as zc:ID@QUEUE")
+		fs.Var(&o.cluster, n, "cluster `id` consumers attach to as zc:ID@QUEUE")
 	}
 	for _, n := range []string{"i", "in"} {
 		fs.Var(&o.in, n, "packet `source`, repeatable; an interface name alone is zc:IF. None: create the cluster\n"+
@@ -104,7 +105,8 @@ func runFlags(o *runOpts) *flag.FlagSet {
 	fs.DurationVar(&o.interval, "stats-interval", time.Second, "print source and queue counters this often (0: never)")
 	fs.DurationVar(&o.waitConsumers, "wait-consumers", 0, "before the sources start, wait up to this `long` for every queue to have a consumer attached")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a Go CPU profile of the run to `file` (go tool pprof)")
-	fs.DurationVar(&o.drainTimeout, "drain-timeout", 10*time.Second, "after the sources end, give up waiting for consumers that read nothing for this `long`")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", agent.DefaultDrainTimeout, "after the sources end, give up waiting for consumers that read nothing for this `long`\n"+
+		"(0: wait as long as they keep packets queued, until interrupted)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the cluster after the sources end, until interrupted")
 	fs.StringVar(&o.bpf, "bpf", "", "classic BPF `program` applied to every source (tcpdump -ddd output)")
 	o.log.add(fs)
@@ -114,15 +116,15 @@ func runFlags(o *runOpts) *flag.FlagSet {
 func runCmd(args []string) error {
 	var o runOpts
 	fs := runFlags(&o)
-	if err := fs.Parse(args); err != nil {
+	if err := parseAll(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
 	cfg, err := o.config()
 	if err != nil {
 		return err
+	}
+	if idle := o.noEffect(fs); len(idle) > 0 {
+		cfg.Log.Warn("flags with no effect in this run", "flags", idle)
 	}
 	if o.cpuprofile != "" {
 		f, err := os.Create(o.cpuprofile)
@@ -161,12 +163,35 @@ func (o *runOpts) config() (agent.Config, error) {
 	if o.queues < 1 {
 		return agent.Config{}, fmt.Errorf("%w: -n %d: need at least one queue", errUsage, o.queues)
 	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"-q", o.queueLen}, {"-b", o.buffers}, {"--buffer-size", o.bufferSize}, {"--queue-buffers", o.queueBuffers}} {
+		if f.v < 0 {
+			return agent.Config{}, fmt.Errorf("%w: %s %d: must not be negative", errUsage, f.name, f.v)
+		}
+	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{{"--drain-timeout", o.drainTimeout}, {"--wait-consumers", o.waitConsumers}, {"--vm-recover", o.vmRecover}, {"--stats-interval", o.interval}} {
+		if f.v < 0 {
+			return agent.Config{}, fmt.Errorf("%w: %s %v: must not be negative", errUsage, f.name, f.v)
+		}
+	}
+	if o.group != "" && backing == zc.BackingMemfd {
+		return agent.Config{}, fmt.Errorf("%w: --group %s: a memfd region has no file mode to share (other processes reach it as zchost's user or root only); use --backing shm or hugetlbfs", errUsage, o.group)
+	}
+	drain := o.drainTimeout
+	if drain == 0 {
+		drain = -1 // no bound
+	}
 	cfg := agent.Config{
 		ID: uint32(o.cluster), Queues: o.queues, QueueLen: o.queueLen, Buffers: o.buffers, BufferSize: o.bufferSize,
 		QueueBuffers: o.queueBuffers, Backing: backing, HugetlbDir: o.hugeDir, Group: o.group,
 		Sources: o.in, BPF: o.bpf, Mode: mode, Lossless: o.lossless,
 		Shared: o.shared, Ctl: o.ctl, Doorbell: o.doorbell, VMRecover: o.vmRecover,
-		DrainTimeout: o.drainTimeout, WaitConsumers: o.waitConsumers, StatsInterval: o.interval, Keep: o.keep,
+		DrainTimeout: drain, WaitConsumers: o.waitConsumers, StatsInterval: o.interval, Keep: o.keep,
 		Log: o.log.logger("zchost"),
 	}
 	for _, s := range o.vms {
@@ -177,6 +202,30 @@ func (o *runOpts) config() (agent.Config, error) {
 		cfg.Exports = append(cfg.Exports, e)
 	}
 	return cfg, nil
+}
+
+// noEffect names the flags given that do nothing in this run: those of
+// the balancer without -i sources (the queues are fed by producers that
+// attach), those of VM exports without --vm.
+func (o *runOpts) noEffect(fs *flag.FlagSet) []string {
+	var idle []string
+	fs.Visit(func(f *flag.Flag) {
+		name := "--" + f.Name
+		if len(f.Name) == 1 {
+			name = "-" + f.Name
+		}
+		switch f.Name {
+		case "m", "hash", "lossless", "wait-consumers", "drain-timeout", "bpf":
+			if len(o.in) == 0 {
+				idle = append(idle, name+" (no -i source)")
+			}
+		case "ctl", "doorbell", "shared", "vm-recover":
+			if len(o.vms) == 0 {
+				idle = append(idle, name+" (no --vm)")
+			}
+		}
+	})
+	return idle
 }
 
 func ivshmemBacking(s string) (zc.Backing, error) {

@@ -19,15 +19,15 @@ func init() {
 
 func statsCmd(args []string) error {
 	fs := newFlags("stats", "-c ID [--json] [--watch 1s]")
-	var id uint
+	id := clusterID(99)
 	var asJSON bool
 	var watch time.Duration
 	for _, n := range []string{"c", "cluster"} {
-		fs.UintVar(&id, n, 99, "cluster `id`")
+		fs.Var(&id, n, "cluster `id`")
 	}
 	fs.BoolVar(&asJSON, "json", false, "print JSON")
 	fs.DurationVar(&watch, "watch", 0, "repeat every `interval` until interrupted")
-	if err := fs.Parse(args); err != nil {
+	if err := parseAll(fs, args); err != nil {
 		return err
 	}
 	for {

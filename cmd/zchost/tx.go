@@ -76,10 +76,10 @@ func txCmd(args []string) error {
 	fs.Float64Var(&rate, "rate", 0, "send at most `pps` packets per second (0: as fast as the ring takes them)")
 	fs.DurationVar(&interval, "stats-interval", time.Second, "print counters this often (0: never)")
 	lf.add(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseAll(fs, args); err != nil {
 		return err
 	}
-	if in == "" || out == "" || fs.NArg() > 0 {
+	if in == "" || out == "" {
 		return fmt.Errorf("%w: need -i zc:ID@Q and -o IF", errUsage)
 	}
 	name, err := zc.ParseName(in)
@@ -217,10 +217,10 @@ func bounceCmd(args []string) error {
 	fs.Float64Var(&rate, "rate", 0, "send at most `pps` packets per second (0: as fast as the ring takes them; the rest wait in the RX ring)")
 	fs.DurationVar(&interval, "stats-interval", time.Second, "print counters this often (0: never)")
 	lf.add(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseAll(fs, args); err != nil {
 		return err
 	}
-	if in == "" || out == "" || fs.NArg() > 0 {
+	if in == "" || out == "" {
 		return fmt.Errorf("%w: need -i IF1 and -o IF2", errUsage)
 	}
 	log := lf.logger("zchost-bounce")

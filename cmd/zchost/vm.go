@@ -6,13 +6,16 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host/agent"
 	"github.com/zcfabric/zc/host/qmp"
 	"github.com/zcfabric/zc/host/vmm"
 )
@@ -56,27 +59,27 @@ func (f *vmFlags) add(fs *flag.FlagSet) {
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up after this long")
 	f.control = fs.String("control", defaultControl(), "a running zchost daemon's control `socket`: when the daemon runs the cluster, it does\n"+
 		"the attach or detach (its own region for the VM, kept across its restarts); otherwise it is done here")
-	fs.Var(&f.queues, "queues", "with a daemon: the `Q,Q..` the VM reads (default all)")
 }
 
-// viaDaemon asks the daemon at f.control to attach or detach (op) when it
-// runs f.cluster; handled reports whether it did.
-func (f *vmFlags) viaDaemon(op string) (handled bool, err error) {
+// daemonRuns reports whether the daemon at f.control runs f.cluster (no
+// daemon there: false).
+func (f *vmFlags) daemonRuns() bool {
 	st, err := ask(*f.control, controlRequest{Op: "status"}, 5*time.Second)
 	if err != nil {
-		return false, nil // no daemon: direct
+		return false
 	}
-	for _, c := range st.Clusters {
-		if int64(c.Cluster) == f.cluster {
-			rep, err := ask(*f.control, controlRequest{Op: op, Cluster: c.Cluster, VM: f.qmp, Queues: f.queues}, f.timeout+noticeWait)
-			if err != nil {
-				return true, err
-			}
-			fmt.Println(rep.Changes, "(by the zchost daemon)")
-			return true, nil
-		}
+	return slices.ContainsFunc(st.Clusters, func(c agent.State) bool { return int64(c.Cluster) == f.cluster })
+}
+
+// viaDaemon asks the daemon at f.control to attach or detach (op), which
+// runs f.cluster (daemonRuns).
+func (f *vmFlags) viaDaemon(op string) error {
+	rep, err := ask(*f.control, controlRequest{Op: op, Cluster: uint32(f.cluster), VM: f.qmp, Queues: f.queues}, f.timeout+noticeWait)
+	if err != nil {
+		return err
 	}
-	return false, nil
+	fmt.Println(rep.Changes, "(by the zchost daemon)")
+	return nil
 }
 
 // noticeWait is the time a daemon may take beyond the plug itself (an
@@ -99,18 +102,30 @@ func (q *queueList) Set(v string) error {
 }
 
 func attachCmd(args []string) error {
-	fs := newFlags("attach", "--qmp PATH|libvirt:DOMAIN[@SOCKET|URI] -c ID [--bus ROOTPORT]")
+	fs := newFlags("attach", "--qmp PATH|libvirt:DOMAIN[@SOCKET|URI] -c ID [--queues Q,Q..] [--bus ROOTPORT]")
 	var f vmFlags
 	f.add(fs)
-	bus := fs.String("bus", "", "plug behind this bus `id` (default: the default bus on pc, a free pcie-root-port on q35; QMP only)")
-	if err := fs.Parse(args); err != nil {
+	fs.Var(&f.queues, "queues", "the `Q,Q..` the VM reads (default all): the daemon that runs the cluster gives the VM a region\n"+
+		"of its own with these; without a daemon the VM maps the cluster's whole region, and this is refused")
+	bus := fs.String("bus", "", "plug behind this bus `id` (default: the default bus on pc, a free pcie-root-port on q35; QMP only;\n"+
+		"not with a daemon, which picks the bus)")
+	if err := parseAll(fs, args); err != nil {
 		return err
 	}
 	if f.qmp == "" || f.cluster < 0 {
 		return fmt.Errorf("%w: need --qmp PATH|libvirt:DOMAIN and -c ID", errUsage)
 	}
-	if done, err := f.viaDaemon("attach"); done {
-		return err
+	if f.cluster > math.MaxUint32 {
+		return fmt.Errorf("%w: -c %d: cluster ids are 0..%d", errUsage, f.cluster, uint32(math.MaxUint32))
+	}
+	if f.daemonRuns() {
+		if *bus != "" {
+			return fmt.Errorf("%w: --bus: the zchost daemon at %s runs cluster %d and picks the bus itself", errUsage, *f.control, f.cluster)
+		}
+		return f.viaDaemon("attach")
+	}
+	if len(f.queues) > 0 {
+		return fmt.Errorf("%w: --queues: no zchost daemon at %s runs cluster %d; without one the VM maps the cluster's whole region (all its queues)", errUsage, *f.control, f.cluster)
 	}
 	id := uint32(f.cluster)
 	info, err := zc.Inspect(id)
@@ -137,16 +152,17 @@ func detachCmd(args []string) error {
 	f.add(fs)
 	dev := fs.String("dev", "", "the ivshmem-plain or ivshmem-doorbell device `id` to unplug (as attach printed it; for libvirt the device alias)")
 	mem := fs.String("mem", "", "its memory-backend `id` (default: read from the device; libvirt removes its own)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseAll(fs, args); err != nil {
 		return err
 	}
 	if f.qmp == "" || (f.cluster < 0) == (*dev == "") {
 		return fmt.Errorf("%w: need --qmp PATH|libvirt:DOMAIN and either -c ID or --dev ID", errUsage)
 	}
-	if *dev == "" {
-		if done, err := f.viaDaemon("detach"); done {
-			return err
-		}
+	if f.cluster > math.MaxUint32 {
+		return fmt.Errorf("%w: -c %d: cluster ids are 0..%d", errUsage, f.cluster, uint32(math.MaxUint32))
+	}
+	if *dev == "" && f.daemonRuns() {
+		return f.viaDaemon("detach")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()

@@ -12,6 +12,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,6 +36,9 @@ type Export struct {
 	// Queues are the queues the VM reads (none: all).
 	Queues []int
 }
+
+// DefaultDrainTimeout is Config.DrainTimeout's default, as zchost run's.
+const DefaultDrainTimeout = 10 * time.Second
 
 // Config is what an agent runs: one cluster. Zero fields take the
 // defaults of zchost run's flags.
@@ -69,8 +73,9 @@ type Config struct {
 	// never).
 	VMRecover time.Duration
 	// DrainTimeout bounds the wait for consumers that stopped reading
-	// after the sources ended; WaitConsumers is how long to wait before
-	// starting for every queue to have a consumer.
+	// after the sources ended (0: DefaultDrainTimeout; negative: no
+	// bound, until the context ends); WaitConsumers is how long to wait
+	// before starting for every queue to have a consumer.
 	DrainTimeout, WaitConsumers time.Duration
 	// StatsInterval is how often Run logs counters (0: never).
 	StatsInterval time.Duration
@@ -413,7 +418,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		log.Error("every source failed; serving the queues until interrupted", "errors", errors.Join(st.Failed...))
 		<-ctx.Done()
 	default:
-		drain(ctx, log, stats, a.exported, a.bal, cfg.DrainTimeout)
+		drain(ctx, log, stats, a.exported, a.bal, cmp.Or(cfg.DrainTimeout, DefaultDrainTimeout))
 	}
 	stopStats()
 	var copies uint64

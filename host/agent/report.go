@@ -18,7 +18,8 @@ import (
 // VM reads, is empty (its consumer read everything), or ctx ends.
 // A consumer that stops reading (stuck, or a hostile guest) cannot hold
 // the agent: after stall with no progress on any waiting queue it gives
-// up, saying how many packets were left. Progress is what the agent
+// up, saying how many packets were left (a negative stall: it waits
+// until ctx ends). Progress is what the agent
 // itself saw come back (buffers returned and checked against its own
 // record of loans): the counters and indices a consumer writes may say
 // anything, and only decide how long to wait within that bound.
@@ -45,7 +46,7 @@ func drain(ctx context.Context, log hclog.Logger, stats func() []zc.QueueStats, 
 		}
 		if read != lastRead {
 			lastRead, lastProgress = read, time.Now()
-		} else if time.Since(lastProgress) > stall {
+		} else if stall > 0 && time.Since(lastProgress) > stall {
 			log.Warn("consumers stopped reading; leaving packets undelivered", "queues", busy, "packets_left", left, "stalled_for", stall)
 			return
 		}
@@ -97,10 +98,10 @@ func summary(log hclog.Logger, stats func() []zc.QueueStats, sources []host.Sour
 	var sent, drops, recv uint64
 	for i, s := range stats() {
 		args := []any{"q", i, "sent", s.Sent, "drops", s.Drops, "received_reported", s.Received, "bad_returns", s.BadReturns}
-		if s.State != "ok" {
+		if s.State != "ok" && s.State != "" {
 			args = append(args, "state", s.State, "failure", s.Failure)
 		} else {
-			recv += s.Received
+			recv += s.Received // "": the producers that attached hold the queue
 		}
 		log.Info("queue total", args...)
 		sent += s.Sent
@@ -108,7 +109,7 @@ func summary(log hclog.Logger, stats func() []zc.QueueStats, sources []host.Sour
 	}
 	for _, s := range sources {
 		ss := s.Stats()
-		log.Info("source total", "name", s.Name(), "packets", ss.Packets, "bytes", ss.Bytes, "kernel_drops", ss.KernelDrops, "waited_for_buffer", ss.NoBuffer)
+		log.Info("source total", "name", s.Name(), "packets", ss.Packets, "bytes", ss.Bytes, "kernel_drops", ss.KernelDrops, "filtered", ss.Filtered, "waited_for_buffer", ss.NoBuffer)
 	}
 	pps := 0.0
 	if st.Elapsed > 0 {
