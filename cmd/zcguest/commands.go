@@ -90,22 +90,30 @@ func inspect(sysfs string, id uint32) (zc.ClusterInfo, error) {
 }
 
 func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("wait", "wait -c ID [--timeout D] [--gone [--notice [--on-notice CMD]]] [--sysfs DIR]", stderr)
+	fs := newFlags("wait", "wait -c ID [--timeout D] [--poll D] [--gone [--notice [--on-notice CMD] [--dev DIR]]] [--sysfs DIR]", stderr)
 	cluster := clusterFlag(fs)
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: wait forever)")
 	gone := fs.Bool("gone", false, "wait until no device carries the cluster instead")
 	poll := fs.Duration("poll", guest.DefaultPoll, "sysfs poll interval")
 	sysfs := fs.String("sysfs", guest.DefaultSysfs, "sysfs root")
 	notice := fs.Bool("notice", false, "with --gone: listen for unplug notices on the zc.ctl control channel meanwhile")
-	onNotice := fs.String("on-notice", "", "with --notice: run this shell `command` on a notice (e.g. to stop readers), then answer ready")
-	dev := fs.String("dev", "/dev", "with --notice: device `dir` holding vportNpM")
+	onNotice := fs.String("on-notice", "", "run this shell `command` on each unplug notice (e.g. to stop readers), then answer ready; needs --notice")
+	dev := fs.String("dev", "/dev", "device `dir` holding vportNpM, the control channel's port; needs --notice")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *cluster < 0 || *cluster > math.MaxUint32 || (*notice && !*gone) {
-		fmt.Fprintln(stderr, "-c ID is required (0 to 4294967295); --notice needs --gone")
-		fs.Usage()
-		return errUsage
+	switch {
+	case *cluster < 0 || *cluster > math.MaxUint32:
+		return usagef(fs, "-c ID is required (0 to 4294967295)")
+	case *notice && !*gone:
+		return usagef(fs, "--notice needs --gone")
+	}
+	// --on-notice and --dev only serve --notice; without it they would be
+	// ignored, and the command the user expects to run would never run.
+	for _, name := range []string{"on-notice", "dev"} {
+		if isSet(fs, name) && !*notice {
+			return usagef(fs, "--%s needs --notice", name)
+		}
 	}
 	if *notice {
 		cf := ctlFlags{sysfs: *sysfs, dev: *dev, timeout: 30 * time.Second}

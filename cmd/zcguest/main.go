@@ -45,9 +45,10 @@ Usage:
         clusters it offers to this VM.
   zcguest ctl plug -c ID [--queues Q,Q] [--no-wait] [--timeout D]
         Ask the host to plug cluster ID's region; wait until it is visible.
-  zcguest wait -c ID --gone --notice [--on-notice CMD]
+  zcguest wait -c ID --gone --notice [--on-notice CMD] [--dev DIR]
         While waiting, listen on the control channel: print each unplug
         notice for ID, run CMD (sh -c, e.g. to stop readers), answer ready.
+        --on-notice and --dev need --notice (and --notice needs --gone).
 
 The control channel needs the virtio_console module and a port named zc.ctl
 (/sys/class/virtio-ports/vportNpM/name); zchost run --ctl provides one.
@@ -108,6 +109,25 @@ func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 		fs.PrintDefaults()
 	}
 	return fs
+}
+
+// usagef reports a bad command line: it prints fs's command name and the
+// message, then fs's help, and returns errUsage.
+func usagef(fs *flag.FlagSet, format string, args ...any) error {
+	fmt.Fprintf(fs.Output(), "%s: %s\n", fs.Name(), fmt.Sprintf(format, args...))
+	fs.Usage()
+	return errUsage
+}
+
+// isSet reports whether the flag called name was given on fs's command line.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == name {
+			set = true
+		}
+	})
+	return set
 }
 
 // parse parses args and turns the flag package's errors into errUsage.

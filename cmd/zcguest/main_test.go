@@ -90,3 +90,27 @@ func TestUsageErrors(t *testing.T) {
 		t.Errorf("help: rc %d, out %q", rc, out)
 	}
 }
+
+// TestWaitNoticeFlagsNeedNotice checks that the flags serving --notice are
+// refused without it instead of being ignored: wait --gone --on-notice CMD
+// used to report the cluster gone and never run CMD.
+func TestWaitNoticeFlagsNeedNotice(t *testing.T) {
+	root, _ := fakeSysfs(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--on-notice", "echo STOP"}, "--on-notice needs --notice"},
+		{[]string{"--dev", t.TempDir()}, "--dev needs --notice"},
+		{[]string{"--notice"}, "--notice needs --gone"},
+	} {
+		args := append([]string{"wait", "-c", "7", "--sysfs", root}, tc.args...)
+		if tc.want != "--notice needs --gone" {
+			args = append(args, "--gone")
+		}
+		rc, out, stderr := runCmd(t, args...)
+		if rc != 2 || !strings.Contains(stderr, "zcguest wait: "+tc.want) || out != "" {
+			t.Errorf("zcguest %q: rc %d, out %q, stderr %q; want 2 and %q", args, rc, out, stderr, tc.want)
+		}
+	}
+}
