@@ -94,7 +94,7 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	cluster := clusterFlag(fs)
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: wait forever)")
 	gone := fs.Bool("gone", false, "wait until no device carries the cluster instead")
-	poll := fs.Duration("poll", guest.DefaultPoll, "sysfs poll interval")
+	poll := fs.Duration("poll", guest.DefaultPoll, "sysfs poll interval (0: the default)")
 	sysfs := fs.String("sysfs", guest.DefaultSysfs, "sysfs root")
 	notice := fs.Bool("notice", false, "with --gone: listen for unplug notices on the zc.ctl control channel meanwhile")
 	onNotice := fs.String("on-notice", "", "run this shell `command` on each unplug notice (e.g. to stop readers), then answer ready; needs --notice")
@@ -105,6 +105,8 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	switch {
 	case *cluster < 0 || *cluster > math.MaxUint32:
 		return usagef(fs, "-c ID is required (0 to 4294967295)")
+	case *poll < 0:
+		return usagef(fs, "--poll %v: must not be negative (0: the default, %v)", *poll, guest.DefaultPoll)
 	case *notice && !*gone:
 		return usagef(fs, "--notice needs --gone")
 	}
@@ -148,8 +150,16 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
-// waitGone polls until no device under sysfs carries cluster id.
+// after is time.After; tests replace it to see the interval waitGone polls
+// at without waiting.
+var after = time.After
+
+// waitGone polls until no device under sysfs carries cluster id, every poll
+// (<= 0: [guest.DefaultPoll], as for [guest.Wait]).
 func waitGone(ctx context.Context, sysfs string, id uint32, poll time.Duration) error {
+	if poll <= 0 {
+		poll = guest.DefaultPoll
+	}
 	match := guest.MatchCluster(id)
 	for {
 		devs, err := guest.Find(sysfs)
@@ -169,7 +179,7 @@ func waitGone(ctx context.Context, sysfs string, id uint32, poll time.Duration) 
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("cluster %d still plugged: %w", id, ctx.Err())
-		case <-time.After(poll):
+		case <-after(poll):
 		}
 	}
 }

@@ -9,8 +9,12 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/zcfabric/zc/guest"
 )
 
 // fakeSysfs builds a sysfs tree with one ivshmem device carrying cluster 99
@@ -112,5 +116,34 @@ func TestWaitNoticeFlagsNeedNotice(t *testing.T) {
 		if rc != 2 || !strings.Contains(stderr, "zcguest wait: "+tc.want) || out != "" {
 			t.Errorf("zcguest %q: rc %d, out %q, stderr %q; want 2 and %q", args, rc, out, stderr, tc.want)
 		}
+	}
+}
+
+// TestWaitGonePoll checks that wait --gone --poll 0 polls at the default
+// interval, as wait without --gone does, instead of spinning, and that a
+// negative --poll is refused.
+func TestWaitGonePoll(t *testing.T) {
+	root, _ := fakeSysfs(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var polls []time.Duration
+	after = func(d time.Duration) <-chan time.Time {
+		polls = append(polls, d)
+		cancel() // cluster 99 stays plugged: end the wait at its first poll
+		return nil
+	}
+	t.Cleanup(func() { after = time.After })
+	var out, errOut bytes.Buffer
+	rc := run(ctx, []string{"wait", "-c", "99", "--gone", "--poll", "0", "--sysfs", root}, &out, &errOut)
+	if rc != 1 || !strings.Contains(errOut.String(), "cluster 99 still plugged") {
+		t.Errorf("wait --gone --poll 0, cancelled: rc %d, stderr %q; want 1, still plugged", rc, errOut.String())
+	}
+	if want := []time.Duration{guest.DefaultPoll}; !slices.Equal(polls, want) {
+		t.Errorf("wait --gone --poll 0 polled at %v, want %v", polls, want)
+	}
+
+	rc, out2, stderr := runCmd(t, "wait", "-c", "7", "--gone", "--poll", "-1ms", "--sysfs", root)
+	if rc != 2 || !strings.Contains(stderr, "--poll -1ms: must not be negative") || out2 != "" {
+		t.Errorf("wait --poll -1ms: rc %d, out %q, stderr %q; want 2 and a message naming --poll", rc, out2, stderr)
 	}
 }
