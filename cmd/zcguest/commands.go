@@ -96,7 +96,7 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	gone := fs.Bool("gone", false, "wait until no device carries the cluster instead")
 	poll := fs.Duration("poll", guest.DefaultPoll, "sysfs poll interval (0: the default)")
 	sysfs := fs.String("sysfs", guest.DefaultSysfs, "sysfs root")
-	notice := fs.Bool("notice", false, "with --gone: listen for unplug notices on the zc.ctl control channel meanwhile")
+	notice := fs.Bool("notice", false, "with --gone: listen for unplug notices on the zc.ctl control channel meanwhile (it must answer within --timeout, 30s when that is 0)")
 	onNotice := fs.String("on-notice", "", "run this shell `command` on each unplug notice (e.g. to stop readers), then answer ready; needs --notice")
 	dev := fs.String("dev", "/dev", "device `dir` holding vportNpM, the control channel's port; needs --notice")
 	if err := parse(fs, args); err != nil {
@@ -105,6 +105,8 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	switch {
 	case *cluster < 0 || *cluster > math.MaxUint32:
 		return usagef(fs, "-c ID is required (0 to 4294967295)")
+	case *timeout < 0:
+		return usagef(fs, "--timeout %v: must not be negative (0: wait forever)", *timeout)
 	case *poll < 0:
 		return usagef(fs, "--poll %v: must not be negative (0: the default, %v)", *poll, guest.DefaultPoll)
 	case *notice && !*gone:
@@ -128,11 +130,8 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		defer stop()
 	}
-	if *timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *timeout)
-		defer cancel()
-	}
+	ctx, cancel := withTimeout(ctx, *timeout)
+	defer cancel()
 	id := uint32(*cluster)
 	start := time.Now()
 	if *gone {

@@ -25,7 +25,24 @@ type ctlFlags struct {
 func (c *ctlFlags) add(fs *flag.FlagSet) {
 	fs.StringVar(&c.sysfs, "sysfs", guest.DefaultSysfs, "sysfs root")
 	fs.StringVar(&c.dev, "dev", "/dev", "device `dir` holding vportNpM")
-	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "give up after this long (the port may be hot-plugged after boot)")
+	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "give up after this long (0: wait forever; the port may be hot-plugged after boot)")
+}
+
+// check refuses a negative --timeout; call it after parsing fs.
+func (c *ctlFlags) check(fs *flag.FlagSet) error {
+	if c.timeout < 0 {
+		return usagef(fs, "--timeout %v: must not be negative (0: wait forever)", c.timeout)
+	}
+	return nil
+}
+
+// withTimeout returns ctx bounded by d, where 0 means no bound: --timeout 0
+// waits forever in every zcguest command.
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d == 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 func (c *ctlFlags) dial(ctx context.Context) (*virtio.Client, error) {
@@ -34,7 +51,7 @@ func (c *ctlFlags) dial(ctx context.Context) (*virtio.Client, error) {
 
 func cmdCtl(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, "usage: zcguest ctl list [--json] | zcguest ctl plug -c ID [--queues Q,Q] [--no-wait]\n")
+		fmt.Fprint(stderr, "usage: zcguest ctl list [--json] [--timeout D] | zcguest ctl plug -c ID [--queues Q,Q] [--no-wait] [--timeout D]\n")
 		return errUsage
 	}
 	switch args[0] {
@@ -55,7 +72,10 @@ func cmdCtlList(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	if err := cf.check(fs); err != nil {
+		return err
+	}
+	ctx, cancel := withTimeout(ctx, cf.timeout)
 	defer cancel()
 	c, err := cf.dial(ctx)
 	if err != nil {
@@ -98,9 +118,10 @@ func cmdCtlPlug(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	if *cluster < 0 || *cluster > math.MaxUint32 {
-		fmt.Fprintln(stderr, "-c ID is required (0 to 4294967295)")
-		fs.Usage()
-		return errUsage
+		return usagef(fs, "-c ID is required (0 to 4294967295)")
+	}
+	if err := cf.check(fs); err != nil {
+		return err
 	}
 	var qs []int
 	if *queues != "" {
@@ -113,7 +134,7 @@ func cmdCtlPlug(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			qs = append(qs, q)
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	ctx, cancel := withTimeout(ctx, cf.timeout)
 	defer cancel()
 	c, err := cf.dial(ctx)
 	if err != nil {
@@ -142,7 +163,7 @@ func cmdCtlPlug(ctx context.Context, args []string, stdout, stderr io.Writer) er
 // cluster id, prints it, runs onNotice (sh -c) and answers ready. It
 // returns once the client says hello; stop closes the channel.
 func listenNotices(ctx context.Context, cf ctlFlags, id uint32, onNotice string, stdout, stderr io.Writer) (stop func(), err error) {
-	hctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	hctx, cancel := withTimeout(ctx, cf.timeout)
 	c, err := cf.dial(hctx)
 	cancel()
 	if err != nil {

@@ -147,3 +147,37 @@ func TestWaitGonePoll(t *testing.T) {
 		t.Errorf("wait --poll -1ms: rc %d, out %q, stderr %q; want 2 and a message naming --poll", rc, out2, stderr)
 	}
 }
+
+// TestTimeoutFlags checks that --timeout 0 means "wait forever" in ctl as
+// in wait (ctl used to fail at once with "context deadline exceeded"), and
+// that every command refuses a negative --timeout (wait waited forever).
+func TestTimeoutFlags(t *testing.T) {
+	root, _ := fakeSysfs(t) // no virtio-serial port: ctl waits for zc.ctl
+	for _, args := range [][]string{
+		{"ctl", "list", "--timeout", "0", "--sysfs", root, "--dev", t.TempDir()},
+		{"ctl", "plug", "-c", "99", "--timeout", "0", "--sysfs", root, "--dev", t.TempDir()},
+	} {
+		// Nothing answers: ctl must wait until the caller gives up. The
+		// delay only ends the test; no result depends on it.
+		ctx, cancel := context.WithCancel(context.Background())
+		stop := time.AfterFunc(50*time.Millisecond, cancel)
+		var out, errOut bytes.Buffer
+		rc := run(ctx, args, &out, &errOut)
+		stop.Stop()
+		cancel()
+		if rc != 1 || !strings.Contains(errOut.String(), "context canceled") || strings.Contains(errOut.String(), "deadline exceeded") {
+			t.Errorf("zcguest %q, cancelled: rc %d, stderr %q; want 1 and context canceled, no deadline", args, rc, errOut.String())
+		}
+	}
+	dev := t.TempDir()
+	for _, args := range [][]string{
+		{"wait", "-c", "7", "--gone", "--timeout", "-1s", "--sysfs", root},
+		{"ctl", "list", "--timeout", "-1s", "--sysfs", root, "--dev", dev},
+		{"ctl", "plug", "-c", "99", "--timeout", "-1s", "--sysfs", root, "--dev", dev},
+	} {
+		rc, out, stderr := runCmd(t, args...)
+		if rc != 2 || !strings.Contains(stderr, "--timeout -1s: must not be negative") || out != "" {
+			t.Errorf("zcguest %q: rc %d, out %q, stderr %q; want 2 and a message naming --timeout", args, rc, out, stderr)
+		}
+	}
+}
