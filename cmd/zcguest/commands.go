@@ -200,10 +200,11 @@ func cmdSum(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *cluster < 0 || *cluster > math.MaxUint32 || *n < 0 {
-		fmt.Fprintln(stderr, "-c ID is required (0 to 4294967295) and --len must not be negative")
-		fs.Usage()
-		return errUsage
+	switch {
+	case *cluster < 0 || *cluster > math.MaxUint32:
+		return usagef(fs, "-c ID is required (0 to 4294967295)")
+	case *n < 0:
+		return usagef(fs, "--len %d: must not be negative (0: all of the region)", *n)
 	}
 	id := uint32(*cluster)
 	devs, err := guest.Find(*sysfs)

@@ -128,8 +128,7 @@ func cmdCtlPlug(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		for _, f := range strings.Split(*queues, ",") {
 			q, err := strconv.Atoi(f)
 			if err != nil || q < 0 {
-				fmt.Fprintf(stderr, "--queues: bad queue %q\n", f)
-				return errUsage
+				return usagef(fs, "--queues %q: bad queue %q (want numbers >= 0, comma-separated)", *queues, f)
 			}
 			qs = append(qs, q)
 		}

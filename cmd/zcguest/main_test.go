@@ -181,3 +181,24 @@ func TestTimeoutFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestUsageErrorsNameFlag checks that a usage error names the command and
+// the flag at fault, not a list of everything that could have been wrong.
+func TestUsageErrorsNameFlag(t *testing.T) {
+	root, _ := fakeSysfs(t)
+	for _, tc := range []struct {
+		args      []string
+		want, not string
+	}{
+		{[]string{"sum", "-c", "99", "--len", "-1", "--sysfs", root}, "zcguest sum: --len -1: must not be negative", "-c ID is required"},
+		{[]string{"sum", "--len", "10", "--sysfs", root}, "zcguest sum: -c ID is required", "--len"},
+		{[]string{"ctl", "plug", "-c", "99", "--queues", "0,,1", "--sysfs", root}, `zcguest ctl plug: --queues "0,,1": bad queue ""`, ""},
+		{[]string{"ctl", "plug", "-c", "99", "--queues", "-1", "--sysfs", root}, `zcguest ctl plug: --queues "-1": bad queue "-1"`, ""},
+	} {
+		rc, out, stderr := runCmd(t, tc.args...)
+		msg, _, _ := strings.Cut(stderr, "\n") // the rest is the command's help
+		if rc != 2 || !strings.HasPrefix(msg, tc.want) || (tc.not != "" && strings.Contains(msg, tc.not)) || out != "" {
+			t.Errorf("zcguest %q: rc %d, out %q, stderr %q; want 2 and %q first", tc.args, rc, out, stderr, tc.want)
+		}
+	}
+}
