@@ -49,9 +49,16 @@ func (c *ctlFlags) dial(ctx context.Context) (*virtio.Client, error) {
 	return virtio.Dial(ctx, c.sysfs, c.dev)
 }
 
+// ctlUsage is what "zcguest ctl" without a command prints.
+const ctlUsage = `usage: zcguest ctl list [--json] [--timeout D]
+       zcguest ctl plug -c ID [--queues Q,Q] [--no-wait] [--timeout D]
+
+Run "zcguest ctl COMMAND -h" for a command's flags.
+`
+
 func cmdCtl(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, "usage: zcguest ctl list [--json] [--timeout D] | zcguest ctl plug -c ID [--queues Q,Q] [--no-wait] [--timeout D]\n")
+		fmt.Fprint(stderr, ctlUsage)
 		return errUsage
 	}
 	switch args[0] {
@@ -59,8 +66,11 @@ func cmdCtl(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return cmdCtlList(ctx, args[1:], stdout, stderr)
 	case "plug":
 		return cmdCtlPlug(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, ctlUsage)
+		return nil
 	}
-	fmt.Fprintf(stderr, "zcguest ctl: unknown command %q (want list or plug)\n", args[0])
+	fmt.Fprintf(stderr, "zcguest ctl: unknown command %q (want list or plug)\n\n%s", args[0], ctlUsage)
 	return errUsage
 }
 

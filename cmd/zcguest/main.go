@@ -92,7 +92,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		return 2
 	}
-	fmt.Fprintf(stderr, "zcguest %s: %v\n", args[0], err)
+	name := args[0]
+	if name == "ctl" && len(args) > 1 {
+		name += " " + args[1] // ctl list, ctl plug: say which failed
+	}
+	fmt.Fprintf(stderr, "zcguest %s: %v\n", name, err)
 	return 1
 }
 

@@ -202,3 +202,23 @@ func TestUsageErrorsNameFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestCtlHelp checks that "zcguest ctl -h" prints ctl's usage and exits 0,
+// as "zcguest -h" does, instead of calling -h an unknown command, and that
+// a failing ctl command says which one failed.
+func TestCtlHelp(t *testing.T) {
+	for _, arg := range []string{"help", "-h", "--help"} {
+		if rc, out, stderr := runCmd(t, "ctl", arg); rc != 0 || !strings.Contains(out, "zcguest ctl plug -c ID") || stderr != "" {
+			t.Errorf("zcguest ctl %s: rc %d, out %q, stderr %q; want 0 and ctl's usage", arg, rc, out, stderr)
+		}
+	}
+	if rc, _, stderr := runCmd(t, "ctl", "bogus"); rc != 2 || !strings.Contains(stderr, `unknown command "bogus"`) {
+		t.Errorf("zcguest ctl bogus: rc %d, stderr %q; want 2 and unknown command", rc, stderr)
+	}
+	// No control channel under this sysfs, and 1ns to find it.
+	root, _ := fakeSysfs(t)
+	rc, _, stderr := runCmd(t, "ctl", "list", "--timeout", "1ns", "--sysfs", root, "--dev", t.TempDir())
+	if rc != 1 || !strings.HasPrefix(stderr, "zcguest ctl list: ") {
+		t.Errorf("zcguest ctl list without a channel: rc %d, stderr %q; want 1 and an error naming ctl list", rc, stderr)
+	}
+}
