@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -47,6 +48,12 @@ func floodCmd(args []string) error {
 	}
 	if out == "" {
 		return fmt.Errorf("%w: need -o IF", errUsage)
+	}
+	if err := cmp.Or(negative("--rate", rate), negative("-d", dur), negative("--stats-interval", interval)); err != nil {
+		return err
+	}
+	if batch < 1 || batch > xdpgen.MaxBatch {
+		return fmt.Errorf("%w: --batch %d: want 1 to %d", errUsage, batch, xdpgen.MaxBatch)
 	}
 	frame, err := floodFrame(out, length, dst, etherType)
 	if err != nil {

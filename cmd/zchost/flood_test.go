@@ -113,6 +113,10 @@ func TestFloodUsage(t *testing.T) {
 		{"-o", "lo", "--dst", "zz:zz"},
 		{"-o", "lo", "--ethertype", "0x1ffff"},
 		{"-o", "lo", "extra"},
+		{"-o", "lo", "--batch", "0"},
+		{"-o", "lo", "--batch", "300"},
+		{"-o", "lo", "--rate", "-5"},
+		{"-o", "lo", "-d", "-1s"},
 	} {
 		if err := floodCmd(args); !errors.Is(err, errUsage) {
 			t.Errorf("zchost flood %q: %v, want a usage error", args, err)

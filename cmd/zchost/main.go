@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -123,6 +124,15 @@ func (c *clusterID) Set(v string) error {
 		return fmt.Errorf("%q: cluster ids are 0..%d", v, uint32(math.MaxUint32))
 	}
 	*c = clusterID(n)
+	return nil
+}
+
+// negative is the usage error of flag name given a negative value v (nil
+// when v >= 0). cmp.Or of several returns the first.
+func negative[T int | float64 | time.Duration](name string, v T) error {
+	if v < 0 {
+		return fmt.Errorf("%w: %s %v: must not be negative", errUsage, name, v)
+	}
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -163,21 +164,11 @@ func (o *runOpts) config() (agent.Config, error) {
 	if o.queues < 1 {
 		return agent.Config{}, fmt.Errorf("%w: -n %d: need at least one queue", errUsage, o.queues)
 	}
-	for _, f := range []struct {
-		name string
-		v    int
-	}{{"-q", o.queueLen}, {"-b", o.buffers}, {"--buffer-size", o.bufferSize}, {"--queue-buffers", o.queueBuffers}} {
-		if f.v < 0 {
-			return agent.Config{}, fmt.Errorf("%w: %s %d: must not be negative", errUsage, f.name, f.v)
-		}
-	}
-	for _, f := range []struct {
-		name string
-		v    time.Duration
-	}{{"--drain-timeout", o.drainTimeout}, {"--wait-consumers", o.waitConsumers}, {"--vm-recover", o.vmRecover}, {"--stats-interval", o.interval}} {
-		if f.v < 0 {
-			return agent.Config{}, fmt.Errorf("%w: %s %v: must not be negative", errUsage, f.name, f.v)
-		}
+	if err := cmp.Or(negative("-q", o.queueLen), negative("-b", o.buffers), negative("--buffer-size", o.bufferSize),
+		negative("--queue-buffers", o.queueBuffers), negative("--drain-timeout", o.drainTimeout),
+		negative("--wait-consumers", o.waitConsumers), negative("--vm-recover", o.vmRecover),
+		negative("--stats-interval", o.interval)); err != nil {
+		return agent.Config{}, err
 	}
 	if o.group != "" && backing == zc.BackingMemfd {
 		return agent.Config{}, fmt.Errorf("%w: --group %s: a memfd region has no file mode to share (other processes reach it as zchost's user or root only); use --backing shm or hugetlbfs", errUsage, o.group)

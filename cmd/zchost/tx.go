@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -81,6 +82,9 @@ func txCmd(args []string) error {
 	}
 	if in == "" || out == "" {
 		return fmt.Errorf("%w: need -i zc:ID@Q and -o IF", errUsage)
+	}
+	if err := cmp.Or(negative("--rate", rate), negative("--stats-interval", interval)); err != nil {
+		return err
 	}
 	name, err := zc.ParseName(in)
 	if err != nil {
@@ -222,6 +226,9 @@ func bounceCmd(args []string) error {
 	}
 	if in == "" || out == "" {
 		return fmt.Errorf("%w: need -i IF1 and -o IF2", errUsage)
+	}
+	if err := cmp.Or(negative("--rate", rate), negative("--stats-interval", interval)); err != nil {
+		return err
 	}
 	log := lf.logger("zchost-bounce")
 	// A private cluster: its buffers are the AF_XDP UMEM.

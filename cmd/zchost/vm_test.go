@@ -82,6 +82,17 @@ func TestRunFlags(t *testing.T) {
 		t.Errorf("reload now = %v, want a usage error", err)
 	}
 	for _, c := range []struct {
+		cmd  func([]string) error
+		args []string
+	}{
+		{txCmd, []string{"-i", "zc:99@0", "-o", "lo", "--rate", "-1"}},
+		{bounceCmd, []string{"-i", "lo", "-o", "lo", "--stats-interval", "-1s"}},
+	} {
+		if err := c.cmd(c.args); !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "must not be negative") {
+			t.Errorf("%q = %v, want a usage error", c.args, err)
+		}
+	}
+	for _, c := range []struct {
 		args []string
 		want []string
 	}{
