@@ -8,9 +8,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,8 +20,11 @@ import (
 )
 
 // Parse parses args with fs. ok is false when the program should exit now
-// with code: 0 after -h or --help, 2 after a flag error or when need
-// returns a message (printed before the usage; need may be nil).
+// with code: 0 after -h or --help, 2 after a flag error, an argument left
+// over, or when need returns a message (printed before the usage; need
+// may be nil). The tools take flags only, and the flag package stops at
+// the first argument that is not one: the flags after it would be ignored
+// unread, so that argument is an error, named in the message.
 func Parse(fs *flag.FlagSet, args []string, need func() string) (code int, ok bool) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -27,14 +32,91 @@ func Parse(fs *flag.FlagSet, args []string, need func() string) (code int, ok bo
 		}
 		return 2, false
 	}
+	if fs.NArg() > 0 {
+		return Usage(fs, leftover(fs, args)), false
+	}
 	if need != nil {
 		if msg := need(); msg != "" {
-			fmt.Fprintln(fs.Output(), msg)
-			fs.Usage()
-			return 2, false
+			return Usage(fs, msg), false
 		}
 	}
 	return 0, true
+}
+
+// Usage prints msg and then fs's usage to fs's output, and returns 2, the
+// exit status of a usage error.
+func Usage(fs *flag.FlagSet, msg string) int {
+	fmt.Fprintln(fs.Output(), msg)
+	fs.Usage()
+	return 2
+}
+
+// leftover is the message for the first argument fs.Parse left in args,
+// with a hint when the flag before it is a boolean one ("--json false":
+// a boolean flag's value goes after "=").
+func leftover(fs *flag.FlagSet, args []string) string {
+	i := len(args) - fs.NArg()
+	msg := fmt.Sprintf("%s: unexpected argument %q: every option is a flag (-x VALUE, --name=VALUE); the flags after it were not read", fs.Name(), args[i])
+	if i > 0 && isBoolFlag(fs, args[i-1]) {
+		msg += fmt.Sprintf("; a boolean flag takes its value after \"=\": %s=%s", args[i-1], args[i])
+	}
+	return msg
+}
+
+// isBoolFlag reports whether arg is a boolean flag of fs without a value
+// ("-json", "--json").
+func isBoolFlag(fs *flag.FlagSet, arg string) bool {
+	name, ok := strings.CutPrefix(arg, "-")
+	name = strings.TrimPrefix(name, "-")
+	if !ok || name == "" || strings.Contains(name, "=") {
+		return false
+	}
+	f := fs.Lookup(name)
+	if f == nil {
+		return false
+	}
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
+// FlagName is how the tools write flag name in messages: -x for a one
+// letter name, --name for a longer one.
+func FlagName(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
+}
+
+// NotNegative returns a usage message for the first of the named flags of
+// fs (an int, a float or a duration) whose value is negative, or for a
+// float, not a finite number; "" when none is. A count, a rate, a wait or
+// an interval below 0 means nothing, and 0 keeps the meaning each flag's
+// help gives it.
+func NotNegative(fs *flag.FlagSet, names ...string) string {
+	for _, name := range names {
+		f := fs.Lookup(name)
+		if f == nil {
+			panic("cli.NotNegative: no flag " + name) // a mistake in the tool
+		}
+		bad, want := false, "0 or more"
+		switch v := f.Value.(flag.Getter).Get().(type) {
+		case int:
+			bad = v < 0
+		case int64:
+			bad = v < 0
+		case time.Duration:
+			bad = v < 0
+		case float64:
+			bad, want = v < 0 || math.IsNaN(v) || math.IsInf(v, 0), "a finite number, 0 or more"
+		default:
+			panic(fmt.Sprintf("cli.NotNegative: flag %s is a %T", name, v))
+		}
+		if bad {
+			return fmt.Sprintf("%s: %s %s: want %s", fs.Name(), FlagName(name), f.Value, want)
+		}
+	}
+	return ""
 }
 
 // Open opens the queue name (zc.OpenWait: waiting up to wait for its
