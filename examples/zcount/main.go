@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"time"
@@ -42,10 +43,11 @@ type Summary struct {
 	LatencyMax float64 `json:"latency_max_us,omitempty"`
 }
 
-func main() { os.Exit(run()) }
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
-func run() int {
+func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("zcount", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var (
 		name     string
 		count    uint64
@@ -68,17 +70,17 @@ func run() int {
 		fmt.Fprintf(fs.Output(), "Usage: zcount -i zc:CLUSTER@QUEUE [-n N] [--json] [--verify]\n\nCounts packets on a zcfabric queue (host or VM guest alike).\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if code, ok := cli.Parse(fs, os.Args[1:], func() string {
+	if code, ok := cli.Parse(fs, args, func() string {
 		if name == "" {
 			return "zcount: -i zc:CLUSTER@QUEUE is required"
 		}
-		return ""
+		return cli.NotNegative(fs, "interval", "wait")
 	}); !ok {
 		return code
 	}
 	ctx, stop, q, err := cli.Open(name, wait, force)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "zcount: %v\n", err)
+		fmt.Fprintf(stderr, "zcount: %v\n", err)
 		return 1
 	}
 	defer stop()
@@ -103,7 +105,7 @@ func run() int {
 		if n == 0 && err == nil && !saidMode {
 			// Once, how this reader waits when idle: it matters in a guest
 			// (an interrupt, or polling that keeps a vCPU busy).
-			fmt.Fprintf(os.Stderr, "zcount: %s: idle waits: %s\n", name, q.WakeMode())
+			fmt.Fprintf(stderr, "zcount: %s: idle waits: %s\n", name, q.WakeMode())
 			saidMode = true
 		}
 		if n == 0 && err == nil {
@@ -154,7 +156,7 @@ func run() int {
 		}
 		if interval > 0 && now.Sub(lastT) >= interval {
 			st := q.Stats()
-			fmt.Fprintf(os.Stderr, "%s  Absolute: %d pkts / %d bytes | Actual: %.0f pps | drops %d | queued %d\n",
+			fmt.Fprintf(stderr, "%s  Absolute: %d pkts / %d bytes | Actual: %.0f pps | drops %d | queued %d\n",
 				name, s.Packets, s.Bytes, float64(s.Packets-lastN)/now.Sub(lastT).Seconds(), st.Drops, st.Depth)
 			lastT, lastN = now, s.Packets
 		}
@@ -166,17 +168,17 @@ func run() int {
 				break // interrupted
 			}
 			if errors.Is(err, zc.ErrGone) {
-				fmt.Fprintf(os.Stderr, "zcount: %s: the queue went away (unplugged or re-created): %v\n", name, err)
+				fmt.Fprintf(stderr, "zcount: %s: the queue went away (unplugged or re-created): %v\n", name, err)
 				s.Error = err.Error()
 				exit = 1
 			} else if errors.Is(err, zc.ErrClosed) {
-				fmt.Fprintf(os.Stderr, "zcount: %s: cluster closed by its creator\n", name)
+				fmt.Fprintf(stderr, "zcount: %s: cluster closed by its creator\n", name)
 				if count > 0 {
 					s.Error = err.Error()
 					exit = 1
 				}
 			} else {
-				fmt.Fprintf(os.Stderr, "zcount: %v\n", err)
+				fmt.Fprintf(stderr, "zcount: %v\n", err)
 				s.Error = err.Error()
 				exit = 1
 			}
@@ -196,15 +198,15 @@ func run() int {
 		s.LatencyP50, s.LatencyP99, s.LatencyMax = us(0.5), us(0.99), us(1)
 	}
 	if asJSON {
-		json.NewEncoder(os.Stdout).Encode(s)
+		json.NewEncoder(stdout).Encode(s)
 	} else {
-		fmt.Printf("%s: %d packets, %d bytes in %.3f s (%.0f pps over the %.3f s they flowed); queue drops %d, bad entries %d\n",
+		fmt.Fprintf(stdout, "%s: %d packets, %d bytes in %.3f s (%.0f pps over the %.3f s they flowed); queue drops %d, bad entries %d\n",
 			name, s.Packets, s.Bytes, s.Seconds, s.PPS, s.TrafficSeconds, s.Drops, s.Bad)
 		if verify {
-			fmt.Printf("verified %d, corrupt %d, out of order %d\n", s.Verified, s.Corrupt, s.OutOfOrder)
+			fmt.Fprintf(stdout, "verified %d, corrupt %d, out of order %d\n", s.Verified, s.Corrupt, s.OutOfOrder)
 		}
 		if len(delays) > 0 {
-			fmt.Printf("latency µs: p50 %.1f, p99 %.1f, max %.1f (%d packets)\n", s.LatencyP50, s.LatencyP99, s.LatencyMax, len(delays))
+			fmt.Fprintf(stdout, "latency µs: p50 %.1f, p99 %.1f, max %.1f (%d packets)\n", s.LatencyP50, s.LatencyP99, s.LatencyMax, len(delays))
 		}
 	}
 	if verify && (s.Corrupt > 0 || s.OutOfOrder > 0) && exit == 0 {

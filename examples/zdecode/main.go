@@ -74,7 +74,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	)
 	fs.StringVar(&name, "i", "", "queue to decode, zc:CLUSTER@QUEUE (required)")
 	fs.Uint64Var(&count, "n", 0, "exit after `N` packets (0: until interrupted or the cluster closes)")
-	fs.IntVar(&top, "top", 10, "how many of the busiest flows to list at the end")
+	fs.IntVar(&top, "top", 10, "how many of the busiest flows to list at the end (0: none, only their number)")
 	fs.DurationVar(&interval, "interval", time.Second, "print a stats line this often while packets arrive (0: never)")
 	fs.BoolVar(&full, "full", false, "decode every layer gopacket knows (gopacket.NewPacketSource, copies)")
 	fs.BoolVar(&force, "force", false, "take over the consumer end even if another party holds it")
@@ -87,7 +87,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if name == "" {
 			return "zdecode: -i zc:CLUSTER@QUEUE is required"
 		}
-		return ""
+		return cli.NotNegative(fs, "top", "interval", "wait")
 	}); !ok {
 		return code
 	}

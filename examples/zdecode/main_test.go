@@ -129,6 +129,18 @@ func TestDecode(t *testing.T) {
 	}
 }
 
+// TestDecodeTopZero: --top 0 lists no flow, only how many there were.
+func TestDecodeTopZero(t *testing.T) {
+	c, _ := produce(t)
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-i", zc.Name{Cluster: c.ID(), Queue: 0}.String(), "-n", "10", "--top", "0"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, &stdout, &stderr)
+	}
+	if out := stdout.String(); !strings.HasSuffix(out, "top flows (of 4):\n") {
+		t.Errorf("want the top flows' header last, no flow listed:\n%s", out)
+	}
+}
+
 // TestDecodeEndsWhenClusterCloses: without -n, zdecode reads until the
 // creator closes the cluster, then exits 0 having counted everything.
 func TestDecodeEndsWhenClusterCloses(t *testing.T) {
@@ -153,8 +165,9 @@ func TestDecodeEndsWhenClusterCloses(t *testing.T) {
 	}
 }
 
-// TestUsage: --help explains and exits 0; a missing -i is a usage error;
-// a missing cluster fails with status 1.
+// TestUsage: --help explains and exits 0; a missing -i, a negative
+// --top, --interval or --wait, and a stray argument are usage errors; a
+// missing cluster fails with status 1.
 func TestUsage(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"--help"}, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "DecodingLayerParser") || !strings.Contains(stderr.String(), "-top") {
@@ -165,6 +178,20 @@ func TestUsage(t *testing.T) {
 		t.Fatalf("no -i: exit %d\n%s", code, &stderr)
 	}
 	t.Setenv("ZC_DIR", t.TempDir())
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--top", "-1"}, "zdecode: --top -1: want 0 or more"},
+		{[]string{"--interval", "-1s"}, "zdecode: --interval -1s: want 0 or more"},
+		{[]string{"--wait", "-2s"}, "zdecode: --wait -2s: want 0 or more"},
+		{[]string{"foo", "--top", "-1"}, `zdecode: unexpected argument "foo"`},
+	} {
+		stderr.Reset()
+		if code := run(append([]string{"-i", "zc:12345@0"}, tc.args...), &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), tc.want) || !strings.Contains(stderr.String(), "Usage: zdecode") {
+			t.Errorf("%q: exit %d, want 2 and %q then the usage\n%s", tc.args, code, tc.want, &stderr)
+		}
+	}
 	stderr.Reset()
 	if code := run([]string{"-i", "zc:12345@0"}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "not found") {
 		t.Fatalf("missing cluster: exit %d\n%s", code, &stderr)

@@ -24,10 +24,11 @@ import (
 	"time"
 )
 
-func main() { os.Exit(run()) }
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
-func run() int {
+func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("zdump", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var (
 		name, out string
 		count     uint64
@@ -43,36 +44,40 @@ func run() int {
 		fmt.Fprintf(fs.Output(), "Usage: zdump -i zc:CLUSTER@QUEUE -w FILE.pcapng [-n N]\n\nWrites a zcfabric queue to pcapng (host or VM guest alike).\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if code, ok := cli.Parse(fs, os.Args[1:], func() string {
+	if code, ok := cli.Parse(fs, args, func() string {
 		if name == "" || out == "" {
 			return "zdump: -i zc:CLUSTER@QUEUE and -w FILE are required"
 		}
-		return ""
+		return cli.NotNegative(fs, "wait")
 	}); !ok {
 		return code
 	}
 	ctx, stop, q, err := cli.Open(name, wait, force)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "zdump: %v\n", err)
+		fmt.Fprintf(stderr, "zdump: %v\n", err)
 		return 1
 	}
 	defer stop()
 	defer q.Close()
 
-	var f io.WriteCloser = os.Stdout
+	w := stdout
+	var f *os.File
 	if out != "-" {
 		if f, err = os.Create(out); err != nil {
-			fmt.Fprintf(os.Stderr, "zdump: %v\n", err)
+			fmt.Fprintf(stderr, "zdump: %v\n", err)
 			return 1
 		}
+		w = f
 	}
-	n, err := dump(ctx, q, f, count)
-	if cerr := f.Close(); err == nil && out != "-" {
-		err = cerr
+	n, err := dump(ctx, q, w, count)
+	if f != nil {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
 	}
-	fmt.Fprintf(os.Stderr, "zdump: %d packets from %s written to %s\n", n, name, out)
+	fmt.Fprintf(stderr, "zdump: %d packets from %s written to %s\n", n, name, out)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "zdump: %v\n", err)
+		fmt.Fprintf(stderr, "zdump: %v\n", err)
 		return 1
 	}
 	return 0

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/zcfabric/zc"
@@ -63,5 +65,29 @@ func TestDumpReadByTcpdump(t *testing.T) {
 	}
 	if st, err := os.Stat(out); err != nil || st.Size() == 0 {
 		t.Errorf("out.pcapng: %v", err)
+	}
+}
+
+// TestUsage: missing flags, a negative --wait and a stray argument are
+// usage errors naming them (exit 2); a missing cluster fails with 1.
+func TestUsage(t *testing.T) {
+	t.Setenv("ZC_DIR", t.TempDir())
+	out := filepath.Join(t.TempDir(), "out.pcapng")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-i", "zc:12345@0"}, "zdump: -i zc:CLUSTER@QUEUE and -w FILE are required"},
+		{[]string{"-i", "zc:12345@0", "-w", out, "--wait", "-1s"}, "zdump: --wait -1s: want 0 or more"},
+		{[]string{"-i", "zc:12345@0", "foo", "-w", out}, `zdump: unexpected argument "foo"`},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(tc.args, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), tc.want) || !strings.Contains(stderr.String(), "Usage: zdump") {
+			t.Errorf("%q: exit %d, want 2 and %q then the usage\n%s", tc.args, code, tc.want, &stderr)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-i", "zc:12345@0", "-w", out}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "not found") {
+		t.Errorf("missing cluster: exit %d, want 1\n%s", code, &stderr)
 	}
 }
