@@ -3,7 +3,15 @@
 // of a pcap file. It attaches the producer end with the queue's own
 // buffers (zchost run --queue-buffers N), on the host or in a VM:
 //
-//	zsend -o zc:99@0 [-l 64] [-n 1000000] [-r PPS] [-f file.pcap] [--lossless]
+//	zsend -o zc:99@0 [-l 64] [-n 1000000] [-r PPS] [-f file.pcap] [--lossless=false]
+//
+// It waits for room when the queue is full; --lossless=false drops and
+// counts instead. A pcap frame longer than the queue's buffers is cut to
+// their size and sent, and counted: the summary and standard error say
+// how many were cut. Exit status: 0 when every frame was made (sent or,
+// with --lossless=false, dropped); 1 when the queue failed, could not be
+// opened, or the pcap file could not be read to its end (cut short,
+// corrupt), after the summary of what was sent; 2 for a usage error.
 package main
 
 import (
@@ -16,15 +24,17 @@ import (
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/examples/internal/cli"
 	"github.com/zcfabric/zc/internal/idle"
+	"github.com/zcfabric/zc/ivshmem"
 	"io"
 	"os"
 	"time"
 )
 
-func main() { os.Exit(run()) }
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
-func run() int {
+func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("zsend", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var (
 		name     string
 		length   int
@@ -37,55 +47,70 @@ func run() int {
 		wait     time.Duration
 	)
 	fs.StringVar(&name, "o", "", "queue to produce into, zc:CLUSTER@QUEUE (required)")
-	fs.IntVar(&length, "l", 64, "frame `length` in bytes (synthetic frames)")
-	fs.Uint64Var(&count, "n", 1000000, "number of frames (0: until interrupted)")
+	fs.IntVar(&length, "l", 64, fmt.Sprintf("frame `length` in bytes (synthetic frames), %d to the queue's buffer size (2048 unless\nzchost run --buffer-size says otherwise; %d at most)", zc.MinSynthLen, ivshmem.MaxBufSize))
+	fs.Uint64Var(&count, "n", 1000000, "number of frames (0: until interrupted, or the end of the -f file)")
 	fs.Float64Var(&rate, "r", 0, "frames per second (0: as fast as possible)")
-	fs.StringVar(&file, "f", "", "send the frames of this pcap `file` instead of synthetic ones")
+	fs.StringVar(&file, "f", "", "send the frames of this pcap `file` instead of synthetic ones (a frame longer than\nthe queue's buffers is cut to their size, and counted)")
 	fs.BoolVar(&lossless, "lossless", true, "wait for room when the queue is full (false: drop and count)")
 	fs.BoolVar(&asJSON, "json", false, "print the summary as JSON")
-	fs.DurationVar(&wait, "wait", 0, "wait up to this long for the cluster to appear")
+	fs.DurationVar(&wait, "wait", 0, "wait up to this long for the cluster to appear (0: fail at once)")
 	fs.BoolVar(&stamp, "timestamp", true, "give each burst's packets the time it was made (zcount --latency, zdump);\nfalse: no metadata record at all, only the 16-byte descriptor")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: zsend -o zc:CLUSTER@QUEUE [-l LEN] [-n COUNT] [-r PPS] [-f FILE.pcap]\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: zsend -o zc:CLUSTER@QUEUE [-l LEN] [-n COUNT] [-r PPS] [-f FILE.pcap] [--lossless=false]\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if code, ok := cli.Parse(fs, os.Args[1:], func() string {
+	if code, ok := cli.Parse(fs, args, func() string {
 		if name == "" {
 			return "zsend: -o zc:CLUSTER@QUEUE is required"
 		}
-		return ""
+		if length < zc.MinSynthLen || length > ivshmem.MaxBufSize {
+			return fmt.Sprintf("zsend: -l %d: want %d to %d bytes (and at most the queue's buffer size)", length, zc.MinSynthLen, ivshmem.MaxBufSize)
+		}
+		return cli.NotNegative(fs, "r", "wait")
 	}); !ok {
 		return code
 	}
 	ctx, stop, q, err := cli.Open(name, wait, false, zc.AsProducer())
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "zsend: %v\n", err)
+		fmt.Fprintf(stderr, "zsend: %v\n", err)
 		return 1
 	}
 	defer stop()
 	defer q.Close()
+	bufSize := q.BufferSize()
 
 	var next func(b []byte, seq uint64) (int, error)
+	var read, cut uint64 // -f: frames read, and of them, cut to the buffer size
 	if file != "" {
 		f, err := os.Open(file)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "zsend: %v\n", err)
+			fmt.Fprintf(stderr, "zsend: %v\n", err)
 			return 1
 		}
 		defer f.Close()
 		r, err := pcapgo.NewReader(f)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "zsend: read %s: %v\n", file, err)
+			fmt.Fprintf(stderr, "zsend: read %s: %v\n", file, err)
 			return 1
 		}
 		next = func(b []byte, _ uint64) (int, error) {
 			d, _, err := r.ZeroCopyReadPacketData()
-			if err != nil {
+			if errors.Is(err, io.EOF) {
 				return 0, err
+			}
+			if err != nil {
+				return 0, fmt.Errorf("read %s: frame %d: %w", file, read+1, err)
+			}
+			read++
+			if len(d) > len(b) {
+				cut++
 			}
 			return copy(b, d), nil
 		}
 	} else {
+		if length > bufSize {
+			return cli.Usage(fs, fmt.Sprintf("zsend: -l %d: %s has %d-byte buffers: want %d to %d bytes", length, name, bufSize, zc.MinSynthLen, bufSize))
+		}
 		synth := zc.NewSynth(length, 64)
 		next = func(b []byte, seq uint64) (int, error) { return synth.Frame(b, seq), nil }
 	}
@@ -94,10 +119,10 @@ func run() int {
 	var burst zc.Burst               // --lossless: frames made in place
 	lens := make([]int, zc.MaxBurst) // and their lengths
 	var sent, bytes, drops uint64
+	var failed error
 	start := time.Now()
 	last := start
-	done := false
-	for !done && (count == 0 || sent+drops < count) && ctx.Err() == nil {
+	for failed == nil && (count == 0 || sent+drops < count) && ctx.Err() == nil {
 		want := uint64(len(pkts))
 		if count > 0 {
 			want = min(want, count-sent-drops)
@@ -126,25 +151,43 @@ func run() int {
 			if ctx.Err() != nil {
 				break
 			}
-			fmt.Fprintf(os.Stderr, "zsend: %v\n", r.qerr)
-			return 1
-		}
-		if r.srcErr != nil {
-			if !errors.Is(r.srcErr, io.EOF) {
-				fmt.Fprintf(os.Stderr, "zsend: %v\n", r.srcErr)
+			failed = r.qerr
+		} else if r.srcErr != nil {
+			if errors.Is(r.srcErr, io.EOF) {
+				break // the end of the -f file
 			}
-			done = true
+			failed = r.srcErr
+		}
+		if failed != nil {
+			fmt.Fprintf(stderr, "zsend: %v\n", failed)
 		}
 		if time.Since(last) >= time.Second {
 			last = time.Now()
-			fmt.Fprintf(os.Stderr, "%s  sent %d pkts, %d drops, %.0f pps\n", name, sent, drops, float64(sent)/time.Since(start).Seconds())
+			fmt.Fprintf(stderr, "%s  sent %d pkts, %d drops, %.0f pps\n", name, sent, drops, float64(sent)/time.Since(start).Seconds())
 		}
 	}
 	secs := time.Since(start).Seconds()
+	if cut > 0 {
+		fmt.Fprintf(stderr, "zsend: %s: frames longer than the %d-byte buffers, cut to %d bytes: %d of %d read\n", file, bufSize, bufSize, cut, read)
+	}
 	if asJSON {
-		json.NewEncoder(os.Stdout).Encode(map[string]any{"queue": name, "packets": sent, "bytes": bytes, "drops": drops, "seconds": secs})
+		s := map[string]any{"queue": name, "packets": sent, "bytes": bytes, "drops": drops, "seconds": secs}
+		if file != "" {
+			s["truncated"] = cut
+		}
+		if failed != nil {
+			s["error"] = failed.Error()
+		}
+		json.NewEncoder(stdout).Encode(s)
 	} else {
-		fmt.Printf("%s: sent %d packets, %d bytes, %d drops in %.3f s (%.0f pps)\n", name, sent, bytes, drops, secs, float64(sent)/secs)
+		fmt.Fprintf(stdout, "%s: sent %d packets, %d bytes, %d drops in %.3f s (%.0f pps)", name, sent, bytes, drops, secs, float64(sent)/secs)
+		if cut > 0 {
+			fmt.Fprintf(stdout, "; frames cut to %d bytes: %d", bufSize, cut)
+		}
+		fmt.Fprintln(stdout)
+	}
+	if failed != nil {
+		return 1
 	}
 	return 0
 }
