@@ -3,14 +3,15 @@
 // zc.RunBalancer (zero copy) over N egress queues, and counts each egress
 // queue on its own goroutine.
 //
-//	zbalance [-c 1234] [-n 4] [-m 1] [-count 1000000]
+//	zbalance [-c 1234] [-n 4] [-m 1] [-count 1000000] [-l 64]
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"math"
 	"os"
 	"os/signal"
 	"sync"
@@ -19,35 +20,49 @@ import (
 	"time"
 
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/examples/internal/cli"
 )
 
-func main() { os.Exit(run()) }
+// bufSize is the size of the cluster's buffers, the longest frame.
+const bufSize = 2048
 
-func run() int {
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("zbalance", flag.ContinueOnError)
-	id := fs.Uint("c", 1234, "cluster `id` to create")
-	n := fs.Int("n", 4, "number of worker queues")
+	fs.SetOutput(stderr)
+	id := fs.Uint64("c", 1234, fmt.Sprintf("cluster `id` to create, 0 to %d", uint64(math.MaxUint32)))
+	n := fs.Int("n", 4, "number of worker queues, 1 or more")
 	mode := fs.String("m", "1", "hash `mode`, a number or a name:\n"+zc.HashModeUsage())
-	count := fs.Uint64("count", 1000000, "packets to generate")
-	length := fs.Int("l", 64, "frame length")
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
+	count := fs.Uint64("count", 1000000, "packets to generate, 1 or more")
+	length := fs.Int("l", 64, fmt.Sprintf("frame `length` in bytes, %d to %d (the buffer size)", zc.MinSynthLen, bufSize))
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: zbalance [-c ID] [-n QUEUES] [-m MODE] [-count N] [-l LEN]\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	var m zc.HashMode
+	if code, ok := cli.Parse(fs, args, func() string {
+		var ok bool
+		if m, ok = zc.ParseHashMode(*mode); !ok {
+			return fmt.Sprintf("zbalance: -m %q: want %s", *mode, zc.HashModeNames())
 		}
-		return 2
+		switch {
+		case *id > math.MaxUint32:
+			return fmt.Sprintf("zbalance: -c %d: want a cluster id from 0 to %d", *id, uint64(math.MaxUint32))
+		case *n < 1:
+			return fmt.Sprintf("zbalance: -n %d: want at least one output queue", *n)
+		case *count < 1:
+			return fmt.Sprintf("zbalance: --count %d: want at least one packet", *count)
+		case *length < zc.MinSynthLen || *length > bufSize:
+			return fmt.Sprintf("zbalance: -l %d: want %d to %d bytes", *length, zc.MinSynthLen, bufSize)
+		}
+		return ""
+	}); !ok {
+		return code
 	}
-	m, ok := zc.ParseHashMode(*mode)
-	if !ok {
-		fmt.Fprintf(os.Stderr, "zbalance: -m %q: want %s\n", *mode, zc.HashModeNames())
-		return 2
-	}
-	if *n < 1 {
-		fmt.Fprintf(os.Stderr, "zbalance: -n %d: want at least one output queue\n", *n)
-		return 2
-	}
-	c, err := zc.CreateCluster(zc.Config{ID: uint32(*id), Queues: 1 + *n, QueueLen: 1024, Backing: zc.BackingShm})
+	c, err := zc.CreateCluster(zc.Config{ID: uint32(*id), Queues: 1 + *n, QueueLen: 1024, BufferSize: bufSize, Backing: zc.BackingShm})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "zbalance:", err)
+		fmt.Fprintln(stderr, "zbalance:", err)
 		return 1
 	}
 	defer c.Close()
@@ -58,7 +73,7 @@ func run() int {
 
 	ingress, err := c.Producer(0)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "zbalance:", err)
+		fmt.Fprintln(stderr, "zbalance:", err)
 		return 1
 	}
 	in, _ := c.Consumer(0)
@@ -68,7 +83,7 @@ func run() int {
 	for i := 1; i <= *n; i++ {
 		o, err := c.Output(i)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "zbalance:", err)
+			fmt.Fprintln(stderr, "zbalance:", err)
 			return 1
 		}
 		outs = append(outs, o)
@@ -122,9 +137,9 @@ func run() int {
 	wg.Wait()
 	var sum uint64
 	for i := range counts {
-		fmt.Printf("worker %d: %d packets\n", i, counts[i].Load())
+		fmt.Fprintf(stdout, "worker %d: %d packets\n", i, counts[i].Load())
 		sum += counts[i].Load()
 	}
-	fmt.Printf("total %d packets in %.3f s (%.0f pps), mode %s\n", sum, secs, float64(sum)/secs, m)
+	fmt.Fprintf(stdout, "total %d packets in %.3f s (%.0f pps), mode %s\n", sum, secs, float64(sum)/secs, m)
 	return 0
 }
