@@ -58,7 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		wait     time.Duration
 		latency  bool
 	)
-	fs.StringVar(&name, "i", "", "queue to count, zc:CLUSTER@QUEUE (required)")
+	fs.StringVar(&name, "i", "", "queue to count, zc:CLUSTER@QUEUE (required; or the name alone, as the one argument)")
 	fs.Uint64Var(&count, "n", 0, "exit after `N` packets (0: until interrupted or the queue closes)")
 	fs.BoolVar(&asJSON, "json", false, "print the summary as one JSON object")
 	fs.BoolVar(&verify, "verify", false, "check zchost/zsend synthetic frames: content and per-queue order")
@@ -67,10 +67,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&wait, "wait", 0, "wait up to this long for the cluster to appear (0: fail at once)")
 	fs.BoolVar(&latency, "latency", false, "measure each packet's delay from its timestamp (producer and consumer on one host)\nand print the median, 99th percentile and maximum")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: zcount -i zc:CLUSTER@QUEUE [-n N] [--json] [--verify]\n\nCounts packets on a zcfabric queue (host or VM guest alike).\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: zcount [-i] zc:CLUSTER@QUEUE [-n N] [--json] [--verify]\n\nCounts packets on a zcfabric queue (host or VM guest alike).\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if code, ok := cli.Parse(fs, args, func() string {
+	if code, ok := cli.ParseQueue(fs, args, &name, func() string {
 		if name == "" {
 			return "zcount: -i zc:CLUSTER@QUEUE is required"
 		}

@@ -37,7 +37,7 @@ const maxFlows = 1 << 16
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
-const usage = `Usage: zdecode -i zc:CLUSTER@QUEUE [-n N] [--top N] [--interval D] [--full]
+const usage = `Usage: zdecode [-i] zc:CLUSTER@QUEUE [-n N] [--top N] [--interval D] [--full]
 
 Decodes the packets of a zcfabric queue with gopacket (host or VM guest
 alike) and counts them per layer type (Ethernet, IPv4, UDP, ...) and per
@@ -72,7 +72,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		force    bool
 		wait     time.Duration
 	)
-	fs.StringVar(&name, "i", "", "queue to decode, zc:CLUSTER@QUEUE (required)")
+	fs.StringVar(&name, "i", "", "queue to decode, zc:CLUSTER@QUEUE (required; or the name alone, as the one argument)")
 	fs.Uint64Var(&count, "n", 0, "exit after `N` packets (0: until interrupted or the cluster closes)")
 	fs.IntVar(&top, "top", 10, "how many of the busiest flows to list at the end (0: none, only their number)")
 	fs.DurationVar(&interval, "interval", time.Second, "print a stats line this often while packets arrive (0: never)")
@@ -83,7 +83,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
-	if code, ok := cli.Parse(fs, args, func() string {
+	if code, ok := cli.ParseQueue(fs, args, &name, func() string {
 		if name == "" {
 			return "zdecode: -i zc:CLUSTER@QUEUE is required"
 		}

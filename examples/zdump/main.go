@@ -35,16 +35,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		force     bool
 		wait      time.Duration
 	)
-	fs.StringVar(&name, "i", "", "queue to dump, zc:CLUSTER@QUEUE (required)")
+	fs.StringVar(&name, "i", "", "queue to dump, zc:CLUSTER@QUEUE (required; or the name alone, as the one argument)")
 	fs.StringVar(&out, "w", "", "pcapng `file` to write (required; - for standard output)")
 	fs.Uint64Var(&count, "n", 0, "exit after `N` packets (0: until interrupted or the queue closes)")
 	fs.BoolVar(&force, "force", false, "take over the consumer end even if another party holds it")
 	fs.DurationVar(&wait, "wait", 0, "wait up to this long for the cluster to appear (0: fail at once)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: zdump -i zc:CLUSTER@QUEUE -w FILE.pcapng [-n N]\n\nWrites a zcfabric queue to pcapng (host or VM guest alike).\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: zdump [-i] zc:CLUSTER@QUEUE -w FILE.pcapng [-n N]\n\nWrites a zcfabric queue to pcapng (host or VM guest alike).\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if code, ok := cli.Parse(fs, args, func() string {
+	if code, ok := cli.ParseQueue(fs, args, &name, func() string {
 		if name == "" || out == "" {
 			return "zdump: -i zc:CLUSTER@QUEUE and -w FILE are required"
 		}

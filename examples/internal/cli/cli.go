@@ -26,11 +26,29 @@ import (
 // the first argument that is not one: the flags after it would be ignored
 // unread, so that argument is an error, named in the message.
 func Parse(fs *flag.FlagSet, args []string, need func() string) (code int, ok bool) {
+	return parse(fs, args, nil, need)
+}
+
+// ParseQueue is Parse for a tool that reads one queue, named by its -i
+// flag (queue): the name may also come as the one argument, before or
+// after the flags, "zcount zc:99@0 -n 10" as "zcount -i zc:99@0 -n 10".
+func ParseQueue(fs *flag.FlagSet, args []string, queue *string, need func() string) (code int, ok bool) {
+	return parse(fs, args, queue, need)
+}
+
+func parse(fs *flag.FlagSet, args []string, queue *string, need func() string) (code int, ok bool) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0, false
 		}
 		return 2, false
+	}
+	if queue != nil && *queue == "" && fs.NArg() > 0 && strings.HasPrefix(fs.Arg(0), "zc:") {
+		*queue = fs.Arg(0)
+		args = fs.Args()[1:]
+		if err := fs.Parse(args); err != nil {
+			return 2, false
+		}
 	}
 	if fs.NArg() > 0 {
 		return Usage(fs, leftover(fs, args)), false

@@ -85,3 +85,35 @@ func TestNotNegative(t *testing.T) {
 		}
 	}
 }
+
+// TestParseQueue: a tool that reads one queue takes its name from -i or
+// as the one argument, before or after the flags; a second name, or -i
+// and a name, or an argument that is no queue name, is a usage error.
+func TestParseQueue(t *testing.T) {
+	for _, args := range [][]string{
+		{"zc:99@0", "-n", "5"},
+		{"-n", "5", "zc:99@0"},
+		{"-i", "zc:99@0", "-n", "5"},
+	} {
+		var out bytes.Buffer
+		fs, name, n := flags(&out)
+		if code, ok := ParseQueue(fs, args, name, nil); !ok || code != 0 || *name != "zc:99@0" || *n != 5 {
+			t.Errorf("%q: ParseQueue = %d, %v, queue %q, -n %d\n%s", args, code, ok, *name, *n, &out)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"zc:99@0", "zc:98@0"}, `unexpected argument "zc:98@0"`},
+		{[]string{"-i", "zc:1@0", "zc:99@0"}, `unexpected argument "zc:99@0"`},
+		{[]string{"eth0", "-n", "5"}, `unexpected argument "eth0"`},
+		{[]string{"zc:99@0", "foo", "-n", "5"}, `unexpected argument "foo"`},
+	} {
+		var out bytes.Buffer
+		fs, name, _ := flags(&out)
+		if code, ok := ParseQueue(fs, tc.args, name, nil); ok || code != 2 || !strings.Contains(out.String(), tc.want) {
+			t.Errorf("%q: ParseQueue = %d, %v; want 2 and %q in:\n%s", tc.args, code, ok, tc.want, &out)
+		}
+	}
+}
