@@ -29,7 +29,7 @@ type deviceInfo struct {
 
 func cmdList(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("list", "list [--sysfs DIR] [--json]", stderr)
-	sysfs := fs.String("sysfs", guest.DefaultSysfs, "sysfs root")
+	sysfs := fs.String("sysfs", guest.SysfsRoot(), "sysfs `root` ($ZC_SYSFS when set)")
 	asJSON := fs.Bool("json", false, "print a JSON array instead of a table")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -81,11 +81,10 @@ func cmdList(args []string, stdout, stderr io.Writer) error {
 }
 
 // inspect reads cluster id's queue counters through the zc package, which
-// resolves it in this guest's sysfs ($ZC_SYSFS, set to sysfs here).
+// resolves it in this guest's sysfs ($ZC_SYSFS, set to sysfs here: the
+// devices and their counters come from the same tree).
 func inspect(sysfs string, id uint32) (zc.ClusterInfo, error) {
-	if sysfs != guest.DefaultSysfs {
-		os.Setenv("ZC_SYSFS", sysfs)
-	}
+	os.Setenv(guest.SysfsEnv, sysfs)
 	return zc.Inspect(id)
 }
 
@@ -95,7 +94,7 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: wait forever)")
 	gone := fs.Bool("gone", false, "wait until no device carries the cluster instead")
 	poll := fs.Duration("poll", guest.DefaultPoll, "sysfs poll interval (0: the default)")
-	sysfs := fs.String("sysfs", guest.DefaultSysfs, "sysfs root")
+	sysfs := fs.String("sysfs", guest.SysfsRoot(), "sysfs `root` ($ZC_SYSFS when set)")
 	notice := fs.Bool("notice", false, "with --gone: listen for unplug notices on the zc.ctl control channel meanwhile (it must answer within --timeout, 30s when that is 0)")
 	onNotice := fs.String("on-notice", "", "run this shell `command` on each unplug notice (e.g. to stop readers), then answer ready; needs --notice")
 	dev := fs.String("dev", "/dev", "device `dir` holding vportNpM, the control channel's port; needs --notice")
@@ -196,7 +195,7 @@ func cmdSum(args []string, stdout, stderr io.Writer) error {
 	cluster := clusterFlag(fs)
 	n := fs.Int("len", 0, "bytes to sum from the start of the region (0: all)")
 	asJSON := fs.Bool("json", false, "print a JSON object")
-	sysfs := fs.String("sysfs", guest.DefaultSysfs, "sysfs root")
+	sysfs := fs.String("sysfs", guest.SysfsRoot(), "sysfs `root` ($ZC_SYSFS when set)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

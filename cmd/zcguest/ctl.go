@@ -23,7 +23,7 @@ type ctlFlags struct {
 }
 
 func (c *ctlFlags) add(fs *flag.FlagSet) {
-	fs.StringVar(&c.sysfs, "sysfs", guest.DefaultSysfs, "sysfs root")
+	fs.StringVar(&c.sysfs, "sysfs", guest.SysfsRoot(), "sysfs `root` ($ZC_SYSFS when set)")
 	fs.StringVar(&c.dev, "dev", "/dev", "device `dir` holding vportNpM")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "give up after this long (0: wait forever; the port may be hot-plugged after boot)")
 }

@@ -222,3 +222,18 @@ func TestCtlHelp(t *testing.T) {
 		t.Errorf("zcguest ctl list without a channel: rc %d, stderr %q; want 1 and an error naming ctl list", rc, stderr)
 	}
 }
+
+// TestSysfsFromEnv: with $ZC_SYSFS set and no --sysfs, the devices and
+// their counters both come from $ZC_SYSFS (the devices came from /sys).
+func TestSysfsFromEnv(t *testing.T) {
+	root, region := fakeSysfs(t)
+	t.Setenv(guest.SysfsEnv, root)
+	rc, out, stderr := runCmd(t, "list")
+	if rc != 0 || !strings.Contains(out, "0000:00:04.0") || !strings.Contains(out, " 99") {
+		t.Errorf("list with $%s: rc %d, out:\n%s%s", guest.SysfsEnv, rc, out, stderr)
+	}
+	rc, out, _ = runCmd(t, "sum", "-c", "99")
+	if want := fmt.Sprintf("%08x  cluster 99", crc32.ChecksumIEEE(region)); rc != 0 || !strings.HasPrefix(out, want) {
+		t.Errorf("sum with $%s: rc %d, out %q, want prefix %q", guest.SysfsEnv, rc, out, want)
+	}
+}
