@@ -118,6 +118,11 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return usagef(fs, "--%s needs --notice", name)
 		}
 	}
+	// --timeout bounds the whole wait, the control channel's answer
+	// included (it got a --timeout of its own before).
+	ctx, cancel := withTimeout(ctx, *timeout)
+	defer cancel()
+	start := time.Now()
 	if *notice {
 		cf := ctlFlags{sysfs: *sysfs, dev: *dev, timeout: 30 * time.Second}
 		if *timeout > 0 {
@@ -129,10 +134,7 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		defer stop()
 	}
-	ctx, cancel := withTimeout(ctx, *timeout)
-	defer cancel()
 	id := uint32(*cluster)
-	start := time.Now()
 	if *gone {
 		if err := waitGone(ctx, *sysfs, id, *poll); err != nil {
 			return err
