@@ -26,8 +26,11 @@ func statsCmd(args []string) error {
 		fs.Var(&id, n, "cluster `id`")
 	}
 	fs.BoolVar(&asJSON, "json", false, "print JSON")
-	fs.DurationVar(&watch, "watch", 0, "repeat every `interval` until interrupted")
+	fs.DurationVar(&watch, "watch", 0, "repeat every `interval` until interrupted (0: print once)")
 	if err := parseAll(fs, args); err != nil {
+		return err
+	}
+	if err := negative("--watch", watch); err != nil {
 		return err
 	}
 	for {

@@ -87,6 +87,7 @@ func TestRunFlags(t *testing.T) {
 	}{
 		{txCmd, []string{"-i", "zc:99@0", "-o", "lo", "--rate", "-1"}},
 		{bounceCmd, []string{"-i", "lo", "-o", "lo", "--stats-interval", "-1s"}},
+		{statsCmd, []string{"-c", "5", "--watch", "-1s"}},
 	} {
 		if err := c.cmd(c.args); !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "must not be negative") {
 			t.Errorf("%q = %v, want a usage error", c.args, err)
