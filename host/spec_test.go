@@ -4,16 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/host/afxdp"
+	"github.com/zcfabric/zc/internal/pcaptest"
 )
 
 func TestParseSourceErrors(t *testing.T) {
@@ -86,7 +82,7 @@ func TestParseSourceGenPcap(t *testing.T) {
 	if err != nil || len(srcs) != 1 || srcs[0].Name() != "gen:len=100,count=10" {
 		t.Fatalf("gen: %v %v", srcs, err)
 	}
-	path := pcapFile(t)
+	path := pcaptest.File(t)
 	srcs, err = ParseSource("pcap:"+path+"?timing=1&loops=3", SourceOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -170,27 +166,6 @@ func TestAFPacketRecvNoTraffic(t *testing.T) {
 	}
 }
 
-// pcapFile writes frames to a new Ethernet pcap file and returns its path.
-func pcapFile(t *testing.T, frames ...[]byte) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "frames.pcap")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	w := pcapgo.NewWriter(f)
-	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
-		t.Fatal(err)
-	}
-	for _, b := range frames {
-		if err := w.WritePacket(gopacket.CaptureInfo{CaptureLength: len(b), Length: len(b)}, b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return path
-}
-
 // udpPort53 is `tcpdump -ddd 'udp port 53'` (20 instructions).
 const udpPort53 = `20
 40 0 0 12
@@ -251,7 +226,7 @@ func TestFilterGenPcap(t *testing.T) {
 		frames[seq] = make([]byte, 64)
 		zc.SynthFrame(frames[seq], uint64(seq), 64, 4)
 	}
-	path := pcapFile(t, frames...)
+	path := pcaptest.File(t, frames...)
 	for _, spec := range []string{"gen:count=100,flows=4", "pcap:" + path} {
 		srcs, err := ParseSource(spec, SourceOptions{BPF: srcPort1025})
 		if err != nil {

@@ -10,10 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/internal/pcaptest"
 )
 
 // zsendRun runs zchost run (no source, the queue's own buffers), zcount
@@ -100,26 +98,14 @@ func TestZsendIntoZcount(t *testing.T) {
 // stops at the file's end and says how many it sent.
 func TestZsendPcap(t *testing.T) {
 	const n = 1000
-	path := filepath.Join(t.TempDir(), "in.pcap")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := pcapgo.NewWriter(f)
-	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
-		t.Fatal(err)
-	}
 	var want uint64
-	buf := make([]byte, 2048)
-	for i := range n {
-		l := zc.SynthFrame(buf, uint64(i), 60+i%1400, 64)
-		ci := gopacket.CaptureInfo{Timestamp: time.Unix(1, 0), CaptureLength: l, Length: l}
-		if err := w.WritePacket(ci, buf[:l]); err != nil {
-			t.Fatal(err)
-		}
-		want += uint64(l)
+	frames := make([][]byte, n)
+	for i := range frames {
+		frames[i] = make([]byte, 2048)
+		frames[i] = frames[i][:zc.SynthFrame(frames[i], uint64(i), 60+i%1400, 64)]
+		want += uint64(len(frames[i]))
 	}
-	f.Close()
+	path := pcaptest.File(t, frames...)
 	id := strconv.Itoa(20000 + os.Getpid()%10000)
 	r, s := zsendRun(t, id, n, []string{"--verify"}, "-f", path, "-n", "0")
 	if r.Packets != n || r.Verified != n || r.Bytes != want {

@@ -14,14 +14,15 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"os"
+	"time"
+
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/examples/internal/cli"
-	"io"
-	"os"
-	"time"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }

@@ -20,14 +20,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"os"
+	"time"
+
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/examples/internal/cli"
 	"github.com/zcfabric/zc/internal/idle"
 	"github.com/zcfabric/zc/ivshmem"
-	"io"
-	"os"
-	"time"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }

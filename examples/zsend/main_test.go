@@ -5,16 +5,12 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/internal/pcaptest"
 )
 
 // cluster creates a cluster whose queue 0 has buffers of its own (as
@@ -48,28 +44,14 @@ func cluster(t *testing.T) (string, *zc.Queue) {
 // writePcap writes a pcap file of frames of the given lengths (each a
 // ramp of bytes) and returns its path.
 func writePcap(t *testing.T, lens ...int) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "in.pcap")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	w := pcapgo.NewWriter(f)
-	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
-		t.Fatal(err)
-	}
+	frames := make([][]byte, len(lens))
 	for i, l := range lens {
-		b := make([]byte, l)
-		for j := range b {
-			b[j] = byte(i + j)
-		}
-		ci := gopacket.CaptureInfo{Timestamp: time.Unix(1, 0), CaptureLength: l, Length: l}
-		if err := w.WritePacket(ci, b); err != nil {
-			t.Fatal(err)
+		frames[i] = make([]byte, l)
+		for j := range frames[i] {
+			frames[i][j] = byte(i + j)
 		}
 	}
-	return path
+	return pcaptest.File(t, frames...)
 }
 
 // recvLens reads what is in q and returns the lengths of the frames.
