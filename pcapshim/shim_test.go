@@ -65,6 +65,7 @@ func tools(t *testing.T) string {
 			{"cc", "-O2", "-Wall", "-o", filepath.Join(buildDir, "nextex"), "testdata/nextex.c", "-lpcap"},
 			{"cc", "-O2", "-Wall", "-o", filepath.Join(buildDir, "hold"), "testdata/hold.c", "-lpcap"},
 			{"cc", "-O2", "-Wall", "-Werror", "-o", filepath.Join(buildDir, "crossread"), "testdata/crossread.c", "-lpcap"},
+			{"cc", "-O2", "-Wall", "-Werror", "-o", filepath.Join(buildDir, "apicheck"), "testdata/apicheck.c", "-lpcap"},
 			{"go", "build", "-o", buildDir, "github.com/zcfabric/zc/cmd/zchost"},
 		}
 		if zchost := os.Getenv("ZCPCAP_TEST_ZCHOST"); zchost != "" {

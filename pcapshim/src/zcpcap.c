@@ -113,6 +113,7 @@ struct zc {
 	int has_filter;
 	volatile int brk;
 	uint64_t passed, filtered;
+	uint32_t nx_limit; /* next_ex: the burst it takes next, 1 up to MAX_BURST */
 };
 
 #define MAXH 64
@@ -168,7 +169,10 @@ static const u_char *take(struct zc *z, const struct zcr_desc *d, int64_t now)
 	z->hdr.ts.tv_sec = ts / 1000000000ll;
 	z->hdr.ts.tv_usec = (ts % 1000000000ll) / 1000;
 	z->hdr.len = d->len;
-	z->hdr.caplen = d->len < (uint32_t)z->snaplen ? d->len : (uint32_t)z->snaplen;
+	/* The filter sees the whole packet, as on Linux, where the snap
+	 * length cuts only what is delivered: a filter looking past it
+	 * (tcpdump -s 20 udp) would otherwise reject every packet. */
+	z->hdr.caplen = d->len;
 	if (z->has_filter) {
 		REAL(int, pcap_offline_filter, (const struct bpf_program *, const struct pcap_pkthdr *, const u_char *));
 		int pass = 0;
@@ -180,6 +184,8 @@ static const u_char *take(struct zc *z, const struct zcr_desc *d, int64_t now)
 			return NULL;
 		}
 	}
+	if (z->hdr.caplen > (uint32_t)z->snaplen)
+		z->hdr.caplen = (uint32_t)z->snaplen;
 	z->passed++;
 	return data;
 }
@@ -224,6 +230,7 @@ static int deliver(struct zc *z, int cnt, pcap_handler cb, u_char *user, int *st
  * that polls it before each pcap_dispatch (softflowd) still gets back to
  * its timers and other descriptors while the queue is idle. */
 #define POLLED_WAIT_MS 100
+#define NONBLOCK_POLLED_NS 1000000
 static int64_t wait_deadline(struct zc *z)
 {
 	int ms = z->timeout_ms;
@@ -251,10 +258,20 @@ static int zc_dispatch(struct zc *z, int cnt, pcap_handler cb, u_char *user)
 			int done = deliver(z, cnt, cb, user, &stop);
 			if (done != 0 || stop)
 				return done == 0 && check_brk(z) ? PCAP_ERROR_BREAK : done;
-			continue; /* all filtered: wait for more */
+			/* all filtered: read on, within the timeout */
+			if (z->nonblock || (deadline != 0 && now_ns(CLOCK_MONOTONIC) >= deadline))
+				return 0;
+			continue;
 		}
-		if (z->nonblock)
+		if (z->nonblock) {
+			/* A tool polling pcap_fileno's descriptor (always
+			 * readable) in non-blocking mode would spin on an idle
+			 * queue: it waits up to NONBLOCK_POLLED_NS for packets
+			 * instead, woken by the first. */
+			if (z->pollfd >= 0)
+				zcr_wait(&z->r, NONBLOCK_POLLED_NS);
 			return 0;
+		}
 		int64_t left = 1000000000;
 		if (deadline != 0) {
 			left = deadline - now_ns(CLOCK_MONOTONIC);
@@ -306,16 +323,28 @@ static int zc_next_ex(struct zc *z, struct pcap_pkthdr **h, const u_char **data)
 	for (;;) {
 		if (check_brk(z))
 			return PCAP_ERROR_BREAK;
-		z->r.limit = 0;
+		/* A burst taken out of the queue and not delivered when the
+		 * handle closes is lost: take one packet first, then twice
+		 * as many each time the burst came full, so that a tool
+		 * reading a few packets and closing loses none, and a steady
+		 * reader gets whole bursts. */
+		if (z->nx_limit == 0)
+			z->nx_limit = 1;
+		z->r.limit = z->nx_limit;
+		int fresh = z->r.bi >= z->r.bn;
 		int n = zcr_fetch(&z->r);
 		if (n < 0)
 			return PCAP_ERROR;
+		if (fresh && n > 0 && (uint32_t)n >= z->nx_limit && z->nx_limit < MAX_BURST)
+			z->nx_limit *= 2;
 		if (n > 0) {
 			const struct zcr_desc *d = &z->r.burst[z->r.bi++];
 			const u_char *p = take(z, d, now_ns(CLOCK_REALTIME));
 			if (p == NULL) {
 				if (zcr_flush(&z->r) != 0)
 					return PCAP_ERROR;
+				if (z->nonblock || (deadline != 0 && now_ns(CLOCK_MONOTONIC) >= deadline))
+					return 0;
 				continue;
 			}
 			z->last = d->handle;
@@ -429,7 +458,7 @@ OPTION(pcap_set_promisc, int, (void)v)
 OPTION(pcap_set_timeout, int, z->timeout_ms = v)
 OPTION(pcap_set_buffer_size, int, (void)v)
 OPTION(pcap_set_immediate_mode, int, (void)v)
-OPTION(pcap_set_tstamp_type, int, (void)v)
+OPTION(pcap_set_tstamp_type, int, if (v != PCAP_TSTAMP_HOST) return PCAP_WARNING_TSTAMP_TYPE_NOTSUP)
 OPTION(pcap_set_rfmon, int, if (v) return PCAP_ERROR_RFMON_NOTSUP)
 OPTION(pcap_set_tstamp_precision, int, if (v != PCAP_TSTAMP_PRECISION_MICRO) return PCAP_ERROR_TSTAMP_PRECISION_NOTSUP)
 OPTION(pcap_set_protocol_linux, int, (void)v)
@@ -602,18 +631,45 @@ char *pcap_geterr(pcap_t *p)
 		REAL(char *, pcap_geterr, (pcap_t *));
 		return real_pcap_geterr(p);
 	}
+	if (z->r.err[0] == 0) {
+		/* Not the shim's error: one of the real libpcap's, which
+		 * compiled the filter or opened the -w file on this handle. */
+		REAL(char *, pcap_geterr, (pcap_t *));
+		return real_pcap_geterr(p);
+	}
 	return z->r.err;
 }
 
 void pcap_perror(pcap_t *p, const char *prefix)
 {
-	struct zc *z = lookup(p);
-	if (z == NULL) {
+	if (lookup(p) == NULL) {
 		REAL(void, pcap_perror, (pcap_t *, const char *));
 		real_pcap_perror(p, prefix);
 		return;
 	}
-	fprintf(stderr, "%s: %s\n", prefix, z->r.err);
+	fprintf(stderr, "%s: %s\n", prefix, pcap_geterr(p));
+}
+
+/* pcap_inject and pcap_sendpacket: a queue is read here, not written. */
+int pcap_inject(pcap_t *p, const void *buf, size_t size)
+{
+	struct zc *z = lookup(p);
+	if (z == NULL) {
+		REAL(int, pcap_inject, (pcap_t *, const void *, size_t));
+		return real_pcap_inject(p, buf, size);
+	}
+	seterr(z, "sending is not supported: the shim reads a queue (zsend -o %s writes one)", z->r.name);
+	return PCAP_ERROR;
+}
+
+int pcap_sendpacket(pcap_t *p, const u_char *buf, int size)
+{
+	struct zc *z = lookup(p);
+	if (z == NULL) {
+		REAL(int, pcap_sendpacket, (pcap_t *, const u_char *, int));
+		return real_pcap_sendpacket(p, buf, size);
+	}
+	return pcap_inject(p, buf, (size_t)size) < 0 ? PCAP_ERROR : 0;
 }
 
 int pcap_get_selectable_fd(pcap_t *p)
@@ -672,10 +728,11 @@ void pcap_close(pcap_t *p)
 		return;
 	}
 	if (verbose())
-		fprintf(stderr, "libzcpcap: %s: received %llu, passed filter %llu, filtered %llu, bad %llu, queue drops %llu, wake-ups sent %llu, sleeps %llu (on the doorbell %llu)%s%s\n",
+		fprintf(stderr, "libzcpcap: %s: received %llu, passed filter %llu, filtered %llu, bad %llu, queue drops %llu, wake-ups sent %llu, sleeps %llu (on the doorbell %llu), taken but not delivered %u%s%s\n",
 			z->r.name, (unsigned long long)z->r.recv, (unsigned long long)z->passed, (unsigned long long)z->filtered,
 			(unsigned long long)z->r.bad, (unsigned long long)zcr_drops(&z->r), (unsigned long long)z->r.wakes,
-			(unsigned long long)z->r.sleeps, (unsigned long long)z->r.bell_sleeps, z->r.failed ? ", failed: " : "",
+			(unsigned long long)z->r.sleeps, (unsigned long long)z->r.bell_sleeps, z->r.bn > z->r.bi ? z->r.bn - z->r.bi : 0,
+			z->r.failed ? ", failed: " : "",
 			z->r.failed ? z->r.err : "");
 	if (z->last_valid && !z->r.failed)
 		zcr_put(&z->r, z->last); /* the rest goes back in zcr_detach */
@@ -714,13 +771,19 @@ static int add_found(void *arg, const char *name, const char *desc) { return add
 int pcap_findalldevs(pcap_if_t **alldevs, char *errbuf)
 {
 	REAL(int, pcap_findalldevs, (pcap_if_t **, char *));
-	pcap_if_t *head = NULL, **tail = &head;
+	/* The interfaces first, then the queues: a tool without -i takes the
+	 * first device, and must not take a queue's one reader place. */
+	pcap_if_t *head = NULL;
+	int r = real_pcap_findalldevs(&head, errbuf);
+	if (r != 0)
+		head = NULL;
+	pcap_if_t **tail = &head;
+	while (*tail != NULL)
+		tail = &(*tail)->next;
+	pcap_if_t **queues = tail;
 	zcr_list(add_found, &tail); /* host regions, then a guest's devices */
-	pcap_if_t *rest = NULL;
-	int r = real_pcap_findalldevs(&rest, errbuf);
-	if (r != 0 && head == NULL)
+	if (r != 0 && *queues == NULL)
 		return r;
-	*tail = rest;
 	*alldevs = head;
 	return 0;
 }

@@ -1301,6 +1301,20 @@ static int put_back(struct zcr *z, uint32_t h)
 	return z->nret == MAX_BURST ? give_back(z) : 0;
 }
 
+/* note_drops reads the producer's drop counter into z->drops: on every
+ * empty poll and every pcap_stats, so that the count stays what it was
+ * once the queue is gone (a region unplugged or closed is not read
+ * again; the producer stopped before its creator closed it). */
+static void note_drops(struct zcr *z)
+{
+	if (z->dr == NULL || z->faulted)
+		return;
+	uint64_t d = 0;
+	GUARDED(z, return, d = ld64(z->dr + R_PROD_STAT + 16));
+	if (d >= z->drops0)
+		z->drops = d - z->drops0;
+}
+
 /* fetch receives a burst into z->burst when it is empty
  * (zc.Queue.recvBurst). It returns the number of packets waiting in the
  * burst, 0 when the queue is empty, or ZCR_ERR. */
@@ -1330,6 +1344,7 @@ static int fetch(struct zcr *z)
 			z->failed = z->gone = 1;
 			return ZCR_ERR;
 		}
+		note_drops(z);
 		return 0;
 	}
 	z->idle = 0;
@@ -1554,11 +1569,9 @@ int zcr_region_ok(struct zcr *z)
 
 uint64_t zcr_drops(struct zcr *z)
 {
-	if (z->gone || z->dr == NULL)
-		return 0;
-	uint64_t d = 0;
-	GUARDED(z, return 0, d = ld64(z->dr + R_PROD_STAT + 16));
-	return d >= z->drops0 ? d - z->drops0 : 0;
+	if (!z->gone)
+		note_drops(z);
+	return z->drops;
 }
 
 void zcr_detach(struct zcr *z)
@@ -1586,19 +1599,29 @@ void zcr_detach(struct zcr *z)
 
 /* ---- listing the queues (pcap_findalldevs) ---- */
 
-/* add_queue lists queue q of cluster id, whose descriptor (copied out) is
- * qd; dev names the guest's ivshmem device, NULL on a host. */
-static int add_queue(zcr_add_fn add, void *arg, uint32_t id, uint32_t q, const uint8_t *qd, const char *dev)
+/* add_queue lists queue q of cluster id (region flags), whose descriptor
+ * (copied out) is qd; dev names the guest's ivshmem device, NULL on a
+ * host. A consumer this process can tell is gone (as a reader taking its
+ * place would judge it: owner_stale) is said to be. */
+static int add_queue(zcr_add_fn add, void *arg, uint32_t id, uint32_t flags, uint32_t q, const uint8_t *qd, const char *dev)
 {
 	uint64_t cons = le64(qd + Q_CONS_OWNER);
 	char name[48], desc[400], where[300] = "";
 	snprintf(name, sizeof name, "zc:%u@%u", id, q);
 	if (dev != NULL)
 		snprintf(where, sizeof where, ", ivshmem device %s", dev);
-	if (cons == 0)
+	if (cons == 0) {
 		snprintf(desc, sizeof desc, "zcfabric cluster %u queue %u%s", id, q, where);
-	else
-		snprintf(desc, sizeof desc, "zcfabric cluster %u queue %u (consumer attached: pid %u%s)", id, q, (uint32_t)cons, where);
+		return add(arg, name, desc);
+	}
+	struct zcr me;
+	memset(&me, 0, sizeof me);
+	me.side = dev != NULL ? SIDE_GUEST : SIDE_HOST;
+	me.owner = (uint64_t)me.side << 32 | (uint64_t)owner_tag(me.side) << PID_BITS;
+	me.l.flags = flags;
+	uint32_t pid = (uint32_t)cons & ((1u << PID_BITS) - 1);
+	snprintf(desc, sizeof desc, "zcfabric cluster %u queue %u (consumer %s: pid %u%s)", id, q,
+		 owner_stale(&me, cons) ? "gone, its place free" : "attached", pid, where);
 	return add(arg, name, desc);
 }
 
@@ -1621,7 +1644,7 @@ static int list_region(zcr_add_fn add, void *arg, const char *path, uint32_t id)
 			uint8_t qd[QDESC_SIZE];
 			if (pread(fd, qd, QDESC_SIZE, (off_t)(l.qtable + (uint64_t)q * QDESC_SIZE)) != (ssize_t)QDESC_SIZE)
 				break;
-			stop = add_queue(add, arg, id, q, qd, NULL);
+			stop = add_queue(add, arg, id, l.flags, q, qd, NULL);
 		}
 	}
 	close(fd);
@@ -1653,7 +1676,7 @@ static int list_device(zcr_add_fn add, void *arg, const char *addr, uint32_t *id
 			uint8_t qd[QDESC_SIZE];
 			if (copy_mapped(qd, b, size, l.qtable + (uint64_t)q * QDESC_SIZE, QDESC_SIZE) != 0)
 				break;
-			stop = add_queue(add, arg, l.cluster, q, qd, addr);
+			stop = add_queue(add, arg, l.cluster, l.flags, q, qd, addr);
 		}
 	}
 	munmap(b, size);

@@ -134,6 +134,7 @@ struct zcr {
 	uint32_t bursts; /* and every 256 bursts */
 	uint32_t nap_ns;
 	uint64_t drops0; /* the producer's drop counter at attach */
+	uint64_t drops;  /* its last value read, less drops0: what zcr_drops says once the queue is gone */
 	uint64_t recv, bad, wakes, sleeps;
 	uint32_t sleep_no; /* our sleep number: the data ring's wake word is sleep_no << 2 | code */
 	uint32_t woken;    /* the last return-ring wake word answered */
