@@ -227,7 +227,7 @@ func (d *daemon) reload(ctx context.Context) (string, error) {
 	for _, id := range ch.AddedClusters {
 		for _, cl := range nf.Clusters {
 			if cl.ID == id {
-				if err := d.startCluster(ctx, cl); err != nil {
+				if err := d.startCluster(cl); err != nil {
 					errs = append(errs, fmt.Errorf("cluster %d: start: %w", id, err))
 					rec.dropCluster(id)
 				} else {

@@ -35,6 +35,10 @@ type daemon struct {
 	running map[uint32]*runningAgent
 	ready   time.Duration // from start to every agent set up (re-adoption done)
 	metrics io.Closer     // the Prometheus endpoint, nil when off
+	// life is the daemon's run, until SIGTERM or SIGINT: every cluster's
+	// agent runs under it, also one a reload started (under the
+	// request's context, it stopped as soon as the reply was sent).
+	life context.Context
 }
 
 // runningAgent is one cluster's agent and the goroutine running it.
@@ -84,9 +88,10 @@ func daemonCmd(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	d.life = ctx
 	defer d.stopAll()
 	for _, cl := range f.Clusters {
-		if err := d.startCluster(ctx, cl); err != nil {
+		if err := d.startCluster(cl); err != nil {
 			return err
 		}
 	}
@@ -159,13 +164,13 @@ func agentConfig(f *agentconf.File, cl agentconf.Cluster, log hclog.Logger) agen
 }
 
 // startCluster sets up cluster cl's agent (adopting what a predecessor
-// left) and runs it.
-func (d *daemon) startCluster(ctx context.Context, cl agentconf.Cluster) error {
-	a, err := agent.New(ctx, agentConfig(d.file, cl, d.log))
+// left) and runs it, both for the daemon's life.
+func (d *daemon) startCluster(cl agentconf.Cluster) error {
+	a, err := agent.New(d.life, agentConfig(d.file, cl, d.log))
 	if err != nil {
 		return fmt.Errorf("daemon: cluster %d: %w", cl.ID, err)
 	}
-	rctx, cancel := context.WithCancel(ctx)
+	rctx, cancel := context.WithCancel(d.life)
 	r := &runningAgent{a: a, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- a.Run(rctx) }()
 	d.mu.Lock()

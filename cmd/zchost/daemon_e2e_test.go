@@ -495,6 +495,7 @@ vm = %q
 id = 68
 backing = "shm"
 queue_len = 64
+sources = ["gen:len=64,rate=2000"]
 `, absent))
 	out, err = reload()
 	if err == nil || !strings.Contains(out, "reloaded: cluster 68 started") || !strings.Contains(out, "export to vm "+absent) {
@@ -502,6 +503,22 @@ queue_len = 64
 	}
 	if st := r.ask(controlRequest{Op: "status"}); len(st.Clusters) != 2 {
 		t.Fatalf("status after the partly failed reload: %+v", st)
+	}
+	// The cluster a reload started keeps running after the reply (it ran
+	// under the request's context, and its generator stopped there).
+	fed := func() uint64 {
+		st := r.ask(controlRequest{Op: "stats"})
+		var n uint64
+		for _, q := range st.Stats[68] {
+			n += q.Sent + q.Drops
+		}
+		return n
+	}
+	before := fed()
+	for deadline := time.Now().Add(20 * time.Second); fed() <= before; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster 68, started by a reload, stopped after it: %d packets and no more\n%s", before, r.log)
+		}
 	}
 	out, err = reload()
 	if err == nil || !strings.Contains(out, "export to vm "+absent) || strings.Contains(out, "cluster 68") {
