@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/internal/pcaptest"
 )
 
 // build compiles the agent and zcount once per test binary.
@@ -274,5 +276,39 @@ func TestDrainTimeoutZeroWaits(t *testing.T) {
 	}
 	if !strings.Contains(alog.String(), "interrupted while consumers were still reading") || strings.Contains(alog.String(), "consumers stopped reading") {
 		t.Fatalf("log:\n%s", alog.String())
+	}
+}
+
+// TestRunFailsWhenASourceFails: a source that fails (a pcap file cut
+// short) does not stop the others, but zchost run then exits 1 naming
+// it: a replay script learns that part of its input was lost (it exited
+// 0).
+func TestRunFailsWhenASourceFails(t *testing.T) {
+	bin := binaries(t)
+	env := shmEnv(t)
+	frames := make([][]byte, 10)
+	for i := range frames {
+		frames[i] = make([]byte, 100)
+		frames[i] = frames[i][:zc.SynthFrame(frames[i], uint64(i), 100, 1)]
+	}
+	path := pcaptest.File(t, frames...)
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, st.Size()-30); err != nil {
+		t.Fatal(err)
+	}
+	id := strconv.Itoa(36000 + os.Getpid()%10000)
+	c := exec.Command(filepath.Join(bin, "zchost"), "run", "-c", id, "-i", "pcap:"+path, "-i", "gen:len=64,count=500",
+		"--backing", "shm", "--stats-interval", "0")
+	c.Env = env
+	out, err := c.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "sources failed: 1 of 2") || !strings.Contains(string(out), path) {
+		t.Fatalf("zchost run with a truncated pcap: %v, want exit 1 naming the failed source:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), `source total: name="gen:len=64,count=500" packets=500`) {
+		t.Errorf("the other source did not run to its end:\n%s", out)
 	}
 }

@@ -97,6 +97,11 @@ type Config struct {
 // ErrConfig is a Config that cannot run.
 var ErrConfig = errors.New("bad agent configuration")
 
+// ErrSourceFailed: Run ended on its own (not interrupted) after one or
+// more of its sources failed (a pcap file cut short, an interface gone);
+// the others ran to their end.
+var ErrSourceFailed = errors.New("sources failed")
+
 // errLibvirtCtl refuses Ctl for libvirt domains: the zc.ctl port is found
 // and hot-plugged over QMP.
 var errLibvirtCtl = errors.New("--ctl is not supported for libvirt domains (the zc.ctl port is managed over QMP)")
@@ -426,6 +431,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		copies = a.bal.Copies
 	}
 	summary(log, stats, a.sources, st, copies)
+	if len(st.Failed) > 0 && ctx.Err() == nil {
+		// The run ended on its own, and the queues carried what the other
+		// sources gave, but part of the input is lost: a replay script
+		// must learn it. (Stopped by the operator, it ends cleanly: the
+		// failures are in the log.)
+		return fmt.Errorf("%w: %d of %d: %w", ErrSourceFailed, len(st.Failed), len(a.sources), errors.Join(st.Failed...))
+	}
 	return nil
 }
 
