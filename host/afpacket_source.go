@@ -127,6 +127,7 @@ func (a *AFPacket) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 // Stats implements Source; KernelDrops are the ring's drops.
 func (a *AFPacket) Stats() SourceStats {
 	st := a.st
+	st.Truncated = a.Truncated
 	if ks, err := a.rx.Stats(); err == nil {
 		st.KernelDrops = ks.Drops
 	}

@@ -93,7 +93,11 @@ func (p *Pcap) open() error {
 func (p *Pcap) Name() string { return "pcap:" + p.path }
 
 // Stats implements Source.
-func (p *Pcap) Stats() SourceStats { return p.st }
+func (p *Pcap) Stats() SourceStats {
+	st := p.st
+	st.Truncated = p.Truncated
+	return st
+}
 
 // Close implements Source.
 func (p *Pcap) Close() error {

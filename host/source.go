@@ -41,6 +41,9 @@ type SourceStats struct {
 	// Filtered counts packets received and rejected by the source's
 	// user-space BPF filter (SourceOptions.Filter).
 	Filtered uint64
+	// Truncated counts frames longer than a buffer, delivered cut to the
+	// buffer size (a pcap file's, or AF_PACKET's).
+	Truncated uint64
 }
 
 // Waiter is a source that knows when its next packet is due (a paced

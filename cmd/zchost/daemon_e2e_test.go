@@ -207,6 +207,11 @@ sources = ["gen:len=64,count=20000,rate=10000"]
 	if got := metricValue(t, mf, "zcfabric_source_packets_total", map[string]string{"cluster": "62"}); got != after {
 		t.Errorf("source packets = %v, want %d", got, after)
 	}
+	for _, name := range []string{"zcfabric_source_filtered_total", "zcfabric_source_truncated_total"} {
+		if got := metricValue(t, mf, name, map[string]string{"cluster": "62"}); got != 0 {
+			t.Errorf("%s = %v, want 0 (nothing filtered or cut)", name, got)
+		}
+	}
 
 	r.cmd.Process.Signal(syscall.SIGTERM)
 	if err := <-r.done; err != nil {
@@ -503,6 +508,11 @@ sources = ["gen:len=64,rate=2000"]
 	}
 	if st := r.ask(controlRequest{Op: "status"}); len(st.Clusters) != 2 {
 		t.Fatalf("status after the partly failed reload: %+v", st)
+	}
+	// Cluster 67 has no sources (producers that attach feed it): its
+	// queue is up, not down.
+	if up := metricValue(t, scrape(t, "http://"+moved+"/metrics"), "zcfabric_queue_up", map[string]string{"cluster": "67"}); up != 1 {
+		t.Errorf("zcfabric_queue_up of a producer-fed queue = %v, want 1", up)
 	}
 	// The cluster a reload started keeps running after the reply (it ran
 	// under the request's context, and its generator stopped there).

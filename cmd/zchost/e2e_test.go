@@ -312,3 +312,35 @@ func TestRunFailsWhenASourceFails(t *testing.T) {
 		t.Errorf("the other source did not run to its end:\n%s", out)
 	}
 }
+
+// TestRunReportsCutAndFiltered: frames longer than a buffer are cut and
+// said so (a warning, and the summary), and what the filter rejected is in
+// the summary too (it was only in the source's line, and cut frames were
+// counted nowhere an operator could see).
+func TestRunReportsCutAndFiltered(t *testing.T) {
+	bin := binaries(t)
+	env := shmEnv(t)
+	frames := make([][]byte, 10)
+	for i := range frames {
+		frames[i] = make([]byte, 3000)
+		frames[i] = frames[i][:zc.SynthFrame(frames[i], uint64(i), 3000, 2)] // flows 0, 1: UDP from 1024, 1025
+	}
+	path := pcaptest.File(t, frames...)
+	const srcPort1025 = "4\n40 0 0 34\n21 0 1 1025\n6 0 0 262144\n6 0 0 0"
+	id := strconv.Itoa(37000 + os.Getpid()%10000)
+	c := exec.Command(filepath.Join(bin, "zchost"), "run", "-c", id, "-i", "pcap:"+path, "--bpf", srcPort1025,
+		"--backing", "shm", "--stats-interval", "0")
+	c.Env = env
+	out, err := c.CombinedOutput()
+	if err != nil {
+		t.Fatalf("zchost run: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"frames longer than a buffer were cut to the buffer size", "truncated=5",
+		"summary: copied_to_vm_regions=0 packets_in=5 filtered=5 truncated=5 queued=5",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("zchost run does not say %q:\n%s", want, out)
+		}
+	}
+}

@@ -29,11 +29,15 @@ var (
 		[]string{"cluster", "queue", "vm"}, nil)
 	descQueueDepth = prometheus.NewDesc("zcfabric_queue_depth_packets", "Packets waiting in a queue.",
 		[]string{"cluster", "queue", "vm"}, nil)
-	descQueueUp = prometheus.NewDesc("zcfabric_queue_up", "1 while a queue works, 0 once it failed (its packets are dropped and counted).",
+	descQueueUp = prometheus.NewDesc("zcfabric_queue_up", "1 while a queue works, 0 once it failed (its packets are dropped and counted); a queue fed by producers that attach is up unless the agent saw it fail.",
 		[]string{"cluster", "queue", "vm"}, nil)
 	descSourcePackets = prometheus.NewDesc("zcfabric_source_packets_total", "Packets a source delivered.",
 		[]string{"cluster", "source"}, nil)
 	descSourceKernelDrops = prometheus.NewDesc("zcfabric_source_kernel_drops_total", "Packets the kernel dropped before a source read them (AF_PACKET, AF_XDP).",
+		[]string{"cluster", "source"}, nil)
+	descSourceFiltered = prometheus.NewDesc("zcfabric_source_filtered_total", "Packets a source read and its BPF filter (bpf) rejected.",
+		[]string{"cluster", "source"}, nil)
+	descSourceTruncated = prometheus.NewDesc("zcfabric_source_truncated_total", "Frames longer than a buffer that a source delivered cut to the buffer size.",
 		[]string{"cluster", "source"}, nil)
 	descExportPlugged = prometheus.NewDesc("zcfabric_export_plugged", "1 while a VM's region is plugged into it.",
 		[]string{"cluster", "vm"}, nil)
@@ -58,7 +62,7 @@ type collector struct{ d *daemon }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueuePackets, descQueueBytes, descQueueDrops, descBadReturns, descQueueDepth, descQueueUp,
-		descSourcePackets, descSourceKernelDrops, descExportPlugged, descAdopted, descReady, descGap} {
+		descSourcePackets, descSourceKernelDrops, descSourceFiltered, descSourceTruncated, descExportPlugged, descAdopted, descReady, descGap} {
 		ch <- d
 	}
 }
@@ -102,7 +106,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			counter(descQueueDrops, s.Drops, id, q, vm)
 			counter(descBadReturns, s.BadReturns, id, q, vm)
 			gauge(descQueueDepth, float64(max(s.Depth, 0)), id, q, vm)
-			gauge(descQueueUp, b2f(s.State == "ok"), id, q, vm)
+			// "": a queue producers that attach feed (no sources), whose
+			// state the agent does not hold: up unless it failed.
+			gauge(descQueueUp, b2f(s.State == "ok" || s.State == ""), id, q, vm)
 		}
 		srcs := a.Sources()
 		for i, ss := range a.SourceStats() {
@@ -112,6 +118,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			counter(descSourcePackets, ss.Packets, id, name)
 			counter(descSourceKernelDrops, ss.KernelDrops, id, name)
+			counter(descSourceFiltered, ss.Filtered, id, name)
+			counter(descSourceTruncated, ss.Truncated, id, name)
 		}
 	}
 }

@@ -81,7 +81,7 @@ func startStats(log hclog.Logger, stats func() []zc.QueueStats, sources []host.S
 			}
 			log.Info("source stats", "name", sources[i].Name(), "pkts", ss.Packets, "pps", uint64(float64(ss.Packets-p.Packets)/secs),
 				"kernel_drops", ss.KernelDrops, "kernel_drops_per_s", uint64(float64(ss.KernelDrops-p.KernelDrops)/secs),
-				"filtered", ss.Filtered)
+				"filtered", ss.Filtered, "truncated", ss.Truncated)
 		}
 		for i, s := range cur {
 			log.Info("queue", "q", i, "sent", s.Sent, "pps", uint64(float64(s.Sent-prev[i].Sent)/secs),
@@ -107,15 +107,21 @@ func summary(log hclog.Logger, stats func() []zc.QueueStats, sources []host.Sour
 		sent += s.Sent
 		drops += s.Drops
 	}
+	var filtered, truncated uint64
 	for _, s := range sources {
 		ss := s.Stats()
-		log.Info("source total", "name", s.Name(), "packets", ss.Packets, "bytes", ss.Bytes, "kernel_drops", ss.KernelDrops, "filtered", ss.Filtered, "waited_for_buffer", ss.NoBuffer)
+		log.Info("source total", "name", s.Name(), "packets", ss.Packets, "bytes", ss.Bytes, "kernel_drops", ss.KernelDrops, "filtered", ss.Filtered, "truncated", ss.Truncated, "waited_for_buffer", ss.NoBuffer)
+		filtered += ss.Filtered
+		truncated += ss.Truncated
+	}
+	if truncated > 0 {
+		log.Warn("frames longer than a buffer were cut to the buffer size (zchost run --buffer-size)", "truncated", truncated)
 	}
 	pps := 0.0
 	if st.Elapsed > 0 {
 		pps = float64(st.Packets) / st.Elapsed.Seconds()
 	}
-	log.Info("summary", "copied_to_vm_regions", copies, "packets_in", st.Packets, "queued", sent, "dropped", drops, "received_reported_by_consumers", recv,
+	log.Info("summary", "copied_to_vm_regions", copies, "packets_in", st.Packets, "filtered", filtered, "truncated", truncated, "queued", sent, "dropped", drops, "received_reported_by_consumers", recv,
 		"pps", uint64(pps))
 }
 
