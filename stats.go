@@ -129,6 +129,27 @@ func (r *region) gone(q uint32, e ivshmem.End) bool {
 	return o.Side != 0 && r.stale(o)
 }
 
+// PeerGone reports whether this end can tell that the holder of the
+// queue's other end is gone (killed, or from before its guest rebooted),
+// as Inspect's ProducerGone and ConsumerGone judge it: its claim is stale,
+// and the next process to attach that end takes it over. False when the
+// queue failed or the other end is free. It reads the region and /proc:
+// not for a hot path. Safe to call from another goroutine than the one
+// using the queue, as Err is.
+func (q *Queue) PeerGone() (gone bool) {
+	if q.Err() != nil {
+		return false
+	}
+	other := ivshmem.EndConsumer
+	if q.end == ivshmem.EndConsumer {
+		other = ivshmem.EndProducer
+	}
+	if protect(func() { gone = q.r.gone(q.id, other) }) != nil {
+		return false
+	}
+	return gone
+}
+
 // Owner names the holder of end e of the queue for a table: "-" when
 // free, its pid, "guest:PID" in a guest, with " (gone)" when the reader
 // of the stats could tell it is (ProducerGone, ConsumerGone).

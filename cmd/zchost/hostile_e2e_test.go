@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -296,5 +297,39 @@ func TestHostileTruncatedRegion(t *testing.T) {
 		t.Errorf("zcount before the truncation: %+v; want packets, none corrupt or out of order", r)
 	}
 	agent.running(t, "after its region file was truncated")
+	agent.terminate(t)
+}
+
+// TestGoneReaderWarned: a reader killed while its queue fills is named
+// in a warning: with --lossless every queue then waits for it, which the
+// agent said nowhere (only zchost stats showed "(gone)"). The queue's
+// place is free: a new reader attaches and the run goes on.
+func TestGoneReaderWarned(t *testing.T) {
+	bin := binaries(t)
+	env := hostileEnv(t)
+	idn := uint32(49000 + os.Getpid()%1000)
+	id := strconv.Itoa(int(idn))
+	readers := make([]*child, 2)
+	for q := range readers {
+		readers[q] = startChild(t, env, filepath.Join(bin, "zcount"), "-i", fmt.Sprintf("zc:%s@%d", id, q), "--wait", "30s", "--interval", "0")
+	}
+	agent := startRun(t, env, "-c", id, "-i", "gen:len=64,rate=20000", "-n", "2", "-q", "64", "--lossless",
+		"--wait-consumers", "30s", "--backing", "shm", "--stats-interval", "0")
+	readers[0].cmd.Process.Kill()
+	want := fmt.Sprintf(`every queue waits until a new reader attaches to it: queue=zc:%s@0 pid=%d`, id, readers[0].cmd.Process.Pid)
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(agent.log.String(), want); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) { // a hang bound
+			t.Fatalf("no warning %q within 30 s:\n%s", want, agent.log.String())
+		}
+	}
+	if n := strings.Count(agent.log.String(), "a queue's reader is gone"); n != 1 {
+		t.Errorf("%d warnings about the gone reader, want 1:\n%s", n, agent.log.String())
+	}
+	// A new reader takes the place over; the queue moves again.
+	again := startChild(t, env, filepath.Join(bin, "zcount"), "-i", "zc:"+id+"@0", "-n", "1000", "--wait", "30s", "--interval", "0")
+	again.wait(t, 30*time.Second)
+	if again.err != nil {
+		t.Fatalf("a new reader of queue 0: %v\n%s", again.err, again.stderr.String())
+	}
 	agent.terminate(t)
 }

@@ -215,7 +215,8 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	vmCfg := zcfg
 	vmCfg.Buffers, vmCfg.Group = 0, ""
-	a.g = &guard{log: log, c: c, control: make(chan func(), 1), recover: cfg.VMRecover, reported: map[*zc.Queue]bool{}, cfg: vmCfg}
+	a.g = &guard{log: log, c: c, control: make(chan func(), 1), recover: cfg.VMRecover, reported: map[*zc.Queue]bool{}, cfg: vmCfg,
+		lossless: cfg.Lossless, goneSaid: map[*zc.Queue]uint32{}}
 	for k, ex := range cfg.Exports {
 		if cfg.Ctl && vmm.IsLibvirt(ex.VM) {
 			return nil, fmt.Errorf("%w: vm %s: %v", ErrConfig, ex.VM, errLibvirtCtl)
@@ -246,7 +247,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		if err != nil && cfg.Adopt && ctx.Err() == nil {
 			// A service goes on without a VM that is not there (yet): its
 			// region goes, and the export waits for the VM (watchExports).
-			log.Error("vm not reachable; its export waits for it", "vm", ex.VM, "error", err)
+			log.Warn("vm not reachable; its export waits for it", "vm", ex.VM, "error", err)
 			if vr != nil {
 				a.g.vms = a.g.vms[:len(a.g.vms)-1]
 				for i, qi := range queues {

@@ -58,7 +58,9 @@ type guard struct {
 	outs     []*zc.Queue // the balancer's outputs as last swapped
 	vms      []*vmRegion
 	reported map[*zc.Queue]bool
-	changed  func() // after a region was re-created (the agent's state file)
+	changed  func()               // after a region was re-created (the agent's state file)
+	lossless bool                 // the balancer waits for room (back-pressure)
+	goneSaid map[*zc.Queue]uint32 // the gone reader last warned about, per queue
 }
 
 // stats returns the counters of the queues as fed (host view).
@@ -115,6 +117,7 @@ func (g *guard) tick(ctx context.Context, now time.Time) {
 			g.log.Error("vm region failed; its packets are dropped and counted from now on, other VMs go on", args...)
 		}
 	}
+	g.sayGoneReaders()
 	var due []*vmRegion
 	for _, v := range g.vms {
 		if v.failure != "" && !v.recovering && g.recover > 0 && g.running.Load() && now.Sub(v.failedAt) >= v.wait {
@@ -131,6 +134,32 @@ func (g *guard) tick(ctx context.Context, now time.Time) {
 		}()
 	}
 	g.publish(now)
+}
+
+// sayGoneReaders warns, once per reader, about a queue whose reader is
+// gone (killed) while it holds packets: nothing reads it until a new
+// reader attaches, and with back-pressure every queue waits for it. (The
+// reader's place is free: the next one takes it over.) Called with g.mu
+// held.
+func (g *guard) sayGoneReaders() {
+	for _, q := range g.outs {
+		if !q.PeerGone() {
+			delete(g.goneSaid, q)
+			continue
+		}
+		st := q.Stats()
+		if st.Depth <= 0 || g.goneSaid[q] == st.Consumer {
+			continue
+		}
+		g.goneSaid[q] = st.Consumer
+		if g.lossless {
+			g.log.Warn("a queue's reader is gone and the queue is full of packets for it: lossless, every queue waits until a new reader attaches to it",
+				"queue", q.Name(), "pid", st.Consumer, "depth", st.Depth)
+		} else {
+			g.log.Warn("a queue's reader is gone: its packets are dropped and counted until a new reader attaches to it",
+				"queue", q.Name(), "pid", st.Consumer, "depth", st.Depth)
+		}
+	}
 }
 
 // recreate gives VM v a fresh region in place of its failed one: made
