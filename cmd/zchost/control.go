@@ -135,6 +135,7 @@ func (d *daemon) handle(ctx context.Context, r controlRequest) controlReply {
 		return rep
 	case "reload":
 		msg, err := d.reload(ctx)
+		d.logReload("zchost reload", msg, err)
 		if err != nil {
 			return controlReply{Error: err.Error(), Changes: msg}
 		}
@@ -260,6 +261,18 @@ func (d *daemon) reload(ctx context.Context) (string, error) {
 		done = append(done, "nothing")
 	}
 	return strings.Join(done, "; "), errors.Join(errs...)
+}
+
+// logReload logs a reload's outcome, by: SIGHUP, or zchost reload.
+func (d *daemon) logReload(by, msg string, err error) {
+	switch {
+	case errors.Is(err, errRefused):
+		d.log.Error("reload refused; running as before", "by", by, "error", err)
+	case err != nil:
+		d.log.Error("reload partly failed; the rest is applied, and the next reload tries what failed again", "by", by, "applied", msg, "error", err)
+	default:
+		d.log.Info("reloaded", "by", by, "changes", msg)
+	}
 }
 
 // record is the configuration a reload records as running: the new file,

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -120,14 +119,8 @@ func daemonCmd(args []string) error {
 			log.Info("stopping", "keep_plugged", d.file.KeepPlugged)
 			return nil
 		case <-hup:
-			switch msg, err := d.reload(ctx); {
-			case errors.Is(err, errRefused):
-				log.Error("reload refused; running as before", "error", err)
-			case err != nil:
-				log.Error("reload partly failed; the rest is applied, and the next reload tries what failed again", "applied", msg, "error", err)
-			default:
-				log.Info("reloaded", "changes", msg)
-			}
+			msg, err := d.reload(ctx)
+			d.logReload("SIGHUP", msg, err)
 		}
 	}
 }

@@ -534,6 +534,9 @@ sources = ["gen:len=64,rate=2000"]
 	if err == nil || !strings.Contains(out, "export to vm "+absent) || strings.Contains(out, "cluster 68") {
 		t.Fatalf("second reload: the failed export is not tried again: %v\n%s", err, out)
 	}
+	if !strings.Contains(r.log.String(), "reload partly failed; the rest is applied, and the next reload tries what failed again: by=\"zchost reload\"") {
+		t.Errorf("a reload by zchost reload left nothing in the daemon's log:\n%s", r.log)
+	}
 	r.cmd.Process.Signal(syscall.SIGHUP)
 	for !strings.Contains(r.log.String(), "reload partly failed") && time.Now().Before(deadline.Add(10*time.Second)) {
 		time.Sleep(20 * time.Millisecond)
