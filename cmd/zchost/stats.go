@@ -11,6 +11,7 @@ import (
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/host/status"
 	"github.com/zcfabric/zc/ivshmem"
+	"golang.org/x/sys/unix"
 )
 
 func init() {
@@ -43,11 +44,14 @@ func statsCmd(args []string) error {
 			return err
 		}
 		agent, agentErr := status.Read(status.Path(uint32(id)))
+		var rec *agentRecord
 		if agentErr == nil {
 			info = mergeAgent(info, &agent)
 			for i := range vms {
 				vms[i] = mergeAgent(vms[i], &agent)
 			}
+			rec = &agentRecord{PID: agent.PID, Updated: agent.Updated, AgeSeconds: time.Since(agent.Updated).Seconds(),
+				Running: agent.PID > 0 && unix.Kill(agent.PID, 0) != unix.ESRCH}
 		}
 		if asJSON {
 			enc := json.NewEncoder(os.Stdout)
@@ -55,7 +59,8 @@ func statsCmd(args []string) error {
 			if err := enc.Encode(struct {
 				zc.ClusterInfo
 				VMRegions []zc.ClusterInfo `json:"vm_regions,omitempty"`
-			}{info, vms}); err != nil {
+				Agent     *agentRecord     `json:"agent,omitempty"`
+			}{info, vms, rec}); err != nil {
 				return err
 			}
 		} else {
@@ -64,12 +69,32 @@ func statsCmd(args []string) error {
 				fmt.Println()
 				printInfo(v)
 			}
+			if rec != nil {
+				fmt.Println(rec)
+			}
 		}
 		if watch <= 0 {
 			return nil
 		}
 		time.Sleep(watch)
 	}
+}
+
+// agentRecord says whose record zchost stats merged, and how old it is:
+// the agent writes it once a second, and a killed agent leaves its last.
+type agentRecord struct {
+	PID        int       `json:"pid"`
+	Updated    time.Time `json:"updated"`
+	AgeSeconds float64   `json:"age_seconds"`
+	Running    bool      `json:"running"`
+}
+
+func (r *agentRecord) String() string {
+	age := time.Duration(r.AgeSeconds * float64(time.Second)).Round(100 * time.Millisecond)
+	if !r.Running {
+		return fmt.Sprintf("agent record: pid %d is gone; its last record, %v old, shows where it stopped", r.PID, age)
+	}
+	return fmt.Sprintf("agent record: pid %d, written %v ago (once a second; the values read from the region are of now)", r.PID, age)
 }
 
 // mergeAgent puts the agent's own record (host/status) over what the
@@ -131,7 +156,7 @@ func printInfo(info zc.ClusterInfo) {
 		}
 	}
 	if len(info.Queues) > 0 && info.Queues[0].View == "agent" {
-		fmt.Println("* reported by the consumer (its process or guest writes these; the agent does not act on them); the rest is the agent's own record")
+		fmt.Println("* read from the region: the consumer's counters and the owners, as those processes or guests wrote them (the agent does not act on them); the rest is the agent's own record")
 	} else {
 		fmt.Println("* and every other counter: read from the region as its users wrote them (no agent record for it)")
 	}

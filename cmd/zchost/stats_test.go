@@ -2,9 +2,14 @@ package main
 
 import (
 	"encoding/binary"
+	"encoding/json"
+	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -74,5 +79,63 @@ func TestStatsDistrustsVMRegions(t *testing.T) {
 	}
 	if len(in.Queues) == 0 || in.Queues[0].Sent != 42 || in.Queues[0].View != "agent" {
 		t.Errorf("vm2 queue 0: %+v, want the agent's sent count (42), view agent", in.Queues)
+	}
+}
+
+// TestStatsSaysRecordAge: zchost stats says whose record it merged and
+// how old it is, and when that agent is gone (killed: its last record
+// stays), says so instead of showing it as current.
+func TestStatsSaysRecordAge(t *testing.T) {
+	bin := binaries(t)
+	env := hostileEnv(t)
+	id := 0x7d000000 | rand.Uint32N(1<<24)
+	c, err := zc.CreateCluster(zc.Config{ID: id, Queues: 1, QueueLen: 16, Buffers: 64, Backing: zc.BackingShm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		pid      int
+		running  bool
+		sayText  string
+		ageAtLst float64
+	}{
+		{os.Getpid(), true, fmt.Sprintf("agent record: pid %d, written 5", os.Getpid()), 5},
+		{dead.Process.Pid, false, fmt.Sprintf("agent record: pid %d is gone; its last record, 5", dead.Process.Pid), 5},
+	} {
+		rec := status.File{Cluster: id, PID: tc.pid, Updated: time.Now().Add(-5 * time.Second),
+			Regions: []status.Region{{Path: c.Path(), Generation: c.Generation(), Checksum: c.Checksum(), State: "ok"}}}
+		if err := status.Write(status.Path(id), rec); err != nil {
+			t.Fatal(err)
+		}
+		run := func(args ...string) string {
+			cmd := exec.Command(filepath.Join(bin, "zchost"), append([]string{"stats", "-c", strconv.FormatUint(uint64(id), 10)}, args...)...)
+			cmd.Env = env
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("zchost stats %q: %v\n%s", args, err, out)
+			}
+			return string(out)
+		}
+		if out := run(); !strings.Contains(out, tc.sayText) {
+			t.Errorf("zchost stats does not say %q:\n%s", tc.sayText, out)
+		}
+		var js struct {
+			Agent struct {
+				PID        int     `json:"pid"`
+				AgeSeconds float64 `json:"age_seconds"`
+				Running    bool    `json:"running"`
+			} `json:"agent"`
+		}
+		if err := json.Unmarshal([]byte(run("--json")), &js); err != nil {
+			t.Fatal(err)
+		}
+		if js.Agent.PID != tc.pid || js.Agent.Running != tc.running || js.Agent.AgeSeconds < tc.ageAtLst {
+			t.Errorf("zchost stats --json agent %+v, want pid %d running %v, at least %v s old", js.Agent, tc.pid, tc.running, tc.ageAtLst)
+		}
 	}
 }
