@@ -344,3 +344,22 @@ func TestRunReportsCutAndFiltered(t *testing.T) {
 		}
 	}
 }
+
+// TestRunSummaryFanOut: with fan-out every packet is queued once per
+// queue, and the summary says so (it showed queued three times packets_in
+// with nothing to explain it).
+func TestRunSummaryFanOut(t *testing.T) {
+	bin := binaries(t)
+	env := shmEnv(t)
+	id := strconv.Itoa(38000 + os.Getpid()%10000)
+	c := exec.Command(filepath.Join(bin, "zchost"), "run", "-c", id, "-i", "gen:len=64,count=1000", "-n", "3", "-m", "fan-out",
+		"--backing", "shm", "--stats-interval", "0")
+	c.Env = env
+	out, err := c.CombinedOutput()
+	if err != nil {
+		t.Fatalf("zchost run: %v\n%s", err, out)
+	}
+	if want := "packets_in=1000 filtered=0 truncated=0 queued=3000 dropped=0"; !strings.Contains(string(out), want) || !strings.Contains(string(out), "fan_out_queues=3") {
+		t.Errorf("summary does not say %q and fan_out_queues=3:\n%s", want, out)
+	}
+}

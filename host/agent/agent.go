@@ -401,6 +401,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		OnSourceError: func(s host.Source, err error) {
 			log.Error("source failed; the others go on", "source", s.Name(), "error", err)
 		}}
+	base := stats() // what adopted regions carry over from a predecessor
 	stopStats := startStats(log, stats, a.sources, a.eng.SourceStats, cfg.StatsInterval)
 	var st host.EngineStats
 	if len(a.sources) > 0 {
@@ -431,7 +432,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.bal != nil {
 		copies = a.bal.Copies
 	}
-	summary(log, stats, a.sources, st, copies)
+	fanout := 1
+	if cfg.Mode == zc.ModeFanout {
+		fanout = cfg.Queues
+	}
+	summary(log, stats, base, a.sources, st, copies, fanout)
 	if len(st.Failed) > 0 && ctx.Err() == nil {
 		// The run ended on its own, and the queues carried what the other
 		// sources gave, but part of the input is lost: a replay script

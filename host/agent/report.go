@@ -91,12 +91,21 @@ func startStats(log hclog.Logger, stats func() []zc.QueueStats, sources []host.S
 	})
 }
 
-func summary(log hclog.Logger, stats func() []zc.QueueStats, sources []host.Source, st host.EngineStats, copies uint64) {
+// summary logs what this run moved: each queue's counters less what they
+// were when it started (base: a daemon that adopted its predecessor's
+// regions carries their counters on), then the sources' totals and the
+// sums. With fan-out (fanout > 1) every packet is queued that many times.
+func summary(log hclog.Logger, stats func() []zc.QueueStats, base []zc.QueueStats, sources []host.Source, st host.EngineStats, copies uint64, fanout int) {
 	// sent, drops and bad returns are the agent's own counts; received is
 	// what each consumer wrote in the region (a guest may write anything),
 	// so it is shown as reported and summed only over queues that work.
 	var sent, drops, recv uint64
 	for i, s := range stats() {
+		if i < len(base) {
+			b := base[i]
+			s.Sent, s.Drops, s.BadReturns = s.Sent-min(b.Sent, s.Sent), s.Drops-min(b.Drops, s.Drops), s.BadReturns-min(b.BadReturns, s.BadReturns)
+			s.Received -= min(b.Received, s.Received)
+		}
 		args := []any{"q", i, "sent", s.Sent, "drops", s.Drops, "received_reported", s.Received, "bad_returns", s.BadReturns}
 		if s.State != "ok" && s.State != "" {
 			args = append(args, "state", s.State, "failure", s.Failure)
@@ -121,8 +130,12 @@ func summary(log hclog.Logger, stats func() []zc.QueueStats, sources []host.Sour
 	if st.Elapsed > 0 {
 		pps = float64(st.Packets) / st.Elapsed.Seconds()
 	}
-	log.Info("summary", "copied_to_vm_regions", copies, "packets_in", st.Packets, "filtered", filtered, "truncated", truncated, "queued", sent, "dropped", drops, "received_reported_by_consumers", recv,
-		"pps", uint64(pps))
+	args := []any{"copied_to_vm_regions", copies, "packets_in", st.Packets, "filtered", filtered, "truncated", truncated, "queued", sent, "dropped", drops, "received_reported_by_consumers", recv,
+		"pps", uint64(pps)}
+	if fanout > 1 {
+		args = append(args, "fan_out_queues", fanout) // queued and dropped count each packet once per queue
+	}
+	log.Info("summary", args...)
 }
 
 // vmSpec is a VM and the queues it reads.
