@@ -90,7 +90,13 @@ func (q *Queue) Reserve(b *Burst, n int) (k int, err error) {
 	if q.err != nil || q.closed {
 		return 0, q.check("reserve")
 	}
+	want := n
 	n = q.room(min(n, MaxBurst))
+	if n == 0 && want > 0 {
+		// Full: look at the region now and then (a cluster its creator
+		// closed is noticed here, as by an idle consumer).
+		return 0, q.check("reserve")
+	}
 	k = p.Handles(b.hs[:n])
 	if k == 0 && n > 0 {
 		p.empty++
@@ -137,7 +143,9 @@ func (q *Queue) Commit(b *Burst, k int) (sent int, err error) {
 		return 0, q.check("send")
 	}
 	q.recoverIfAsked()
-	m, err := q.out.Reserve(k)
+	// At most the queue's room: buffers sent with SendBurst since Reserve
+	// count too (the return ring holds no more than the slots).
+	m, err := q.out.Reserve(q.room(k))
 	if err != nil {
 		b.release()
 		return 0, q.fail("send", err)

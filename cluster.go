@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -90,6 +91,7 @@ type Cluster struct {
 	sum     uint32 // header checksum as written
 	adopted bool   // taken over from a creator that is gone (AdoptCluster)
 	closed  sync.Once
+	done    atomic.Bool // Close or Leave called: no more attaching
 }
 
 // CreateCluster creates cluster cfg.ID and publishes it under its name. A
@@ -267,7 +269,7 @@ func (c *Cluster) BufferSize() int { return int(c.r.l.BufSize) }
 // Producer attaches the producer end of queue q for the creator, fed from
 // the engine pool.
 func (c *Cluster) Producer(q int) (*Queue, error) {
-	qu, err := c.r.attach(uint32(q), ivshmem.EndProducer, false)
+	qu, err := c.attach(q, ivshmem.EndProducer)
 	if err != nil {
 		return nil, err
 	}
@@ -281,18 +283,32 @@ func (c *Cluster) Producer(q int) (*Queue, error) {
 // Output attaches the producer end of queue q for a worker
 // (RunBalancer, RunFanout, RunPipeline) to feed with buffers it relays.
 func (c *Cluster) Output(q int) (*Queue, error) {
-	return c.r.attach(uint32(q), ivshmem.EndProducer, false)
+	return c.attach(q, ivshmem.EndProducer)
 }
 
 // Consumer attaches the consumer end of queue q inside the creator.
 func (c *Cluster) Consumer(q int) (*Queue, error) {
-	return c.r.attach(uint32(q), ivshmem.EndConsumer, false)
+	return c.attach(q, ivshmem.EndConsumer)
+}
+
+// attach attaches end e of queue q, unless the cluster was closed or left
+// here (ErrClosed: its queues attached before go on until closed) or q is
+// not one of its queues (ErrNoQueue).
+func (c *Cluster) attach(q int, e ivshmem.End) (*Queue, error) {
+	if c.done.Load() {
+		return nil, fmt.Errorf("zc: attach cluster %d queue %d as %s: %w (closed here)", c.r.l.ClusterID, q, e, ErrClosed)
+	}
+	if q < 0 || q >= len(c.r.l.Queues) {
+		return nil, fmt.Errorf("zc: attach cluster %d queue %d: %w (cluster has %d queues)", c.r.l.ClusterID, q, ErrNoQueue, len(c.r.l.Queues))
+	}
+	return c.r.attach(uint32(q), e, false)
 }
 
 // Close marks the cluster closed (attachers get ErrClosed), removes its
 // name and unmaps it once every queue attached through it is closed.
 func (c *Cluster) Close() error {
 	var err error
+	c.done.Store(true)
 	c.closed.Do(func() {
 		protect(func() { ivshmem.MarkClosed(c.r.b); c.r.l.WakeAll(c.r.b) }) // a truncated file faults: closed all the same
 		c.r.m.Remove()
@@ -306,6 +322,7 @@ func (c *Cluster) Close() error {
 // process had been killed. Close every queue attached through it first.
 func (c *Cluster) Leave() error {
 	var err error
+	c.done.Store(true)
 	c.closed.Do(func() {
 		c.r.mu.Lock()
 		c.r.onEnd = nil

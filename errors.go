@@ -29,13 +29,18 @@ var (
 	ErrBusy = ivshmem.ErrBusy
 	// ErrNotFound: no cluster with that id exists here.
 	ErrNotFound = errors.New("cluster not found")
+	// ErrNoQueue: the cluster exists but has no queue of that number
+	// (OpenWait does not wait for it: a cluster's queues never change).
+	ErrNoQueue = errors.New("no such queue")
 	// ErrExists: a live cluster with that id exists already.
 	ErrExists = errors.New("cluster exists")
 	// ErrBadName: a queue name is not of the form zc:CLUSTER@QUEUE.
 	ErrBadName = errors.New("bad queue name")
 	// ErrNotHeld: Release of a packet this consumer does not hold
 	// (released twice, received elsewhere, or a handle a broken producer
-	// delivered twice in one burst); nothing is returned for it.
+	// delivered twice in one burst); nothing is returned for it. Also
+	// SendBurst of a packet the producer may not send (sent already, not
+	// from its Alloc, resliced past its buffer).
 	ErrNotHeld = errors.New("packet not held")
 	// ErrWrongEnd: the call needs the other end of the queue (Recv on a
 	// producer, Send on a consumer).

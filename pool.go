@@ -93,11 +93,24 @@ func (p *Pool) Alloc(pkts []Packet) int {
 	return n
 }
 
-// Free gives back packets that were allocated and not sent.
+// onLoan reports whether buffer h is lent on one of the pool's queues
+// (sent, not yet returned).
+func (p *Pool) onLoan(h uint32) bool {
+	for _, q := range p.queues {
+		if q.lent != nil && h < q.r.l.NumBufs && q.lent[h/64]&(1<<(h%64)) != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Free gives back packets that were allocated and not sent. A packet
+// sent already is the consumer's until it comes back: freeing it does
+// nothing (it would be allocated again while the consumer reads it).
 func (p *Pool) Free(pkts []Packet) {
 	for i := range pkts {
 		h := pkts[i].handle
-		if h-p.first < p.count && p.ref[h-p.first] > 0 {
+		if h-p.first < p.count && p.ref[h-p.first] > 0 && !p.onLoan(h) {
 			p.ref[h-p.first] = 0
 			p.free = append(p.free, h)
 		}
@@ -145,10 +158,11 @@ func (p *Pool) Handles(hs []uint32) int {
 	return n
 }
 
-// FreeHandles gives back allocated buffers by handle.
+// FreeHandles gives back allocated buffers by handle (not those lent:
+// see Free).
 func (p *Pool) FreeHandles(hs []uint32) {
 	for _, h := range hs {
-		if h-p.first < p.count && p.ref[h-p.first] > 0 {
+		if h-p.first < p.count && p.ref[h-p.first] > 0 && !p.onLoan(h) {
 			p.ref[h-p.first] = 0
 			p.free = append(p.free, h)
 		}

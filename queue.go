@@ -59,15 +59,22 @@ type Queue struct {
 const MaxBurst = 256
 
 func (r *region) attach(q uint32, end ivshmem.End, force bool) (qu *Queue, err error) {
-	if ferr := protect(func() { qu, err = r.attachEnd(q, end, force) }); ferr != nil {
-		return nil, fmt.Errorf("zc: attach cluster %d queue %d as %s: %w", r.l.ClusterID, q, end, ferr)
+	if !r.ref() {
+		return nil, fmt.Errorf("zc: attach cluster %d queue %d as %s: %w (closed here)", r.l.ClusterID, q, end, ErrClosed)
 	}
-	return qu, err
+	if ferr := protect(func() { qu, err = r.attachEnd(q, end, force) }); ferr != nil {
+		err = fmt.Errorf("zc: attach cluster %d queue %d as %s: %w", r.l.ClusterID, q, end, ferr)
+	}
+	if err != nil {
+		r.unref()
+		return nil, err
+	}
+	return qu, nil
 }
 
 func (r *region) attachEnd(q uint32, end ivshmem.End, force bool) (*Queue, error) {
 	if q >= uint32(len(r.l.Queues)) {
-		return nil, fmt.Errorf("zc: attach cluster %d queue %d: %w (cluster has %d queues)", r.l.ClusterID, q, ErrNotFound, len(r.l.Queues))
+		return nil, fmt.Errorf("zc: attach cluster %d queue %d: %w (cluster has %d queues)", r.l.ClusterID, q, ErrNoQueue, len(r.l.Queues))
 	}
 	replaced, err := r.claim(q, end, force)
 	if err != nil {
@@ -101,7 +108,6 @@ func (r *region) attachEnd(q uint32, end ivshmem.End, force bool) (*Queue, error
 		return nil, fmt.Errorf("zc: attach cluster %d queue %d as %s: %w", r.l.ClusterID, q, end, err)
 	}
 	r.addProd(qu.producing())
-	r.ref()
 	return qu, nil
 }
 
@@ -359,8 +365,12 @@ func (q *Queue) Recv(ctx context.Context) (Packet, error) {
 // until the producer's next packet wakes it, when the producer can (see
 // Queue.WakeMode): a host process in futex(2), a guest on its doorbell
 // interrupt; otherwise it keeps napping. ctx is looked at at least every
-// SleepSlice.
+// SleepSlice. With no room in pkts it returns 0 at once (there is
+// nothing to wait for).
 func (q *Queue) RecvBurstWait(ctx context.Context, pkts []Packet) (int, error) {
+	if len(pkts) == 0 {
+		return 0, nil
+	}
 	done := ctx.Done()
 	for {
 		n, err := q.RecvBurst(pkts)
@@ -527,6 +537,11 @@ func (q *Queue) Free(pkts []Packet) {
 
 // SendBurst sends packets from Alloc without copying and returns how many
 // went in; the rest stay the caller's (send them later, Drop or Free them).
+// A packet that is not the caller's to send (sent already, twice in the
+// burst, not from this queue's Alloc, or resliced past its buffer) stops
+// the burst there: the packets before it go, and the error wraps
+// ErrNotHeld. Once sent, a packet is the consumer's: Free and Drop of it
+// do nothing.
 func (q *Queue) SendBurst(pkts []Packet) (n int, err error) {
 	old := guardOn()
 	defer q.guardOff(old, "send", &err)
@@ -536,13 +551,25 @@ func (q *Queue) SendBurst(pkts []Packet) (n int, err error) {
 	if q.err != nil || q.closed {
 		return 0, q.check("send")
 	}
-	return q.enqueue(pkts[:q.room(len(pkts))], true)
+	n = q.room(len(pkts))
+	if n == 0 && len(pkts) > 0 {
+		// Full: look at the region now and then, as an idle consumer
+		// does, so that a cluster its creator closed is noticed.
+		return 0, q.check("send")
+	}
+	return q.enqueue(pkts[:n], true)
 }
 
-// room returns how many of want packets fit now.
+// room returns how many of want packets fit now: the queue holds at most
+// its slots' worth lent (outstanding), so the return ring never
+// overflows.
 func (q *Queue) room(want int) int {
+	want = max(want, 0)
 	if q.outstanding+uint32(want) > q.slots {
 		q.reclaim()
+	}
+	if q.outstanding >= q.slots {
+		return 0
 	}
 	return min(want, int(q.slots-q.outstanding), MaxBurst)
 }
@@ -565,9 +592,33 @@ func (q *Queue) enqueue(pkts []Packet, meta bool) (int, error) {
 	// Outstanding counts everything in the ring, so all of pkts fit: only
 	// a consumer that moved its index backwards makes k smaller.
 	var bytes uint64
+	var bad error
 	lent := q.lent
+	// The caller's packets (SendBurst from a pool): each a buffer of the
+	// pool it allocated and has not sent yet (sent twice, the consumer
+	// would get it twice and the queue would lose a slot for good), its
+	// bytes inside it.
+	var ref []uint16
+	var first uint32
+	if pool, ok := q.src.(*Pool); ok && meta {
+		ref, first = pool.ref, pool.first
+	}
+	size := q.r.l.BufSize
 	for i := range pkts[:k] {
 		p := &pkts[i]
+		h := p.handle
+		if ref != nil {
+			if j := h - first; j >= uint32(len(ref)) || ref[j] == 0 || p.off > size || uint32(len(p.Data)) > size-p.off {
+				bad, k = q.notTheCallers(i, h), i
+				break
+			}
+		}
+		w, bit := &lent[h/64], uint64(1)<<(h%64)
+		if *w&bit != 0 && ref != nil {
+			bad, k = q.notTheCallers(i, h), i // sent already
+			break
+		}
+		*w |= bit
 		f := p.Flags &^ ivshmem.DescMeta
 		if hasMeta(p) {
 			if meta {
@@ -575,12 +626,19 @@ func (q *Queue) enqueue(pkts []Packet, meta bool) (int, error) {
 			}
 			f |= ivshmem.DescMeta
 		}
-		*q.out.DescAt(i) = ivshmem.Desc{Handle: p.handle, Len: uint32(len(p.Data)), Off: p.off, Flags: f}
+		*q.out.DescAt(i) = ivshmem.Desc{Handle: h, Len: uint32(len(p.Data)), Off: p.off, Flags: f}
 		bytes += uint64(len(p.Data))
-		lent[p.handle/64] |= 1 << (p.handle % 64)
 	}
 	q.publish(k, bytes)
-	return k, nil
+	return k, bad
+}
+
+// notTheCallers is SendBurst's refusal of packet i (buffer h), out of
+// line.
+//
+//go:noinline
+func (q *Queue) notTheCallers(i int, h uint32) error {
+	return fmt.Errorf("zc: send %s: packet %d (buffer %d): %w (not from Alloc of this queue, sent already, or resliced past its buffer)", q.Name(), i, h, ErrNotHeld)
 }
 
 // publish hands the k descriptors just written in place (bytes in all) to
@@ -610,14 +668,22 @@ func (q *Queue) Drop(pkts []Packet) {
 }
 
 func (q *Queue) drop(pkts []Packet) {
+	n := 0
 	for i := 0; i < len(pkts); i += MaxBurst {
 		end := min(len(pkts), i+MaxBurst)
+		k := 0
 		for j := i; j < end; j++ {
-			q.hs[j-i] = pkts[j].handle
+			h := pkts[j].handle
+			if q.lent != nil && h < q.r.l.NumBufs && q.lent[h/64]&(1<<(h%64)) != 0 {
+				continue // sent already: the consumer's now, not to drop
+			}
+			q.hs[k] = h
+			k++
 		}
-		q.src.put(q.hs[:end-i])
+		q.src.put(q.hs[:k])
+		n += k
 	}
-	q.countDrops(len(pkts))
+	q.countDrops(n)
 }
 
 // countDrops counts n packets dropped on the way into this producer's
@@ -674,7 +740,12 @@ func (q *Queue) Send(data []byte) error {
 		return fmt.Errorf("zc: send %s: %d-byte packet exceeds the %d-byte buffer", q.Name(), len(data), len(p[0].Data))
 	}
 	p[0].Data = p[0].Data[:copy(p[0].Data, data)]
-	if n, err := q.SendBurst(p[:]); n == 1 || err != nil {
+	n, err = q.SendBurst(p[:])
+	if n == 1 {
+		return nil
+	}
+	if err != nil {
+		q.Free(p[:])
 		return err
 	}
 	q.Drop(p[:])

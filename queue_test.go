@@ -159,7 +159,7 @@ func TestWrongEndAndNames(t *testing.T) {
 	if _, err := prod.RecvBurst(make([]Packet, 1)); !errors.Is(err, ErrWrongEnd) {
 		t.Fatal(err)
 	}
-	if _, err := Open("zc:10@5"); !errors.Is(err, ErrNotFound) {
+	if _, err := Open("zc:10@5"); !errors.Is(err, ErrNoQueue) {
 		t.Fatal(err)
 	}
 	if _, err := Open("zc:11@0"); !errors.Is(err, ErrNotFound) {

@@ -26,6 +26,7 @@ type region struct {
 
 	mu    sync.Mutex
 	refs  int
+	ended bool   // the last reference went: unmapped, no queue attaches again
 	onEnd func() // called when the last reference goes
 
 	// ringGuest wakes the guests asleep on their ivshmem doorbells: the
@@ -101,12 +102,25 @@ func ownerTag(side ivshmem.Side) uint32 {
 	return p.boot
 }
 
-func (r *region) ref() { r.mu.Lock(); r.refs++; r.mu.Unlock() }
+// ref takes a reference to the mapping for a queue attached to it; false
+// once the last reference went and the region is unmapped (or going).
+func (r *region) ref() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ended {
+		return false
+	}
+	r.refs++
+	return true
+}
 
 func (r *region) unref() error {
 	r.mu.Lock()
 	r.refs--
 	last := r.refs == 0
+	if last {
+		r.ended = true
+	}
 	r.mu.Unlock()
 	if !last {
 		return nil

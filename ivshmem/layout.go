@@ -169,8 +169,12 @@ func alignUp(v, a uint64) uint64 { return (v + a - 1) &^ (a - 1) }
 
 func isPow2(v uint64) bool { return v != 0 && v&(v-1) == 0 }
 
-// NextPow2 returns the smallest power of two >= v (v > 0).
+// NextPow2 returns the smallest power of two >= v (v > 0), or 0 when
+// there is none in 64 bits (v > 1<<63).
 func NextPow2(v uint64) uint64 {
+	if v > 1<<63 {
+		return 0
+	}
 	p := uint64(1)
 	for p < v {
 		p <<= 1

@@ -110,6 +110,9 @@ func Plan(cfg Config) (Layout, error) {
 	if size < cfg.MinSize {
 		size = NextPow2(cfg.MinSize)
 	}
+	if size == 0 {
+		return Layout{}, fmt.Errorf("%w: region of at least %d bytes exceeds %d", ErrConfig, max(end, cfg.MinSize), uint64(MaxRegionSize))
+	}
 	if size > MaxRegionSize {
 		return Layout{}, fmt.Errorf("%w: region of %d bytes exceeds %d", ErrConfig, size, uint64(MaxRegionSize))
 	}
