@@ -205,3 +205,29 @@ func TestPlanHugeMinSize(t *testing.T) {
 		t.Fatal("Plan did not return")
 	}
 }
+
+// TestRefusedBalancerLeavesOutputs: RunBalancer refused by NewBalancer
+// (here: outputs in two regions of one cluster id) leaves its outputs as
+// they were: the one with its own pool still allocates (its pool was
+// replaced by the worker's relay, for good).
+func TestRefusedBalancerLeavesOutputs(t *testing.T) {
+	c := newCluster(t, Config{ID: 38, Queues: 3, QueueLen: 16, Buffers: 64, QueueBuffers: 32})
+	in := mustQ(t)(c.Consumer(2))
+	own, err := Open("zc:38@0", AsProducer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	relayed := mustQ(t)(c.Output(1))
+	_, err = RunBalancer(context.Background(), []*Queue{in}, []*Queue{own, relayed}, ModeRoundRobin, nil, WorkerOptions{})
+	if err == nil {
+		t.Fatal("RunBalancer over outputs of two mappings: no error")
+	}
+	if own.Pool() == nil {
+		t.Fatalf("refused RunBalancer (%v) took the output's pool", err)
+	}
+	pk := make([]Packet, 1)
+	if n, err := own.Alloc(pk); n != 1 || err != nil {
+		t.Errorf("Alloc on the output after the refusal: %d, %v", n, err)
+	}
+}

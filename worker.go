@@ -486,17 +486,22 @@ func RunBalancer(ctx context.Context, in, out []*Queue, mode HashMode, hash Hash
 		return st, fmt.Errorf("zc: worker: mode %d has no hash function", mode)
 	}
 	r := newRelay(in, in[0].r.l.NumBufs)
-	for _, q := range out {
-		q.src = r
+	srcs := make([]source, len(out))
+	for i, q := range out {
+		srcs[i], q.src = q.src, r
 	}
 	bal, err := NewBalancer(out, mode, hash, opt.Policy)
 	if err != nil {
+		for i, q := range out { // refused: the queues as they were
+			q.src = srcs[i]
+		}
 		return st, err
 	}
 	burst := opt.Burst
-	if burst <= 0 || burst > MaxBurst {
+	if burst <= 0 {
 		burst = 32
 	}
+	burst = min(burst, MaxBurst)
 	pkts := make([]Packet, burst)
 	keep := make([]Packet, 0, burst)
 	failed := make([]bool, len(in))
