@@ -1,7 +1,6 @@
 package pcapshim
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -153,17 +152,9 @@ func TestListOrder(t *testing.T) {
 	defer cancel()
 	// A reader of queue 1, killed: its claim stays, its process is gone.
 	r := e.preloaded(ctx, "tcpdump", "-i", "zc:69@1", "-w", "/dev/null")
-	stderr, err := r.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stderr)
-	for sc.Scan() && !strings.Contains(sc.Text(), "listening on zc:69@1") {
-	}
+	_, done := listening(t, r, "zc:69@1")
 	r.Process.Kill()
+	<-done
 	r.Wait()
 	list, err := e.preloaded(ctx, "tcpdump", "-D").CombinedOutput()
 	if err != nil {
@@ -192,21 +183,7 @@ func TestDropsAfterClose(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	td := e.preloaded(ctx, "tcpdump", "-i", "zc:70@0", "-w", "/dev/null")
-	var out bytes.Buffer
-	stderr, err := td.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := td.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stderr)
-	for sc.Scan() {
-		out.WriteString(sc.Text() + "\n")
-		if strings.Contains(sc.Text(), "listening on zc:70@0") {
-			break
-		}
-	}
+	out, done := listening(t, td, "zc:70@0")
 	// Stopped, the reader lets the 64-packet queue fill: the generator
 	// drops the rest. Then it drains, and zchost closes the cluster.
 	td.Process.Signal(syscall.SIGSTOP)
@@ -219,9 +196,7 @@ func TestDropsAfterClose(t *testing.T) {
 	}
 	td.Process.Signal(syscall.SIGCONT)
 	log := a.wait(t)
-	for sc.Scan() {
-		out.WriteString(sc.Text() + "\n")
-	}
+	<-done
 	td.Wait()
 	m := regexp.MustCompile(`dropped=(\d+)`).FindStringSubmatch(log)
 	if m == nil || m[1] == "0" {
