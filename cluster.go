@@ -298,8 +298,8 @@ func (c *Cluster) attach(q int, e ivshmem.End) (*Queue, error) {
 	if c.done.Load() {
 		return nil, fmt.Errorf("zc: attach cluster %d queue %d as %s: %w (closed here)", c.r.l.ClusterID, q, e, ErrClosed)
 	}
-	if q < 0 || q >= len(c.r.l.Queues) {
-		return nil, fmt.Errorf("zc: attach cluster %d queue %d: %w (cluster has %d queues)", c.r.l.ClusterID, q, ErrNoQueue, len(c.r.l.Queues))
+	if q < 0 {
+		return nil, c.r.noQueue(int64(q))
 	}
 	return c.r.attach(uint32(q), e, false)
 }

@@ -72,9 +72,14 @@ func (r *region) attach(q uint32, end ivshmem.End, force bool) (qu *Queue, err e
 	return qu, nil
 }
 
+// noQueue is the error for a queue number q the region does not have.
+func (r *region) noQueue(q int64) error {
+	return fmt.Errorf("zc: attach cluster %d queue %d: %w (cluster has %d queues)", r.l.ClusterID, q, ErrNoQueue, len(r.l.Queues))
+}
+
 func (r *region) attachEnd(q uint32, end ivshmem.End, force bool) (*Queue, error) {
 	if q >= uint32(len(r.l.Queues)) {
-		return nil, fmt.Errorf("zc: attach cluster %d queue %d: %w (cluster has %d queues)", r.l.ClusterID, q, ErrNoQueue, len(r.l.Queues))
+		return nil, r.noQueue(int64(q))
 	}
 	replaced, err := r.claim(q, end, force)
 	if err != nil {
@@ -614,7 +619,7 @@ func (q *Queue) enqueue(pkts []Packet, meta bool) (int, error) {
 			}
 		}
 		w, bit := &lent[h/64], uint64(1)<<(h%64)
-		if *w&bit != 0 && ref != nil {
+		if ref != nil && *w&bit != 0 {
 			bad, k = q.notTheCallers(i, h), i // sent already
 			break
 		}

@@ -157,7 +157,9 @@ func (g *Gen) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 			continue
 		}
 		g.st.Bytes += uint64(len(p.Data))
-		pkts[k] = *p
+		if k != i { // only after a filtered frame: no copy onto itself per packet
+			pkts[k] = *p
+		}
 		k++
 	}
 	n = k

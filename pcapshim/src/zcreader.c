@@ -1305,12 +1305,9 @@ static int put_back(struct zcr *z, uint32_t h)
  * empty poll and every pcap_stats, so that the count stays what it was
  * once the queue is gone (a region unplugged or closed is not read
  * again; the producer stopped before its creator closed it). */
-static void note_drops(struct zcr *z)
+static void note_drops(struct zcr *z) /* inside a guarded call (fetch, zcr_drops) */
 {
-	if (z->dr == NULL || z->faulted)
-		return;
-	uint64_t d = 0;
-	GUARDED(z, return, d = ld64(z->dr + R_PROD_STAT + 16));
+	uint64_t d = ld64(z->dr + R_PROD_STAT + 16);
 	if (d >= z->drops0)
 		z->drops = d - z->drops0;
 }
@@ -1569,8 +1566,8 @@ int zcr_region_ok(struct zcr *z)
 
 uint64_t zcr_drops(struct zcr *z)
 {
-	if (!z->gone)
-		note_drops(z);
+	if (!z->gone && z->dr != NULL && !z->faulted)
+		GUARDED(z, (void)0, note_drops(z));
 	return z->drops;
 }
 
