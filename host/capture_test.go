@@ -271,6 +271,12 @@ func startEngine(t *testing.T, c *zc.Cluster, srcs []Source) (cons *zc.Queue, st
 // startEngineWith is startEngine, also returning the running Engine.
 func startEngineWith(t *testing.T, c *zc.Cluster, srcs []Source) (cons *zc.Queue, stop func(), eng *Engine) {
 	t.Helper()
+	return startEngineCtl(t, c, srcs, nil)
+}
+
+// startEngineCtl is startEngineWith with the engine's Control channel.
+func startEngineCtl(t *testing.T, c *zc.Cluster, srcs []Source, ctl chan func()) (cons *zc.Queue, stop func(), eng *Engine) {
+	t.Helper()
 	prod, err := c.Producer(0)
 	if err != nil {
 		t.Fatal(err)
@@ -288,7 +294,7 @@ func startEngineWith(t *testing.T, c *zc.Cluster, srcs []Source) (cons *zc.Queue
 	ctx, cancel := context.WithCancel(context.Background())
 	engDone := make(chan error, 1)
 	started := make(chan struct{})
-	eng = &Engine{Pool: c.Pool(), Sources: srcs, Balancer: bal, OnStart: func() { close(started) }}
+	eng = &Engine{Pool: c.Pool(), Sources: srcs, Balancer: bal, Control: ctl, OnStart: func() { close(started) }}
 	go func() {
 		_, err := eng.Run(ctx)
 		engDone <- err

@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -24,22 +25,23 @@ func (a *AFPacket) PollFD() int { return a.rx.FD() }
 // PollFD implements Pollable: the XSK socket.
 func (a *AFXDP) PollFD() int { return a.sock.FD() }
 
-// pollSlice is the longest poll(2) sleep: the engine then runs its
-// Control functions and publishes counters (a stop wakes it at once).
-const pollSlice = 250 * time.Millisecond
+// pollSlice is the longest poll(2) sleep. A stop and Engine.Wake (sent
+// with each Control function) wake it at once, and nothing else is due
+// while every socket is quiet: an idle capture wakes once per slice.
+const pollSlice = maxIdleSleep
 
 // poller sleeps in poll(2) on the live sources' sockets and an eventfd
-// that a stop writes.
+// that a stop or a poke writes.
 type poller struct {
 	mu     sync.Mutex
 	efd    int // -1 when closed, or when eventfd failed (then no poll sleeps)
 	fds    []unix.PollFd
 	stop   func() bool
-	sleeps uint64
+	sleeps *atomic.Uint64 // counted as each sleep starts (Engine.PollSleeps)
 }
 
-func newPoller(ctx context.Context) *poller {
-	p := &poller{efd: -1}
+func newPoller(ctx context.Context, sleeps *atomic.Uint64) *poller {
+	p := &poller{efd: -1, sleeps: sleeps}
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		return p
@@ -67,11 +69,11 @@ func (p *poller) close() {
 	}
 }
 
-// sleep polls the live sources' sockets for up to pollSlice when every
-// live source is Pollable, and reports whether it slept. It returns as
-// soon as a socket is readable (or in error: the next Recv says why) or
-// the stop's eventfd is written.
-func (p *poller) sleep(sources []Source, live []bool) bool {
+// sleep polls the live sources' sockets for up to max when every live
+// source is Pollable, and reports whether it slept. It returns as soon as
+// a socket is readable (or in error: the next Recv says why) or the
+// eventfd is written (a stop or a poke).
+func (p *poller) sleep(sources []Source, live []bool, max time.Duration) bool {
 	if p.efd < 0 {
 		return false
 	}
@@ -86,11 +88,27 @@ func (p *poller) sleep(sources []Source, live []bool) bool {
 		}
 		p.fds = append(p.fds, unix.PollFd{Fd: int32(ps.PollFD()), Events: unix.POLLIN})
 	}
-	p.sleeps++
+	p.sleeps.Add(1)
 	for {
-		_, err := unix.Poll(p.fds, int(pollSlice/time.Millisecond))
+		_, err := unix.Poll(p.fds, int(max/time.Millisecond))
 		if err != unix.EINTR {
-			return true
+			break
 		}
+	}
+	if p.fds[0].Revents&unix.POLLIN != 0 {
+		// A poke (or the stop, which Run sees on its context): read it
+		// back, or every later poll would return at once.
+		var b [8]byte
+		unix.Read(p.efd, b[:])
+	}
+	return true
+}
+
+// poke wakes a sleep in progress, or makes the next one return at once.
+func (p *poller) poke() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.efd >= 0 {
+		unix.Write(p.efd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	}
 }

@@ -22,7 +22,8 @@ func TestEngineSleepsOnQuietWire(t *testing.T) {
 			p := netns.New(t, netns.Config{})
 			c := newCluster(t, 512)
 			srcs := openSources(t, p.A, strings.ReplaceAll(spec, "IF", p.A.Ifname), SourceOptions{Cluster: c})
-			cons, stop, eng := startEngineWith(t, c, srcs)
+			ctl := make(chan func())
+			cons, stop, eng := startEngineCtl(t, c, srcs, ctl)
 			defer stop()
 			deadline := time.Now().Add(20 * time.Second)
 			for eng.PollSleeps() == 0 && time.Now().Before(deadline) {
@@ -69,15 +70,71 @@ func TestEngineSleepsOnQuietWire(t *testing.T) {
 			if eng.PollSleeps() <= slept {
 				t.Fatalf("no poll sleeps between frames (%d then %d)", slept, eng.PollSleeps())
 			}
+			// A control function sent with Wake reaches the sleeping
+			// engine at once, not at the end of its poll slice (10 s).
+			time.Sleep(50 * time.Millisecond)
+			slept = eng.PollSleeps()
+			took := time.After(5 * time.Second)
+			for sent := false; !sent; {
+				eng.Wake()
+				select {
+				case ctl <- func() {}:
+					sent = true
+				case <-time.After(20 * time.Millisecond):
+				case <-took:
+					t.Fatalf("the engine asleep in poll(2) took no control function in 5s (poll slice %v)", pollSlice)
+				}
+			}
+			if eng.PollSleeps() <= slept {
+				t.Fatalf("the engine was not asleep when the control function came (%d poll sleeps, then %d)", slept, eng.PollSleeps())
+			}
 			// A stop wakes the sleeping engine (stop waits for Run).
 			time.Sleep(50 * time.Millisecond)
 			stopped := make(chan struct{})
 			go func() { stop(); close(stopped) }()
 			select {
 			case <-stopped:
-			case <-time.After(10 * time.Second):
-				t.Fatal("the engine did not stop from its poll sleep")
+			case <-time.After(5 * time.Second):
+				t.Fatalf("the engine did not stop from its poll sleep in 5s (poll slice %v)", pollSlice)
 			}
 		})
+	}
+}
+
+// TestEngineSleepPublishesCounters: an engine asleep on a quiet socket
+// publishes what its sources counted soon (within publishEvery), not at
+// the end of its poll slice: here frames its filter dropped, which
+// deliver no packet.
+func TestEngineSleepPublishesCounters(t *testing.T) {
+	testgate.NetAdmin(t)
+	p := netns.New(t, netns.Config{})
+	c := newCluster(t, 512)
+	srcs := openSources(t, p.A, "afpacket:"+p.A.Ifname, SourceOptions{Cluster: c, BPF: "1\n6 0 0 0"}) // drop all
+	_, stop, eng := startEngineWith(t, c, srcs)
+	defer stop()
+	for deadline := time.Now().Add(20 * time.Second); eng.PollSleeps() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the engine never slept in poll(2) on an idle wire")
+		}
+	}
+	tx, err := p.B.OpenRaw(netns.EtherType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Close()
+	const total = 5
+	var buf []byte
+	for seq := uint32(0); seq < total; seq++ {
+		buf = netns.AppendFrame(buf[:0], p.A.MAC, p.B.MAC, seq, 200)
+		if err := tx.Send(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for eng.SourceStats()[0].Filtered < total {
+		if time.Now().After(deadline) {
+			t.Fatalf("source counters published after 5s: %+v, want %d filtered (poll slice %v)", eng.SourceStats()[0], total, pollSlice)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

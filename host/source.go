@@ -85,16 +85,29 @@ type Engine struct {
 	// Control, if set, is polled between bursts (every 64 busy bursts and
 	// on every idle poll): each function received runs on Run's
 	// goroutine, the only one that may touch the pool and the balancer
-	// (Balancer.Replace).
+	// (Balancer.Replace). A sender calls Wake, else a Run asleep on quiet
+	// sockets takes the function only when it wakes (up to pollSlice).
 	Control <-chan func()
 
 	mu         sync.Mutex
 	snap       []SourceStats // the sources' counters as last published by Run
 	pollSleeps atomic.Uint64
+	pw         atomic.Pointer[poller] // Run's, while it runs
+}
+
+// Wake makes a Run asleep in poll(2) on its sources' sockets look at
+// Control now: send a Control function, then call Wake (a Run asleep on
+// a paced source's timer selects on Control already). Safe from any
+// goroutine; a Run that is not asleep looks at Control soon anyway.
+func (e *Engine) Wake() {
+	if p := e.pw.Load(); p != nil {
+		p.poke()
+	}
 }
 
 // PollSleeps returns how many times Run slept in poll(2) on its sources'
-// sockets because the wire was quiet (Pollable). Safe from any goroutine.
+// sockets because the wire was quiet (Pollable), a sleep in progress
+// included. Safe from any goroutine.
 func (e *Engine) PollSleeps() uint64 { return e.pollSleeps.Load() }
 
 // publishEvery is how often Run copies its sources' counters for
@@ -102,8 +115,9 @@ func (e *Engine) PollSleeps() uint64 { return e.pollSleeps.Load() }
 const publishEvery = 250 * time.Millisecond
 
 // SourceStats returns each source's counters (in Sources order) as Run
-// last published them: about every 250 ms while it runs, and when it
-// returns. Safe from any goroutine, unlike Source.Stats while Run runs.
+// last published them: about every 250 ms while packets come, before a
+// sleep of its own (the counters stand still then), and when it returns.
+// Safe from any goroutine, unlike Source.Stats while Run runs.
 func (e *Engine) SourceStats() []SourceStats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -157,11 +171,16 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 	}
 	var pace idle.Pacer
 	done := ctx.Done()
-	pw := newPoller(ctx)
-	defer func() { e.pollSleeps.Store(pw.sleeps); pw.close() }()
+	pw := newPoller(ctx, &e.pollSleeps)
+	e.pw.Store(pw)
+	defer func() { e.pw.Store(nil); pw.close() }()
 	e.publish()
 	defer e.publish()
-	published, iter := time.Now(), 0
+	// pending: the sources' counters may have moved since the last
+	// publish (packets came, or a sleep ended: a frame that was filtered
+	// out moves a counter too). A pending engine sleeps at most until the
+	// next publish is due.
+	published, iter, pending := time.Now(), 0, false
 	var timer *time.Timer
 	for nlive > 0 {
 		got := 0
@@ -176,6 +195,7 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 			}
 			if n > 0 {
 				got += n
+				pending = true
 				st.Packets += uint64(n)
 				for j := range pkts[:n] {
 					st.Bytes += uint64(len(pkts[j].Data))
@@ -204,7 +224,7 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 		if iter++; iter&255 == 0 || !busy {
 			if now := time.Now(); now.Sub(published) >= publishEvery {
 				e.publish()
-				published = now
+				published, pending = now, false
 			}
 		}
 		if busy && iter&63 != 0 {
@@ -225,10 +245,14 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 		if e.OnIdle != nil {
 			e.OnIdle()
 		}
-		if pace.Quiet() && pw.sleep(e.Sources, live) {
+		slice := pollSlice
+		if pending {
+			slice = max(publishEvery-time.Since(published), time.Millisecond)
+		}
+		if pace.Quiet() && pw.sleep(e.Sources, live, slice) {
 			// Every source is a socket the kernel wakes us on.
-			e.pollSleeps.Store(pw.sleeps)
 			pace.Reset()
+			pending = true
 			continue
 		}
 		if d, nap := e.idleFor(live); nap {
@@ -239,7 +263,12 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 			continue
 		} else if d > 0 {
 			// Every source is waiting for its time: sleep until then,
-			// woken early by a stop or a control function.
+			// woken early by a stop or a control function, with the
+			// counters published (they stand still meanwhile).
+			if pending {
+				e.publish()
+				published, pending = time.Now(), false
+			}
 			if timer == nil {
 				timer = time.NewTimer(d)
 			} else {
@@ -256,6 +285,7 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 			case <-timer.C:
 			}
 			pace.Reset()
+			pending = true
 			continue
 		}
 		pace.Wait()
@@ -268,12 +298,17 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 // with the pacer's naps (Go timers are about a millisecond late here).
 const longIdle = 2 * time.Millisecond
 
+// maxIdleSleep bounds one timer sleep of an engine whose sources are all
+// paced. A stop or a control function wakes it earlier; the bound only
+// keeps a wrong ReadyAt from holding it for long.
+const maxIdleSleep = 10 * time.Second
+
 // idleFor returns how long the engine may sleep because every live source
 // said when its next packet is due (Waiter), or 0 to go on polling. A
 // sleep on a timer ends a little early (the timer's lateness) and lasts
-// at most a second (the published counters are refreshed on waking); one
-// shorter than longIdle plus that lateness is a nap (nanosleep, nap
-// true) until the packet is due.
+// at most maxIdleSleep (the counters were published before it: nothing
+// changes while every source waits); one shorter than longIdle plus that
+// lateness is a nap (nanosleep, nap true) until the packet is due.
 func (e *Engine) idleFor(live []bool) (d time.Duration, nap bool) {
 	var next time.Time
 	for i, s := range e.Sources {
@@ -299,5 +334,5 @@ func (e *Engine) idleFor(live []bool) (d time.Duration, nap bool) {
 	case d < longIdle+time.Millisecond:
 		return d, true
 	}
-	return min(d-time.Millisecond, time.Second), false
+	return min(d-time.Millisecond, maxIdleSleep), false
 }

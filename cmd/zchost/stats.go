@@ -50,7 +50,9 @@ func statsCmd(args []string) error {
 			for i := range vms {
 				vms[i] = mergeAgent(vms[i], &agent)
 			}
-			rec = &agentRecord{PID: agent.PID, Updated: agent.Updated, AgeSeconds: time.Since(agent.Updated).Seconds(),
+			now := time.Now()
+			rec = &agentRecord{PID: agent.PID, Updated: agent.Updated, AgeSeconds: now.Sub(agent.Updated).Seconds(),
+				Checked: agent.Checked, CheckedAgeSeconds: now.Sub(agent.Checked).Seconds(),
 				Running: agent.PID > 0 && unix.Kill(agent.PID, 0) != unix.ESRCH}
 		}
 		if asJSON {
@@ -81,20 +83,31 @@ func statsCmd(args []string) error {
 }
 
 // agentRecord says whose record zchost stats merged, and how old it is:
-// the agent writes it once a second, and a killed agent leaves its last.
+// the agent rewrites it within 250 ms of a change and checks it every
+// second while nothing changes; a killed agent leaves its last.
 type agentRecord struct {
 	PID        int       `json:"pid"`
-	Updated    time.Time `json:"updated"`
-	AgeSeconds float64   `json:"age_seconds"`
-	Running    bool      `json:"running"`
+	Updated    time.Time `json:"updated"`     // last written: its counters changed then
+	AgeSeconds float64   `json:"age_seconds"` // since Updated
+	// Checked is when the agent last found the record current (at or
+	// after Updated): its last sign of life.
+	Checked           time.Time `json:"checked"`
+	CheckedAgeSeconds float64   `json:"checked_age_seconds"`
+	Running           bool      `json:"running"`
 }
 
 func (r *agentRecord) String() string {
-	age := time.Duration(r.AgeSeconds * float64(time.Second)).Round(100 * time.Millisecond)
-	if !r.Running {
-		return fmt.Sprintf("agent record: pid %d is gone; its last record, %v old, shows where it stopped", r.PID, age)
+	round := func(s float64) time.Duration {
+		return time.Duration(s * float64(time.Second)).Round(100 * time.Millisecond)
 	}
-	return fmt.Sprintf("agent record: pid %d, written %v ago (once a second; the values read from the region are of now)", r.PID, age)
+	age, seen := round(r.AgeSeconds), round(r.CheckedAgeSeconds)
+	if !r.Running {
+		return fmt.Sprintf("agent record: pid %d is gone (last seen %v ago); its last record shows where it stopped", r.PID, seen)
+	}
+	if age-seen >= time.Second {
+		return fmt.Sprintf("agent record: pid %d, checked %v ago, unchanged for %v (the values read from the region are of now)", r.PID, seen, age)
+	}
+	return fmt.Sprintf("agent record: pid %d, written %v ago (within 250 ms of a change; the values read from the region are of now)", r.PID, age)
 }
 
 // mergeAgent puts the agent's own record (host/status) over what the

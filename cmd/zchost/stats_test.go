@@ -82,9 +82,11 @@ func TestStatsDistrustsVMRegions(t *testing.T) {
 	}
 }
 
-// TestStatsSaysRecordAge: zchost stats says whose record it merged and
-// how old it is, and when that agent is gone (killed: its last record
-// stays), says so instead of showing it as current.
+// TestStatsSaysRecordAge: zchost stats says whose record it merged, how
+// old it is and when its agent last found it current (the agent touches
+// an unchanged record instead of writing it), and when that agent is gone
+// (killed: its last record stays), says so instead of showing it as
+// current.
 func TestStatsSaysRecordAge(t *testing.T) {
 	bin := binaries(t)
 	env := hostileEnv(t)
@@ -99,18 +101,25 @@ func TestStatsSaysRecordAge(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		pid      int
-		running  bool
-		sayText  string
-		ageAtLst float64
+		pid              int
+		running          bool
+		written, checked time.Duration // ago; checked 0: not touched after writing
+		sayText          string
 	}{
-		{os.Getpid(), true, fmt.Sprintf("agent record: pid %d, written 5", os.Getpid()), 5},
-		{dead.Process.Pid, false, fmt.Sprintf("agent record: pid %d is gone; its last record, 5", dead.Process.Pid), 5},
+		{os.Getpid(), true, 0, 0, fmt.Sprintf("agent record: pid %d, written 0s ago", os.Getpid())},
+		{os.Getpid(), true, 5 * time.Second, 3 * time.Second, fmt.Sprintf("agent record: pid %d, checked 3s ago, unchanged for 5s", os.Getpid())},
+		{dead.Process.Pid, false, 5 * time.Second, 3 * time.Second, fmt.Sprintf("agent record: pid %d is gone (last seen 3s ago)", dead.Process.Pid)},
 	} {
-		rec := status.File{Cluster: id, PID: tc.pid, Updated: time.Now().Add(-5 * time.Second),
+		now := time.Now()
+		rec := status.File{Cluster: id, PID: tc.pid, Updated: now.Add(-tc.written),
 			Regions: []status.Region{{Path: c.Path(), Generation: c.Generation(), Checksum: c.Checksum(), State: "ok"}}}
 		if err := status.Write(status.Path(id), rec); err != nil {
 			t.Fatal(err)
+		}
+		if tc.checked > 0 {
+			if err := status.Touch(status.Path(id), now.Add(-tc.checked)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		run := func(args ...string) string {
 			cmd := exec.Command(filepath.Join(bin, "zchost"), append([]string{"stats", "-c", strconv.FormatUint(uint64(id), 10)}, args...)...)
@@ -126,16 +135,19 @@ func TestStatsSaysRecordAge(t *testing.T) {
 		}
 		var js struct {
 			Agent struct {
-				PID        int     `json:"pid"`
-				AgeSeconds float64 `json:"age_seconds"`
-				Running    bool    `json:"running"`
+				PID               int     `json:"pid"`
+				AgeSeconds        float64 `json:"age_seconds"`
+				CheckedAgeSeconds float64 `json:"checked_age_seconds"`
+				Running           bool    `json:"running"`
 			} `json:"agent"`
 		}
 		if err := json.Unmarshal([]byte(run("--json")), &js); err != nil {
 			t.Fatal(err)
 		}
-		if js.Agent.PID != tc.pid || js.Agent.Running != tc.running || js.Agent.AgeSeconds < tc.ageAtLst {
-			t.Errorf("zchost stats --json agent %+v, want pid %d running %v, at least %v s old", js.Agent, tc.pid, tc.running, tc.ageAtLst)
+		if js.Agent.PID != tc.pid || js.Agent.Running != tc.running || js.Agent.AgeSeconds < tc.written.Seconds() ||
+			js.Agent.CheckedAgeSeconds < tc.checked.Seconds() || js.Agent.CheckedAgeSeconds > js.Agent.AgeSeconds {
+			t.Errorf("zchost stats --json agent %+v, want pid %d running %v, written at least %v ago, checked at least %v ago and not before it was written",
+				js.Agent, tc.pid, tc.running, tc.written, tc.checked)
 		}
 	}
 }

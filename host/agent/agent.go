@@ -175,10 +175,10 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	c := a.c
 	if c.Adopted() {
 		// The predecessor's status file says when it was last alive (it
-		// writes it every second): what the sources did not capture
-		// meanwhile is their loss only, and this says for how long.
-		if f, err := status.Read(status.Path(cfg.ID)); err == nil && !f.Updated.IsZero() {
-			a.gap = max(time.Since(f.Updated), 0)
+		// writes or touches it every second): what the sources did not
+		// capture meanwhile is their loss only, and this says for how long.
+		if f, err := status.Read(status.Path(cfg.ID)); err == nil && !f.Checked.IsZero() {
+			a.gap = max(time.Since(f.Checked), 0)
 			log.Warn("predecessor gone; its sources saw nothing for this long (readers kept their queues)", "cluster", cfg.ID, "gap", a.gap.Round(time.Millisecond), "predecessor_pid", f.PID)
 		}
 	}
@@ -313,7 +313,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		}
 		a.stopWatch = func() { cancel(); stopW(); wg.Wait() }
 	}
-	a.stopG = ticker.Every(guardEvery, func(now time.Time) { a.g.tick(ctx, now) })
+	a.stopG = ticker.Paced(guardBusy, guardIdle, func(now time.Time) bool { return a.g.tick(ctx, now) })
 	a.g.publish(time.Now())
 	return a, nil
 }
@@ -406,6 +406,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var st host.EngineStats
 	if len(a.sources) > 0 {
 		var err error
+		a.g.wake = a.eng.Wake
 		a.g.running.Store(true)
 		st, err = a.eng.Run(ctx)
 		a.g.running.Store(false)

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"sync"
@@ -13,9 +15,16 @@ import (
 	"github.com/zcfabric/zc/host/status"
 )
 
-// guardEvery is how often the guard looks at the queues and writes the
-// status file.
-const guardEvery = time.Second
+// How often the guard looks at the queues and publishes the status file:
+// every guardBusy while the last look found something changed (counters
+// moving, a region recovering), so that zchost stats is at most that far
+// behind; every guardIdle while nothing changes, when the file is only
+// touched (status.Touch), not rewritten: an idle agent wakes once a
+// second for it, and makes one system call.
+const (
+	guardBusy = 250 * time.Millisecond
+	guardIdle = time.Second
+)
 
 // Recovery back-off: a VM whose region failed gets a fresh one after
 // --vm-recover, then twice as long after each further failure, up to
@@ -50,6 +59,7 @@ type guard struct {
 	cfg     zc.Config // the VM regions' template (Path set per region)
 	bal     *zc.Balancer
 	control chan func()
+	wake    func()         // the engine's Wake, set before running is
 	recover time.Duration  // 0: never re-create
 	running atomic.Bool    // the engine polls control
 	wg      sync.WaitGroup // recreations in flight
@@ -61,6 +71,9 @@ type guard struct {
 	changed  func()               // after a region was re-created (the agent's state file)
 	lossless bool                 // the balancer waits for room (back-pressure)
 	goneSaid map[*zc.Queue]uint32 // the gone reader last warned about, per queue
+
+	pubMu sync.Mutex
+	last  []byte // the status file last written, without its time
 }
 
 // stats returns the counters of the queues as fed (host view).
@@ -90,9 +103,10 @@ func (g *guard) vmOf(q *zc.Queue) *vmRegion {
 	return nil
 }
 
-// tick reports new failures, starts due recoveries and writes the status
-// file.
-func (g *guard) tick(ctx context.Context, now time.Time) {
+// tick reports new failures, starts due recoveries and publishes the
+// status file. It reports whether anything changed since the last tick
+// (or a region is being re-created): the guard then looks again soon.
+func (g *guard) tick(ctx context.Context, now time.Time) (busy bool) {
 	g.mu.Lock()
 	for _, q := range g.outs {
 		err := q.Err()
@@ -124,6 +138,7 @@ func (g *guard) tick(ctx context.Context, now time.Time) {
 			v.recovering = true
 			due = append(due, v)
 		}
+		busy = busy || v.recovering
 	}
 	g.mu.Unlock()
 	for _, v := range due {
@@ -133,7 +148,7 @@ func (g *guard) tick(ctx context.Context, now time.Time) {
 			g.recreate(ctx, v)
 		}()
 	}
-	g.publish(now)
+	return g.publish(now) || busy
 }
 
 // sayGoneReaders warns, once per reader, about a queue whose reader is
@@ -143,12 +158,15 @@ func (g *guard) tick(ctx context.Context, now time.Time) {
 // held.
 func (g *guard) sayGoneReaders() {
 	for _, q := range g.outs {
+		st := q.Stats()
+		if st.Depth <= 0 {
+			continue // nothing waits for a reader (and no /proc read while idle)
+		}
 		if !q.PeerGone() {
 			delete(g.goneSaid, q)
 			continue
 		}
-		st := q.Stats()
-		if st.Depth <= 0 || g.goneSaid[q] == st.Consumer {
+		if g.goneSaid[q] == st.Consumer {
 			continue
 		}
 		g.goneSaid[q] = st.Consumer
@@ -251,9 +269,11 @@ func (g *guard) openRegion(k int, spec vmSpec, open func(zc.Config) (*zc.Cluster
 	return c, qs, nil
 }
 
-// publish writes the agent's record to the status file.
-func (g *guard) publish(now time.Time) {
-	f := status.File{Cluster: g.c.ID(), PID: os.Getpid(), Updated: now}
+// publish writes the agent's record to the status file when it changed
+// since the last write, else touches the file (the record is current at
+// now), and reports whether it wrote.
+func (g *guard) publish(now time.Time) (changed bool) {
+	f := status.File{Cluster: g.c.ID(), PID: os.Getpid()}
 	main := status.Region{Path: g.c.Path(), Generation: g.c.Generation(), Checksum: g.c.Checksum(), State: "ok"}
 	var vms []status.Region
 	g.mu.Lock()
@@ -283,9 +303,23 @@ func (g *guard) publish(now time.Time) {
 	}
 	g.mu.Unlock()
 	f.Regions = append([]status.Region{main}, vms...)
-	if err := status.Write(status.Path(g.c.ID()), f); err != nil {
-		g.log.Debug("status file", "error", err)
+	g.pubMu.Lock()
+	defer g.pubMu.Unlock()
+	path := status.Path(g.c.ID())
+	content, err := json.Marshal(f)
+	if err == nil && bytes.Equal(content, g.last) {
+		if err := status.Touch(path, now); err == nil {
+			return false
+		}
+		// Removed or unreadable: write it again.
 	}
+	f.Updated = now
+	if err := status.Write(path, f); err != nil {
+		g.log.Debug("status file", "error", err)
+		return true
+	}
+	g.last = content
+	return true
 }
 
 // onEngine runs f, which changes the balancer, on the engine's goroutine
@@ -304,10 +338,20 @@ func (g *guard) onEngine(ctx context.Context, f func() error) error {
 			done <- f()
 		}
 	}
-	select {
-	case g.control <- run:
-	case <-ctx.Done():
-		return ctx.Err()
+	// The engine may sleep on quiet sockets: wake it until it takes run
+	// (a wake-up it consumed just before the send was ready is not lost
+	// for long).
+	for sent := false; !sent; {
+		if g.wake != nil {
+			g.wake()
+		}
+		select {
+		case g.control <- run:
+			sent = true
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	select {
 	case err := <-done:

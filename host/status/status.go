@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -29,10 +30,16 @@ func Path(id uint32) string { return zc.RegionPath(id) + Suffix }
 
 // File is one snapshot of an agent's view of a cluster.
 type File struct {
-	Cluster uint32    `json:"cluster"`
-	PID     int       `json:"pid"`
+	Cluster uint32 `json:"cluster"`
+	PID     int    `json:"pid"`
+	// Updated is when the agent last wrote the file: its content changed
+	// then (or the agent started).
 	Updated time.Time `json:"updated"`
 	Regions []Region  `json:"regions"`
+	// Checked is when the agent last found the content current (Touch:
+	// the file's modification time), at or after Updated: the agent's
+	// last sign of life. Set by Read, not stored in the JSON.
+	Checked time.Time `json:"-"`
 }
 
 // Region is the agent's record of one region it made: the cluster's own
@@ -78,16 +85,40 @@ func Write(path string, f File) error {
 	return nil
 }
 
+// Touch says that the status file at path is still current at now (its
+// agent looked and nothing changed) without writing it again: one
+// utimensat(2), where Write creates, writes and renames a file. Read
+// returns it as Checked.
+func Touch(path string, now time.Time) error {
+	if err := os.Chtimes(path, now, now); err != nil {
+		return fmt.Errorf("status %s: %w", path, err)
+	}
+	return nil
+}
+
 // Read reads the status file at path. A file whose agent is gone (its
 // PID no longer runs) is still returned; callers say how old it is.
 func Read(path string) (File, error) {
 	var f File
-	b, err := os.ReadFile(path)
+	fd, err := os.Open(path)
+	if err != nil {
+		return f, fmt.Errorf("status %s: %w", path, err)
+	}
+	defer fd.Close()
+	fi, err := fd.Stat()
+	if err != nil {
+		return f, fmt.Errorf("status %s: %w", path, err)
+	}
+	b, err := io.ReadAll(fd)
 	if err != nil {
 		return f, fmt.Errorf("status %s: %w", path, err)
 	}
 	if err := json.Unmarshal(b, &f); err != nil {
 		return f, fmt.Errorf("status %s: %w", path, err)
+	}
+	f.Checked = f.Updated
+	if m := fi.ModTime(); m.After(f.Checked) {
+		f.Checked = m
 	}
 	return f, nil
 }
