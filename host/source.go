@@ -264,8 +264,9 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 		} else if d > 0 {
 			// Every source is waiting for its time: sleep until then,
 			// woken early by a stop or a control function, with the
-			// counters published (they stand still meanwhile).
-			if pending {
+			// counters published first if the sleep is long (they stand
+			// still meanwhile; after a short one they are on the way).
+			if pending && d >= publishEvery {
 				e.publish()
 				published, pending = time.Now(), false
 			}

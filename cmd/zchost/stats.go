@@ -83,8 +83,9 @@ func statsCmd(args []string) error {
 }
 
 // agentRecord says whose record zchost stats merged, and how old it is:
-// the agent rewrites it within 250 ms of a change and checks it every
-// second while nothing changes; a killed agent leaves its last.
+// the agent looks once a second (sooner just after it starts), rewrites
+// the record when a counter moved and touches it when nothing did; a
+// killed agent leaves its last.
 type agentRecord struct {
 	PID        int       `json:"pid"`
 	Updated    time.Time `json:"updated"`     // last written: its counters changed then
@@ -107,7 +108,7 @@ func (r *agentRecord) String() string {
 	if age-seen >= time.Second {
 		return fmt.Sprintf("agent record: pid %d, checked %v ago, unchanged for %v (the values read from the region are of now)", r.PID, seen, age)
 	}
-	return fmt.Sprintf("agent record: pid %d, written %v ago (within 250 ms of a change; the values read from the region are of now)", r.PID, age)
+	return fmt.Sprintf("agent record: pid %d, written %v ago (once a second; the values read from the region are of now)", r.PID, age)
 }
 
 // mergeAgent puts the agent's own record (host/status) over what the

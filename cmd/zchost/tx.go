@@ -35,7 +35,7 @@ func statsLoop(log hclog.Logger, interval time.Duration, cur func() (pkts, bytes
 	return every(interval, func(now time.Time) {
 		p, b, extra := cur()
 		s := now.Sub(last).Seconds()
-		args := append([]any{"pkts", p, "pps", uint64(float64(p-lp) / s), "Mbps", float64(b-lb) * 8 / s / 1e6}, extra...)
+		args := append([]any{"packets", p, "pps", uint64(float64(p-lp) / s), "Mbps", float64(b-lb) * 8 / s / 1e6}, extra...)
 		log.Info("stats", args...)
 		lp, lb, last = p, b, now
 	})
@@ -170,7 +170,7 @@ func txCmd(args []string) error {
 		log.Warn("the queue refused packets handed back to it (released twice?)", "calls", st.NotHeld)
 	}
 	s := sink.Stats()
-	log.Info("summary", "pkts", st.Packets, "bytes", st.Bytes, "seconds", st.Elapsed.Seconds(),
+	log.Info("summary", "packets", st.Packets, "bytes", st.Bytes, "seconds", st.Elapsed.Seconds(),
 		"pps", uint64(float64(st.Packets)/max(st.Elapsed.Seconds(), 1e-9)), "sent", s.Packets, "too_long", s.TooLong, "ring_full", s.Full,
 		"kernel_tx_invalid", s.KernelDrops, "if_tx_dropped", s.IfTxDropped, "bad", bad, "not_held", st.NotHeld, "queue_failures", failures)
 	return err
@@ -268,7 +268,7 @@ func bounceCmd(args []string) error {
 	st, err := host.Bounce(ctx, src, c.Pool(), sink)
 	stopStats()
 	r, s := src.Stats(), sink.Stats()
-	log.Info("summary", "pkts", st.Packets, "bytes", st.Bytes, "seconds", st.Elapsed.Seconds(),
+	log.Info("summary", "packets", st.Packets, "bytes", st.Bytes, "seconds", st.Elapsed.Seconds(),
 		"pps", uint64(float64(st.Packets)/max(st.Elapsed.Seconds(), 1e-9)),
 		"rx", r.Packets, "kernel_drops", r.KernelDrops, "filtered", r.Filtered, "sent", s.Packets, "too_long", s.TooLong,
 		"kernel_tx_invalid", s.KernelDrops, "if_tx_dropped", s.IfTxDropped)

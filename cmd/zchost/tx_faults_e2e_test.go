@@ -278,7 +278,7 @@ func TestTxIgnoresProducerFaults(t *testing.T) {
 	if n := strings.Count(log, "queue failed:"); n != 1 {
 		t.Errorf("%d warnings about the failed queue, want 1 (once per failure, not per attempt)", n)
 	}
-	for _, want := range []string{"pkts=6", "bad=5", "queue_failures=1"} {
+	for _, want := range []string{"packets=6", "bad=5", "queue_failures=1"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("summary lacks %s", want)
 		}

@@ -313,7 +313,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		}
 		a.stopWatch = func() { cancel(); stopW(); wg.Wait() }
 	}
-	a.stopG = ticker.Paced(guardBusy, guardIdle, func(now time.Time) bool { return a.g.tick(ctx, now) })
+	a.stopG = ticker.Ramp(guardFirst, guardEvery, func(now time.Time) { a.g.tick(ctx, now) })
 	a.g.publish(time.Now())
 	return a, nil
 }

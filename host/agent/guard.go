@@ -16,14 +16,14 @@ import (
 )
 
 // How often the guard looks at the queues and publishes the status file:
-// every guardBusy while the last look found something changed (counters
-// moving, a region recovering), so that zchost stats is at most that far
-// behind; every guardIdle while nothing changes, when the file is only
-// touched (status.Touch), not rewritten: an idle agent wakes once a
-// second for it, and makes one system call.
+// every guardEvery, the first looks guardFirst after the agent starts and
+// then twice as long each time (ticker.Ramp: zchost stats soon shows a run
+// that just began). An unchanged record is only touched (status.Touch),
+// not rewritten: an idle agent wakes once a second for it and makes one
+// system call.
 const (
-	guardBusy = 250 * time.Millisecond
-	guardIdle = time.Second
+	guardFirst = 250 * time.Millisecond
+	guardEvery = time.Second
 )
 
 // Recovery back-off: a VM whose region failed gets a fresh one after
@@ -104,9 +104,8 @@ func (g *guard) vmOf(q *zc.Queue) *vmRegion {
 }
 
 // tick reports new failures, starts due recoveries and publishes the
-// status file. It reports whether anything changed since the last tick
-// (or a region is being re-created): the guard then looks again soon.
-func (g *guard) tick(ctx context.Context, now time.Time) (busy bool) {
+// status file.
+func (g *guard) tick(ctx context.Context, now time.Time) {
 	g.mu.Lock()
 	for _, q := range g.outs {
 		err := q.Err()
@@ -138,7 +137,6 @@ func (g *guard) tick(ctx context.Context, now time.Time) (busy bool) {
 			v.recovering = true
 			due = append(due, v)
 		}
-		busy = busy || v.recovering
 	}
 	g.mu.Unlock()
 	for _, v := range due {
@@ -148,7 +146,7 @@ func (g *guard) tick(ctx context.Context, now time.Time) (busy bool) {
 			g.recreate(ctx, v)
 		}()
 	}
-	return g.publish(now) || busy
+	g.publish(now)
 }
 
 // sayGoneReaders warns, once per reader, about a queue whose reader is
@@ -271,8 +269,8 @@ func (g *guard) openRegion(k int, spec vmSpec, open func(zc.Config) (*zc.Cluster
 
 // publish writes the agent's record to the status file when it changed
 // since the last write, else touches the file (the record is current at
-// now), and reports whether it wrote.
-func (g *guard) publish(now time.Time) (changed bool) {
+// now).
+func (g *guard) publish(now time.Time) {
 	f := status.File{Cluster: g.c.ID(), PID: os.Getpid()}
 	main := status.Region{Path: g.c.Path(), Generation: g.c.Generation(), Checksum: g.c.Checksum(), State: "ok"}
 	var vms []status.Region
@@ -309,17 +307,16 @@ func (g *guard) publish(now time.Time) (changed bool) {
 	content, err := json.Marshal(f)
 	if err == nil && bytes.Equal(content, g.last) {
 		if err := status.Touch(path, now); err == nil {
-			return false
+			return
 		}
 		// Removed or unreadable: write it again.
 	}
 	f.Updated = now
 	if err := status.Write(path, f); err != nil {
 		g.log.Debug("status file", "error", err)
-		return true
+		return
 	}
 	g.last = content
-	return true
 }
 
 // onEngine runs f, which changes the balancer, on the engine's goroutine

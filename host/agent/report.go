@@ -79,12 +79,12 @@ func startStats(log hclog.Logger, stats func() []zc.QueueStats, sources []host.S
 			if i < len(prevSrc) {
 				p = prevSrc[i]
 			}
-			log.Info("source stats", "name", sources[i].Name(), "pkts", ss.Packets, "pps", uint64(float64(ss.Packets-p.Packets)/secs),
+			log.Info("source stats", "name", sources[i].Name(), "packets", ss.Packets, "pps", uint64(float64(ss.Packets-p.Packets)/secs),
 				"kernel_drops", ss.KernelDrops, "kernel_drops_per_s", uint64(float64(ss.KernelDrops-p.KernelDrops)/secs),
 				"filtered", ss.Filtered, "truncated", ss.Truncated)
 		}
 		for i, s := range cur {
-			log.Info("queue", "q", i, "sent", s.Sent, "pps", uint64(float64(s.Sent-prev[i].Sent)/secs),
+			log.Info("queue", "queue", i, "sent", s.Sent, "pps", uint64(float64(s.Sent-prev[i].Sent)/secs),
 				"drops", s.Drops, "received_reported", s.Received, "depth", s.Depth, "consumer", s.Consumer, "state", s.State)
 		}
 		prev, prevSrc, last = cur, curSrc, now
@@ -106,7 +106,7 @@ func summary(log hclog.Logger, stats func() []zc.QueueStats, base []zc.QueueStat
 			s.Sent, s.Drops, s.BadReturns = s.Sent-min(b.Sent, s.Sent), s.Drops-min(b.Drops, s.Drops), s.BadReturns-min(b.BadReturns, s.BadReturns)
 			s.Received -= min(b.Received, s.Received)
 		}
-		args := []any{"q", i, "sent", s.Sent, "drops", s.Drops, "received_reported", s.Received, "bad_returns", s.BadReturns}
+		args := []any{"queue", i, "sent", s.Sent, "drops", s.Drops, "received_reported", s.Received, "bad_returns", s.BadReturns}
 		if s.State != "ok" && s.State != "" {
 			args = append(args, "state", s.State, "failure", s.Failure)
 		} else {

@@ -29,32 +29,30 @@ func Every(interval time.Duration, fn func(now time.Time)) (stop func()) {
 	return func() { close(done); <-finished }
 }
 
-// Paced calls fn first after fast, then after fast again when its
-// previous call returned true (it found something going on), else after
-// slow, until the returned function is called; that function returns once
-// fn is no longer running. A caller that looks often while busy costs one
-// timer wake-up per slow interval while idle. fast or slow <= 0 never
-// calls fn.
-func Paced(fast, slow time.Duration, fn func(now time.Time) (busy bool)) (stop func()) {
-	if fast <= 0 || slow <= 0 {
+// Ramp calls fn after first, then after intervals that double from
+// first up to every, then every interval, until the returned function is
+// called; that function returns once fn is no longer running. A caller
+// thus looks soon after it starts (a run that just began shows), then at
+// its steady pace. first or every <= 0 never calls fn.
+func Ramp(first, every time.Duration, fn func(now time.Time)) (stop func()) {
+	if first <= 0 || every <= 0 {
 		return func() {}
 	}
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
-		t := time.NewTimer(fast)
+		next := min(first, every)
+		t := time.NewTimer(next)
 		defer t.Stop()
 		for {
 			select {
 			case <-done:
 				return
 			case now := <-t.C:
-				if fn(now) {
-					t.Reset(fast)
-				} else {
-					t.Reset(slow)
-				}
+				fn(now)
+				next = min(2*next, every)
+				t.Reset(next)
 			}
 		}
 	}()

@@ -20,27 +20,28 @@ func TestEveryStops(t *testing.T) {
 	}
 }
 
-// TestPacedFollowsBusy: fn runs at the fast interval while it says busy,
-// then at the slow one. Counted, not timed: the slow interval is an hour,
-// so once fn says it is idle it is not called again here.
-func TestPacedFollowsBusy(t *testing.T) {
-	var n atomic.Int32
-	idle := make(chan struct{})
-	stop := Paced(time.Millisecond, time.Hour, func(time.Time) bool {
-		if n.Add(1) == 5 {
-			close(idle)
-			return false
+// TestRampDoubles: the intervals double from first to every, then stay.
+// Only lower bounds are checked (a timer never fires early).
+func TestRampDoubles(t *testing.T) {
+	const first, every = 2 * time.Millisecond, 16 * time.Millisecond
+	var calls []time.Time
+	done := make(chan struct{})
+	stop := Ramp(first, every, func(time.Time) {
+		if calls = append(calls, time.Now()); len(calls) == 8 {
+			close(done)
 		}
-		return true
 	})
-	defer stop()
 	select {
-	case <-idle:
+	case <-done:
 	case <-time.After(10 * time.Second):
-		t.Fatalf("fn called %d times in 10s at a 1ms fast interval, want 5", n.Load())
+		t.Fatal("8 calls did not come in 10s")
 	}
-	time.Sleep(50 * time.Millisecond)
-	if got := n.Load(); got != 5 {
-		t.Fatalf("fn called %d times, want 5: called again within the slow interval after saying idle", got)
+	// A ninth call may have come meanwhile: only the first eight count.
+	stop()
+	want := []time.Duration{2 * first, 4 * first, every, every, every, every, every} // gaps after calls 1..7
+	for i, w := range want {
+		if gap := calls[i+1].Sub(calls[i]); gap < w {
+			t.Errorf("gap after call %d: %v, want at least %v", i+1, gap, w)
+		}
 	}
 }
