@@ -838,11 +838,15 @@ func (b *backoff) wait(ctx context.Context) error {
 }
 
 // HandshakeWait is how long a new consumer waits for a live producer to
-// take back the buffers an earlier consumer of the queue held.
+// take back the buffers an earlier consumer of the queue held, while
+// packets wait for it in the queue. While the queue is empty it waits on:
+// there is nothing to read, and the producer's next burst answers before
+// it is published (an idle agent sleeps for seconds; giving up would
+// leave those buffers lent for good).
 const HandshakeWait = 200 * time.Millisecond
 
 // handshakeDone reports whether the consumer may read: the producer
-// finished its recovery, or nobody answered in time.
+// finished its recovery, or nobody answered in time while packets waited.
 func (q *Queue) handshakeDone() bool {
 	v := q.r.l.Handshake(q.r.b, q.id)
 	mine := q.hsEpoch << 2
@@ -850,6 +854,11 @@ func (q *Queue) handshakeDone() bool {
 	case v == mine|ivshmem.HSDone || v>>2 != q.hsEpoch:
 		q.hsPending = false // done, or a newer consumer took over: not ours to wait on
 	case time.Now().After(q.hsDeadline):
+		if v == mine|ivshmem.HSWait {
+			if n, err := q.in.Ready(1); err == nil && n == 0 {
+				return false // nothing to read yet: the producer answers first
+			}
+		}
 		if v == mine|ivshmem.HSWait && q.r.l.CASHandshake(q.r.b, q.id, v, mine|ivshmem.HSGo) {
 			q.hsPending = false // no producer answered
 		} else if time.Now().After(q.hsDeadline.Add(10 * HandshakeWait)) {

@@ -292,6 +292,43 @@ func TestRecoverDeadConsumersBuffers(t *testing.T) {
 	}
 }
 
+// TestRecoverAfterIdleProducer: the producer is idle for longer than
+// HandshakeWait when a new consumer replaces one that died holding
+// buffers (an agent asleep between packets). With nothing in the queue
+// the consumer waits on, and the producer's next burst takes the buffers
+// back before it is published. (The consumer used to give up after
+// HandshakeWait, and the buffers stayed lent for good.)
+func TestRecoverAfterIdleProducer(t *testing.T) {
+	c := newCluster(t, Config{ID: 19, Queues: 1, QueueLen: 32, Buffers: 64})
+	prod := mustQ(t)(c.Producer(0))
+	dead, err := c.Consumer(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 12 {
+		prod.Send([]byte{byte(i)})
+	}
+	if n, _ := dead.RecvBurst(make([]Packet, 12)); n != 12 {
+		t.Fatalf("got %d", n)
+	}
+	next := mustQ(t)(Open("zc:19@0", Force()))
+	got := make([]Packet, 32)
+	time.Sleep(2 * HandshakeWait)
+	if n, err := next.RecvBurst(got); n != 0 || err != nil {
+		t.Fatalf("new consumer read %d (%v) from an empty queue", n, err)
+	}
+	prod.Send([]byte{99})
+	n, err := next.RecvBurst(got)
+	if err != nil || n != 1 || got[0].Data[0] != 99 {
+		t.Fatalf("new consumer got %d (%v), want the one packet sent after its attach", n, err)
+	}
+	next.Release(got[:n]...)
+	c.Pool().Reclaim()
+	if st := prod.Stats(); st.Recovered != 12 || prod.Outstanding() != 0 || c.Pool().Len() != 64 {
+		t.Fatalf("recovered %d, outstanding %d, pool %d free: the dead consumer's buffers stayed lent", st.Recovered, prod.Outstanding(), c.Pool().Len())
+	}
+}
+
 // TestCloseReleasesHeld: a consumer that closes while holding packets gives
 // them back; nothing leaks and nothing needs recovering.
 func TestCloseReleasesHeld(t *testing.T) {

@@ -117,14 +117,17 @@
 // A consumer that dies holds buffers nobody returns. So a consumer that
 // attaches in place of one that went away without detaching (a stale
 // owner word) starts a handshake: it bumps the epoch in the
-// descriptor's handshake word and waits (briefly, 200 ms) before it reads.
-// A live producer that sees the new epoch takes the word (CAS to
-// "recovering"), drains the return ring, takes back every buffer it lent
-// on that queue that is not in the data ring any more (the dead
-// consumer's), and marks the word done. A consumer that times out (no
-// producer, or a producer that is gone) takes the word itself ("go") and
-// the producer then leaves the queue alone. A guest can only make its
-// own queue's producer recover buffers early: its own loss.
+// descriptor's handshake word and waits before it reads. A live producer
+// that sees the new epoch (it looks before each burst it sends and each
+// reclaim) takes the word (CAS to "recovering"), drains the return ring,
+// takes back every buffer it lent on that queue that is not in the data
+// ring any more (the dead consumer's), and marks the word done, all
+// before it publishes that burst. A consumer that times out (200 ms) while
+// packets wait in the data ring (no producer, or a producer that is gone
+// or idle) takes the word itself ("go") and the producer then leaves the
+// queue alone; while the data ring is empty it waits on, since there is
+// nothing to read and a producer's next burst answers first. A guest can
+// only make its own queue's producer recover buffers early: its own loss.
 //
 // A producer that attaches in place of an earlier one (a restarted zsend)
 // reads the earlier one's loans from the counters (sent minus

@@ -135,3 +135,60 @@ func TestTruncatedUnderCallerRead(t *testing.T) {
 		t.Errorf("a fault outside the region with the program's own handler: %v, want its handler (exit 3)\n%s", err, res)
 	}
 }
+
+// TestIdleProducerRecoversDeadReader: a reader killed while it holds a
+// packet, with the queue empty behind it, is replaced by the next while
+// the producer is idle for longer than zc.HandshakeWait (an agent asleep
+// between packets). The new reader waits on for the producer's answer
+// while there is nothing to read, and the producer's next send takes the
+// dead reader's buffer back. (The reader used to give up after
+// HandshakeWait, and the buffer stayed lent for good.)
+func TestIdleProducerRecoversDeadReader(t *testing.T) {
+	e := newEnv(t)
+	c := e.newRegion(77)
+	prod, err := c.Producer(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// start runs hold on the queue until it printed "got LEN".
+	start := func(sent []byte) (*exec.Cmd, io.WriteCloser) {
+		t.Helper()
+		hold := e.preloaded(ctx, filepath.Join(e.bin, "hold"), "hold", "zc:77@0")
+		stdin, err := hold.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout, err := hold.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := hold.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * zc.HandshakeWait) // attached (and, the second, past its handshake wait)
+		if sent != nil {
+			if err := prod.Send(sent); err != nil {
+				t.Fatal(err)
+			}
+		}
+		sc := bufio.NewScanner(stdout)
+		if want := fmt.Sprintf("got %d", 60); !sc.Scan() || sc.Text() != want {
+			hold.Process.Kill()
+			hold.Wait()
+			t.Fatalf("hold: first line %q, want %q", sc.Text(), want)
+		}
+		return hold, stdin
+	}
+	pkt := []byte(strings.Repeat("idle 12345", 6))
+	first, _ := start(pkt)
+	first.Process.Kill() // holding the packet: the queue is empty behind it
+	first.Wait()
+	second, stdin := start(pkt)
+	defer func() { stdin.Close(); second.Process.Kill(); second.Wait() }()
+	if st := prod.Stats(); st.Recovered != 1 || prod.Outstanding() != 1 {
+		t.Errorf("producer: recovered %d, outstanding %d; want 1 and 1 (the dead reader's buffer taken back, the new reader's lent)", st.Recovered, prod.Outstanding())
+	}
+}

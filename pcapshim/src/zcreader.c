@@ -1229,7 +1229,10 @@ static int attach_mapped(struct zcr *z, const char *path)
 	return 0;
 }
 
-/* handshake_done is zc.Queue.handshakeDone. */
+/* handshake_done is zc.Queue.handshakeDone: past the deadline the
+ * reader gives up on the producer's answer only while packets wait for
+ * it; with the queue empty it waits on, as the producer's next burst
+ * answers before it is published. */
 static int handshake_done(struct zcr *z)
 {
 	uint32_t *w = (uint32_t *)(qdesc(z) + Q_HANDSHAKE);
@@ -1238,6 +1241,8 @@ static int handshake_done(struct zcr *z)
 		z->hs_pending = 0;
 	} else {
 		int64_t now = zcr_now_ns(CLOCK_MONOTONIC);
+		if (now > z->hs_deadline && v == (mine | HS_WAIT) && ld32(z->dr + R_PROD) == z->dpos)
+			return 0; /* nothing to read yet: the producer answers first */
 		if (now > z->hs_deadline) {
 			uint32_t old = v;
 			if (v == (mine | HS_WAIT) && __atomic_compare_exchange_n(w, &old, mine | HS_GO, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
