@@ -69,11 +69,11 @@ func (p *poller) close() {
 	}
 }
 
-// sleep polls the live sources' sockets for up to max when every live
+// sleep polls the live sources' sockets for up to limit when every live
 // source is Pollable, and reports whether it slept. It returns as soon as
 // a socket is readable (or in error: the next Recv says why) or the
 // eventfd is written (a stop or a poke).
-func (p *poller) sleep(sources []Source, live []bool, max time.Duration) bool {
+func (p *poller) sleep(sources []Source, live []bool, limit time.Duration) bool {
 	if p.efd < 0 {
 		return false
 	}
@@ -90,7 +90,7 @@ func (p *poller) sleep(sources []Source, live []bool, max time.Duration) bool {
 	}
 	p.sleeps.Add(1)
 	for {
-		_, err := unix.Poll(p.fds, int(max/time.Millisecond))
+		_, err := unix.Poll(p.fds, int(limit/time.Millisecond))
 		if err != unix.EINTR {
 			break
 		}

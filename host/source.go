@@ -115,9 +115,9 @@ func (e *Engine) PollSleeps() uint64 { return e.pollSleeps.Load() }
 const publishEvery = 250 * time.Millisecond
 
 // SourceStats returns each source's counters (in Sources order) as Run
-// last published them: about every 250 ms while packets come, before a
-// sleep of its own (the counters stand still then), and when it returns.
-// Safe from any goroutine, unlike Source.Stats while Run runs.
+// last published them: about every 250 ms while packets come, within
+// 250 ms after they stop, and when it returns. Safe from any goroutine,
+// unlike Source.Stats while Run runs.
 func (e *Engine) SourceStats() []SourceStats {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -89,21 +89,7 @@ func TestTruncatedUnderCallerRead(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	hold := e.preloaded(ctx, filepath.Join(e.bin, "hold"), "hold", "zc:75@0")
-	stdin, err := hold.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := hold.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	hold.Stderr = &stderr
-	if err := hold.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stdout)
+	hold, stdin, sc, stderr := e.startHold(ctx, t, "zc:75@0")
 	if !sc.Scan() || sc.Text() != "got 90" {
 		hold.Wait()
 		t.Fatalf("hold: first line %q, want \"got 90\"\n%s", sc.Text(), stderr.String())
@@ -153,28 +139,17 @@ func TestIdleProducerRecoversDeadReader(t *testing.T) {
 	defer prod.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	// start runs hold on the queue until it printed "got LEN".
+	// start runs hold on the queue, sends a packet, and waits until hold
+	// printed "got LEN".
 	start := func(sent []byte) (*exec.Cmd, io.WriteCloser) {
 		t.Helper()
-		hold := e.preloaded(ctx, filepath.Join(e.bin, "hold"), "hold", "zc:77@0")
-		stdin, err := hold.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		stdout, err := hold.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := hold.Start(); err != nil {
-			t.Fatal(err)
-		}
+		hold, stdin, sc, _ := e.startHold(ctx, t, "zc:77@0")
 		time.Sleep(2 * zc.HandshakeWait) // attached (and, the second, past its handshake wait)
 		if sent != nil {
 			if err := prod.Send(sent); err != nil {
 				t.Fatal(err)
 			}
 		}
-		sc := bufio.NewScanner(stdout)
 		if want := fmt.Sprintf("got %d", 60); !sc.Scan() || sc.Text() != want {
 			hold.Process.Kill()
 			hold.Wait()
@@ -191,4 +166,25 @@ func TestIdleProducerRecoversDeadReader(t *testing.T) {
 	if st := prod.Stats(); st.Recovered != 1 || prod.Outstanding() != 1 {
 		t.Errorf("producer: recovered %d, outstanding %d; want 1 and 1 (the dead reader's buffer taken back, the new reader's lent)", st.Recovered, prod.Outstanding())
 	}
+}
+
+// startHold starts testdata/hold.c's hold mode on dev: it reads one
+// packet, prints "got LEN" and waits for a line on its stdin.
+func (e *env) startHold(ctx context.Context, t *testing.T, dev string) (hold *exec.Cmd, stdin io.WriteCloser, stdout *bufio.Scanner, stderr *strings.Builder) {
+	t.Helper()
+	hold = e.preloaded(ctx, filepath.Join(e.bin, "hold"), "hold", dev)
+	stdin, err := hold.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := hold.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr = new(strings.Builder)
+	hold.Stderr = stderr
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return hold, stdin, bufio.NewScanner(out), stderr
 }

@@ -4,29 +4,11 @@ package ticker
 
 import "time"
 
-// Every calls fn every interval until the returned function is called;
-// that function returns once fn is no longer running. An interval <= 0
-// never calls fn.
+// Every calls fn every interval (counted from the end of the previous
+// call) until the returned function is called; that function returns
+// once fn is no longer running. An interval <= 0 never calls fn.
 func Every(interval time.Duration, fn func(now time.Time)) (stop func()) {
-	if interval <= 0 {
-		return func() {}
-	}
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case now := <-t.C:
-				fn(now)
-			}
-		}
-	}()
-	return func() { close(done); <-finished }
+	return Ramp(interval, interval, fn)
 }
 
 // Ramp calls fn after first, then after intervals that double from
