@@ -55,6 +55,24 @@ type Waiter interface {
 	ReadyAt() time.Time
 }
 
+// Finite is a source that ends by itself: a generator with a count, a
+// pcap replay. Opened again (an agent restarted, adopting its
+// predecessor's cluster), it starts from its beginning.
+type Finite interface {
+	Finite() bool
+}
+
+var (
+	_ Finite = (*Gen)(nil)
+	_ Finite = (*Pcap)(nil)
+)
+
+// Finite implements Finite: a generator with a count ends.
+func (g *Gen) Finite() bool { return g.cfg.Count > 0 }
+
+// Finite implements Finite: a replay ends after its loops.
+func (p *Pcap) Finite() bool { return true }
+
 // EngineStats count what an engine run moved.
 type EngineStats struct {
 	Packets, Bytes uint64

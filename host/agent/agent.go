@@ -173,11 +173,17 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	c := a.c
+	var prevSent uint64 // what the predecessor's record says its queues were sent
 	if c.Adopted() {
 		// The predecessor's status file says when it was last alive (it
 		// writes or touches it every second): what the sources did not
 		// capture meanwhile is their loss only, and this says for how long.
 		if f, err := status.Read(status.Path(cfg.ID)); err == nil && !f.Checked.IsZero() {
+			for _, r := range f.Regions {
+				for _, q := range r.Queues {
+					prevSent += q.Sent
+				}
+			}
 			a.gap = max(time.Since(f.Checked), 0)
 			log.Warn("predecessor gone; its sources saw nothing for this long (readers kept their queues)", "cluster", cfg.ID, "gap", a.gap.Round(time.Millisecond), "predecessor_pid", f.PID)
 		}
@@ -193,6 +199,10 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		}
 		for _, s := range ss {
 			log.Info("source", "name", s.Name())
+			if f, ok := s.(host.Finite); ok && f.Finite() && c.Adopted() {
+				log.Warn("a finite source starts from its beginning again after a restart: what it sent before is sent again",
+					"source", s.Name(), "cluster_sent_before", prevSent)
+			}
 		}
 		a.sources = append(a.sources, ss...)
 	}

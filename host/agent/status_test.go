@@ -3,6 +3,9 @@ package agent
 import (
 	"context"
 	"os"
+	"regexp"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -72,5 +75,54 @@ func TestStatusTouchedWhileIdle(t *testing.T) {
 	second := waitFor("the second packet sent", func(f status.File) bool { return sent(f) == 2 })
 	if !second.Updated.After(first.Updated) || second.Checked.Before(second.Updated) {
 		t.Fatalf("status file after a change: updated %v (before: %v), checked %v", second.Updated, first.Updated, second.Checked)
+	}
+}
+
+// TestAdoptWarnsFiniteSourceRestarts: an agent that adopts its
+// predecessor's cluster starts a finite source (a generator with a
+// count) from its beginning, and says so with what the cluster had been
+// sent; a source without an end (a capture, a generator without a count)
+// is not named.
+func TestAdoptWarnsFiniteSourceRestarts(t *testing.T) {
+	fakeVMs(t)
+	var logs strings.Builder
+	cfg := Config{ID: 74, Queues: 1, QueueLen: 64, Backing: zc.BackingShm,
+		Sources: []string{"gen:len=64,count=40", "gen:len=64,rate=1"},
+		Keep:    true, Adopt: true, KeepPlugged: true, StateDir: t.TempDir(),
+		Log: hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})}
+	a := mustNew(t, cfg)
+	// Run until the status file shows the 40 (and the first paced one).
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		f, err := status.Read(status.Path(74))
+		if err == nil && len(f.Regions) > 0 && len(f.Regions[0].Queues) > 0 && f.Regions[0].Queues[0].Sent >= 41 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status file never showed 41 sent: %+v (%v)", f, err)
+		}
+	}
+	cancel()
+	<-done
+	a.Close()
+	if strings.Contains(logs.String(), "finite source") {
+		t.Fatalf("a fresh agent warned about a restart:\n%s", logs.String())
+	}
+
+	b := mustNew(t, cfg)
+	b.SetKeepPlugged(false)
+	defer b.Close()
+	out := logs.String()
+	m := regexp.MustCompile(`finite source starts from its beginning again after a restart: what it sent before is sent again: source="gen:len=64,count=40" cluster_sent_before=(\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("the adopting agent did not say its counted generator starts over:\n%s", out)
+	}
+	if n, _ := strconv.Atoi(m[1]); n < 41 {
+		t.Errorf("cluster_sent_before=%s, want the 41 or more the status file showed", m[1])
+	}
+	if strings.Contains(out, `source="gen:len=64,rate=1" cluster_sent_before`) || strings.Count(out, "finite source") != 1 {
+		t.Errorf("the adopting agent named a source without an end:\n%s", out)
 	}
 }
