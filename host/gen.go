@@ -68,6 +68,7 @@ type Gen struct {
 	name   string
 	synth  *zc.Synth
 	seq    uint64
+	base   uint64 // seq at start: pacing counts from it (Resume)
 	start  time.Time
 	st     SourceStats
 	filter *Filter
@@ -85,7 +86,15 @@ func NewGen(name string, cfg GenConfig) *Gen {
 func (g *Gen) Name() string { return g.name }
 
 // Stats implements Source.
-func (g *Gen) Stats() SourceStats { return g.st }
+func (g *Gen) Stats() SourceStats {
+	st := g.st
+	st.Position = g.seq
+	return st
+}
+
+// Resume implements Resumable: the next frame is number position, and a
+// count counts the frames skipped.
+func (g *Gen) Resume(position uint64) { g.seq, g.base = position, position }
 
 // Close implements Source.
 func (g *Gen) Close() error { return nil }
@@ -96,13 +105,13 @@ func (g *Gen) ReadyAt() time.Time {
 	if g.start.IsZero() {
 		return time.Time{}
 	}
-	if g.seq == 0 && g.cfg.After > 0 {
+	if g.seq == g.base && g.cfg.After > 0 {
 		return g.start // still waiting out After
 	}
 	if g.cfg.Rate <= 0 {
 		return time.Time{}
 	}
-	return g.start.Add(time.Duration(float64(g.seq) / g.cfg.Rate * float64(time.Second)))
+	return g.start.Add(time.Duration(float64(g.seq-g.base) / g.cfg.Rate * float64(time.Second)))
 }
 
 var _ Waiter = (*Gen)(nil)
@@ -132,7 +141,7 @@ func (g *Gen) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 		return 0, nil
 	}
 	if g.cfg.Rate > 0 {
-		due := uint64(now.Sub(g.start).Seconds()*g.cfg.Rate) + 1
+		due := g.base + uint64(now.Sub(g.start).Seconds()*g.cfg.Rate) + 1
 		if due <= g.seq {
 			return 0, nil
 		}

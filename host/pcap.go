@@ -37,6 +37,8 @@ type Pcap struct {
 	heldBuf []byte
 	heldTS  time.Time
 	filter  *Filter
+	pos     uint64 // records read and done with (sent, filtered or skipped)
+	skip    uint64 // records still to skip (Resume)
 	// Truncated counts frames cut to the buffer size.
 	Truncated uint64
 }
@@ -96,8 +98,13 @@ func (p *Pcap) Name() string { return "pcap:" + p.path }
 func (p *Pcap) Stats() SourceStats {
 	st := p.st
 	st.Truncated = p.Truncated
+	st.Position = p.pos
 	return st
 }
+
+// Resume implements Resumable: the replay skips its first position
+// records, loops included.
+func (p *Pcap) Resume(position uint64) { p.skip = position }
 
 // Close implements Source.
 func (p *Pcap) Close() error {
@@ -143,6 +150,11 @@ func (p *Pcap) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 			if err != nil {
 				return n, fmt.Errorf("pcap: read %s: %w", p.path, err)
 			}
+			if p.skip > 0 {
+				p.skip--
+				p.pos++
+				continue
+			}
 		}
 		if p.cfg.Timing {
 			now := time.Now()
@@ -158,6 +170,7 @@ func (p *Pcap) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 		if p.filter != nil && !p.filter.Match(data) {
 			p.held = nil
 			p.st.Filtered++
+			p.pos++
 			continue
 		}
 		if pool.Alloc(pkts[n:n+1]) == 0 {
@@ -173,7 +186,8 @@ func (p *Pcap) Recv(pool *zc.Pool, pkts []zc.Packet) (int, error) {
 		}
 		pk.Data = pk.Data[:c]
 		pk.Timestamp = ts.UnixNano()
-		pk.Seq = uint32(p.st.Packets)
+		pk.Seq = uint32(p.pos)
+		p.pos++
 		p.st.Packets++
 		p.st.Bytes += uint64(c)
 		n++

@@ -44,6 +44,9 @@ type SourceStats struct {
 	// Truncated counts frames longer than a buffer, delivered cut to the
 	// buffer size (a pcap file's, or AF_PACKET's).
 	Truncated uint64
+	// Position is how far a Resumable source got: frames generated
+	// (filtered ones included), records read. Resume continues from it.
+	Position uint64
 }
 
 // Waiter is a source that knows when its next packet is due (a paced
@@ -57,14 +60,26 @@ type Waiter interface {
 
 // Finite is a source that ends by itself: a generator with a count, a
 // pcap replay. Opened again (an agent restarted, adopting its
-// predecessor's cluster), it starts from its beginning.
+// predecessor's cluster), it starts from its beginning unless it is
+// Resumable and resumed.
 type Finite interface {
 	Finite() bool
 }
 
+// Resumable is a source that can continue where an earlier one of the
+// same spec got (SourceStats.Position): an agent that adopts its
+// predecessor's cluster resumes its generators and replays instead of
+// sending them again from the start.
+type Resumable interface {
+	Finite
+	// Resume, before the first Recv, skips the first position frames or
+	// records, as if this source had produced them.
+	Resume(position uint64)
+}
+
 var (
-	_ Finite = (*Gen)(nil)
-	_ Finite = (*Pcap)(nil)
+	_ Resumable = (*Gen)(nil)
+	_ Resumable = (*Pcap)(nil)
 )
 
 // Finite implements Finite: a generator with a count ends.

@@ -112,6 +112,8 @@ type Agent struct {
 	log       hclog.Logger
 	c         *zc.Cluster
 	sources   []host.Source
+	srcFinite []bool      // per source: Resumable and Finite
+	srcStart  []uint64    // per source: where it resumed
 	outs      []*zc.Queue // the cluster's own producer ends
 	g         *guard
 	bal       *zc.Balancer
@@ -173,7 +175,8 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	c := a.c
-	var prevSent uint64 // what the predecessor's record says its queues were sent
+	var prevSent uint64          // what the predecessor's record says its queues were sent
+	var prevSrcs []status.Source // and how far its finite sources got
 	if c.Adopted() {
 		// The predecessor's status file says when it was last alive (it
 		// writes or touches it every second): what the sources did not
@@ -184,6 +187,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 					prevSent += q.Sent
 				}
 			}
+			prevSrcs = f.Sources
 			a.gap = max(time.Since(f.Checked), 0)
 			log.Warn("predecessor gone; its sources saw nothing for this long (readers kept their queues)", "cluster", cfg.ID, "gap", a.gap.Round(time.Millisecond), "predecessor_pid", f.PID)
 		}
@@ -199,10 +203,26 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		}
 		for _, s := range ss {
 			log.Info("source", "name", s.Name())
-			if f, ok := s.(host.Finite); ok && f.Finite() && c.Adopted() {
-				log.Warn("a finite source starts from its beginning again after a restart: what it sent before is sent again",
-					"source", s.Name(), "cluster_sent_before", prevSent)
+			r, ok := s.(host.Resumable)
+			a.srcFinite = append(a.srcFinite, ok && r.Finite())
+			a.srcStart = append(a.srcStart, 0)
+			if !ok || !r.Finite() || !c.Adopted() {
+				continue
 			}
+			// The predecessor's record of a source of the same name
+			// (each record used once: two alike sources resume in order).
+			i := slices.IndexFunc(prevSrcs, func(p status.Source) bool { return p.Name == s.Name() })
+			if i < 0 {
+				log.Warn("a finite source starts from its beginning again after a restart (its predecessor's record has no position for it): what it sent before is sent again",
+					"source", s.Name(), "cluster_sent_before", prevSent)
+				continue
+			}
+			pos := prevSrcs[i].Position
+			prevSrcs = slices.Delete(prevSrcs, i, i+1)
+			r.Resume(pos)
+			a.srcStart[len(a.srcStart)-1] = pos
+			log.Info("finite source resumed where its predecessor's record says it got (up to a second of its frames may be sent again after a kill)",
+				"source", s.Name(), "position", pos)
 		}
 		a.sources = append(a.sources, ss...)
 	}
@@ -226,7 +246,10 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	vmCfg := zcfg
 	vmCfg.Buffers, vmCfg.Group = 0, ""
 	a.g = &guard{log: log, c: c, control: make(chan func(), 1), recover: cfg.VMRecover, reported: map[*zc.Queue]bool{}, cfg: vmCfg,
-		lossless: cfg.Lossless, goneSaid: map[*zc.Queue]uint32{}}
+		lossless: cfg.Lossless, goneSaid: map[*zc.Queue]uint32{}, srcFinite: a.srcFinite, srcStart: a.srcStart}
+	for _, s := range a.sources {
+		a.g.srcNames = append(a.g.srcNames, s.Name())
+	}
 	for k, ex := range cfg.Exports {
 		if cfg.Ctl && vmm.IsLibvirt(ex.VM) {
 			return nil, fmt.Errorf("%w: vm %s: %v", ErrConfig, ex.VM, errLibvirtCtl)
@@ -411,6 +434,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		OnSourceError: func(s host.Source, err error) {
 			log.Error("source failed; the others go on", "source", s.Name(), "error", err)
 		}}
+	a.g.mu.Lock()
+	a.g.srcStats = a.eng.SourceStats
+	a.g.mu.Unlock()
 	base := stats() // what adopted regions carry over from a predecessor
 	stopStats := startStats(log, stats, a.sources, a.eng.SourceStats, cfg.StatsInterval)
 	var st host.EngineStats
@@ -477,6 +503,12 @@ func (a *Agent) Close() error {
 	a.exMu.Lock()
 	keep := a.cfg.KeepPlugged
 	a.exMu.Unlock()
+	if keep && a.g != nil {
+		// The last record, for the next agent: its counters and how far
+		// the finite sources got, exactly (a killed agent's is up to a
+		// second old).
+		a.g.publish(time.Now())
+	}
 	for _, e := range a.exports {
 		if keep {
 			e.abandon()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/zcfabric/zc"
+	"github.com/zcfabric/zc/host"
 	"github.com/zcfabric/zc/host/status"
 )
 
@@ -74,6 +75,13 @@ type guard struct {
 
 	pubMu sync.Mutex
 	last  []byte // the status file last written, without its time
+
+	// The sources, for the record of how far the finite ones got: set in
+	// New; srcStats (the engine's SourceStats) under mu once it runs.
+	srcNames  []string
+	srcFinite []bool
+	srcStart  []uint64
+	srcStats  func() []host.SourceStats
 }
 
 // stats returns the counters of the queues as fed (host view).
@@ -299,8 +307,22 @@ func (g *guard) publish(now time.Time) {
 		}
 		vms = append(vms, r)
 	}
+	var ss []host.SourceStats
+	if g.srcStats != nil {
+		ss = g.srcStats()
+	}
 	g.mu.Unlock()
 	f.Regions = append([]status.Region{main}, vms...)
+	for i, name := range g.srcNames {
+		if !g.srcFinite[i] {
+			continue
+		}
+		pos := g.srcStart[i] // not started yet
+		if i < len(ss) {
+			pos = ss[i].Position
+		}
+		f.Sources = append(f.Sources, status.Source{Name: name, Position: pos})
+	}
 	g.pubMu.Lock()
 	defer g.pubMu.Unlock()
 	path := status.Path(g.c.ID())

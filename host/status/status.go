@@ -36,10 +36,22 @@ type File struct {
 	// then (or the agent started).
 	Updated time.Time `json:"updated"`
 	Regions []Region  `json:"regions"`
+	// Sources are the agent's finite sources (a generator with a count,
+	// a pcap replay) and how far each got, for a successor to resume.
+	Sources []Source `json:"sources,omitempty"`
 	// Checked is when the agent last found the content current (Touch:
 	// the file's modification time), at or after Updated: the agent's
 	// last sign of life. Set by Read, not stored in the JSON.
 	Checked time.Time `json:"-"`
+}
+
+// Source is how far one of the agent's finite sources got.
+type Source struct {
+	// Name is the source's name (host.Source.Name: its spec).
+	Name string `json:"name"`
+	// Position is host.SourceStats.Position: frames generated, records
+	// read.
+	Position uint64 `json:"position"`
 }
 
 // Region is the agent's record of one region it made: the cluster's own
