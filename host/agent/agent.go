@@ -126,6 +126,7 @@ type Agent struct {
 	exMu      sync.Mutex // AddExport, RemoveExport
 	pending   []Export   // exports waiting for their VM (Config.Adopt)
 	stopWatch func()
+	watchKick chan struct{} // AddExport: watchLoop has something to watch
 	gap       time.Duration // adopted: since the predecessor was last alive
 }
 
@@ -334,8 +335,10 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 			return slices.ContainsFunc(a.pending, func(p Export) bool { return p.VM == e.VM })
 		})
 		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		stopW := ticker.Every(watchEvery, func(time.Time) { a.watchExports(wctx) })
+		a.watchKick = make(chan struct{}, 1)
 		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); a.watchLoop(wctx) }()
 		seen := map[string]bool{}
 		for _, ex := range cfg.Exports {
 			if vmm.IsLibvirt(ex.VM) && !seen[ex.VM] {
@@ -344,7 +347,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 				go func() { defer wg.Done(); a.watchLibvirt(wctx, ex.VM) }()
 			}
 		}
-		a.stopWatch = func() { cancel(); stopW(); wg.Wait() }
+		a.stopWatch = func() { cancel(); wg.Wait() }
 	}
 	a.stopG = ticker.Ramp(guardFirst, guardEvery, func(now time.Time) { a.g.tick(ctx, now) })
 	a.g.publish(time.Now())

@@ -98,6 +98,12 @@ func (a *Agent) AddExport(ctx context.Context, ex Export) (err error) {
 	}
 	a.cfg.Exports = append(a.cfg.Exports, ex)
 	a.saveStateLocked()
+	if a.watchKick != nil {
+		select {
+		case a.watchKick <- struct{}{}:
+		default: // a kick is on its way already
+		}
+	}
 	return nil
 }
 
@@ -187,6 +193,42 @@ func (a *Agent) route(ctx context.Context, queues []int, qs []*zc.Queue) error {
 // watchEvery is how often a service agent looks for VMs that came or
 // went.
 const watchEvery = 2 * time.Second
+
+// watchLoop runs watchExports every watchEvery while an export that is
+// not a libvirt domain's (watchLibvirt follows those) is configured or
+// waits for its VM; with none, it sleeps until AddExport adds one (an
+// agent without VMs does not wake for them).
+func (a *Agent) watchLoop(ctx context.Context) {
+	t := time.NewTimer(watchEvery)
+	defer t.Stop()
+	for {
+		if !a.watching() {
+			t.Stop()
+			select {
+			case <-ctx.Done():
+				return
+			case <-a.watchKick:
+			}
+			t.Reset(watchEvery)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.watchKick:
+		case <-t.C:
+			a.watchExports(ctx)
+			t.Reset(watchEvery)
+		}
+	}
+}
+
+// watching reports whether watchExports has an export to look at.
+func (a *Agent) watching() bool {
+	a.exMu.Lock()
+	defer a.exMu.Unlock()
+	qmp := func(e Export) bool { return !vmm.IsLibvirt(e.VM) }
+	return slices.ContainsFunc(a.cfg.Exports, qmp) || slices.ContainsFunc(a.pending, qmp)
+}
 
 // watchExports plugs the exports waiting for their VM once its QMP
 // socket exists (QEMU started), and releases the export of a VM whose
