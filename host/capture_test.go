@@ -238,6 +238,7 @@ func testCapture(t *testing.T, tc captureCase) {
 	// The frames of otherType are sent before the test frames that follow
 	// them, so they have all been through the source by now.
 	time.Sleep(20 * time.Millisecond)
+	stopEngine() // Stats is not safe against a running Recv
 	st := src.Stats()
 	t.Logf("stats: %+v, foreign %d", st, foreign)
 	if st.Packets < total {
