@@ -812,7 +812,7 @@ vm_recover = "0"
 	}
 	s.check(t, "vm A", n)
 	// The daemon's record (zchost stats takes the producer counters from
-	// the status file, written every second): exactly n sent, none
+	// the status file, rewritten within a second of a change): exactly n sent, none
 	// dropped, none left. Sent only grows: wait for it to reach n.
 	pathA := filepath.Join(h.dir, fmt.Sprintf("zc-%d.vm1", id))
 	for {
