@@ -97,7 +97,7 @@ func (p *Pool) Alloc(pkts []Packet) int {
 // (sent, not yet returned).
 func (p *Pool) onLoan(h uint32) bool {
 	for _, q := range p.queues {
-		if q.lent != nil && h < q.r.l.NumBufs && q.lent[h/64]&(1<<(h%64)) != 0 {
+		if q.onLoan(h) {
 			return true
 		}
 	}

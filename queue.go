@@ -679,7 +679,7 @@ func (q *Queue) drop(pkts []Packet) {
 		k := 0
 		for j := i; j < end; j++ {
 			h := pkts[j].handle
-			if q.lent != nil && h < q.r.l.NumBufs && q.lent[h/64]&(1<<(h%64)) != 0 {
+			if q.onLoan(h) {
 				continue // sent already: the consumer's now, not to drop
 			}
 			q.hs[k] = h
@@ -689,6 +689,12 @@ func (q *Queue) drop(pkts []Packet) {
 		n += k
 	}
 	q.countDrops(n)
+}
+
+// onLoan reports whether this producer lent buffer h (sent it, and the
+// consumer has not returned it yet).
+func (q *Queue) onLoan(h uint32) bool {
+	return q.lent != nil && h < q.r.l.NumBufs && q.lent[h/64]&(1<<(h%64)) != 0
 }
 
 // countDrops counts n packets dropped on the way into this producer's
@@ -858,10 +864,12 @@ func (q *Queue) handshakeDone() bool {
 			if n, err := q.in.Ready(1); err == nil && n == 0 {
 				return false // nothing to read yet: the producer answers first
 			}
+			if q.r.l.CASHandshake(q.r.b, q.id, v, mine|ivshmem.HSGo) {
+				q.hsPending = false // no producer answered
+				break
+			}
 		}
-		if v == mine|ivshmem.HSWait && q.r.l.CASHandshake(q.r.b, q.id, v, mine|ivshmem.HSGo) {
-			q.hsPending = false // no producer answered
-		} else if time.Now().After(q.hsDeadline.Add(10 * HandshakeWait)) {
+		if time.Now().After(q.hsDeadline.Add(10 * HandshakeWait)) {
 			q.hsPending = false // a producer started and vanished
 		}
 	}

@@ -92,6 +92,9 @@ func (g *Gen) Stats() SourceStats {
 	return st
 }
 
+// Finite implements Finite: a generator with a count ends.
+func (g *Gen) Finite() bool { return g.cfg.Count > 0 }
+
 // Resume implements Resumable: the next frame is number position, and a
 // count counts the frames skipped.
 func (g *Gen) Resume(position uint64) { g.seq, g.base = position, position }

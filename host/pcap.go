@@ -102,6 +102,9 @@ func (p *Pcap) Stats() SourceStats {
 	return st
 }
 
+// Finite implements Finite: a replay ends after its loops.
+func (p *Pcap) Finite() bool { return true }
+
 // Resume implements Resumable: the replay skips its first position
 // records, loops included.
 func (p *Pcap) Resume(position uint64) { p.skip = position }

@@ -82,12 +82,6 @@ var (
 	_ Resumable = (*Pcap)(nil)
 )
 
-// Finite implements Finite: a generator with a count ends.
-func (g *Gen) Finite() bool { return g.cfg.Count > 0 }
-
-// Finite implements Finite: a replay ends after its loops.
-func (p *Pcap) Finite() bool { return true }
-
 // EngineStats count what an engine run moved.
 type EngineStats struct {
 	Packets, Bytes uint64
@@ -278,11 +272,7 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 		if e.OnIdle != nil {
 			e.OnIdle()
 		}
-		slice := pollSlice
-		if pending {
-			slice = max(publishEvery-time.Since(published), time.Millisecond)
-		}
-		if pace.Quiet() && pw.sleep(e.Sources, live, slice) {
+		if pace.Quiet() && pw.sleep(e.Sources, live, pollLimit(pending, published)) {
 			// Every source is a socket the kernel wakes us on.
 			pace.Reset()
 			pending = true
@@ -326,6 +316,15 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 	}
 	st.Elapsed = time.Since(start)
 	return st, nil
+}
+
+// pollLimit is how long a poll(2) sleep may last: a whole pollSlice, or
+// while counters may have moved (pending) until their next publish is due.
+func pollLimit(pending bool, published time.Time) time.Duration {
+	if !pending {
+		return pollSlice
+	}
+	return max(publishEvery-time.Since(published), time.Millisecond)
 }
 
 // longIdle is the shortest sleep the engine takes on a timer rather than

@@ -286,12 +286,7 @@ func TestDrainTimeoutZeroWaits(t *testing.T) {
 func TestRunFailsWhenASourceFails(t *testing.T) {
 	bin := binaries(t)
 	env := shmEnv(t)
-	frames := make([][]byte, 10)
-	for i := range frames {
-		frames[i] = make([]byte, 100)
-		frames[i] = frames[i][:zc.SynthFrame(frames[i], uint64(i), 100, 1)]
-	}
-	path := pcaptest.File(t, frames...)
+	path := pcaptest.File(t, pcaptest.Synth(10, 100, 1)...)
 	st, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
@@ -320,12 +315,7 @@ func TestRunFailsWhenASourceFails(t *testing.T) {
 func TestRunReportsCutAndFiltered(t *testing.T) {
 	bin := binaries(t)
 	env := shmEnv(t)
-	frames := make([][]byte, 10)
-	for i := range frames {
-		frames[i] = make([]byte, 3000)
-		frames[i] = frames[i][:zc.SynthFrame(frames[i], uint64(i), 3000, 2)] // flows 0, 1: UDP from 1024, 1025
-	}
-	path := pcaptest.File(t, frames...)
+	path := pcaptest.File(t, pcaptest.Synth(10, 3000, 2)...) // flows 0, 1: UDP from 1024, 1025
 	const srcPort1025 = "4\n40 0 0 34\n21 0 1 1025\n6 0 0 262144\n6 0 0 0"
 	id := strconv.Itoa(37000 + os.Getpid()%10000)
 	c := exec.Command(filepath.Join(bin, "zchost"), "run", "-c", id, "-i", "pcap:"+path, "--bpf", srcPort1025,

@@ -112,8 +112,6 @@ type Agent struct {
 	log       hclog.Logger
 	c         *zc.Cluster
 	sources   []host.Source
-	srcFinite []bool      // per source: Resumable and Finite
-	srcStart  []uint64    // per source: where it resumed
 	outs      []*zc.Queue // the cluster's own producer ends
 	g         *guard
 	bal       *zc.Balancer
@@ -178,6 +176,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	c := a.c
 	var prevSent uint64          // what the predecessor's record says its queues were sent
 	var prevSrcs []status.Source // and how far its finite sources got
+	var finite []finiteSource    // this agent's, for its record
 	if c.Adopted() {
 		// The predecessor's status file says when it was last alive (it
 		// writes or touches it every second): what the sources did not
@@ -202,12 +201,14 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, s := range ss {
+		for j, s := range ss {
 			log.Info("source", "name", s.Name())
 			r, ok := s.(host.Resumable)
-			a.srcFinite = append(a.srcFinite, ok && r.Finite())
-			a.srcStart = append(a.srcStart, 0)
-			if !ok || !r.Finite() || !c.Adopted() {
+			if !ok || !r.Finite() {
+				continue
+			}
+			finite = append(finite, finiteSource{index: len(a.sources) + j, name: s.Name()})
+			if !c.Adopted() {
 				continue
 			}
 			// The predecessor's record of a source of the same name
@@ -221,7 +222,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 			pos := prevSrcs[i].Position
 			prevSrcs = slices.Delete(prevSrcs, i, i+1)
 			r.Resume(pos)
-			a.srcStart[len(a.srcStart)-1] = pos
+			finite[len(finite)-1].start = pos
 			log.Info("finite source resumed where its predecessor's record says it got (up to a second of its frames may be sent again after a kill)",
 				"source", s.Name(), "position", pos)
 		}
@@ -247,10 +248,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	vmCfg := zcfg
 	vmCfg.Buffers, vmCfg.Group = 0, ""
 	a.g = &guard{log: log, c: c, control: make(chan func(), 1), recover: cfg.VMRecover, reported: map[*zc.Queue]bool{}, cfg: vmCfg,
-		lossless: cfg.Lossless, goneSaid: map[*zc.Queue]uint32{}, srcFinite: a.srcFinite, srcStart: a.srcStart}
-	for _, s := range a.sources {
-		a.g.srcNames = append(a.g.srcNames, s.Name())
-	}
+		lossless: cfg.Lossless, goneSaid: map[*zc.Queue]uint32{}, finite: finite}
 	for k, ex := range cfg.Exports {
 		if cfg.Ctl && vmm.IsLibvirt(ex.VM) {
 			return nil, fmt.Errorf("%w: vm %s: %v", ErrConfig, ex.VM, errLibvirtCtl)

@@ -76,12 +76,18 @@ type guard struct {
 	pubMu sync.Mutex
 	last  []byte // the status file last written, without its time
 
-	// The sources, for the record of how far the finite ones got: set in
-	// New; srcStats (the engine's SourceStats) under mu once it runs.
-	srcNames  []string
-	srcFinite []bool
-	srcStart  []uint64
-	srcStats  func() []host.SourceStats
+	// The finite sources, for the record of how far they got (set in
+	// New), and the engine's SourceStats (under mu, once it runs).
+	finite   []finiteSource
+	srcStats func() []host.SourceStats
+}
+
+// finiteSource is a finite source of the agent's (host.Resumable): its
+// index in the engine's sources, its name, where it started (resumed).
+type finiteSource struct {
+	index int
+	name  string
+	start uint64
 }
 
 // stats returns the counters of the queues as fed (host view).
@@ -313,15 +319,12 @@ func (g *guard) publish(now time.Time) {
 	}
 	g.mu.Unlock()
 	f.Regions = append([]status.Region{main}, vms...)
-	for i, name := range g.srcNames {
-		if !g.srcFinite[i] {
-			continue
+	for _, s := range g.finite {
+		pos := s.start // the engine has not published yet
+		if s.index < len(ss) {
+			pos = ss[s.index].Position
 		}
-		pos := g.srcStart[i] // not started yet
-		if i < len(ss) {
-			pos = ss[i].Position
-		}
-		f.Sources = append(f.Sources, status.Source{Name: name, Position: pos})
+		f.Sources = append(f.Sources, status.Source{Name: s.name, Position: pos})
 	}
 	g.pubMu.Lock()
 	defer g.pubMu.Unlock()

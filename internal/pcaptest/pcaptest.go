@@ -11,7 +11,19 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/zcfabric/zc"
 )
+
+// Synth returns n synthetic frames of size bytes over flows flows, frame
+// i carrying sequence number i (zc.SynthFrame), for File.
+func Synth(n, size, flows int) [][]byte {
+	frames := make([][]byte, n)
+	for i := range frames {
+		b := make([]byte, size)
+		frames[i] = b[:zc.SynthFrame(b, uint64(i), size, flows)]
+	}
+	return frames
+}
 
 // File writes frames, whole, to a new Ethernet pcap file (snaplen 65535,
 // every frame stamped 1 s after the epoch) in t's temporary directory and
