@@ -845,11 +845,17 @@ func (b *backoff) wait(ctx context.Context) error {
 
 // HandshakeWait is how long a new consumer waits for a live producer to
 // take back the buffers an earlier consumer of the queue held, while
-// packets wait for it in the queue. While the queue is empty it waits on:
-// there is nothing to read, and the producer's next burst answers before
-// it is published (an idle agent sleeps for seconds; giving up would
-// leave those buffers lent for good).
-const HandshakeWait = 200 * time.Millisecond
+// packets wait for it in the queue. It covers an agent asleep between
+// packets: its guard looks for waiting consumers once a second and wakes
+// the engine to answer (Queue.RecoveryAsked). While the queue is empty the
+// consumer waits on: there is nothing to read, and the producer's next
+// burst answers before it is published (giving up would leave those
+// buffers lent for good).
+const HandshakeWait = 1500 * time.Millisecond
+
+// hsVanished is how long past HandshakeWait a consumer waits on a
+// producer that took its request ("recovering") and never finished.
+const hsVanished = 2 * time.Second
 
 // handshakeDone reports whether the consumer may read: the producer
 // finished its recovery, or nobody answered in time while packets waited.
@@ -869,7 +875,7 @@ func (q *Queue) handshakeDone() bool {
 				break
 			}
 		}
-		if time.Now().After(q.hsDeadline.Add(10 * HandshakeWait)) {
+		if time.Now().After(q.hsDeadline.Add(hsVanished)) {
 			q.hsPending = false // a producer started and vanished
 		}
 	}
@@ -888,7 +894,8 @@ const RecoverEvery = 100 * time.Millisecond
 // buffer lent on this queue that is neither in the data ring nor on the
 // return ring, i.e. what the previous consumer held when it went away.
 // Rate-limited: see RecoverEvery. While a request waits, each call costs
-// a load and a compare, and one call in 256 reads the clock.
+// a load and a compare, and one call in 64 reads the clock (an idle
+// engine, woken by its guard, makes 64 calls before it sleeps again).
 func (q *Queue) recoverIfAsked() {
 	v := q.r.l.Handshake(q.r.b, q.id)
 	if v == q.hsSeen {
@@ -904,7 +911,7 @@ func (q *Queue) recoverIfAsked() {
 	}
 	now := time.Now()
 	if now.Before(q.hsNext) {
-		q.hsQuiet = 255
+		q.hsQuiet = 63
 		q.deferred.Add(1)
 		return
 	}
@@ -950,6 +957,21 @@ func (q *Queue) recoverIfAsked() {
 	total += len(got)
 	q.outstanding -= uint32(total)
 	q.ret.Add(ivshmem.CountBytes, uint64(total))
+}
+
+// RecoveryAsked reports whether a consumer that replaced a dead one waits
+// for this producer end to take back the buffers the dead one held: what
+// the producer does with its next burst or Reserve, or, idle, its next
+// reclaim (Balancer.Reclaim). An agent asleep between packets uses it to
+// wake up and answer. It reads one word of the region (a guest can make
+// it say yes at will: the answer is rate-limited, see RecoverEvery). Safe
+// from any goroutine; false for a consumer end or a failed region.
+func (q *Queue) RecoveryAsked() (asked bool) {
+	if q.out == nil {
+		return false
+	}
+	protect(func() { asked = q.r.l.Handshake(q.r.b, q.id)&ivshmem.HSStateMask == ivshmem.HSWait })
+	return asked
 }
 
 // RecoveriesDeferred counts recovery requests this producer end put off

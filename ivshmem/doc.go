@@ -122,11 +122,13 @@
 // reclaim) takes the word (CAS to "recovering"), drains the return ring,
 // takes back every buffer it lent on that queue that is not in the data
 // ring any more (the dead consumer's), and marks the word done, all
-// before it publishes that burst. A consumer that times out (200 ms) while
-// packets wait in the data ring (no producer, or a producer that is gone
-// or idle) takes the word itself ("go") and the producer then leaves the
-// queue alone; while the data ring is empty it waits on, since there is
-// nothing to read and a producer's next burst answers first. A guest can
+// before it publishes that burst (an idle agent's guard looks at the word
+// once a second and wakes its engine to answer). A consumer that times
+// out (1.5 s) while packets wait in the data ring (no producer, or a
+// producer that is gone or idle) takes the word itself ("go") and the
+// producer then leaves the queue alone; while the data ring is empty it
+// waits on, since there is nothing to read and a producer's next burst
+// answers first. A guest can
 // only make its own queue's producer recover buffers early: its own loss.
 //
 // A producer that attaches in place of an earlier one (a restarted zsend)

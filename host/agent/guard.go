@@ -145,6 +145,7 @@ func (g *guard) tick(ctx context.Context, now time.Time) {
 		}
 	}
 	g.sayGoneReaders()
+	asked := g.recoveryAsked()
 	var due []*vmRegion
 	for _, v := range g.vms {
 		if v.failure != "" && !v.recovering && g.recover > 0 && g.running.Load() && now.Sub(v.failedAt) >= v.wait {
@@ -153,6 +154,18 @@ func (g *guard) tick(ctx context.Context, now time.Time) {
 		}
 	}
 	g.mu.Unlock()
+	if asked && g.running.Load() {
+		// The engine may sleep for seconds between packets; woken, it
+		// reclaims on every output and answers the request. (A full
+		// Control holds a function that wakes it as well.)
+		select {
+		case g.control <- func() {}:
+		default:
+		}
+		if g.wake != nil {
+			g.wake()
+		}
+	}
 	for _, v := range due {
 		g.wg.Add(1)
 		go func() {
@@ -190,6 +203,22 @@ func (g *guard) sayGoneReaders() {
 				"queue", q.Name(), "pid", st.Consumer, "depth", st.Depth)
 		}
 	}
+}
+
+// recoveryAsked reports whether a reader that replaced a dead one waits
+// on a queue for the engine to take back the dead reader's buffers (zc:
+// Queue.RecoveryAsked): the engine answers with its next burst, which an
+// agent between packets may not send for seconds, while the reader,
+// with packets waiting, waits for zc.HandshakeWait only. Called with g.mu
+// held. A guest that keeps asking wakes the engine once a tick.
+func (g *guard) recoveryAsked() bool {
+	for _, q := range g.outs {
+		if q.RecoveryAsked() {
+			g.log.Debug("a new reader waits for the buffers its dead predecessor held: waking the engine to take them back", "queue", q.Name())
+			return true
+		}
+	}
+	return false
 }
 
 // recreate gives VM v a fresh region in place of its failed one: made

@@ -1247,7 +1247,7 @@ static int handshake_done(struct zcr *z)
 			uint32_t old = v;
 			if (v == (mine | HS_WAIT) && __atomic_compare_exchange_n(w, &old, mine | HS_GO, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
 				z->hs_pending = 0;
-			else if (now > z->hs_deadline + 10 * HS_WAIT_NS)
+			else if (now > z->hs_deadline + HS_VANISHED_NS)
 				z->hs_pending = 0;
 		}
 	}

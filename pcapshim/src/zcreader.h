@@ -47,7 +47,8 @@
 #define WAKE_FUTEX 1u
 #define WAKE_DOORBELL 2u
 #define MAX_BURST 256
-#define HS_WAIT_NS 200000000ll /* zc.HandshakeWait */
+#define HS_WAIT_NS 1500000000ll /* zc.HandshakeWait */
+#define HS_VANISHED_NS 2000000000ll /* zc.hsVanished */
 
 /* ring header offsets */
 #define R_PROD 0
