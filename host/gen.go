@@ -88,7 +88,7 @@ func (g *Gen) Name() string { return g.name }
 // Stats implements Source.
 func (g *Gen) Stats() SourceStats {
 	st := g.st
-	st.Position = g.seq
+	st.Position = g.Position()
 	return st
 }
 
@@ -98,6 +98,9 @@ func (g *Gen) Finite() bool { return g.cfg.Count > 0 }
 // Resume implements Resumable: the next frame is number position, and a
 // count counts the frames skipped.
 func (g *Gen) Resume(position uint64) { g.seq, g.base = position, position }
+
+// Position implements Resumable: frames generated.
+func (g *Gen) Position() uint64 { return g.seq }
 
 // Close implements Source.
 func (g *Gen) Close() error { return nil }

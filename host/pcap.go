@@ -98,7 +98,7 @@ func (p *Pcap) Name() string { return "pcap:" + p.path }
 func (p *Pcap) Stats() SourceStats {
 	st := p.st
 	st.Truncated = p.Truncated
-	st.Position = p.pos
+	st.Position = p.Position()
 	return st
 }
 
@@ -108,6 +108,9 @@ func (p *Pcap) Finite() bool { return true }
 // Resume implements Resumable: the replay skips its first position
 // records, loops included.
 func (p *Pcap) Resume(position uint64) { p.skip = position }
+
+// Position implements Resumable: records read (skipped ones included).
+func (p *Pcap) Position() uint64 { return p.pos }
 
 // Close implements Source.
 func (p *Pcap) Close() error {

@@ -75,6 +75,8 @@ type Resumable interface {
 	// Resume, before the first Recv, skips the first position frames or
 	// records, as if this source had produced them.
 	Resume(position uint64)
+	// Position is SourceStats.Position, cheaply: how far the source got.
+	Position() uint64
 }
 
 var (
@@ -115,6 +117,12 @@ type Engine struct {
 	// (Balancer.Replace). A sender calls Wake, else a Run asleep on quiet
 	// sockets takes the function only when it wakes (up to pollSlice).
 	Control <-chan func()
+	// OnPosition, if set, is called on Run's goroutine with a finite
+	// Resumable source's index and position (Resumable.Position) each
+	// time the position moved, after the burst went through the
+	// balancer: what was pushed, exactly, for a successor to resume from
+	// after a kill (an agent keeps it in a status.Marks).
+	OnPosition func(source int, position uint64)
 
 	mu         sync.Mutex
 	snap       []SourceStats // the sources' counters as last published by Run
@@ -209,6 +217,16 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 	// next publish is due.
 	published, iter, pending := time.Now(), 0, false
 	var timer *time.Timer
+	// The finite sources whose positions OnPosition follows.
+	marked := make([]uint64, len(e.Sources))
+	follow := make([]Resumable, len(e.Sources))
+	if e.OnPosition != nil {
+		for i, s := range e.Sources {
+			if r, ok := s.(Resumable); ok && r.Finite() {
+				follow[i], marked[i] = r, r.Position()
+			}
+		}
+	}
 	for nlive > 0 {
 		got := 0
 		for i, s := range e.Sources {
@@ -231,6 +249,12 @@ func (e *Engine) Run(ctx context.Context) (EngineStats, error) {
 					// Only a stop ends a push early: queues fail alone.
 					st.Elapsed = time.Since(start)
 					return st, nil
+				}
+			}
+			if r := follow[i]; r != nil {
+				if pos := r.Position(); pos != marked[i] {
+					marked[i] = pos
+					e.OnPosition(i, pos)
 				}
 			}
 			if errors.Is(err, io.EOF) {

@@ -127,8 +127,8 @@ func (r *daemonRig) ask(req controlRequest) controlReply {
 // a zcount reading the daemon's queue keeps running across a SIGKILL of
 // the daemon and a restart, and reads what the new daemon sends (it
 // adopts the region: same file, same generation; its generator resumes
-// where the killed one's status record says it got, so no frame is
-// lost and only the ones sent after that record are sent twice). Then
+// where the killed one's marks say it got, so no frame is lost and at
+// most the last burst before the kill is sent twice). Then
 // the metrics endpoint is scraped and parsed with the Prometheus text
 // parser: its counters match the control socket's stats. SIGTERM removes
 // everything.
@@ -206,7 +206,11 @@ sources = ["gen:len=64,count=20000,rate=10000"]
 	if sent < after {
 		t.Errorf("the queue was sent %d over both daemons, fewer than the generator's %d: frames lost across the restart", sent, after)
 	}
-	t.Logf("killed daemon's record: %d sent; the queue carried %d over both daemons (%d sent twice)", resumed, sent, sent-after)
+	t.Logf("killed daemon's generator got to %d; the queue carried %d over both daemons (%d sent twice)", resumed, sent, sent-after)
+	if sent > after+32 {
+		// The marks are written after every burst (at most 32 frames).
+		t.Errorf("the queue was sent %d over both daemons for the generator's %d: %d sent twice, more than the last burst before the kill", sent, after, sent-after)
+	}
 	if uint64(out) != sent {
 		t.Errorf("metrics say %v packets out, stats %d", out, sent)
 	}
@@ -248,6 +252,9 @@ sources = ["gen:len=64,count=20000,rate=10000"]
 	}
 	if _, err := os.Stat(region); !os.IsNotExist(err) {
 		t.Fatalf("region left after SIGTERM: %v", err)
+	}
+	if _, err := os.Stat(region + ".marks"); !os.IsNotExist(err) {
+		t.Fatalf("marks file left after SIGTERM: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(r.state, "cluster-62.json")); !os.IsNotExist(err) {
 		t.Fatalf("state file left after SIGTERM: %v", err)

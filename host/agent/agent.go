@@ -126,6 +126,8 @@ type Agent struct {
 	stopWatch func()
 	watchKick chan struct{} // AddExport: watchLoop has something to watch
 	gap       time.Duration // adopted: since the predecessor was last alive
+	marks     *status.Marks // the finite sources' positions, after every burst
+	markSlot  []int         // per source: its slot in marks, or -1
 }
 
 // New sets up the agent cfg describes: the cluster (adopted when
@@ -187,7 +189,15 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 					prevSent += q.Sent
 				}
 			}
-			prevSrcs = f.Sources
+			prevSrcs = slices.Clone(f.Sources)
+			if pid, pos, err := status.ReadMarks(status.MarksPath(cfg.ID)); err == nil && pid == f.PID && len(pos) == len(prevSrcs) {
+				// Exact to a burst, where the record is up to a second old.
+				for i := range prevSrcs {
+					prevSrcs[i].Position = max(prevSrcs[i].Position, pos[i])
+				}
+			} else if len(prevSrcs) > 0 {
+				log.Warn("no marks of the predecessor's finite sources: they resume from its last record (up to a second of their frames may be sent again)", "error", err, "marks_pid", pid, "record_pid", f.PID)
+			}
 			a.gap = max(time.Since(f.Checked), 0)
 			log.Warn("predecessor gone; its sources saw nothing for this long (readers kept their queues)", "cluster", cfg.ID, "gap", a.gap.Round(time.Millisecond), "predecessor_pid", f.PID)
 		}
@@ -223,10 +233,23 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 			prevSrcs = slices.Delete(prevSrcs, i, i+1)
 			r.Resume(pos)
 			finite[len(finite)-1].start = pos
-			log.Info("finite source resumed where its predecessor's record says it got (up to a second of its frames may be sent again after a kill)",
+			log.Info("finite source resumed where its predecessor got (the last burst before a kill may be sent again)",
 				"source", s.Name(), "position", pos)
 		}
 		a.sources = append(a.sources, ss...)
+	}
+	if len(finite) > 0 {
+		start := make([]uint64, len(finite))
+		a.markSlot = make([]int, len(a.sources))
+		for i := range a.markSlot {
+			a.markSlot[i] = -1
+		}
+		for k, s := range finite {
+			start[k], a.markSlot[s.index] = s.start, k
+		}
+		if a.marks, err = status.CreateMarks(status.MarksPath(cfg.ID), os.Getpid(), start); err != nil {
+			return nil, fmt.Errorf("zchost: cluster %d: %w", cfg.ID, err)
+		}
 	}
 	// Without sources the producer ends stay free for outside producers
 	// (zsend -o zc:ID@Q on the host or in a guest, --queue-buffers).
@@ -435,6 +458,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		OnSourceError: func(s host.Source, err error) {
 			log.Error("source failed; the others go on", "source", s.Name(), "error", err)
 		}}
+	if a.marks != nil {
+		a.eng.OnPosition = func(i int, pos uint64) {
+			if k := a.markSlot[i]; k >= 0 {
+				a.marks.Set(k, pos)
+			}
+		}
+	}
 	a.g.mu.Lock()
 	a.g.srcStats = a.eng.SourceStats
 	a.g.mu.Unlock()
@@ -531,11 +561,15 @@ func (a *Agent) Close() error {
 	for _, s := range a.sources {
 		s.Close()
 	}
+	a.marks.Close()
 	if a.c != nil {
 		if keep {
 			a.log.Info("regions and devices kept for the next agent", "cluster", a.c.ID(), "vms", len(a.exports))
 		} else {
 			os.Remove(status.Path(a.c.ID()))
+			if a.marks != nil {
+				os.Remove(status.MarksPath(a.c.ID()))
+			}
 			a.removeState()
 		}
 		closeCluster(a.c, keep)

@@ -73,8 +73,10 @@ func TestStatusTouchedWhileIdle(t *testing.T) {
 
 // TestAdoptResumesFiniteSource: an agent that adopts its predecessor's
 // cluster (stopped mid-way with KeepPlugged: its last record is exact)
-// resumes a counted generator where the record says it got, so that the
-// queue is sent each frame once, and says so.
+// resumes a counted generator where it got, so that the queue is sent
+// each frame once, and says so. The position comes from the marks file
+// (written after every burst) where the record is older, as a killed
+// agent's is.
 func TestAdoptResumesFiniteSource(t *testing.T) {
 	fakeVMs(t)
 	var logs strings.Builder
@@ -109,11 +111,20 @@ func TestAdoptResumesFiniteSource(t *testing.T) {
 	if pos < 30 || pos >= 100 {
 		t.Fatalf("stopped at %d of 100, want mid-way", pos)
 	}
+	if pid, marks, err := status.ReadMarks(status.MarksPath(74)); err != nil || pid != f.PID || len(marks) != 1 || marks[0] != pos {
+		t.Fatalf("marks after a keep-plugged stop: pid %d, %v (%v); want pid %d, [%d]", pid, marks, err, f.PID, pos)
+	}
+	// A killed agent's record is up to a second old; its marks are not.
+	// Make the record stale: the successor must resume from the marks.
+	f.Sources[0].Position = pos - 20
+	if err := status.Write(status.Path(74), f); err != nil {
+		t.Fatal(err)
+	}
 
 	b := mustNew(t, cfg)
 	b.SetKeepPlugged(false)
 	defer b.Close()
-	if want := fmt.Sprintf(`finite source resumed where its predecessor's record says it got (up to a second of its frames may be sent again after a kill): source="gen:len=64,count=100,rate=100" position=%d`, pos); !strings.Contains(logs.String(), want) {
+	if want := fmt.Sprintf(`finite source resumed where its predecessor got (the last burst before a kill may be sent again): source="gen:len=64,count=100,rate=100" position=%d`, pos); !strings.Contains(logs.String(), want) {
 		t.Errorf("the adopting agent did not say it resumed the generator at %d:\n%s", pos, logs.String())
 	}
 	runUntil(b, 100)

@@ -1,7 +1,10 @@
 package status
 
 import (
+	"errors"
+	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 )
@@ -34,5 +37,49 @@ func TestTouchIsChecked(t *testing.T) {
 	}
 	if err := Touch(filepath.Join(t.TempDir(), "gone"), time.Now()); err == nil {
 		t.Error("Touch of a missing file: no error (the agent then writes it again)")
+	}
+}
+
+// TestMarks: the marks file reads back what was set, also after the
+// writer unmapped it (a killed agent's marks are the file's), and a file
+// that is not one is refused with ErrMarks.
+func TestMarks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "zc-1.marks")
+	m, err := CreateMarks(path, 4242, []uint64{7, 0, 9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Set(1, 1<<40+5)
+	m.Set(2, 10)
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	pid, pos, err := ReadMarks(path)
+	if err != nil || pid != 4242 || !slices.Equal(pos, []uint64{7, 1<<40 + 5, 10}) {
+		t.Fatalf("ReadMarks: pid %d, %v, %v", pid, pos, err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, bad := range map[string][]byte{
+		"short":     b[:12],
+		"cut":       b[:len(b)-1],
+		"longer":    append(slices.Clone(b), 0),
+		"magic":     append([]byte("zcmarks9"), b[8:]...),
+		"huge":      append(slices.Clone(b[:12]), 0xff, 0xff, 0xff, 0xff),
+		"empty":     nil,
+		"not marks": []byte(`{"cluster":1}`),
+	} {
+		p := filepath.Join(t.TempDir(), "bad")
+		if err := os.WriteFile(p, bad, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := ReadMarks(p); !errors.Is(err, ErrMarks) {
+			t.Errorf("%s: ReadMarks = %v, want ErrMarks", name, err)
+		}
+	}
+	if _, _, err := ReadMarks(filepath.Join(t.TempDir(), "none")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
 	}
 }
