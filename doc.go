@@ -1,6 +1,8 @@
 // Package zc is zcfabric's API: clusters of packet buffers in shared
 // memory, and single-producer/single-consumer queues of buffer handles
 // between them and their users, on a host or inside a KVM guest alike.
+// Linux only (memfd, hugetlbfs, futex(2), sysfs PCI devices); the region
+// format itself, package ivshmem, builds everywhere.
 //
 // A cluster is one region (see package ivshmem for its bytes): a header,
 // a table of queues, two rings per queue (data: producer to consumer;

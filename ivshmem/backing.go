@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-
-	"golang.org/x/sys/unix"
 )
 
 // Backing selects the memory behind a region.
@@ -186,15 +184,13 @@ func CreateWith(path string, size uint64, o CreateOptions) (*Mapping, error) {
 			err = os.Symlink(m.File, tmp)
 		}
 	case BackingMemfd:
-		var fd int
-		fd, err = unix.MemfdCreate(filepath.Base(path), unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+		m.f, err = memfdCreate(filepath.Base(path))
 		if err == nil {
-			m.f = os.NewFile(uintptr(fd), filepath.Base(path))
-			m.File = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), fd)
+			m.File = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), m.f.Fd())
 			err = m.f.Truncate(int64(size))
 		}
 		if err == nil {
-			_, err = unix.FcntlInt(m.f.Fd(), unix.F_ADD_SEALS, MemfdSeals)
+			err = sealMemfd(m.f)
 		}
 		if err == nil {
 			err = os.Symlink(m.File, tmp)
@@ -203,7 +199,7 @@ func CreateWith(path string, size uint64, o CreateOptions) (*Mapping, error) {
 		return nil, fmt.Errorf("create region %s: %w: backing %d", path, ErrConfig, kind)
 	}
 	if err == nil {
-		m.Bytes, err = unix.Mmap(int(m.f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+		m.Bytes, err = mmapShared(m.f, int(size), true)
 	}
 	if err != nil {
 		m.cleanup()
@@ -211,10 +207,6 @@ func CreateWith(path string, size uint64, o CreateOptions) (*Mapping, error) {
 	}
 	return m, nil
 }
-
-// MemfdSeals are the seals on a memfd region: its size can never change,
-// and no more seals can be added (F_SEAL_WRITE would stop the guest).
-const MemfdSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
 
 // setAccess gives f mode 0600, or group gid and mode 0660 when gid >= 0.
 // The mode is set explicitly, whatever the umask.
@@ -253,7 +245,7 @@ func nextSerial() uint64 { return serial.Add(1) }
 
 func (m *Mapping) cleanup() {
 	if m.Bytes != nil {
-		unix.Munmap(m.Bytes)
+		munmap(m.Bytes)
 		m.Bytes = nil
 	}
 	if m.f != nil {
@@ -298,7 +290,7 @@ func Map(path string) (*Mapping, error) {
 		f.Close()
 		return nil, fmt.Errorf("map region %s: %w: file of %d bytes", path, ErrBadRegion, size)
 	}
-	b, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	b, err := mmapShared(f, int(size), false)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("map region %s: %w", path, err)
@@ -320,7 +312,7 @@ func (m *Mapping) Close() error {
 		err = m.closer()
 		m.closer = nil
 	} else if m.Bytes != nil {
-		err = unix.Munmap(m.Bytes)
+		err = munmap(m.Bytes)
 	}
 	m.Bytes = nil
 	if m.f != nil {

@@ -5,6 +5,13 @@
 // plus the code that creates and maps region files (tmpfs, hugetlbfs,
 // memfd). It knows nothing of hosts, guests or QEMU.
 //
+// Platforms: the format, its parser and the rings build everywhere and
+// work over memory mapped by someone else (FromBytes: a region read from
+// a file or a dump). Creating and mapping region files, and sleeping on a
+// ring (futex(2)), need Linux (sys_linux.go); elsewhere they return
+// errors.ErrUnsupported, and a sleeper naps instead (sys_other.go).
+// The rest of zcfabric (zc and every command) is Linux only.
+//
 // # Layout (version 2, all fields little-endian)
 //
 //	offset        size  field

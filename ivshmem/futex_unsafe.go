@@ -38,10 +38,3 @@ func futexWait(addr *uint32, val uint32, timeout time.Duration) error {
 func futexWake(addr *uint32) {
 	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexOpWake, 1<<30, 0, 0, 0)
 }
-
-// descSlice views n descriptors at b[off:] (bounds checked by the slice
-// expression; off is 16-byte aligned in a validated layout).
-func descSlice(b []byte, off uint64, n uint32) []Desc {
-	w := b[off : off+DescSize*uint64(n)]
-	return unsafe.Slice((*Desc)(unsafe.Pointer(&w[0])), n)
-}

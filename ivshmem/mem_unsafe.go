@@ -31,6 +31,13 @@ func u32slice(b []byte, off uint64, n uint32) []uint32 {
 	return unsafe.Slice((*uint32)(unsafe.Pointer(&w[0])), n)
 }
 
+// descSlice views n descriptors at b[off:] (bounds checked by the slice
+// expression; off is 16-byte aligned in a validated layout).
+func descSlice(b []byte, off uint64, n uint32) []Desc {
+	w := b[off : off+DescSize*uint64(n)]
+	return unsafe.Slice((*Desc)(unsafe.Pointer(&w[0])), n)
+}
+
 // aligned reports whether b starts on an 8-byte boundary.
 func aligned(b []byte) bool {
 	return len(b) > 0 && uintptr(unsafe.Pointer(&b[0]))%8 == 0
