@@ -965,10 +965,10 @@ func (q *Queue) recoverIfAsked() {
 // reclaim (Balancer.Reclaim). An agent asleep between packets uses it to
 // wake up and answer. It reads one word of the region (a guest can make
 // it say yes at will: the answer is rate-limited, see RecoverEvery). Safe
-// from any goroutine; false for a consumer end or a failed region.
+// from any goroutine; false for a consumer end or a failed queue.
 func (q *Queue) RecoveryAsked() (asked bool) {
-	if q.out == nil {
-		return false
+	if q.out == nil || q.Err() != nil {
+		return false // a failed queue answers nobody
 	}
 	protect(func() { asked = q.r.l.Handshake(q.r.b, q.id)&ivshmem.HSStateMask == ivshmem.HSWait })
 	return asked

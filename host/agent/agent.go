@@ -190,13 +190,19 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 				}
 			}
 			prevSrcs = slices.Clone(f.Sources)
-			if pid, pos, err := status.ReadMarks(status.MarksPath(cfg.ID)); err == nil && pid == f.PID && len(pos) == len(prevSrcs) {
+			pid, pos, err := status.ReadMarks(status.MarksPath(cfg.ID))
+			switch {
+			case err == nil && pid == f.PID && len(pos) == len(prevSrcs):
 				// Exact to a burst, where the record is up to a second old.
 				for i := range prevSrcs {
 					prevSrcs[i].Position = max(prevSrcs[i].Position, pos[i])
 				}
-			} else if len(prevSrcs) > 0 {
-				log.Warn("no marks of the predecessor's finite sources: they resume from its last record (up to a second of their frames may be sent again)", "error", err, "marks_pid", pid, "record_pid", f.PID)
+			case len(prevSrcs) == 0:
+			case err == nil:
+				err = fmt.Errorf("marks of pid %d for %d sources, record of pid %d for %d", pid, len(pos), f.PID, len(prevSrcs))
+				fallthrough
+			default:
+				log.Warn("no marks of the predecessor's finite sources: they resume from its last record (up to a second of their frames may be sent again)", "error", err)
 			}
 			a.gap = max(time.Since(f.Checked), 0)
 			log.Warn("predecessor gone; its sources saw nothing for this long (readers kept their queues)", "cluster", cfg.ID, "gap", a.gap.Round(time.Millisecond), "predecessor_pid", f.PID)
@@ -486,12 +492,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	switch {
 	case len(a.sources) == 0 || cfg.Keep:
 		log.Info("serving; interrupt to stop")
-		<-ctx.Done()
+		a.serve(ctx)
 	case len(st.Failed) == len(a.sources) && ctx.Err() == nil:
 		// Nothing feeds the queues any more, but what they hold and their
 		// counters stay for the consumers and zchost stats.
 		log.Error("every source failed; serving the queues until interrupted", "errors", errors.Join(st.Failed...))
-		<-ctx.Done()
+		a.serve(ctx)
 	default:
 		drain(ctx, log, stats, a.exported, a.bal, cmp.Or(cfg.DrainTimeout, DefaultDrainTimeout))
 	}
@@ -513,6 +519,28 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("%w: %d of %d: %w", ErrSourceFailed, len(st.Failed), len(a.sources), errors.Join(st.Failed...))
 	}
 	return nil
+}
+
+// serve waits for ctx to end once the sources are done (or with none),
+// standing in for the engine: the guard's functions run here (a VM
+// region swapped), and after each every output reclaims, which answers
+// a new reader's handshake (the guard wakes it so: guard.recoveryAsked).
+func (a *Agent) serve(ctx context.Context) {
+	if a.bal == nil {
+		<-ctx.Done()
+		return
+	}
+	a.g.running.Store(true)
+	defer a.g.running.Store(false)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case f := <-a.g.control:
+			f()
+			a.bal.Reclaim()
+		}
+	}
 }
 
 // Close stops the guard, unplugs every VM (after a notice when the VM

@@ -10,18 +10,34 @@ import (
 )
 
 // TestIdleAgentAnswersNewReader: a reader dies holding 10 packets with 11
-// more waiting behind it, and the agent is idle (its generator's next
-// frame is 100 s away). A new reader takes the queue over: it waits, up
-// to zc.HandshakeWait, for the agent to take the dead reader's buffers
+// more waiting behind it, and the agent is idle: its engine asleep (the
+// generator's next frame 100 s away), or gone (its sources done, the
+// agent serving the queues). A new reader takes the queue over: it waits,
+// up to zc.HandshakeWait, for the agent to take the dead reader's buffers
 // back before it reads. The agent's guard sees the request and wakes the
-// engine, which answers. (The engine used to answer only with its next
-// burst: the new reader gave up and read, and the 10 buffers stayed lent
-// for good.)
+// engine, or what stands in for it, which answers. (The engine used to
+// answer only with its next burst: the new reader gave up and read, and
+// the 10 buffers stayed lent for good.)
 func TestIdleAgentAnswersNewReader(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		sources []string
+		keep    bool
+	}{
+		{"engine asleep", []string{"gen:len=64,count=20", "gen:len=64,rate=0.01"}, false},
+		{"sources done", []string{"gen:len=64,count=21"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testAnswersNewReader(t, tc.sources, tc.keep)
+		})
+	}
+}
+
+func testAnswersNewReader(t *testing.T, sources []string, keep bool) {
 	fakeVMs(t)
 	const id = 75
 	a := mustNew(t, Config{ID: id, Queues: 1, QueueLen: 64, Backing: zc.BackingShm,
-		Sources: []string{"gen:len=64,count=20", "gen:len=64,rate=0.01"}, Log: hclog.NewNullLogger()})
+		Sources: sources, Keep: keep, Log: hclog.NewNullLogger()})
 	defer a.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
