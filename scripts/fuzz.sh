@@ -16,7 +16,8 @@
 # (pcapshim/src/zcreader.c) under libFuzzer with AddressSanitizer and
 # UndefinedBehaviorSanitizer (pcapshim/fuzz/fuzz_reader.c), for the same
 # FUZZTIME (Ns, Nm or Nx). It needs clang and libFuzzer (apt-get install
-# clang libfuzzer-14-dev; scripts/setup.sh); without them it is skipped,
+# clang libfuzzer-14-dev libclang-rt-14-dev; scripts/setup.sh); without
+# them it is skipped,
 # saying so. Its failing input is written to pcapshim/fuzz/crash-*: add it
 # to pcapshim/fuzz/corpus/ once fixed (the corpus runs first every time).
 set -uo pipefail
@@ -74,11 +75,11 @@ if [ -z "$filter" ] || [[ FuzzCReader == *"$filter"* ]]; then
 	cc=${FUZZ_CC:-clang}
 	work=$(mktemp -d)
 	if ! command -v "$cc" >/dev/null 2>&1; then
-		echo "   skipped: no $cc (apt-get install clang libfuzzer-14-dev)"
+		echo "   skipped: no $cc (apt-get install clang libfuzzer-14-dev libclang-rt-14-dev)"
 	elif ! "$cc" -g -O2 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Wall -Wextra -Werror \
 		-Ipcapshim/src pcapshim/fuzz/fuzz_reader.c pcapshim/src/zcreader.c -o "$work/fuzz_reader" 2>"$work/build.log"; then
 		if grep -q -- '-lclang_rt.fuzzer\|libclang_rt.fuzzer\|cannot find' "$work/build.log"; then
-			echo "   skipped: clang has no libFuzzer (apt-get install libfuzzer-14-dev)"
+			echo "   skipped: clang has no libFuzzer or sanitizer runtime (apt-get install libfuzzer-14-dev libclang-rt-14-dev; scripts/setup.sh does)"
 		else
 			cat "$work/build.log"
 			failed+=(FuzzCReader)

@@ -5,7 +5,9 @@
 # the capture benchmark (GRO on a veth, driver counters), libvirtd and its
 # QEMU driver for the libvirt test (no libvirt-daemon-system: it pulls in
 # systemd; vmtest starts a private libvirtd itself, nothing runs as a
-# service). The guest kernel is fetched by vmtest itself (apt-get
+# service), clang with libFuzzer and its sanitizer runtimes
+# (libclang-rt-14-dev, which clang only recommends) for the C reader's
+# fuzz target. The guest kernel is fetched by vmtest itself (apt-get
 # download, cached).
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
@@ -13,7 +15,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 0
 fi
 need=()
-for p in qemu-system-x86 busybox-static tcpdump netsniff-ng iproute2 ethtool libvirt-daemon libvirt-daemon-driver-qemu gcc libpcap-dev tshark softflowd clang libfuzzer-14-dev; do
+for p in qemu-system-x86 busybox-static tcpdump netsniff-ng iproute2 ethtool libvirt-daemon libvirt-daemon-driver-qemu gcc libpcap-dev tshark softflowd clang libfuzzer-14-dev libclang-rt-14-dev; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 # vmtest fetches the guest kernel with apt-get download: it needs lists.
