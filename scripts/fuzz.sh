@@ -17,9 +17,9 @@
 # UndefinedBehaviorSanitizer (pcapshim/fuzz/fuzz_reader.c), for the same
 # FUZZTIME (Ns, Nm or Nx). It needs clang and libFuzzer (apt-get install
 # clang libfuzzer-14-dev libclang-rt-14-dev; scripts/setup.sh); without
-# them it is skipped,
-# saying so. Its failing input is written to pcapshim/fuzz/crash-*: add it
-# to pcapshim/fuzz/corpus/ once fixed (the corpus runs first every time).
+# them it is skipped, saying so. Its failing input is written to
+# pcapshim/fuzz/crash-*: add it to pcapshim/fuzz/corpus/ once fixed (the
+# corpus runs first every time).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
