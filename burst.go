@@ -152,9 +152,11 @@ func (q *Queue) Commit(b *Burst, k int) (sent int, err error) {
 	}
 	var bytes uint64
 	lent := q.lent
-	for i := range m {
-		h, l := b.hs[i], b.lens[i]
-		*q.out.DescAt(i) = ivshmem.Desc{Handle: h, Len: l}
+	descs, pos, mask := q.out.DescRing()
+	descs = descs[:mask+1]
+	for i, h := range b.hs[:m] {
+		l := b.lens[i]
+		descs[(pos+uint32(i))&mask] = ivshmem.Desc{Handle: h, Len: l}
 		bytes += uint64(l)
 		lent[h/64] |= 1 << (h % 64)
 	}

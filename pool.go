@@ -149,12 +149,12 @@ func (p *Pool) Handles(hs []uint32) int {
 	}
 	n := min(len(hs), len(p.free))
 	top := len(p.free)
-	for i := range n {
-		h := p.free[top-1-i]
-		p.ref[h-p.first] = 1
-		hs[i] = h
+	free, ref, first := p.free, p.ref, p.first // in registers across the stores
+	for i, h := range free[top-n : top] {
+		ref[h-first] = 1
+		hs[n-1-i] = h
 	}
-	p.free = p.free[:top-n]
+	p.free = free[:top-n]
 	return n
 }
 

@@ -239,36 +239,69 @@ func (q *Queue) recvBurst(pkts []Packet) (int, error) {
 	}
 	q.idle = 0
 	q.pace.Work(n)
-	k, nbad := 0, 0
+	// Two loops, so that the common case keeps its values in registers:
+	// the first takes descriptors while each is good and has no metadata
+	// record; the second, from the first that is not, does the rest
+	// (buffers with a bad descriptor go back after it, records are read
+	// after it).
 	var bytes uint64
 	nbufs, held := q.r.l.NumBufs, q.held
-	size, bufs := q.r.l.BufSize, q.r.bufs
-	for i := range n {
-		d := q.in.DescAt(i)
+	size, bufs := uint64(q.r.l.BufSize), q.r.bufs
+	descs, pos, mask := q.in.DescRing()
+	descs = descs[:mask+1]
+	pkts = pkts[:n]
+	k := 0
+	for ; k < n; k++ {
+		d := descs[(pos+uint32(k))&mask]
+		h, off, l := d.Handle, uint64(d.Off), uint64(d.Len)
+		if h >= nbufs || held[h/64]&(1<<(h%64)) != 0 || off > size || l > size-off || d.Flags&ivshmem.DescMeta != 0 {
+			break
+		}
+		p := &pkts[k]
+		base := uint64(h) * size
+		p.Data = bufs[base+off : base+off+l : base+size]
+		p.off, p.handle, p.Flags = d.Off, h, d.Flags
+		p.Timestamp, p.Hash, p.Port, p.Seq = 0, 0, 0, 0
+		bytes += l
+		held[h/64] |= 1 << (h % 64)
+	}
+	nback := 0
+	var meta [MaxBurst / 64]uint64 // packets whose record to read
+	back := q.hs[:MaxBurst]
+	for i := k; i < n; i++ {
+		d := descs[(pos+uint32(i))&mask]
 		h := d.Handle
 		if h >= nbufs || held[h/64]&(1<<(h%64)) != 0 {
-			nbad++ // not a buffer of this region, or one delivered twice: drop the entry
-			continue
+			continue // not a buffer of this region, or one delivered twice: drop the entry
 		}
-		if d.Off > size || d.Len > size-d.Off {
-			nbad++
-			one := [1]uint32{h} // a real buffer with a bad descriptor: give it back
-			q.back.Enqueue(one[:])
+		off, l := uint64(d.Off), uint64(d.Len)
+		if off > size || l > size-off {
+			back[nback&(MaxBurst-1)] = h // a real buffer with a bad descriptor: give it back
+			nback++
 			continue
 		}
 		p := &pkts[k]
-		base := uint64(h) * uint64(size)
-		start := base + uint64(d.Off)
-		p.Data = bufs[start : start+uint64(d.Len) : base+uint64(size)]
+		base := uint64(h) * size
+		p.Data = bufs[base+off : base+off+l : base+size]
 		p.off, p.handle, p.Flags = d.Off, h, d.Flags&^ivshmem.DescMeta
-		if d.Flags&ivshmem.DescMeta == 0 {
-			p.Timestamp, p.Hash, p.Port, p.Seq = 0, 0, 0, 0
-		} else {
-			q.r.readMeta(h, p)
+		p.Timestamp, p.Hash, p.Port, p.Seq = 0, 0, 0, 0
+		if d.Flags&ivshmem.DescMeta != 0 {
+			meta[k/64&(MaxBurst/64-1)] |= 1 << (k % 64)
 		}
-		bytes += uint64(d.Len)
+		bytes += l
 		held[h/64] |= 1 << (h % 64)
 		k++
+	}
+	nbad := n - k
+	if nback > 0 {
+		q.back.Enqueue(back[:nback])
+	}
+	if meta != [MaxBurst / 64]uint64{} {
+		for j := range pkts[:k] {
+			if meta[j/64]&(1<<(j%64)) != 0 {
+				q.r.readMeta(pkts[j].handle, &pkts[j])
+			}
+		}
 	}
 	// The counters share the index's line, which the producer polls: write
 	// them first, so the line is taken from the peer once a burst.
@@ -319,32 +352,39 @@ func (q *Queue) releaseBurst(pkts []Packet, hs []uint32) error {
 		return q.fail("release", err)
 	}
 	nbufs, held := q.r.l.NumBufs, q.held
-	k, stray, full := 0, 0, false
-	for i := range want {
-		var h uint32
-		if pkts != nil {
-			h = pkts[i].handle
-		} else {
-			h = hs[i]
-		}
+	slots, pos, mask := q.back.HandleRing()
+	slots = slots[:mask+1]
+	// take checks h against what this end holds and writes it into the
+	// next reserved slot: inlined into each loop, no call in either.
+	k, over := 0, 0 // returned; held but past the room (stray: the rest)
+	take := func(h uint32) {
 		if h >= nbufs || held[h/64]&(1<<(h%64)) == 0 {
-			stray++
-			continue
+			return
 		}
 		held[h/64] &^= 1 << (h % 64)
 		if k == room {
-			full = true
-			continue
+			over++
+			return
 		}
-		q.back.SetHandle(k, h)
+		slots[(pos+uint32(k))&mask] = h
 		k++
+	}
+	if pkts != nil {
+		for i := range pkts[:want] {
+			take(pkts[i].handle)
+		}
+	} else {
+		for _, h := range hs[:want] {
+			take(h)
+		}
 	}
 	if k > 0 {
 		q.back.Add(ivshmem.CountPackets, uint64(k)) // before the index: same line
 		q.back.Publish(k)
 		q.notify(q.back)
 	}
-	if full {
+	stray := want - k - over
+	if over > 0 {
 		// The producer counts what it lent and never lends more than the
 		// return ring holds: only a broken producer gets here.
 		return q.fail("release", fmt.Errorf("%w: return ring full", ErrCorrupt))
@@ -438,31 +478,20 @@ func (q *Queue) reclaimReturns() {
 		// One pass, each handle read once in place. Only what this queue
 		// lent comes back through it, once; a pool's buffers go straight
 		// back on its free list.
-		good, nbad := 0, 0
-		for i := range n {
-			h := q.ret.HandleAt(i)
-			if h >= nbufs || lent[h/64]&(1<<(h%64)) == 0 {
-				nbad++
-				continue
-			}
-			if pool != nil {
-				j := h - pool.first
-				if j >= pool.count || pool.ref[j] == 0 {
-					nbad++
-					continue
-				}
-				if pool.ref[j]--; pool.ref[j] == 0 {
-					pool.free = append(pool.free, h)
-				}
-			} else {
-				if !q.src.owns(h) {
+		var good, nbad int
+		if pool != nil {
+			good, nbad = q.reclaimToPool(pool, n)
+		} else {
+			for i := range n {
+				h := q.ret.HandleAt(i)
+				if h >= nbufs || lent[h/64]&(1<<(h%64)) == 0 || !q.src.owns(h) {
 					nbad++
 					continue
 				}
 				q.hs[good] = h
+				lent[h/64] &^= 1 << (h % 64)
+				good++
 			}
-			lent[h/64] &^= 1 << (h % 64)
-			good++
 		}
 		q.ret.Consume(n)
 		q.outstanding -= uint32(good)
@@ -477,6 +506,38 @@ func (q *Queue) reclaimReturns() {
 			return
 		}
 	}
+}
+
+// reclaimToPool takes the first n handles of the return ring back into
+// pool p: each must be on loan from this queue (lent) and referenced in
+// p; its loan ends, and at no reference left it is free again. It
+// returns how many were good and how many bad. The loop makes no call and
+// holds the pool's and the ring's fields in locals (registers): the
+// producer's busiest loop but the burst's own.
+func (q *Queue) reclaimToPool(p *Pool, n int) (good, nbad int) {
+	slots, pos, mask := q.ret.HandleRing()
+	slots = slots[:mask+1]
+	nbufs, lent := q.r.l.NumBufs, q.lent
+	ref, first, count := p.ref, p.first, p.count
+	// A handle is on the free list only at no reference: the list never
+	// holds more than the pool's count, its capacity.
+	top, free := len(p.free), p.free[:cap(p.free)]
+	for i := range n {
+		h := slots[(pos+uint32(i))&mask]
+		j := h - first
+		if h >= nbufs || lent[h/64]&(1<<(h%64)) == 0 || j >= count || ref[j] == 0 {
+			nbad++
+			continue
+		}
+		lent[h/64] &^= 1 << (h % 64)
+		good++
+		if ref[j]--; ref[j] == 0 {
+			free[top] = h
+			top++
+		}
+	}
+	p.free = free[:top]
+	return good, nbad
 }
 
 // Alloc fills pkts with free buffers from the producer's pool and returns

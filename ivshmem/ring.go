@@ -61,6 +61,18 @@ type ringSide struct {
 	_       [40]byte // to 192 bytes, whole cache lines: see TestRingSideSize
 }
 
+// DescRing returns a data ring's descriptor slots (nil for a return
+// ring), this side's index and the index mask: entry k after the index
+// (DescAt) is descs[(pos+k)&mask], for a loop over a burst (what Ready or
+// Reserve returned) that keeps the ring's fields in registers across its
+// stores. A consumer reads the peer's values: copy each once, check the
+// copy.
+func (s *ringSide) DescRing() (descs []Desc, pos, mask uint32) { return s.descs, s.pos, s.mask }
+
+// HandleRing is DescRing for a return ring's handle slots (HandleAt,
+// SetHandle).
+func (s *ringSide) HandleRing() (slots []uint32, pos, mask uint32) { return s.slots, s.pos, s.mask }
+
 // RingProducer is the producing side of a ring. Not safe for concurrent use.
 type RingProducer struct{ ringSide }
 
