@@ -243,13 +243,24 @@ func (q *Queue) recvBurst(pkts []Packet) (int, error) {
 	// the first takes descriptors while each is good and has no metadata
 	// record; the second, from the first that is not, does the rest
 	// (buffers with a bad descriptor go back after it, records are read
-	// after it).
+	// after it). Neither makes a call.
 	var bytes uint64
 	nbufs, held := q.r.l.NumBufs, q.held
 	size, bufs := uint64(q.r.l.BufSize), q.r.bufs
 	descs, pos, mask := q.in.DescRing()
 	descs = descs[:mask+1]
 	pkts = pkts[:n]
+	// take makes pkts[k] of buffer h, l bytes at off (checked), and holds
+	// it (inlined into both loops).
+	take := func(k int, h uint32, off, l uint64, flags uint32) {
+		p := &pkts[k]
+		base := uint64(h) * size
+		p.Data = bufs[base+off : base+off+l : base+size]
+		p.off, p.handle, p.Flags = uint32(off), h, flags&^ivshmem.DescMeta
+		p.Timestamp, p.Hash, p.Port, p.Seq = 0, 0, 0, 0
+		bytes += l
+		held[h/64] |= 1 << (h % 64)
+	}
 	k := 0
 	for ; k < n; k++ {
 		d := descs[(pos+uint32(k))&mask]
@@ -257,40 +268,27 @@ func (q *Queue) recvBurst(pkts []Packet) (int, error) {
 		if h >= nbufs || held[h/64]&(1<<(h%64)) != 0 || off > size || l > size-off || d.Flags&ivshmem.DescMeta != 0 {
 			break
 		}
-		p := &pkts[k]
-		base := uint64(h) * size
-		p.Data = bufs[base+off : base+off+l : base+size]
-		p.off, p.handle, p.Flags = d.Off, h, d.Flags
-		p.Timestamp, p.Hash, p.Port, p.Seq = 0, 0, 0, 0
-		bytes += l
-		held[h/64] |= 1 << (h % 64)
+		take(k, h, off, l, d.Flags)
 	}
 	nback := 0
 	var meta [MaxBurst / 64]uint64 // packets whose record to read
 	back := q.hs[:MaxBurst]
 	for i := k; i < n; i++ {
 		d := descs[(pos+uint32(i))&mask]
-		h := d.Handle
-		if h >= nbufs || held[h/64]&(1<<(h%64)) != 0 {
-			continue // not a buffer of this region, or one delivered twice: drop the entry
-		}
-		off, l := uint64(d.Off), uint64(d.Len)
-		if off > size || l > size-off {
-			back[nback&(MaxBurst-1)] = h // a real buffer with a bad descriptor: give it back
+		h, off, l := d.Handle, uint64(d.Off), uint64(d.Len)
+		switch {
+		case h >= nbufs || held[h/64]&(1<<(h%64)) != 0:
+			// not a buffer of this region, or one delivered twice: drop the entry
+		case off > size || l > size-off:
+			back[nback&(MaxBurst-1)] = h // a real buffer with a bad descriptor: give it back (n <= MaxBurst)
 			nback++
-			continue
+		default:
+			take(k, h, off, l, d.Flags)
+			if d.Flags&ivshmem.DescMeta != 0 {
+				meta[k/64&(MaxBurst/64-1)] |= 1 << (k % 64)
+			}
+			k++
 		}
-		p := &pkts[k]
-		base := uint64(h) * size
-		p.Data = bufs[base+off : base+off+l : base+size]
-		p.off, p.handle, p.Flags = d.Off, h, d.Flags&^ivshmem.DescMeta
-		p.Timestamp, p.Hash, p.Port, p.Seq = 0, 0, 0, 0
-		if d.Flags&ivshmem.DescMeta != 0 {
-			meta[k/64&(MaxBurst/64-1)] |= 1 << (k % 64)
-		}
-		bytes += l
-		held[h/64] |= 1 << (h % 64)
-		k++
 	}
 	nbad := n - k
 	if nback > 0 {
@@ -512,8 +510,8 @@ func (q *Queue) reclaimReturns() {
 // pool p: each must be on loan from this queue (lent) and referenced in
 // p; its loan ends, and at no reference left it is free again. It
 // returns how many were good and how many bad. The loop makes no call and
-// holds the pool's and the ring's fields in locals (registers): the
-// producer's busiest loop but the burst's own.
+// holds the pool's and the ring's fields in locals (registers): after
+// the burst's own, it is the producer's busiest.
 func (q *Queue) reclaimToPool(p *Pool, n int) (good, nbad int) {
 	slots, pos, mask := q.ret.HandleRing()
 	slots = slots[:mask+1]
