@@ -81,12 +81,14 @@ func (p *Pool) Alloc(pkts []Packet) int {
 	}
 	n := min(len(pkts), len(p.free))
 	top := len(p.free)
-	for i := range n {
-		h := p.free[top-1-i]
-		p.ref[h-p.first] = 1
-		pkts[i] = Packet{Data: p.r.buffer(h), handle: h}
+	free, ref, first := p.free, p.ref, p.first // in registers across the stores
+	size, bufs := uint64(p.r.l.BufSize), p.r.bufs
+	for i, h := range free[top-n : top] {
+		ref[h-first] = 1
+		off := uint64(h) * size
+		pkts[n-1-i] = Packet{Data: bufs[off : off+size : off+size], handle: h}
 	}
-	p.free = p.free[:top-n]
+	p.free = free[:top-n]
 	if n == 0 && len(pkts) > 0 {
 		p.empty++
 	}
