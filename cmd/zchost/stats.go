@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -53,7 +54,8 @@ func statsCmd(args []string) error {
 			now := time.Now()
 			rec = &agentRecord{PID: agent.PID, Updated: agent.Updated, AgeSeconds: now.Sub(agent.Updated).Seconds(),
 				Checked: agent.Checked, CheckedAgeSeconds: now.Sub(agent.Checked).Seconds(),
-				Running: agent.PID > 0 && unix.Kill(agent.PID, 0) != unix.ESRCH}
+				Running: agent.PID > 0 && unix.Kill(agent.PID, 0) != unix.ESRCH,
+				Sources: sourcePositions(uint32(id), agent)}
 		}
 		if asJSON {
 			enc := json.NewEncoder(os.Stdout)
@@ -95,6 +97,23 @@ type agentRecord struct {
 	Checked           time.Time `json:"checked"`
 	CheckedAgeSeconds float64   `json:"checked_age_seconds"`
 	Running           bool      `json:"running"`
+	// Sources are the agent's finite sources and how far each got: from
+	// its marks (written after every burst) where they are its, else from
+	// the record.
+	Sources []status.Source `json:"sources,omitempty"`
+}
+
+// sourcePositions returns how far agent's finite sources got: the marks
+// file's positions when it is that agent's (its pid, as many sources),
+// fresher than the record's.
+func sourcePositions(id uint32, agent status.File) []status.Source {
+	srcs := slices.Clone(agent.Sources)
+	if pid, pos, err := status.ReadMarks(status.MarksPath(id)); err == nil && pid == agent.PID && len(pos) == len(srcs) {
+		for i := range srcs {
+			srcs[i].Position = max(srcs[i].Position, pos[i])
+		}
+	}
+	return srcs
 }
 
 func (r *agentRecord) String() string {
@@ -102,13 +121,19 @@ func (r *agentRecord) String() string {
 		return time.Duration(s * float64(time.Second)).Round(100 * time.Millisecond)
 	}
 	age, seen := round(r.AgeSeconds), round(r.CheckedAgeSeconds)
-	if !r.Running {
-		return fmt.Sprintf("agent record: pid %d is gone (last seen %v ago); its last record shows where it stopped", r.PID, seen)
+	var line string
+	switch {
+	case !r.Running:
+		line = fmt.Sprintf("agent record: pid %d is gone (last seen %v ago); its last record shows where it stopped", r.PID, seen)
+	case age-seen >= time.Second:
+		line = fmt.Sprintf("agent record: pid %d, checked %v ago, unchanged for %v (the values read from the region are of now)", r.PID, seen, age)
+	default:
+		line = fmt.Sprintf("agent record: pid %d, written %v ago (once a second; the values read from the region are of now)", r.PID, age)
 	}
-	if age-seen >= time.Second {
-		return fmt.Sprintf("agent record: pid %d, checked %v ago, unchanged for %v (the values read from the region are of now)", r.PID, seen, age)
+	for _, src := range r.Sources {
+		line += fmt.Sprintf("\nsource %s: at %d (frames generated or records read; a successor resumes there)", src.Name, src.Position)
 	}
-	return fmt.Sprintf("agent record: pid %d, written %v ago (once a second; the values read from the region are of now)", r.PID, age)
+	return line
 }
 
 // mergeAgent puts the agent's own record (host/status) over what the

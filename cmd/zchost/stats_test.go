@@ -151,3 +151,60 @@ func TestStatsSaysRecordAge(t *testing.T) {
 		}
 	}
 }
+
+// TestStatsShowsSourcePositions: zchost stats says how far the agent's
+// finite sources got, from its marks (written after every burst) when
+// they are that agent's, else from its record (up to a second old).
+func TestStatsShowsSourcePositions(t *testing.T) {
+	bin := binaries(t)
+	env := hostileEnv(t)
+	id := 0x7e000000 | rand.Uint32N(1<<24)
+	c, err := zc.CreateCluster(zc.Config{ID: id, Queues: 1, QueueLen: 16, Buffers: 64, Backing: zc.BackingShm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const name = "gen:len=64,count=1000"
+	rec := status.File{Cluster: id, PID: os.Getpid(), Updated: time.Now(), Sources: []status.Source{{Name: name, Position: 100}},
+		Regions: []status.Region{{Path: c.Path(), Generation: c.Generation(), Checksum: c.Checksum(), State: "ok"}}}
+	if err := status.Write(status.Path(id), rec); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(status.Path(id))
+	defer os.Remove(status.MarksPath(id))
+	for _, tc := range []struct {
+		marksPID int
+		want     uint64
+	}{
+		{os.Getpid(), 150}, // the agent's marks: fresher than its record
+		{1, 100},           // another agent's: the record
+	} {
+		m, err := status.CreateMarks(status.MarksPath(id), tc.marksPID, []uint64{150})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Close()
+		cmd := exec.Command(filepath.Join(bin, "zchost"), "stats", "-c", strconv.FormatUint(uint64(id), 10))
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("zchost stats: %v\n%s", err, out)
+		}
+		if want := fmt.Sprintf("source %s: at %d", name, tc.want); !strings.Contains(string(out), want) {
+			t.Errorf("marks of pid %d: zchost stats does not say %q:\n%s", tc.marksPID, want, out)
+		}
+		cmd = exec.Command(filepath.Join(bin, "zchost"), "stats", "--json", "-c", strconv.FormatUint(uint64(id), 10))
+		cmd.Env = env
+		if out, err = cmd.Output(); err != nil {
+			t.Fatal(err)
+		}
+		var js struct {
+			Agent struct {
+				Sources []status.Source `json:"sources"`
+			} `json:"agent"`
+		}
+		if err := json.Unmarshal(out, &js); err != nil || len(js.Agent.Sources) != 1 || js.Agent.Sources[0] != (status.Source{Name: name, Position: tc.want}) {
+			t.Errorf("marks of pid %d: zchost stats --json sources %+v (%v), want %s at %d", tc.marksPID, js.Agent.Sources, err, name, tc.want)
+		}
+	}
+}
