@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -52,10 +51,11 @@ func statsCmd(args []string) error {
 				vms[i] = mergeAgent(vms[i], &agent)
 			}
 			now := time.Now()
+			srcs, _ := agent.Positions(uint32(id)) // the marks when they are its own, else the record
 			rec = &agentRecord{PID: agent.PID, Updated: agent.Updated, AgeSeconds: now.Sub(agent.Updated).Seconds(),
 				Checked: agent.Checked, CheckedAgeSeconds: now.Sub(agent.Checked).Seconds(),
 				Running: agent.PID > 0 && unix.Kill(agent.PID, 0) != unix.ESRCH,
-				Sources: sourcePositions(uint32(id), agent)}
+				Sources: srcs}
 		}
 		if asJSON {
 			enc := json.NewEncoder(os.Stdout)
@@ -101,19 +101,6 @@ type agentRecord struct {
 	// its marks (written after every burst) where they are its, else from
 	// the record.
 	Sources []status.Source `json:"sources,omitempty"`
-}
-
-// sourcePositions returns how far agent's finite sources got: the marks
-// file's positions when it is that agent's (its pid, as many sources),
-// fresher than the record's.
-func sourcePositions(id uint32, agent status.File) []status.Source {
-	srcs := slices.Clone(agent.Sources)
-	if pid, pos, err := status.ReadMarks(status.MarksPath(id)); err == nil && pid == agent.PID && len(pos) == len(srcs) {
-		for i := range srcs {
-			srcs[i].Position = max(srcs[i].Position, pos[i])
-		}
-	}
-	return srcs
 }
 
 func (r *agentRecord) String() string {

@@ -189,19 +189,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 					prevSent += q.Sent
 				}
 			}
-			prevSrcs = slices.Clone(f.Sources)
-			pid, pos, err := status.ReadMarks(status.MarksPath(cfg.ID))
-			switch {
-			case err == nil && pid == f.PID && len(pos) == len(prevSrcs):
-				// Exact to a burst, where the record is up to a second old.
-				for i := range prevSrcs {
-					prevSrcs[i].Position = max(prevSrcs[i].Position, pos[i])
-				}
-			case len(prevSrcs) == 0:
-			case err == nil:
-				err = fmt.Errorf("marks of pid %d for %d sources, record of pid %d for %d", pid, len(pos), f.PID, len(prevSrcs))
-				fallthrough
-			default:
+			if prevSrcs, err = f.Positions(cfg.ID); err != nil {
 				log.Warn("no marks of the predecessor's finite sources: they resume from its last record (up to a second of their frames may be sent again)", "error", err)
 			}
 			a.gap = max(time.Since(f.Checked), 0)

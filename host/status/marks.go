@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 
 	"github.com/zcfabric/zc"
 	"golang.org/x/sys/unix"
@@ -115,4 +116,27 @@ func ReadMarks(path string) (pid int, pos []uint64, err error) {
 		pos[i] = binary.LittleEndian.Uint64(b[marksHead+8*i:])
 	}
 	return int(binary.LittleEndian.Uint32(b[8:])), pos, nil
+}
+
+// Positions returns how far the finite sources of record f, cluster id's,
+// got: the positions of the cluster's marks file when it is f's agent's
+// (its pid, as many sources), exact to a burst, else the record's, up to
+// a second old after a kill. err says why the marks were not used; it is
+// nil when they were, or when f has no finite sources.
+func (f *File) Positions(id uint32) (_ []Source, err error) {
+	srcs := slices.Clone(f.Sources)
+	if len(srcs) == 0 {
+		return srcs, nil
+	}
+	pid, pos, err := ReadMarks(MarksPath(id))
+	switch {
+	case err != nil:
+		return srcs, err
+	case pid != f.PID || len(pos) != len(srcs):
+		return srcs, fmt.Errorf("marks %s: of pid %d for %d sources, the record of pid %d for %d", MarksPath(id), pid, len(pos), f.PID, len(srcs))
+	}
+	for i := range srcs {
+		srcs[i].Position = max(srcs[i].Position, pos[i])
+	}
+	return srcs, nil
 }
