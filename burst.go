@@ -23,8 +23,9 @@ type Burst struct {
 	q       *Queue
 	n       int
 	size    uint32 // buffer size of q's region
+	bufs    []byte // q's region's buffers
 	hs      [MaxBurst]uint32
-	lens    [MaxBurst]uint32
+	descs   [MaxBurst]ivshmem.Desc // handle and length of each frame, copied into the ring as they are
 	metaSet [MaxBurst / 64]uint64
 	meta    [MaxBurst]Meta
 }
@@ -46,7 +47,7 @@ func (b *Burst) Len() int { return b.n }
 func (b *Burst) Buf(i int) []byte {
 	_ = b.hs[:b.n][i] // i < Len
 	h, size := uint64(b.hs[i]), uint64(b.size)
-	return b.q.r.bufs[h*size : (h+1)*size : (h+1)*size]
+	return b.bufs[h*size : (h+1)*size : (h+1)*size]
 }
 
 // SetLen sets the length of frame i (i < Len): the first n bytes of
@@ -56,7 +57,7 @@ func (b *Burst) SetLen(i, n int) {
 	if uint(n) > uint(b.size) {
 		b.badLen(i, n)
 	}
-	b.lens[:b.n][i] = uint32(n)
+	b.descs[:b.n][i].Len = uint32(n)
 }
 
 // badLen is SetLen's panic, out of line so that SetLen inlines.
@@ -101,8 +102,10 @@ func (q *Queue) Reserve(b *Burst, n int) (k int, err error) {
 	if k == 0 && n > 0 {
 		p.empty++
 	}
-	clear(b.lens[:k])
-	b.q, b.n, b.size = q, k, q.r.l.BufSize
+	for i, h := range b.hs[:k] {
+		b.descs[i] = ivshmem.Desc{Handle: h}
+	}
+	b.q, b.n, b.size, b.bufs = q, k, q.r.l.BufSize, q.r.bufs
 	b.metaSet = [MaxBurst / 64]uint64{}
 	return k, nil
 }
@@ -150,16 +153,15 @@ func (q *Queue) Commit(b *Burst, k int) (sent int, err error) {
 		b.release()
 		return 0, q.fail("send", err)
 	}
-	var bytes uint64
-	lent := q.lent
+	// The descriptors are copied in whole (wide stores: fewer of them
+	// waiting behind the ring's lines, which the consumer holds), in (at
+	// most) two runs of the ring's slots.
 	descs, pos, mask := q.out.DescRing()
-	descs = descs[:mask+1]
-	for i, h := range b.hs[:m] {
-		l := b.lens[i]
-		descs[(pos+uint32(i))&mask] = ivshmem.Desc{Handle: h, Len: l}
-		bytes += uint64(l)
-		lent[h/64] |= 1 << (h % 64)
+	i := int(pos & mask)
+	if n := copy(descs[i:min(i+m, int(mask)+1)], b.descs[:m]); n < m {
+		copy(descs, b.descs[n:m])
 	}
+	bytes := lend(b.descs[:m], q.lent)
 	if b.metaSet != [MaxBurst / 64]uint64{} {
 		// Frames with optional fields: their records, then the flag, before
 		// the index is published.
@@ -182,6 +184,27 @@ func (q *Queue) Commit(b *Burst, k int) (sent int, err error) {
 	}
 	b.n = 0
 	return m, nil
+}
+
+// lend marks the handles of ds lent in the bitmap lent and returns the
+// frames' bytes. The loan word of the handles at hand is kept in a
+// register (acc, word w) and stored back when a handle is in another
+// word: setting bits in memory chained every handle's load to the
+// previous one's store. The handles are the pool's: within lent.
+func lend(ds []ivshmem.Desc, lent []uint64) (bytes uint64) {
+	w, acc := uint32(0), lent[0]
+	for i := range ds {
+		h := ds[i].Handle
+		bytes += uint64(ds[i].Len)
+		if h/64 != w {
+			lent[w] = acc
+			w = h / 64
+			acc = lent[w]
+		}
+		acc |= 1 << (h % 64)
+	}
+	lent[w] = acc
+	return bytes
 }
 
 // release gives the buffers b still holds back to their pool.

@@ -509,33 +509,58 @@ func (q *Queue) reclaimReturns() {
 // reclaimToPool takes the first n handles of the return ring back into
 // pool p: each must be on loan from this queue (lent) and referenced in
 // p; its loan ends, and at no reference left it is free again. It
-// returns how many were good and how many bad. The loop makes no call and
-// holds the pool's and the ring's fields in locals (registers): after
-// the burst's own, it is the producer's busiest.
+// returns how many were good and how many bad. The ring's slots are
+// taken as (at most) two contiguous runs, so that the loop over each
+// holds no ring index.
 func (q *Queue) reclaimToPool(p *Pool, n int) (good, nbad int) {
 	slots, pos, mask := q.ret.HandleRing()
-	slots = slots[:mask+1]
-	nbufs, lent := q.r.l.NumBufs, q.lent
-	ref, first, count := p.ref, p.first, p.count
+	i := int(pos & mask)
+	run := slots[i:min(i+n, int(mask)+1)]
+	good = q.reclaimRun(p, run) + q.reclaimRun(p, slots[:n-len(run)])
+	return good, n - good
+}
+
+// reclaimRun is reclaimToPool over one run of slots. Its loop makes no
+// call and holds the pool's and the bitmap's fields in registers: after
+// the burst's own, it is the producer's busiest. The loan word of the
+// handles at hand is kept in a register (acc, word w) and stored back
+// when a handle is in another word: clearing bits in memory chained
+// every handle's load to the previous one's store.
+func (q *Queue) reclaimRun(p *Pool, hs []uint32) (good int) {
+	if len(hs) == 0 {
+		return 0
+	}
+	// Bits past the region's buffers are never set: a handle beyond them
+	// fails the loan test (or the bitmap's length).
+	lent := q.lent
+	ref, first := p.ref, p.first
 	// A handle is on the free list only at no reference: the list never
 	// holds more than the pool's count, its capacity.
 	top, free := len(p.free), p.free[:cap(p.free)]
-	for i := range n {
-		h := slots[(pos+uint32(i))&mask]
+	w, acc := uint32(0), lent[0]
+	for _, h := range hs {
+		if h/64 != w {
+			if h/64 >= uint32(len(lent)) {
+				continue
+			}
+			lent[w] = acc
+			w = h / 64
+			acc = lent[w]
+		}
 		j := h - first
-		if h >= nbufs || lent[h/64]&(1<<(h%64)) == 0 || j >= count || ref[j] == 0 {
-			nbad++
+		if acc&(1<<(h%64)) == 0 || j >= uint32(len(ref)) || ref[j] == 0 {
 			continue
 		}
-		lent[h/64] &^= 1 << (h % 64)
+		acc &^= 1 << (h % 64)
 		good++
 		if ref[j]--; ref[j] == 0 {
 			free[top] = h
 			top++
 		}
 	}
+	lent[w] = acc
 	p.free = free[:top]
-	return good, nbad
+	return good
 }
 
 // Alloc fills pkts with free buffers from the producer's pool and returns
