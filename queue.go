@@ -239,37 +239,25 @@ func (q *Queue) recvBurst(pkts []Packet) (int, error) {
 	}
 	q.idle = 0
 	q.pace.Work(n)
-	// Two loops, so that the common case keeps its values in registers:
-	// the first takes descriptors while each is good and has no metadata
-	// record; the second, from the first that is not, does the rest
-	// (buffers with a bad descriptor go back after it, records are read
-	// after it). Neither makes a call.
-	var bytes uint64
-	nbufs, held := q.r.l.NumBufs, q.held
-	size, bufs := uint64(q.r.l.BufSize), q.r.bufs
+	// Two loops: the first (takeGood) takes descriptors while each is
+	// good and has no metadata record, making no call, so that it keeps
+	// its values in registers; the second, from the first that is not,
+	// does the rest (buffers with a bad descriptor go back after it,
+	// records are read after it).
 	descs, pos, mask := q.in.DescRing()
 	descs = descs[:mask+1]
 	pkts = pkts[:n]
-	// take makes pkts[k] of buffer h, l bytes at off (checked), and holds
-	// it (inlined into both loops).
-	take := func(k int, h uint32, off, l uint64, flags uint32) {
-		p := &pkts[k]
-		base := uint64(h) * size
-		p.Data = bufs[base+off : base+off+l : base+size]
-		p.off, p.handle, p.Flags = uint32(off), h, flags&^ivshmem.DescMeta
-		p.Timestamp, p.Hash, p.Port, p.Seq = 0, 0, 0, 0
-		bytes += l
-		held[h/64] |= 1 << (h % 64)
+	// The first runs over (at most) two contiguous runs of the ring's
+	// slots, so that it holds no ring index.
+	i := int(pos & mask)
+	run := descs[i:min(i+n, int(mask)+1)]
+	k, bytes := q.takeGood(run, pkts)
+	if k == len(run) && k < n {
+		k2, b2 := q.takeGood(descs[:n-k], pkts[k:])
+		k, bytes = k+k2, bytes+b2
 	}
-	k := 0
-	for ; k < n; k++ {
-		d := descs[(pos+uint32(k))&mask]
-		h, off, l := d.Handle, uint64(d.Off), uint64(d.Len)
-		if h >= nbufs || held[h/64]&(1<<(h%64)) != 0 || off > size || l > size-off || d.Flags&ivshmem.DescMeta != 0 {
-			break
-		}
-		take(k, h, off, l, d.Flags)
-	}
+	nbufs, held := q.r.l.NumBufs, q.held
+	size, bufs := uint64(q.r.l.BufSize), q.r.bufs
 	nback := 0
 	var meta [MaxBurst / 64]uint64 // packets whose record to read
 	back := q.hs[:MaxBurst]
@@ -283,7 +271,13 @@ func (q *Queue) recvBurst(pkts []Packet) (int, error) {
 			back[nback&(MaxBurst-1)] = h // a real buffer with a bad descriptor: give it back (n <= MaxBurst)
 			nback++
 		default:
-			take(k, h, off, l, d.Flags)
+			held[h/64] |= 1 << (h % 64)
+			base := uint64(h) * size
+			p := &pkts[k]
+			p.Data = bufs[base+off : base+off+l : base+size]
+			p.off, p.handle, p.Flags = uint32(off), h, d.Flags&^ivshmem.DescMeta
+			p.Timestamp, p.Hash, p.Port, p.Seq = 0, 0, 0, 0
+			bytes += l
 			if d.Flags&ivshmem.DescMeta != 0 {
 				meta[k/64&(MaxBurst/64-1)] |= 1 << (k % 64)
 			}
@@ -310,6 +304,33 @@ func (q *Queue) recvBurst(pkts []Packet) (int, error) {
 	}
 	q.in.Consume(n)
 	return k, nil
+}
+
+// takeGood is recvBurst's first loop: it makes pkts[k] of descs[k], in
+// order, while each descriptor is good and carries no metadata record,
+// and returns how many it took and their bytes. descs are ring slots,
+// each read once; pkts holds at least as many.
+func (q *Queue) takeGood(descs []ivshmem.Desc, pkts []Packet) (k int, bytes uint64) {
+	nbufs, held := q.r.l.NumBufs, q.held
+	size, bufs := uint64(q.r.l.BufSize), q.r.bufs
+	pkts = pkts[:len(descs)]
+	for k = range descs {
+		d := descs[k]
+		h, off, l := d.Handle, uint64(d.Off), uint64(d.Len)
+		if h >= nbufs || held[h/64]&(1<<(h%64)) != 0 || off > size || l > size-off || d.Flags&ivshmem.DescMeta != 0 {
+			return k, bytes
+		}
+		held[h/64] |= 1 << (h % 64)
+		base := uint64(h) * size
+		// Field by field: a composite literal is built on the stack and
+		// copied, twice the stores, the copy's wide loads stalling on them.
+		p := &pkts[k]
+		p.Data = bufs[base+off : base+off+l : base+size]
+		p.off, p.handle, p.Flags = uint32(off), h, d.Flags
+		p.Timestamp, p.Hash, p.Port, p.Seq = 0, 0, 0, 0
+		bytes += l
+	}
+	return len(descs), bytes
 }
 
 // Release gives packets received from this queue back to their producer.
