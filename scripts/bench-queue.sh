@@ -3,7 +3,8 @@
 # goroutines, CPU 0 and 1) and BenchmarkTwoProc/32 (two processes) of a
 # base revision (default: the last commit of format v1) and of this tree,
 # alternating run by run so both see the same machine, then the median
-# and best of each and their ratios. Each run also carries its same-run
+# and best of each and their ratios (also round by round: the median of
+# each round's tree/base). Each run also carries its same-run
 # baselines: BenchmarkQueue/32/bare (the same exchange over the same rings
 # with none of the queue's work: the floor of this shape, this tree only)
 # and BenchmarkTwoProc/32/socket (a unix socket pair). floor-producer and
@@ -66,6 +67,18 @@ END {
 		f = b; sub(/queue$/, "burst", f)
 		if (med["base " b] > 0 && med["tree " f] > 0)
 			printf "  tree %s/base %s  median %.2fx  best %.2fx\n", f, b, med["tree " f] / med["base " b], best["tree " f] / best["base " b]
+	}
+	# The same ratios round by round (tree and base of one round ran
+	# seconds apart, most often in the same machine mode), then their
+	# median: steadier than a ratio of medians when the mode changes.
+	split("BenchmarkQueue/32/queue BenchmarkQueue/32/burst BenchmarkTwoProc/32/queue BenchmarkTwoProc/32/burst", rs, " ")
+	for (i = 1; i <= 4; i++) {
+		t = rs[i]; b = t; sub(/burst$/, "queue", b)
+		m = n["tree " t]
+		if (m == 0 || n["base " b] != m) continue
+		for (j = 1; j <= m; j++) a[j] = v["tree " t, j] / v["base " b, j]
+		for (j = 2; j <= m; j++) { x = a[j]; for (l = j - 1; l >= 1 && a[l] > x; l--) a[l+1] = a[l]; a[l+1] = x }
+		printf "  tree %s/base %s  round by round: median %.2fx  range %.2f-%.2fx\n", t, b, (m % 2) ? a[(m+1)/2] : (a[m/2] + a[m/2+1]) / 2, a[1], a[m]
 	}
 	q = "BenchmarkQueue/32/queue"; f = "BenchmarkQueue/32/bare"
 	if (med["tree " f] > 0)
