@@ -71,9 +71,13 @@ END {
 	# The same ratios round by round (tree and base of one round ran
 	# seconds apart, most often in the same machine mode), then their
 	# median: steadier than a ratio of medians when the mode changes.
-	split("BenchmarkQueue/32/queue BenchmarkQueue/32/burst BenchmarkTwoProc/32/queue BenchmarkTwoProc/32/burst", rs, " ")
-	for (i = 1; i <= 4; i++) {
-		t = rs[i]; b = t; sub(/burst$/, "queue", b)
+	# Each tree row against the base row of the same name when there is
+	# one, and the burst rows also against the base queue row (v1 has no
+	# other).
+	split("BenchmarkQueue/32/queue BenchmarkQueue/32/burst BenchmarkTwoProc/32/queue BenchmarkTwoProc/32/burst BenchmarkQueue/32/burst BenchmarkTwoProc/32/burst", rs, " ")
+	for (i = 1; i <= 6; i++) {
+		t = rs[i]; b = t
+		if (i > 4) sub(/burst$/, "queue", b)
 		m = n["tree " t]
 		if (m == 0 || n["base " b] != m) continue
 		for (j = 1; j <= m; j++) a[j] = v["tree " t, j] / v["base " b, j]
