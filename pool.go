@@ -66,7 +66,10 @@ func (p *Pool) put(hs []uint32) {
 }
 
 // Reclaim takes back the buffers consumers returned on every queue this
-// pool feeds. Alloc calls it when the free list runs short.
+// pool feeds. Alloc calls it when the free list runs short. It also
+// answers a consumer that replaced a dead one (Queue.RecoveryAsked): a
+// producer that sends less often than HandshakeWait calls it when it
+// finds one waiting, so that the dead consumer's buffers come back.
 func (p *Pool) Reclaim() {
 	for _, q := range p.queues {
 		q.reclaim()

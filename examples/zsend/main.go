@@ -33,6 +33,11 @@ import (
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
+// napMax is the longest a paced zsend sleeps between looks at its queue:
+// a third of zc.HandshakeWait, so that a reader replacing a dead one gets
+// the dead one's buffers back before it stops waiting for them.
+const napMax = zc.HandshakeWait / 3
+
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("zsend", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -133,8 +138,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 			if due <= sent+drops {
 				// Sleep on this thread until the next frame is due: one
 				// wake-up a frame (time.Sleep of less than a millisecond
-				// wakes the runtime's scheduler threads around it).
-				idle.Nap(time.Until(start.Add(time.Duration(float64(sent+drops) / rate * 1e9))))
+				// wakes the runtime's scheduler threads around it), and
+				// at least one every napMax, to answer a reader that
+				// replaced a dead one before it gives up (a slow rate).
+				idle.Nap(min(time.Until(start.Add(time.Duration(float64(sent+drops)/rate*1e9))), napMax))
+				if p := q.Pool(); p != nil && q.RecoveryAsked() {
+					p.Reclaim()
+				}
 				continue
 			}
 			want = min(want, due-sent-drops)

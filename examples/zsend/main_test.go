@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/zcfabric/zc"
 	"github.com/zcfabric/zc/internal/pcaptest"
@@ -163,5 +164,85 @@ func TestUsage(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"-o", name, "-n", "3", "-l", "2048"}, &stdout, &stderr); code != 0 || len(recvLens(t, cons)) != 3 {
 		t.Errorf("-l 2048: exit %d, want 0 and 3 frames\n%s", code, &stderr)
+	}
+}
+
+// TestPacedAnswersNewReader: a paced zsend (a frame every 2.5 s) takes
+// back the buffer of a reader that went away holding it, when a new
+// reader takes the queue over with a frame waiting: before the new reader
+// stops waiting for it (zc.HandshakeWait, 1.5 s), though no frame is due
+// by then. Before, zsend slept until its next frame and the buffer stayed
+// lent for good.
+func TestPacedAnswersNewReader(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: takes 5 s (a frame every 2.5 s)")
+	}
+	base := "/dev/shm"
+	if _, err := os.Stat(base); err != nil {
+		base = ""
+	}
+	dir, err := os.MkdirTemp(base, "zsend-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Setenv("ZC_DIR", dir)
+	c, err := zc.CreateCluster(zc.Config{ID: 0x7d000000 | rand.Uint32N(1<<24), QueueLen: 64, QueueBuffers: 64, Backing: zc.BackingShm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	name := zc.Name{Cluster: c.ID(), Queue: 0}.String()
+	dead, err := zc.Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// dead is never closed: it goes away holding frame 0.
+
+	var stdout, stderr bytes.Buffer
+	code := make(chan int, 1)
+	go func() { code <- run([]string{"-o", name, "-r", "0.4", "-n", "3"}, &stdout, &stderr) }()
+	got := make([]zc.Packet, 4)
+	wait := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !ok(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s in 20 s; zsend: %s", what, stderr.String())
+			}
+		}
+	}
+	wait("frame 0", func() bool {
+		n, err := dead.RecvBurst(got[:1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	})
+	wait("frame 1 sent", func() bool { return c.Stats()[0].Sent >= 2 })
+
+	next, err := zc.Open(name, zc.Force())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	wait("frame 1 read by the new reader", func() bool {
+		n, err := next.RecvBurst(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return false
+		}
+		if st := c.Stats()[0]; st.Recovered != 1 {
+			t.Fatalf("the new reader read before zsend took back the dead reader's buffer: recovered %d, want 1", st.Recovered)
+		}
+		next.Release(got[:n]...)
+		return true
+	})
+	if rc := <-code; rc != 0 {
+		t.Fatalf("zsend exited %d: %s", rc, stderr.String())
+	}
+	if st := c.Stats()[0]; st.Sent != 3 || st.Recovered != 1 {
+		t.Fatalf("sent %d, recovered %d; want 3 and 1", st.Sent, st.Recovered)
 	}
 }
