@@ -2,6 +2,7 @@ package zc
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -56,29 +57,45 @@ func BenchmarkQueue(b *testing.B) {
 // no counters, no wake-up, no fault guard. What queue adds to it is the
 // price of the queue's promises.
 func benchBare(b *testing.B, burst int) {
-	c := newCluster(b, Config{ID: 53, QueueLen: benchQueueLen})
-	r, ql := c.r, c.r.l.Queues[0]
-	out, err := ivshmem.NewDescProducer(r.b, ql.DataRing, ql.Slots)
-	if err != nil {
-		b.Fatal(err)
-	}
-	in, _ := ivshmem.NewDescConsumer(r.b, ql.DataRing, ql.Slots)
-	back, _ := ivshmem.NewRingProducer(r.b, ql.RetRing, ql.Slots)
-	ret, _ := ivshmem.NewRingConsumer(r.b, ql.RetRing, ql.Slots)
-	free := make([]uint32, 0, ql.Slots)
-	for h := range ql.Slots {
-		free = append(free, ql.Slots-1-h)
-	}
+	q := newBareQueue(b, 53)
 	total := uint32(b.N)
 	var cerr error
 	cpuset.RunPair(b, "pkts/s", func() {
-		bareProduce(r, out, ret, free, total, burst)
+		bareProduce(q.r, q.out, q.ret, q.free, total, burst)
 	}, func() {
-		cerr = bareConsume(r, in, back, total, burst)
+		cerr = bareConsume(q.r, q.in, q.back, total, burst)
 	})
 	if cerr != nil {
 		b.Fatal(cerr)
 	}
+}
+
+// bareQueue is the floor's exchange over queue 0 of a new cluster: both
+// ends of its rings, with no Queue on either, and a free list of as many
+// buffers as the queue has slots.
+type bareQueue struct {
+	r         *region
+	out, back *ivshmem.RingProducer
+	in, ret   *ivshmem.RingConsumer
+	free      []uint32
+}
+
+func newBareQueue(b *testing.B, id uint32) *bareQueue {
+	c := newCluster(b, Config{ID: id, QueueLen: benchQueueLen})
+	r, ql := c.r, c.r.l.Queues[0]
+	q := &bareQueue{r: r, free: make([]uint32, 0, ql.Slots)}
+	var errs [4]error
+	q.out, errs[0] = ivshmem.NewDescProducer(r.b, ql.DataRing, ql.Slots)
+	q.in, errs[1] = ivshmem.NewDescConsumer(r.b, ql.DataRing, ql.Slots)
+	q.back, errs[2] = ivshmem.NewRingProducer(r.b, ql.RetRing, ql.Slots)
+	q.ret, errs[3] = ivshmem.NewRingConsumer(r.b, ql.RetRing, ql.Slots)
+	if err := errors.Join(errs[:]...); err != nil {
+		b.Fatal(err)
+	}
+	for h := range ql.Slots {
+		q.free = append(q.free, ql.Slots-1-h)
+	}
+	return q
 }
 
 // bareProduce is the floor's producer: total packets numbered in their
@@ -485,22 +502,14 @@ func BenchmarkEndOneThread(b *testing.B) {
 		b.ReportMetric(float64(b.N)*32/b.Elapsed().Seconds(), "pkts/s")
 	}
 	b.Run("bare", func(b *testing.B) {
-		c, _, _ := setup(b, 56)
-		r, ql := c.r, c.r.l.Queues[0]
-		out, _ := ivshmem.NewDescProducer(r.b, ql.DataRing, ql.Slots)
-		in, _ := ivshmem.NewDescConsumer(r.b, ql.DataRing, ql.Slots)
-		back, _ := ivshmem.NewRingProducer(r.b, ql.RetRing, ql.Slots)
-		ret, _ := ivshmem.NewRingConsumer(r.b, ql.RetRing, ql.Slots)
-		free := make([]uint32, 0, ql.Slots)
-		for h := range ql.Slots {
-			free = append(free, ql.Slots-1-h)
-		}
+		q := newBareQueue(b, 56)
+		free := q.free
 		b.ReportAllocs()
 		b.ResetTimer()
 		seq, next := uint32(0), uint32(0)
 		for range b.N {
-			free, seq = bareProduceStep(r, out, ret, free, seq)
-			next = bareConsumeStep(r, in, back, next)
+			free, seq = bareProduceStep(q.r, q.out, q.ret, free, seq)
+			next = bareConsumeStep(q.r, q.in, q.back, next)
 		}
 		done(b, seq, next)
 	})

@@ -19,6 +19,18 @@ import (
 // returns its name and its consumer end.
 func cluster(t *testing.T) (string, *zc.Queue) {
 	t.Helper()
+	c := newCluster(t)
+	cons, err := c.Consumer(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cons.Close() })
+	return zc.Name{Cluster: c.ID(), Queue: 0}.String(), cons
+}
+
+// newCluster is cluster without the consumer.
+func newCluster(t *testing.T) *zc.Cluster {
+	t.Helper()
 	base := "/dev/shm"
 	if _, err := os.Stat(base); err != nil {
 		base = ""
@@ -34,12 +46,7 @@ func cluster(t *testing.T) (string, *zc.Queue) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	cons, err := c.Consumer(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cons.Close() })
-	return zc.Name{Cluster: c.ID(), Queue: 0}.String(), cons
+	return c
 }
 
 // writePcap writes a pcap file of frames of the given lengths (each a
@@ -177,21 +184,7 @@ func TestPacedAnswersNewReader(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: takes 5 s (a frame every 2.5 s)")
 	}
-	base := "/dev/shm"
-	if _, err := os.Stat(base); err != nil {
-		base = ""
-	}
-	dir, err := os.MkdirTemp(base, "zsend-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	t.Setenv("ZC_DIR", dir)
-	c, err := zc.CreateCluster(zc.Config{ID: 0x7d000000 | rand.Uint32N(1<<24), QueueLen: 64, QueueBuffers: 64, Backing: zc.BackingShm})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := newCluster(t)
 	name := zc.Name{Cluster: c.ID(), Queue: 0}.String()
 	dead, err := zc.Open(name)
 	if err != nil {
