@@ -484,6 +484,8 @@ func BenchmarkQueueOneThread(b *testing.B) {
 //   - bare:     the floor's producer step and consumer step;
 //   - producer: the queue's fast producer (Reserve, write, Commit) and the
 //     floor's consumer step;
+//   - producer-packets: the same with the Packet path (Alloc, write,
+//     SendBurst);
 //   - consumer: the floor's producer step and the queue's consumer
 //     (RecvBurst, read, Release).
 //
@@ -526,6 +528,25 @@ func BenchmarkEndOneThread(b *testing.B) {
 				bu.SetLen(i, 64)
 			}
 			k, _ := prod.Commit(&bu, n)
+			seq += uint32(k)
+			next = bareConsumeStep(c.r, cons.in, cons.back, next)
+		}
+		done(b, seq, next)
+	})
+	b.Run("producer-packets", func(b *testing.B) {
+		c, prod, cons := setup(b, 59)
+		pkts := make([]Packet, 32)
+		b.ReportAllocs()
+		b.ResetTimer()
+		seq, next := uint32(0), uint32(0)
+		for range b.N {
+			n, _ := prod.Alloc(pkts)
+			for i := range pkts[:n] {
+				pkts[i].Data = pkts[i].Data[:64]
+				binary.LittleEndian.PutUint32(pkts[i].Data, seq+uint32(i))
+			}
+			k, _ := prod.SendBurst(pkts[:n])
+			prod.Free(pkts[k:n])
 			seq += uint32(k)
 			next = bareConsumeStep(c.r, cons.in, cons.back, next)
 		}

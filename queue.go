@@ -724,6 +724,9 @@ func (q *Queue) enqueue(pkts []Packet, meta bool) (int, error) {
 	// ring's lines, which the consumer holds (as Commit does).
 	stage := q.stage[:k]
 	i := 0
+	// The first loop keeps the loan word of the handles at hand in a
+	// register (acc, word w), as lend does.
+	w, acc := uint32(0), lent[0]
 	for ; i < k; i++ {
 		p := &pkts[i]
 		h := p.handle
@@ -732,14 +735,20 @@ func (q *Queue) enqueue(pkts []Packet, meta bool) (int, error) {
 				break
 			}
 		}
-		w, bit := &lent[h/64], uint64(1)<<(h%64)
-		if ref != nil && *w&bit != 0 || hasMeta(p) {
+		if h/64 != w {
+			lent[w] = acc
+			w = h / 64
+			acc = lent[w]
+		}
+		bit := uint64(1) << (h % 64)
+		if ref != nil && acc&bit != 0 || hasMeta(p) {
 			break
 		}
-		*w |= bit
+		acc |= bit
 		stage[i] = ivshmem.Desc{Handle: h, Len: uint32(len(p.Data)), Off: p.off, Flags: p.Flags &^ ivshmem.DescMeta}
 		bytes += uint64(len(p.Data))
 	}
+	lent[w] = acc
 	for ; i < k; i++ {
 		p := &pkts[i]
 		h := p.handle
