@@ -14,7 +14,7 @@ import (
 //
 // It is the producer's fast path: the same checks, loan accounting,
 // counters and wake-ups as Alloc and SendBurst, without a Packet per
-// frame to fill and read back (on this machine 1.25-1.5x the packets/s of
+// frame to fill and read back (on this machine 1.05-1.15x the packets/s of
 // Alloc+SendBurst across two CPUs: docs/PERFORMANCE.md). Its records live
 // in process memory; nothing the consumer writes is read back from it. A
 // Burst belongs to one goroutine and is reused from burst to burst (about
