@@ -7,8 +7,8 @@ import (
 
 // TestPrefetchIsOnlyAHint: PrefetchNext over a ring's wrap, asked for more
 // slots than are free, and PrefetchBuffers over handles far outside any
-// mapping neither fault nor change a byte of the ring or the buffers, nor
-// the producer's index.
+// mapping (up to a non-canonical address) neither fault nor change a byte
+// of the ring or the buffers, nor the producer's index.
 func TestPrefetchIsOnlyAHint(t *testing.T) {
 	const slots = 16
 	db := alignedCopy(make([]byte, DescRingBytes(slots)))
@@ -36,6 +36,7 @@ func TestPrefetchIsOnlyAHint(t *testing.T) {
 	}
 	bufs := make([]byte, 4*2048)
 	PrefetchBuffers(bufs, 2048, []uint32{0, 3, 4, 1 << 20, 0xFFFFFFFF})
+	PrefetchBuffers(bufs, 1<<31, []uint32{0xFFFFFFFF}) // base + about 2^63: not even a canonical address
 	PrefetchBuffers(nil, 2048, []uint32{1})
 	PrefetchBuffers(bufs, 2048, nil)
 	if !bytes.Equal(before[0], db) || !bytes.Equal(before[1], rb) || dp.pos != pos[0] || rp.pos != pos[1] {
