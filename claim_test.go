@@ -310,8 +310,18 @@ func TestNestedPIDNamespaceClaims(t *testing.T) {
 	}
 	cmd.Process.Kill() // with --kill-child, the whole container
 	cmd.Wait()
-	if info, err := Inspect(48); err != nil || !info.Queues[0].ConsumerGone {
-		t.Errorf("stats of a gone container's end: gone %v (%v)", info.Queues[0].ConsumerGone, err)
+	// unshare is gone; its child gets its SIGKILL from the kernel (the
+	// parent-death signal) and exits a moment later, not necessarily by
+	// the time Wait returns: look until it has.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		info, err := Inspect(48)
+		gone := err == nil && len(info.Queues) > 0 && info.Queues[0].ConsumerGone
+		if gone {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats of a gone container's end, 10 s after its kill: gone %v (%v)", gone, err)
+		}
 	}
 	q, err := Open("zc:48@0")
 	if err != nil {
