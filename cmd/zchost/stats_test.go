@@ -88,14 +88,7 @@ func TestStatsDistrustsVMRegions(t *testing.T) {
 // (killed: its last record stays), says so instead of showing it as
 // current.
 func TestStatsSaysRecordAge(t *testing.T) {
-	bin := binaries(t)
-	env := hostileEnv(t)
-	id := 0x7d000000 | rand.Uint32N(1<<24)
-	c, err := zc.CreateCluster(zc.Config{ID: id, Queues: 1, QueueLen: 16, Buffers: 64, Backing: zc.BackingShm})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	bin, env, id, c := statsCluster(t, 0x7d000000)
 	dead := exec.Command("true")
 	if err := dead.Run(); err != nil {
 		t.Fatal(err)
@@ -156,14 +149,7 @@ func TestStatsSaysRecordAge(t *testing.T) {
 // finite sources got, from its marks (written after every burst) when
 // they are that agent's, else from its record (up to a second old).
 func TestStatsShowsSourcePositions(t *testing.T) {
-	bin := binaries(t)
-	env := hostileEnv(t)
-	id := 0x7e000000 | rand.Uint32N(1<<24)
-	c, err := zc.CreateCluster(zc.Config{ID: id, Queues: 1, QueueLen: 16, Buffers: 64, Backing: zc.BackingShm})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	bin, env, id, c := statsCluster(t, 0x7e000000)
 	const name = "gen:len=64,count=1000"
 	rec := status.File{Cluster: id, PID: os.Getpid(), Updated: time.Now(), Sources: []status.Source{{Name: name, Position: 100}},
 		Regions: []status.Region{{Path: c.Path(), Generation: c.Generation(), Checksum: c.Checksum(), State: "ok"}}}
@@ -207,4 +193,19 @@ func TestStatsShowsSourcePositions(t *testing.T) {
 			t.Errorf("marks of pid %d: zchost stats --json sources %+v (%v), want %s at %d", tc.marksPID, js.Agent.Sources, err, name, tc.want)
 		}
 	}
+}
+
+// statsCluster is the setup of the record tests: the binaries, an
+// environment of its own, and a small cluster with a random id in the
+// range from base, closed at the end of the test.
+func statsCluster(t *testing.T, base uint32) (bin string, env []string, id uint32, c *zc.Cluster) {
+	t.Helper()
+	bin, env = binaries(t), hostileEnv(t)
+	id = base | rand.Uint32N(1<<24)
+	c, err := zc.CreateCluster(zc.Config{ID: id, Queues: 1, QueueLen: 16, Buffers: 64, Backing: zc.BackingShm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return bin, env, id, c
 }
